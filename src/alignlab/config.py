@@ -1,0 +1,367 @@
+"""Structured configs (Hydra ConfigStore schemas), composition and validation.
+
+Hydra composes the YAML groups under `conf/` once, in the launching process; every group file extends a
+schema registered here, so a misspelled key or a wrong type fails at composition with the key's full path.
+`validate` then checks what types cannot express (allowed values, ranges, cross-field rules) and returns a
+read-only config. Ranks, resumed runs and Slurm jobs read the frozen `config.yaml`, never re-compose.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.errors import HydraException
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from alignlab.errors import ConfigError
+
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+
+# TRL 1.16 DPOTrainer loss types (trl/trainer/dpo_trainer.py `_compute_loss`); tests/test_config.py checks this
+# list against TRL's own DPOConfig help text so an upgrade that adds or removes one is noticed.
+DPO_LOSS_TYPES = (
+    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+    "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
+)  # fmt: skip
+F_DIVERGENCES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
+PRECISIONS = ("fp32", "bf16", "fp16")
+DATA_FORMATS = ("auto", "conversational", "plain", "hh", "pku", "prompt_completion", "messages")
+
+
+# ---------------------------------------------------------------------------------------------- model
+@dataclass
+class TinyModelSpec:
+    """A randomly initialised Llama and a byte-level BPE tokenizer trained on bundled text: for tests."""
+
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 128
+    vocab_size: int = 384
+    max_position_embeddings: int = 512
+    seed: int = 0
+
+
+@dataclass
+class LoraSpec:
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: Any = "all-linear"
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    source: str = "auto"  # auto | hub | local | tiny
+    path: str | None = None  # Hub id or local directory (unused for source=tiny)
+    revision: str | None = None
+    dtype: str = "float32"  # float32 | bfloat16 | float16 | auto
+    attn_implementation: str = "sdpa"  # eager | sdpa | flash_attention_2
+    trust_remote_code: bool = False
+    chat_template: str | None = None  # Jinja text or a file; None keeps the tokenizer's (ChatML if it has none)
+    tiny: TinyModelSpec = field(default_factory=TinyModelSpec)
+    lora: LoraSpec = field(default_factory=LoraSpec)
+
+
+# ----------------------------------------------------------------------------------------------- data
+@dataclass
+class SourceConfig:
+    path: str = MISSING  # file (.jsonl .json .csv .parquet), save_to_disk folder, data folder, or Hub id
+    format: str = "auto"
+    split: str = "train"
+    subset: str | None = None  # Hub dataset configuration name
+    revision: str | None = None
+    pku_choose_by: str = "better"  # PKU-SafeRLHF: "better" (helpfulness) or "safer"
+    max_rows: int | None = None
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    preference: SourceConfig | None = None
+    sft: SourceConfig | None = None  # None: SFT trains on the chosen replies of `preference`
+    max_length: int = 512  # tokens, prompt + reply, after the chat template
+    on_overlength: str = "truncate"  # truncate | drop | error
+    on_duplicate: str = "drop"  # drop | keep | error
+
+
+# -------------------------------------------------------------------------------------------- algorithms
+@dataclass
+class TrainConfig:
+    """Settings shared by every training stage; mapped onto TRL's config classes in `stages/common.py`."""
+
+    kind: str = MISSING
+    epochs: float = 1.0
+    max_steps: int = -1
+    batch_size: int = 8
+    grad_accum: int = 1
+    learning_rate: float = 1e-5
+    lr_scheduler: str = "linear"
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    optim: str = "adamw_torch"
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    gradient_checkpointing: bool = False
+    logging_steps: int = 1
+    save_steps: int = 50
+    save_total_limit: int | None = 2
+    # Any other field of TRL's SFTConfig / DPOConfig (or transformers.TrainingArguments), passed through as is.
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SFTAlgoConfig(TrainConfig):
+    kind: str = "sft"
+    learning_rate: float = 2e-5
+    packing: bool = False
+    completion_only_loss: bool = True
+
+
+@dataclass
+class DPOAlgoConfig(TrainConfig):
+    kind: str = "dpo"
+    learning_rate: float = 5e-7
+    beta: float = 0.1
+    loss_type: Any = "sigmoid"  # one name or a list of names (weighted sum, e.g. MPO)
+    loss_weights: list[float] | None = None
+    label_smoothing: float = 0.0
+    ld_alpha: float | None = None
+    f_divergence_type: str = "reverse_kl"
+    f_alpha_divergence_coef: float = 0.5
+    use_weighting: bool = False
+    discopop_tau: float = 0.05
+    reference: str | None = None  # model path/id; None: the policy this stage starts from
+    precompute_ref_log_probs: bool = False
+    sync_ref_model: bool = False
+    ref_model_mixup_alpha: float = 0.6
+    ref_model_sync_steps: int = 512
+    final_eval: bool = True  # reward accuracy / margins of the final policy on its training pairs
+
+
+ALGO_SCHEMAS: dict[str, type[TrainConfig]] = {"sft": SFTAlgoConfig, "dpo": DPOAlgoConfig}
+
+
+# -------------------------------------------------------------------------------------- pipeline, logging
+@dataclass
+class PipelineConfig:
+    name: str = MISSING
+    stages: list[str] = MISSING  # keys of `algo`, run in order
+
+
+@dataclass
+class LoggerConfig:
+    backend: str = "wandb"  # wandb | none
+    project: str = "alignlab"
+    entity: str | None = None
+    mode: str = "offline"  # offline | online | disabled
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunConfig:
+    root: str = "runs"
+    id: str | None = None  # None: a hash of the config, so the same command resumes the same run
+
+
+@dataclass
+class AlignlabConfig:
+    name: str = "default"
+    seed: int = 42
+    offline: bool = True  # sets HF_HUB_OFFLINE / HF_DATASETS_OFFLINE so nothing waits for the Hub
+    cache_dir: str | None = None  # converted and tiny models; default ~/.cache/alignlab or $ALIGNLAB_CACHE
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    pipeline: PipelineConfig = MISSING
+    algo: dict[str, Any] = field(default_factory=dict)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+def register_schemas() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="alignlab_schema", node=AlignlabConfig)
+    cs.store(group="algo", name="sft_schema", node=SFTAlgoConfig)
+    cs.store(group="algo", name="dpo_schema", node=DPOAlgoConfig)
+
+
+register_schemas()
+
+
+# ---------------------------------------------------------------------------------------- composition
+def compose_config(overrides: list[str]) -> DictConfig:
+    """Compose `conf/config.yaml` with command-line overrides; Hydra errors become one-paragraph ConfigErrors."""
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="alignlab"):
+            cfg = compose(config_name="config", overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(_explain_hydra_error(exc)) from None
+    return cfg
+
+
+def _explain_hydra_error(exc: BaseException) -> str:
+    chain, cur = [], exc
+    while cur is not None and len(chain) < 4:
+        chain.append(" ".join(str(cur).split()))
+        cur = cur.__cause__ or cur.__context__
+    msg = chain[0]
+    detail = next((c for c in chain[1:] if c and c != msg), "")
+    if match := re.search(r"Could not find '([^']+)'", msg):
+        group = match.group(1).rsplit("/", 1)[0]
+        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")) if (CONF_DIR / group).is_dir() else []
+        hint = f" Available options for '{group}': {', '.join(options)}." if options else ""
+        return f"Config error: unknown option '{match.group(1)}'.{hint}"
+    if match := re.search(r"Could not override '([^']+)'", msg):
+        key = match.group(1)
+        return f"Config error: unknown key '{key}' on the command line.{_suggest(key)} Check the spelling."
+    if match := re.search(r"Error merging override ([^=\s]+)=(\S*)", msg):
+        return f"Config error at '{match.group(1)}': cannot set it to '{match.group(2)}': {_short(detail)}"
+    if match := re.search(r"Key '([^']+)' not in '(\w+)'", " ".join(chain)):
+        full_key = re.search(r"full_key: ([\w.\[\]-]+)", " ".join(chain))
+        where = full_key.group(1) if full_key else match.group(1)
+        return f"Config error: unknown key '{where}' in a config file ({match.group(2)}).{_suggest(where)}"
+    return f"Config error: {msg}" + (f" ({_short(detail)})" if detail else "")
+
+
+def _short(text: str) -> str:
+    """OmegaConf appends full_key/object_type lines; keep the sentence a person needs."""
+    return re.split(r"\s+full_key:", text)[0]
+
+
+def _suggest(full_key: str) -> str:
+    """'Did you mean' for the first misspelled part of a key, from the schema of its parent node."""
+    parts = full_key.split(".")
+    schema: Any = AlignlabConfig
+    if len(parts) >= 3 and parts[0] == "algo":
+        schema, parts = ALGO_SCHEMAS["dpo" if "dpo" in parts[1] else "sft"], parts[2:]
+    for part in parts:
+        if not dataclasses.is_dataclass(schema):
+            return ""
+        hints = typing.get_type_hints(schema)
+        if part not in hints:
+            close = difflib.get_close_matches(part, list(hints), n=1)
+            return f" Did you mean '{close[0]}'?" if close else ""
+        schema = next((t for t in (typing.get_args(hints[part]) or [hints[part]]) if dataclasses.is_dataclass(t)), None)
+    return ""
+
+
+# ---------------------------------------------------------------------------------------- validation
+def _check(cond: bool, key: str, message: str) -> None:
+    if not cond:
+        raise ConfigError(f"Config error at '{key}': {message}")
+
+
+def _one_of(value: Any, allowed: tuple[str, ...], key: str) -> None:
+    _check(value in allowed, key, f"got {value!r}, expected one of {', '.join(allowed)}.")
+
+
+def validate(cfg: DictConfig) -> DictConfig:
+    """Check values the schema cannot, type each `algo` entry by its `kind`; returns a resolved, read-only copy."""
+    try:
+        cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", "?")
+        raise ConfigError(f"Config error at '{key}': a required value is missing or unresolvable ({exc}).") from None
+    for name, node in list(cfg.algo.items()):
+        kind = node.get("kind") if isinstance(node, DictConfig) else None
+        _check(kind in ALGO_SCHEMAS, f"algo.{name}.kind", f"got {kind!r}, expected one of {', '.join(ALGO_SCHEMAS)}.")
+        try:
+            cfg.algo[name] = OmegaConf.merge(OmegaConf.structured(ALGO_SCHEMAS[kind]), node)
+        except OmegaConfBaseException as exc:
+            bad = f"algo.{name}.{getattr(exc, 'full_key', '')}".rstrip(".")
+            raise ConfigError(f"Config error at '{bad}': {' '.join(str(exc).split()[:30])}") from None
+    typed = OmegaConf.merge(OmegaConf.structured(AlignlabConfig), cfg)
+
+    m = typed.model
+    _one_of(m.source, ("auto", "hub", "local", "tiny"), "model.source")
+    _one_of(m.dtype, ("float32", "bfloat16", "float16", "auto"), "model.dtype")
+    _one_of(m.attn_implementation, ("eager", "sdpa", "flash_attention_2", "flash_attention_3"), "model.attn_implementation")
+    _check(m.source == "tiny" or bool(m.path), "model.path", "set a Hub id or a local model directory.")
+    if m.lora.enabled:
+        _check(m.lora.r > 0, "model.lora.r", f"LoRA rank must be positive, got {m.lora.r}.")
+        _check(0 <= m.lora.dropout < 1, "model.lora.dropout", f"must lie in [0, 1), got {m.lora.dropout}.")
+
+    d = typed.data
+    _one_of(d.on_overlength, ("truncate", "drop", "error"), "data.on_overlength")
+    _one_of(d.on_duplicate, ("drop", "keep", "error"), "data.on_duplicate")
+    _check(d.max_length > 0, "data.max_length", f"must be positive, got {d.max_length}.")
+    for part in ("preference", "sft"):
+        src = d[part]
+        if src is not None:
+            _one_of(src.format, DATA_FORMATS, f"data.{part}.format")
+            _one_of(src.pku_choose_by, ("better", "safer"), f"data.{part}.pku_choose_by")
+
+    stages = list(typed.pipeline.stages)
+    _check(len(stages) > 0, "pipeline.stages", "the pipeline has no stages.")
+    _check(len(set(stages)) == len(stages), "pipeline.stages", f"a stage is listed twice: {stages}.")
+    for stage in stages:
+        _check(stage in typed.algo, "pipeline.stages", f"stage '{stage}' has no settings under 'algo' "
+               f"(have: {', '.join(typed.algo) or 'none'}).")
+        _validate_algo(typed.algo[stage], f"algo.{stage}", typed)
+    _one_of(typed.logger.backend, ("wandb", "none"), "logger.backend")
+    _one_of(typed.logger.mode, ("offline", "online", "disabled"), "logger.mode")
+    OmegaConf.set_readonly(typed, True)
+    return typed
+
+
+def _validate_algo(a: DictConfig, key: str, cfg: DictConfig) -> None:
+    _one_of(a.precision, PRECISIONS, f"{key}.precision")
+    _check(a.batch_size > 0, f"{key}.batch_size", f"must be positive, got {a.batch_size}.")
+    _check(a.grad_accum > 0, f"{key}.grad_accum", f"must be positive, got {a.grad_accum}.")
+    _check(a.learning_rate > 0, f"{key}.learning_rate", f"must be positive, got {a.learning_rate}.")
+    _check(a.epochs > 0 or a.max_steps > 0, f"{key}.epochs", "set epochs > 0 or max_steps > 0.")
+    _check(a.save_steps > 0, f"{key}.save_steps", f"must be positive, got {a.save_steps}.")
+    _check(0 <= a.warmup_ratio < 1, f"{key}.warmup_ratio", f"must lie in [0, 1), got {a.warmup_ratio}.")
+    if a.kind == "sft":
+        _check(cfg.data.sft is not None or cfg.data.preference is not None, "data",
+               "the SFT stage needs data.sft or data.preference (whose chosen replies it trains on).")
+    if a.kind == "dpo":
+        _check(cfg.data.preference is not None, "data.preference", "the DPO stage needs preference pairs.")
+        losses = dpo_loss_types(a)
+        for loss in losses:
+            _one_of(loss, DPO_LOSS_TYPES, f"{key}.loss_type")
+        if a.loss_weights is not None:
+            _check(len(a.loss_weights) == len(losses), f"{key}.loss_weights",
+                   f"{len(a.loss_weights)} weights for {len(losses)} loss types {losses}.")
+        _check(a.beta > 0, f"{key}.beta", f"must be positive, got {a.beta}.")
+        _one_of(a.f_divergence_type, F_DIVERGENCES, f"{key}.f_divergence_type")
+        if "robust" in losses:
+            _check(0 <= a.label_smoothing < 0.5, f"{key}.label_smoothing",
+                   f"the robust loss needs a flip probability in [0, 0.5), got {a.label_smoothing}.")
+        if "exo_pair" in losses:
+            _check(a.label_smoothing > 0, f"{key}.label_smoothing", "the exo_pair loss needs label_smoothing > 0.")
+        _check(0 <= a.label_smoothing <= 0.5, f"{key}.label_smoothing", f"must lie in [0, 0.5], got {a.label_smoothing}.")
+        if a.ld_alpha is not None:
+            _check(0 <= a.ld_alpha <= 1, f"{key}.ld_alpha", f"must lie in [0, 1], got {a.ld_alpha}.")
+        if a.sync_ref_model:
+            _check(not cfg.model.lora.enabled, f"{key}.sync_ref_model", "TR-DPO reference syncing needs full fine-tuning (model.lora.enabled=false).")
+            _check(not a.precompute_ref_log_probs, f"{key}.sync_ref_model", "cannot be combined with precompute_ref_log_probs.")
+
+
+def dpo_loss_types(a: DictConfig) -> list[str]:
+    """`loss_type` accepts one name or a list (combined with `loss_weights`, as TRL does)."""
+    value = a.loss_type
+    return [value] if isinstance(value, str) else [str(v) for v in value]
+
+
+def load_frozen(path: Path) -> DictConfig:
+    """Read a run's frozen config (what ranks and resumed runs use) and re-validate it."""
+    if not path.is_file():
+        raise ConfigError(f"Config error: frozen config '{path}' does not exist.")
+    try:
+        raw = OmegaConf.load(path)
+    except Exception as exc:  # yaml errors carry line numbers
+        raise ConfigError(f"Config error: cannot parse '{path}': {exc}") from None
+    return validate(raw)

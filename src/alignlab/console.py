@@ -1,0 +1,51 @@
+"""What a person sees in the terminal: the run folder and its stages, then one summary table at the end.
+Progress bars for long steps come from the Trainers (tqdm)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console as RichConsole
+from rich.table import Table
+
+# The metrics worth a column in the summary, by TRL name; the rest stay in metrics.json and W&B.
+SHOWN = {"steps": "global_step", "last loss": "final_step_loss", "reward acc": "final/rewards/accuracies",
+         "reward margin": "final/rewards/margins", "seconds": "wall_seconds"}
+
+
+class Console:
+    def __init__(self) -> None:
+        self.out = RichConsole(stderr=False, highlight=False)
+
+    def header(self, prep: Any) -> None:
+        self.out.print(f"[bold]alignlab[/bold] run [cyan]{prep.run_dir}[/cyan]")
+        self.out.print(f"  model {prep.base_model}")
+        for r in prep.reports:
+            s = r.summary()
+            self.out.print(f"  data  {s['source']}: {s['rows_kept']}/{s['rows_read']} rows ({s['format']}), "
+                           f"tokens {s['tokens_min']}-{s['tokens_max']}, {s['duplicates']} duplicates, "
+                           f"{s['overlength']} over max_length ({s['overlength_action']})")
+        self.out.print(f"  stages {' -> '.join(prep.cfg.pipeline.stages)}")
+
+    def stage_start(self, stage: str, kind: str) -> None:
+        self.out.rule(f"{stage} ({kind})")
+
+    def stage_skipped(self, stage: str) -> None:
+        self.out.print(f"[dim]{stage}: already done, skipped[/dim]")
+
+    def summary(self, run_dir: Path, results: dict[str, dict[str, Any]]) -> None:
+        table = Table(title=f"alignlab summary: {run_dir}")
+        table.add_column("stage")
+        table.add_column("status")
+        for label in SHOWN:
+            table.add_column(label, justify="right")
+        for stage, m in results.items():
+            table.add_row(stage, m.get("status", ""), *(_fmt(m.get(k)) for k in SHOWN.values()))
+        self.out.print(table)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

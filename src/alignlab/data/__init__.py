@@ -1,0 +1,137 @@
+"""Preference and SFT data: read any supported source, normalize it, validate every row before training.
+
+`load(source, kind, data_cfg, tokenizer)` returns the clean rows and a `DataReport`; any malformed row raises one
+`DataError` listing the rows at fault (file and line), so a bad file never starts a run. Length and duplicate
+policies (`data.on_overlength`, `data.on_duplicate`) are applied here and counted in the report.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig
+
+from alignlab.data import formats
+from alignlab.data.sources import read_rows
+from alignlab.errors import DataError
+
+MAX_LISTED = 8  # problems spelled out in an error; the rest are counted
+
+
+@dataclass
+class DataReport:
+    source: str
+    kind: str  # "preference" or "sft"
+    format: str = "?"
+    rows_read: int = 0
+    rows_kept: int = 0
+    duplicates: int = 0
+    overlength: int = 0
+    overlength_action: str = "truncate"
+    token_lengths: list[int] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        lengths = self.token_lengths
+        return {
+            "source": self.source, "kind": self.kind, "format": self.format, "rows_read": self.rows_read,
+            "rows_kept": self.rows_kept, "duplicates": self.duplicates, "overlength": self.overlength,
+            "overlength_action": self.overlength_action, "problems": len(self.problems),
+            "tokens_min": min(lengths) if lengths else None,
+            "tokens_median": statistics.median(lengths) if lengths else None,
+            "tokens_max": max(lengths) if lengths else None,
+        }
+
+
+def load(source: DictConfig, kind: str, data_cfg: DictConfig, tokenizer: Any | None) -> tuple[list[dict], DataReport]:
+    """Read, normalize and validate one source. `tokenizer=None` skips the token-length checks."""
+    report = DataReport(source=str(source.path), kind=kind, overlength_action=data_cfg.on_overlength)
+    raw = read_rows(str(source.path), source.split, source.subset, source.revision, source.max_rows)
+    report.rows_read = len(raw)
+    fmt = source.format
+    if fmt == "auto":
+        try:
+            fmt = formats.detect(raw[0].data, "sft" if kind == "sft" else "preference")
+        except formats.RowProblem as exc:
+            raise DataError(f"Data error in '{source.path}' ({raw[0].where}): {exc}. Set data.*.format to one of "
+                            "conversational, plain, hh, pku, prompt_completion, messages.") from None
+    sft_formats = ("prompt_completion", "messages")
+    if (kind == "sft") != (fmt in sft_formats):
+        expected = "prompt_completion or messages" if kind == "sft" else "conversational, plain, hh or pku"
+        raise DataError(f"Data error: '{source.path}' is read as {kind} data, so its format must be {expected}, not '{fmt}'.")
+    report.format = fmt
+
+    rows, wheres = [], []
+    for r in raw:
+        try:
+            rows.append(formats.normalize(r.data, fmt, kind, source.pku_choose_by))
+            wheres.append(r.where)
+        except formats.RowProblem as exc:
+            report.problems.append((r.where, str(exc)))
+    if report.problems:
+        raise DataError(_describe(report))
+
+    rows, wheres = _dedupe(rows, wheres, data_cfg.on_duplicate, report)
+    if tokenizer is not None:
+        rows = _check_lengths(rows, wheres, tokenizer, data_cfg, report)
+    report.rows_kept = len(rows)
+    if not rows:
+        raise DataError(f"Data error: no rows of '{source.path}' are left after the length and duplicate checks.")
+    return rows, report
+
+
+def _describe(report: DataReport) -> str:
+    listed = "; ".join(f"{where}: {msg}" for where, msg in report.problems[:MAX_LISTED])
+    more = len(report.problems) - MAX_LISTED
+    tail = f"; and {more} more" if more > 0 else ""
+    return (f"Data error in '{report.source}': {len(report.problems)} of {report.rows_read} rows are malformed "
+            f"({report.format} format). {listed}{tail}. Fix or remove these rows; nothing was trained.")
+
+
+def _dedupe(rows: list[dict], wheres: list[str], policy: str, report: DataReport) -> tuple[list[dict], list[str]]:
+    seen: dict[str, str] = {}
+    kept, kept_where = [], []
+    for row, where in zip(rows, wheres):
+        key = json.dumps(row, sort_keys=True)
+        if key in seen:
+            report.duplicates += 1
+            if policy == "error":
+                report.problems.append((where, f"duplicate of {seen[key]}"))
+            if policy != "keep":
+                continue
+        else:
+            seen[key] = where
+        kept.append(row)
+        kept_where.append(where)
+    if report.problems:
+        raise DataError(_describe(report) + " (data.on_duplicate=error; use drop to skip duplicates.)")
+    return kept, kept_where
+
+
+def _check_lengths(rows: list[dict], wheres: list[str], tokenizer: Any, data_cfg: DictConfig, report: DataReport) -> list[dict]:
+    limit = data_cfg.max_length
+    kept = []
+    for row, where in zip(rows, wheres):
+        replies = [row["chosen"], row["rejected"]] if "chosen" in row else [row["completion"]]
+        n = max(len(tokenizer.apply_chat_template(row["prompt"] + reply, tokenize=True, return_dict=True)["input_ids"])
+                for reply in replies)
+        prompt_n = len(tokenizer.apply_chat_template(row["prompt"], tokenize=True, add_generation_prompt=True,
+                                                     return_dict=True)["input_ids"])
+        report.token_lengths.append(n)
+        if n > limit or prompt_n >= limit:
+            report.overlength += 1
+            if data_cfg.on_overlength == "error":
+                report.problems.append((where, f"{n} tokens, over data.max_length={limit}"))
+            if data_cfg.on_overlength == "drop" or prompt_n >= limit:
+                continue  # a prompt that fills the window leaves no reply tokens to learn from: always dropped
+        kept.append(row)
+    if report.problems:
+        raise DataError(_describe(report) + " (data.on_overlength=error; use truncate or drop.)")
+    return kept
+
+
+def as_sft(pairs: list[dict]) -> list[dict]:
+    return [formats.chosen_as_sft(p) for p in pairs]

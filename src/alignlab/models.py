@@ -1,0 +1,168 @@
+"""Policy / reference model and tokenizer loading, the tiny test model, LoRA and the chat template.
+
+Every stage loads its model through `load_model` / `load_tokenizer`, so dtype, attention implementation and the
+chat template are the same in SFT and DPO: the prompt/response boundary tokens cannot drift between stages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from alignlab.errors import ModelError
+
+# ChatML, as used by SmolLM2 / Qwen: given to tokenizers that ship without a chat template.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+TINY_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+TINY_CORPUS = Path(__file__).parent / "assets" / "tiny" / "prefs.jsonl"
+
+
+def cache_root(cfg: DictConfig | None = None) -> Path:
+    """Where converted and generated models live: config, then $ALIGNLAB_CACHE, then ~/.cache/alignlab."""
+    configured = cfg.get("cache_dir") if cfg is not None else None
+    root = configured or os.environ.get("ALIGNLAB_CACHE") or Path.home() / ".cache" / "alignlab"
+    return Path(root).expanduser()
+
+
+def resolve_model_path(model_cfg: DictConfig, cache: Path) -> str:
+    """Turn `model.*` into something `from_pretrained` takes (a local folder or a Hub id), building tiny models."""
+    if model_cfg.source == "tiny":
+        return str(build_tiny_model(model_cfg.tiny, cache))
+    path = str(model_cfg.path)
+    local = Path(path).expanduser()
+    if model_cfg.source == "local" or (model_cfg.source == "auto" and (local.exists() or path.startswith((".", "/", "~")))):
+        if not (local / "config.json").is_file():
+            raise ModelError(f"Model error: '{path}' (model.path) is not a model folder: no config.json in it.")
+        return str(local.resolve())
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        # Fail here rather than inside from_pretrained: say what to do instead of a long HTTP traceback.
+        try:
+            AutoConfig.from_pretrained(path, revision=model_cfg.revision)
+        except Exception:
+            raise ModelError(
+                f"Model error: '{path}' (model.path) is not a local folder and is not in the Hub cache, and "
+                "offline mode is on (offline=true). Point model.path at a local model folder, or set offline=false "
+                "on a machine with Hub access."
+            ) from None
+    return path
+
+
+def build_tiny_model(spec: DictConfig, cache: Path) -> Path:
+    """A random-weight Llama and a byte-level BPE tokenizer trained on bundled text, cached by their spec."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    spec_dict = OmegaConf.to_container(spec) if isinstance(spec, DictConfig) else dict(spec)
+    corpus_hash = hashlib.sha256(TINY_CORPUS.read_bytes()).hexdigest()[:8]
+    key = hashlib.sha256(json.dumps([spec_dict, corpus_hash], sort_keys=True).encode()).hexdigest()[:12]
+    out = cache / "models" / f"tiny-{key}"
+    if (out / "config.json").is_file():
+        return out
+
+    texts = []
+    for line in TINY_CORPUS.read_text().splitlines():
+        row = json.loads(line)
+        texts += [m["content"] for part in ("prompt", "chosen", "rejected") for m in row[part]]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=spec_dict["vocab_size"], special_tokens=TINY_SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(texts + ["user", "assistant", "system"], trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token=None,
+        unk_token=None, chat_template=CHATML_TEMPLATE,
+    )
+    torch.manual_seed(spec_dict["seed"])
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=spec_dict["hidden_size"],
+        intermediate_size=spec_dict["intermediate_size"], num_hidden_layers=spec_dict["num_layers"],
+        num_attention_heads=spec_dict["num_heads"], num_key_value_heads=spec_dict["num_heads"],
+        max_position_embeddings=spec_dict["max_position_embeddings"], tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
+    )
+    model = LlamaForCausalLM(config)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    try:
+        os.rename(tmp, out)
+    except OSError:  # another process built the same spec first: keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def load_tokenizer(path: str, model_cfg: DictConfig) -> PreTrainedTokenizerBase:
+    """The tokenizer with the configured chat template (ChatML when it has none) and a pad token set."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code
+        )
+    except Exception as exc:
+        raise ModelError(f"Model error: cannot load a tokenizer from '{path}': {exc}") from None
+    template = model_cfg.chat_template
+    if template:
+        tpl_path = Path(template).expanduser()
+        tokenizer.chat_template = tpl_path.read_text() if tpl_path.is_file() else template
+    elif not tokenizer.chat_template:
+        tokenizer.chat_template = CHATML_TEMPLATE
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def torch_dtype(name: str) -> Any:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}[name]
+
+
+def load_model(path: str, model_cfg: DictConfig) -> torch.nn.Module:
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            path,
+            revision=model_cfg.revision,
+            dtype=torch_dtype(model_cfg.dtype),
+            attn_implementation=model_cfg.attn_implementation,
+            trust_remote_code=model_cfg.trust_remote_code,
+        )
+    except Exception as exc:
+        raise ModelError(f"Model error: cannot load a causal LM from '{path}': {exc}") from None
+
+
+def lora_config(model_cfg: DictConfig) -> Any:
+    """A peft LoraConfig from `model.lora`, or None when LoRA is off."""
+    if not model_cfg.lora.enabled:
+        return None
+    from peft import LoraConfig
+
+    targets = model_cfg.lora.target_modules
+    targets = targets if isinstance(targets, str) else list(targets)
+    return LoraConfig(
+        r=model_cfg.lora.r, lora_alpha=model_cfg.lora.alpha, lora_dropout=model_cfg.lora.dropout,
+        target_modules=targets, task_type="CAUSAL_LM",
+    )
+
+
+def save_merged(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, out: Path) -> None:
+    """Save a stage's final policy as a plain model folder; LoRA adapters are merged so the next stage's
+    reference is exactly this policy and any tool can load it."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        model = model.merge_and_unload()
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)

@@ -1,0 +1,214 @@
+"""The pipeline: stage after stage over one run directory.
+
+    runs/<name>/<id>/config.yaml        the frozen config (secrets redacted); ranks and resumes read only this
+                     run_info.json      seed, library versions, git commits, host, first command line
+                     attempts.jsonl     one line per invocation (resumes included)
+                     inputs.json        fingerprints of the data files: a resumed run refuses changed data
+                     <stage>/model/     the stage's policy (merged), input of the next stage
+                     <stage>/metrics.json, <stage>/DONE
+                     summary.json       final metrics of every stage
+
+`<id>` is a hash of the config (minus `run` and `logger`), so re-running the same command continues the same
+run: finished stages (DONE) are skipped, an interrupted one resumes from its last complete checkpoint.
+Everything a stage needs (model, tokenizer, every data row) is loaded and validated before the first step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from alignlab import data as data_lib
+from alignlab.artifacts import atomic_write_json, atomic_write_text, is_done, mark_done
+from alignlab.data.sources import resolve_local
+from alignlab.errors import RunStateError, UserError
+from alignlab.models import cache_root, load_tokenizer, resolve_model_path
+from alignlab.stages import STAGES
+from alignlab.stages.common import StageContext
+from alignlab.tracking import Tracker, redact
+
+LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "deepspeed", "wandb", "hydra-core",
+             "omegaconf", "tokenizers")
+
+
+def run_id(cfg: DictConfig) -> str:
+    if cfg.run.id:
+        return str(cfg.run.id)
+    body = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in ("run", "logger")}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def run_dir_of(cfg: DictConfig) -> Path:
+    return Path(cfg.run.root).expanduser() / cfg.name / run_id(cfg)
+
+
+@dataclass
+class Prepared:
+    """Everything validated before any compute: the run folder, base model path, tokenizer and data rows."""
+
+    cfg: DictConfig
+    run_dir: Path
+    base_model: str
+    tokenizer: Any
+    pairs: list[dict] | None = None
+    sft_rows: list[dict] | None = None
+    reports: list[data_lib.DataReport] = field(default_factory=list)
+    fingerprints: dict[str, str] = field(default_factory=dict)
+
+
+def set_offline(cfg: DictConfig) -> None:
+    if cfg.offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+
+def prepare(cfg: DictConfig) -> Prepared:
+    set_offline(cfg)
+    run_dir = run_dir_of(cfg)
+    try:
+        base = resolve_model_path(cfg.model, cache_root(cfg))
+        tokenizer = load_tokenizer(base, cfg.model)
+        prep = Prepared(cfg, run_dir, base, tokenizer)
+        kinds = {cfg.algo[s].kind for s in cfg.pipeline.stages}
+        if cfg.data.preference is not None and ("dpo" in kinds or cfg.data.sft is None):
+            prep.pairs, report = data_lib.load(cfg.data.preference, "preference", cfg.data, tokenizer)
+            prep.reports.append(report)
+            prep.fingerprints[str(cfg.data.preference.path)] = fingerprint(str(cfg.data.preference.path))
+        if "sft" in kinds:
+            if cfg.data.sft is not None:
+                prep.sft_rows, report = data_lib.load(cfg.data.sft, "sft", cfg.data, tokenizer)
+                prep.reports.append(report)
+                prep.fingerprints[str(cfg.data.sft.path)] = fingerprint(str(cfg.data.sft.path))
+            else:
+                prep.sft_rows = data_lib.as_sft(prep.pairs)
+        _check_inputs_unchanged(run_dir, prep.fingerprints)
+    except UserError as exc:
+        if run_dir.is_dir():  # an existing run keeps its files; only the error is added
+            with open(run_dir / "error.log", "a", encoding="utf-8") as f:
+                f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {exc}\n")
+        raise
+    return prep
+
+
+def fingerprint(path: str) -> str:
+    """sha256 of a local file or folder's files; Hub ids are recorded as given (their revision is in the config)."""
+    local = resolve_local(path)
+    if local is None:
+        return f"hub:{path}"
+    h = hashlib.sha256()
+    files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file())
+    for f in files:
+        h.update(str(f.relative_to(local) if f != local else f.name).encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_inputs_unchanged(run_dir: Path, fingerprints: dict[str, str]) -> None:
+    recorded = run_dir / "inputs.json"
+    if not recorded.is_file():
+        return
+    before = json.loads(recorded.read_text())
+    changed = [p for p, fp in fingerprints.items() if before.get(p) not in (None, fp)]
+    if changed:
+        raise RunStateError(
+            f"Run error: the data {', '.join(changed)} changed since run '{run_dir}' started, so its finished stages "
+            "no longer match it. Restore the data, or start a separate run with run.id=<new name>."
+        )
+
+
+def _git_commit(where: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def _versions() -> dict[str, str | None]:
+    found: dict[str, str | None] = {"python": platform.python_version()}
+    for lib in LIBRARIES:
+        try:
+            found[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            found[lib] = None
+    return found
+
+
+def record_run(prep: Prepared) -> None:
+    d = prep.run_dir
+    d.mkdir(parents=True, exist_ok=True)
+    snapshot = redact(OmegaConf.to_container(prep.cfg, resolve=True))
+    if not (d / "config.yaml").is_file():
+        atomic_write_text(d / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(snapshot)))
+    if not (d / "run_info.json").is_file():
+        atomic_write_json(d / "run_info.json", {
+            "seed": prep.cfg.seed,
+            "versions": _versions(),
+            "git": {"alignlab": _git_commit(Path(__file__).parent), "cwd": _git_commit(Path.cwd())},
+            "command": sys.argv,
+            "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "base_model": prep.base_model,
+            "data": [r.summary() for r in prep.reports],
+        })
+    atomic_write_json(d / "inputs.json", prep.fingerprints)
+    with open(d / "attempts.jsonl", "a", encoding="utf-8") as f:
+        done = [s for s in prep.cfg.pipeline.stages if is_done(d / s)]
+        f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": sys.argv, "done_before": done}) + "\n")
+
+
+def run(cfg: DictConfig, console: Any = None) -> dict[str, Any]:
+    """Run (or resume) the pipeline described by a validated config; returns per-stage metrics."""
+    from alignlab.console import Console
+
+    console = console or Console()
+    prep = prepare(cfg)
+    console.header(prep)
+    record_run(prep)
+    tracker = Tracker(cfg, prep.run_dir)
+    results: dict[str, Any] = {}
+    policy = prep.base_model
+    try:
+        for stage in cfg.pipeline.stages:
+            stage_dir = prep.run_dir / stage
+            if is_done(stage_dir):
+                results[stage] = {**json.loads((stage_dir / "metrics.json").read_text()), "status": "skipped (done)"}
+                console.stage_skipped(stage)
+            else:
+                ctx = StageContext(cfg, stage, stage_dir, policy, prep.tokenizer, prep.pairs, prep.sft_rows, tracker)
+                stage_dir.mkdir(parents=True, exist_ok=True)
+                console.stage_start(stage, cfg.algo[stage].kind)
+                started = time.time()
+                metrics = STAGES[cfg.algo[stage].kind](ctx)
+                metrics["wall_seconds"] = round(time.time() - started, 2)
+                atomic_write_json(stage_dir / "metrics.json", metrics)
+                mark_done(stage_dir)
+                results[stage] = {**metrics, "status": "done"}
+            policy = str(stage_dir / "model")
+        summary = {f"{s}/{k}": v for s, m in results.items() for k, v in m.items() if isinstance(v, (int, float))}
+        tracker.summary(summary)
+        atomic_write_json(prep.run_dir / "summary.json", results)
+    except BaseException:
+        tracker.finish(exit_code=1)
+        raise
+    tracker.finish()
+    console.summary(prep.run_dir, results)
+    return results

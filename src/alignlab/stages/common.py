@@ -1,0 +1,130 @@
+"""What every training stage shares: the stage context, TRL config from `algo.<stage>`, running a Trainer with
+resume from the last complete checkpoint, and saving the final model atomically."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from transformers import Trainer
+from transformers.trainer_callback import ProgressCallback
+
+from alignlab.artifacts import CompleteMarker, atomic_write_json, last_complete_checkpoint
+from alignlab.errors import ConfigError
+from alignlab.models import save_merged
+from alignlab.tracking import StageLogger, Tracker
+
+
+@dataclass
+class StageContext:
+    cfg: DictConfig  # the frozen, validated run config
+    name: str  # the stage's key in `algo` and `pipeline.stages`
+    stage_dir: Path
+    input_model: str  # path or Hub id of the policy this stage starts from
+    tokenizer: Any
+    pairs: list[dict] | None  # normalized preference rows
+    sft_rows: list[dict] | None  # normalized prompt/completion rows
+    tracker: Tracker
+
+    @property
+    def algo(self) -> DictConfig:
+        return self.cfg.algo[self.name]
+
+    @property
+    def model_dir(self) -> Path:
+        return self.stage_dir / "model"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.stage_dir / "checkpoints"
+
+
+def trl_args(config_cls: type, ctx: StageContext, **specific: Any) -> Any:
+    """Map the shared `algo.<stage>` knobs onto a TRL config class; `algo.<stage>.extra` passes any other field."""
+    a = ctx.algo
+    on_gpu = torch.cuda.is_available()
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(ctx.checkpoint_dir),
+        num_train_epochs=a.epochs,
+        max_steps=a.max_steps,
+        per_device_train_batch_size=a.batch_size,
+        per_device_eval_batch_size=a.batch_size,
+        gradient_accumulation_steps=a.grad_accum,
+        learning_rate=a.learning_rate,
+        lr_scheduler_type=a.lr_scheduler,
+        warmup_steps=a.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of total steps
+        weight_decay=a.weight_decay,
+        max_grad_norm=a.max_grad_norm,
+        optim=a.optim,
+        bf16=a.precision == "bf16",
+        fp16=a.precision == "fp16",
+        gradient_checkpointing=a.gradient_checkpointing,
+        logging_steps=a.logging_steps,
+        save_strategy="steps",
+        save_steps=a.save_steps,
+        save_total_limit=a.save_total_limit,
+        seed=ctx.cfg.seed,
+        data_seed=ctx.cfg.seed,
+        report_to=[],
+        use_cpu=not on_gpu,
+        max_length=ctx.cfg.data.max_length,
+        dataloader_num_workers=0,
+        **specific,
+    )
+    extra = OmegaConf.to_container(a.extra, resolve=True)
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(extra) - known)
+    if unknown:
+        raise ConfigError(f"Config error at 'algo.{ctx.name}.extra': {', '.join(unknown)} "
+                          f"{'is not a field' if len(unknown) == 1 else 'are not fields'} of trl.{config_cls.__name__}.")
+    kwargs.update(extra)
+    try:
+        return config_cls(**kwargs)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"Config error at 'algo.{ctx.name}': TRL rejected the settings: {exc}") from None
+
+
+class QuietProgress(ProgressCallback):
+    """Progress bars without a printed dict per logging step: curves go to W&B and log_history.json."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        return control
+
+
+def train(trainer: Trainer, ctx: StageContext) -> dict[str, Any]:
+    """Run the Trainer, resuming from the last complete checkpoint (optimizer, scheduler, RNG, data position)."""
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(QuietProgress())
+    trainer.add_callback(CompleteMarker())
+    trainer.add_callback(StageLogger(ctx.tracker, ctx.name))
+    resume = last_complete_checkpoint(ctx.checkpoint_dir)
+    if resume is not None:
+        print(f"[alignlab] {ctx.name}: resuming from {resume.name}")
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    history = trainer.state.log_history
+    atomic_write_json(ctx.stage_dir / "log_history.json", history)
+    metrics = dict(result.metrics)
+    steps = [h for h in history if "loss" in h]
+    if steps:
+        metrics["final_step_loss"] = steps[-1]["loss"]
+    metrics["global_step"] = trainer.state.global_step
+    metrics["resumed_from"] = resume.name if resume else None
+    return metrics
+
+
+def save_final(trainer: Trainer, ctx: StageContext) -> None:
+    """Write the stage's policy to `model/` via a temporary folder, so `model/` is always whole."""
+    if not trainer.is_world_process_zero():
+        return
+    tmp = ctx.stage_dir / f".model.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_merged(trainer.accelerator.unwrap_model(trainer.model), ctx.tokenizer, tmp)
+    if ctx.model_dir.exists():  # a previous attempt died between rename and DONE: keep it aside, never delete
+        ctx.model_dir.rename(ctx.stage_dir / f"model.previous-{os.getpid()}")
+    os.replace(tmp, ctx.model_dir)

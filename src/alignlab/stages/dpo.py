@@ -1,0 +1,69 @@
+"""Direct preference optimisation stage: trl.DPOTrainer with every loss variant TRL offers.
+
+The reference model is the policy this stage starts from (the SFT output in `sft -> dpo`) unless
+`algo.<stage>.reference` names another. With LoRA no second copy is loaded: TRL disables the adapter to get the
+reference. After training, the final policy is evaluated on its training pairs (reward accuracy and margins:
+did it learn the preferences it was shown?).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from datasets import Dataset
+from omegaconf import OmegaConf
+from trl import DPOConfig, DPOTrainer
+
+from alignlab.config import dpo_loss_types
+from alignlab.models import cache_root, load_model, lora_config, resolve_model_path
+from alignlab.stages.common import StageContext, save_final, train, trl_args
+
+
+def build_trainer(ctx: StageContext) -> DPOTrainer:
+    a = ctx.algo
+    args = trl_args(
+        DPOConfig, ctx,
+        beta=a.beta,
+        loss_type=dpo_loss_types(a),
+        loss_weights=list(a.loss_weights) if a.loss_weights is not None else None,
+        label_smoothing=a.label_smoothing,
+        ld_alpha=a.ld_alpha,
+        f_divergence_type=a.f_divergence_type,
+        f_alpha_divergence_coef=a.f_alpha_divergence_coef,
+        use_weighting=a.use_weighting,
+        discopop_tau=a.discopop_tau,
+        precompute_ref_log_probs=a.precompute_ref_log_probs,
+        sync_ref_model=a.sync_ref_model,
+        ref_model_mixup_alpha=a.ref_model_mixup_alpha,
+        ref_model_sync_steps=a.ref_model_sync_steps,
+    )
+    peft = lora_config(ctx.cfg.model)
+    policy = load_model(ctx.input_model, ctx.cfg.model)
+    # A model object (not a path) needs an explicit reference unless LoRA (adapter off) or precomputed log-probs
+    # stand in for it; loading it ourselves also keeps dtype and attention the same as the policy's.
+    ref = None
+    if a.reference is not None:
+        ref_cfg = OmegaConf.merge(ctx.cfg.model, {"source": "auto", "path": a.reference})
+        ref = load_model(resolve_model_path(ref_cfg, cache_root(ctx.cfg)), ctx.cfg.model)
+    elif peft is None and not a.precompute_ref_log_probs:
+        ref = load_model(ctx.input_model, ctx.cfg.model)
+    pairs = Dataset.from_list(ctx.pairs)
+    return DPOTrainer(
+        model=policy,
+        ref_model=ref,
+        args=args,
+        train_dataset=pairs,
+        eval_dataset=pairs if a.final_eval else None,  # prepared (and ref log-probs precomputed) with the train set
+        processing_class=ctx.tokenizer,
+        peft_config=peft,
+    )
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    trainer = build_trainer(ctx)
+    metrics = train(trainer, ctx)
+    if ctx.algo.final_eval:
+        final = trainer.evaluate()  # TRL names its metrics eval_rewards/accuracies, ...
+        metrics.update({"final/" + k.removeprefix("eval_"): v for k, v in final.items()})
+    save_final(trainer, ctx)
+    return metrics

@@ -1,0 +1,37 @@
+"""Supervised fine-tuning stage: trl.SFTTrainer on conversational prompt/completion rows.
+
+Loss on the completion only (the assistant reply, ending with the chat template's end-of-turn token), so the
+model learns to answer and to stop, with the same prompt tokens the DPO stage will see.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from datasets import Dataset
+from trl import SFTConfig, SFTTrainer
+
+from alignlab.models import load_model, lora_config
+from alignlab.stages.common import StageContext, save_final, train, trl_args
+
+
+def build_trainer(ctx: StageContext) -> SFTTrainer:
+    a = ctx.algo
+    args = trl_args(
+        SFTConfig, ctx, packing=a.packing, completion_only_loss=a.completion_only_loss,
+        eos_token=ctx.tokenizer.eos_token,
+    )
+    return SFTTrainer(
+        model=load_model(ctx.input_model, ctx.cfg.model),
+        args=args,
+        train_dataset=Dataset.from_list(ctx.sft_rows),
+        processing_class=ctx.tokenizer,
+        peft_config=lora_config(ctx.cfg.model),
+    )
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    trainer = build_trainer(ctx)
+    metrics = train(trainer, ctx)
+    save_final(trainer, ctx)
+    return metrics

@@ -1,0 +1,105 @@
+"""Weights & Biases: one W&B run per pipeline run, offline by default, resumed under the same id.
+
+We init W&B ourselves (rank 0 only) instead of letting transformers' WandbCallback do it, because that callback
+starts one W&B run per Trainer (one per stage) and logs everything under `train/`. `StageLogger` logs each
+stage's Trainer logs under `<stage>/<TRL metric name>` with its own step axis, so DPO's `rewards/chosen` appears
+as `dpo/rewards/chosen` and a resumed stage continues its curve instead of colliding with W&B's global step.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from transformers import TrainerCallback
+
+from alignlab.artifacts import atomic_write_text
+
+SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential)", re.IGNORECASE)
+SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "OPENAI_API_KEY", "AWS_SECRET_ACCESS_KEY")
+REDACTED = "***"
+
+
+def redact(obj: Any) -> Any:
+    """Drop secrets from a config snapshot: values under secret-looking keys, and any value equal to a secret
+    environment variable (what `${oc.env:WANDB_API_KEY}` would have resolved to)."""
+    secrets = {os.environ[k] for k in SECRET_ENV if os.environ.get(k)}
+    if isinstance(obj, dict):
+        return {k: REDACTED if SECRET_KEY.search(str(k)) and v not in (None, "") else redact(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [redact(v) for v in obj]
+    if isinstance(obj, str) and obj in secrets:
+        return REDACTED
+    return obj
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+class Tracker:
+    """The pipeline's W&B run (or nothing, with logger.backend=none or on ranks other than 0)."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path):
+        self.run = None
+        if cfg.logger.backend != "wandb" or cfg.logger.mode == "disabled" or not is_main_process():
+            return
+        import wandb
+
+        id_file = run_dir / "wandb_id"
+        run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
+        atomic_write_text(id_file, run_id + "\n")
+        self.run = wandb.init(
+            project=cfg.logger.project,
+            entity=cfg.logger.entity,
+            group=cfg.logger.group,
+            tags=list(cfg.logger.tags),
+            name=f"{cfg.name}/{run_dir.name}",
+            id=run_id,
+            resume="allow",
+            mode=cfg.logger.mode,
+            dir=str(run_dir),
+            config=redact(OmegaConf.to_container(cfg, resolve=True)),
+            settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
+        )
+
+    def define_stage(self, stage: str) -> None:
+        if self.run is not None:
+            self.run.define_metric(f"{stage}/global_step")
+            self.run.define_metric(f"{stage}/*", step_metric=f"{stage}/global_step")
+
+    def log(self, stage: str, metrics: dict[str, Any], step: int) -> None:
+        if self.run is not None:
+            numeric = {f"{stage}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+            self.run.log({**numeric, f"{stage}/global_step": step})
+
+    def summary(self, metrics: dict[str, Any]) -> None:
+        if self.run is not None:
+            for k, v in metrics.items():
+                self.run.summary[k] = v
+
+    @property
+    def run_path(self) -> str | None:
+        return self.run.dir if self.run is not None else None
+
+    def finish(self, exit_code: int = 0) -> None:
+        if self.run is not None:
+            self.run.finish(exit_code=exit_code)
+            self.run = None
+
+
+class StageLogger(TrainerCallback):
+    """Forwards a Trainer's logs to the tracker under the stage's namespace (TRL's metric names kept)."""
+
+    def __init__(self, tracker: Tracker, stage: str):
+        self.tracker, self.stage = tracker, stage
+        tracker.define_stage(stage)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and state.is_world_process_zero:
+            self.tracker.log(self.stage, logs, state.global_step)
+        return control

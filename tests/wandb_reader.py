@@ -1,0 +1,59 @@
+"""Read the records of an offline W&B run file (`run-<id>.wandb`) to check what was logged, without network.
+
+The file is W&B's LevelDB-style log (wandb/sdk/internal/datastore.py in older wandb releases, which 0.31 no
+longer ships in Python): a 7-byte header, then 32 KiB blocks of chunks `crc32 (4) | length (2) | type (1) |
+payload`, chunk types FULL=1, FIRST=2, MIDDLE=3, LAST=4; payloads reassemble into `wandb_internal_pb2.Record`.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+from wandb.proto import wandb_internal_pb2
+
+BLOCK = 32 * 1024
+HEADER = 7
+CHUNK_HEADER = 7
+
+
+def records(path: Path) -> list[Any]:
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", f"{path} is not a W&B run file"
+    out, pending, pos = [], b"", HEADER
+    while pos + CHUNK_HEADER <= len(data):
+        left_in_block = BLOCK - (pos % BLOCK)
+        if left_in_block < CHUNK_HEADER:
+            pos += left_in_block
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + CHUNK_HEADER])
+        payload = data[pos + CHUNK_HEADER : pos + CHUNK_HEADER + length]
+        pos += CHUNK_HEADER + length
+        if kind == 0 and length == 0:
+            continue
+        pending = payload if kind in (1, 2) else pending + payload
+        if kind in (1, 4):
+            rec = wandb_internal_pb2.Record()
+            rec.ParseFromString(pending)
+            out.append(rec)
+            pending = b""
+    return out
+
+
+def history_keys(path: Path) -> set[str]:
+    return {item.key or "/".join(item.nested_key) for r in records(path) if r.WhichOneof("record_type") == "history"
+            for item in r.history.item}
+
+
+def config(path: Path) -> dict[str, Any]:
+    cfg: dict[str, Any] = {}
+    for r in records(path):
+        if r.WhichOneof("record_type") == "config":
+            for item in r.config.update:
+                cfg[item.key] = json.loads(item.value_json)
+        if r.WhichOneof("record_type") == "run":
+            for item in r.run.config.update:
+                cfg[item.key] = json.loads(item.value_json)
+    return cfg
