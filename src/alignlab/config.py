@@ -89,8 +89,10 @@ class SourceConfig:
 @dataclass
 class DataConfig:
     name: str = MISSING
-    preference: SourceConfig | None = None
-    sft: SourceConfig | None = None  # None: SFT trains on the chosen replies of `preference`
+    # Sources are typed against SourceConfig in `validate` (OmegaConf cannot turn a None structured node into a
+    # dict from the command line, so `data.sft={path: sft.jsonl}` would fail with a typed field here).
+    preference: Any = None
+    sft: Any = None  # None: SFT trains on the chosen replies of `preference`
     max_length: int = 512  # tokens, prompt + reply, after the chat template
     on_overlength: str = "truncate"  # truncate | drop | error
     on_duplicate: str = "drop"  # drop | keep | error
@@ -206,7 +208,8 @@ def compose_config(overrides: list[str]) -> DictConfig:
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="alignlab"):
             cfg = compose(config_name="config", overrides=overrides)
-    except (HydraException, OmegaConfBaseException) as exc:
+    except (HydraException, OmegaConfBaseException, AttributeError, AssertionError) as exc:
+        # OmegaConf raises the last two for some impossible overrides (e.g. a field inside a None node)
         raise ConfigError(_explain_hydra_error(exc)) from None
     return cfg
 
@@ -224,7 +227,15 @@ def _explain_hydra_error(exc: BaseException) -> str:
         hint = f" Available options for '{group}': {', '.join(options)}." if options else ""
         return f"Config error: unknown option '{match.group(1)}'.{hint}"
     if match := re.search(r"Could not override '([^']+)'", msg):
-        key = match.group(1)
+        inner = re.search(r"full_key: ([\w.\[\]-]+)", detail)
+        key = inner.group(1) if inner and inner.group(1).startswith(match.group(1)) else match.group(1)
+        if match.group(1).endswith(".extra"):  # a new key inside the free-form dict passed to TRL
+            return (f"Config error: unknown key '{key}'. To add a key to '{match.group(1)}' write "
+                    f"+{key}=VALUE on the command line.")
+        if source := re.match(r"data\.(sft|preference)\.(\w+)$", key):
+            if source.group(2) in {f.name for f in dataclasses.fields(SourceConfig)}:
+                return (f"Config error: cannot set '{key}': data.{source.group(1)} is empty in this config. "
+                        f"Set the whole source, e.g. data.{source.group(1)}={{path: FILE}}.")
         return f"Config error: unknown key '{key}' on the command line.{_suggest(key)} Check the spelling."
     if match := re.search(r"Error merging override ([^=\s]+)=(\S*)", msg):
         return f"Config error at '{match.group(1)}': cannot set it to '{match.group(2)}': {_short(detail)}"
@@ -246,13 +257,15 @@ def _suggest(full_key: str) -> str:
     schema: Any = AlignlabConfig
     if len(parts) >= 3 and parts[0] == "algo":
         schema, parts = ALGO_SCHEMAS["dpo" if "dpo" in parts[1] else "sft"], parts[2:]
+    elif len(parts) >= 3 and parts[:2] in (["data", "preference"], ["data", "sft"]):
+        schema, parts = SourceConfig, parts[2:]
     for part in parts:
         if not dataclasses.is_dataclass(schema):
             return ""
         hints = typing.get_type_hints(schema)
         if part not in hints:
             close = difflib.get_close_matches(part, list(hints), n=1)
-            return f" Did you mean '{close[0]}'?" if close else ""
+            return f" Did you mean '{close[0]}'?" if close else f" Valid keys there: {', '.join(hints)}."
         schema = next((t for t in (typing.get_args(hints[part]) or [hints[part]]) if dataclasses.is_dataclass(t)), None)
     return ""
 
@@ -273,7 +286,11 @@ def validate(cfg: DictConfig) -> DictConfig:
         cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", "?")
-        raise ConfigError(f"Config error at '{key}': a required value is missing or unresolvable ({exc}).") from None
+        raise ConfigError(f"Config error at '{key}': a required value is missing or cannot be resolved "
+                          f"({_short(' '.join(str(exc).split()))}). Set it on the command line: {key}=...") from None
+    stages = list(cfg.pipeline.stages)
+    for name in [n for n in cfg.algo if n not in stages]:
+        del cfg.algo[name]  # settings an experiment gives a stage this pipeline does not run
     for name, node in list(cfg.algo.items()):
         kind = node.get("kind") if isinstance(node, DictConfig) else None
         _check(kind in ALGO_SCHEMAS, f"algo.{name}.kind", f"got {kind!r}, expected one of {', '.join(ALGO_SCHEMAS)}.")
@@ -282,7 +299,22 @@ def validate(cfg: DictConfig) -> DictConfig:
         except OmegaConfBaseException as exc:
             bad = f"algo.{name}.{getattr(exc, 'full_key', '')}".rstrip(".")
             raise ConfigError(f"Config error at '{bad}': {' '.join(str(exc).split()[:30])}") from None
-    typed = OmegaConf.merge(OmegaConf.structured(AlignlabConfig), cfg)
+    for part in ("preference", "sft"):
+        node = cfg.data.get(part)
+        if node is None:
+            continue
+        _check(isinstance(node, DictConfig), f"data.{part}", f"expected a source like {{path: pairs.jsonl}}, got {node!r}.")
+        try:
+            cfg.data[part] = OmegaConf.merge(OmegaConf.structured(SourceConfig), node)
+        except OmegaConfBaseException as exc:
+            bad = f"data.{part}.{getattr(exc, 'full_key', '')}".rstrip(".")
+            raise ConfigError(f"Config error at '{bad}': {_short(' '.join(str(exc).split()))}.") from None
+        _check(bool(cfg.data[part].path), f"data.{part}.path", "set the file, folder or Hub id to read.")
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(AlignlabConfig), cfg)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", "?")
+        raise ConfigError(f"Config error at '{key}': {_short(' '.join(str(exc).split()))}.{_suggest(key)}") from None
 
     m = typed.model
     _one_of(m.source, ("auto", "hub", "local", "tiny"), "model.source")
@@ -303,7 +335,6 @@ def validate(cfg: DictConfig) -> DictConfig:
             _one_of(src.format, DATA_FORMATS, f"data.{part}.format")
             _one_of(src.pku_choose_by, ("better", "safer"), f"data.{part}.pku_choose_by")
 
-    stages = list(typed.pipeline.stages)
     _check(len(stages) > 0, "pipeline.stages", "the pipeline has no stages.")
     _check(len(set(stages)) == len(stages), "pipeline.stages", f"a stage is listed twice: {stages}.")
     for stage in stages:
@@ -324,6 +355,7 @@ def _validate_algo(a: DictConfig, key: str, cfg: DictConfig) -> None:
     _check(a.epochs > 0 or a.max_steps > 0, f"{key}.epochs", "set epochs > 0 or max_steps > 0.")
     _check(a.save_steps > 0, f"{key}.save_steps", f"must be positive, got {a.save_steps}.")
     _check(0 <= a.warmup_ratio < 1, f"{key}.warmup_ratio", f"must lie in [0, 1), got {a.warmup_ratio}.")
+    _check_extra(a, key)
     if a.kind == "sft":
         _check(cfg.data.sft is not None or cfg.data.preference is not None, "data",
                "the SFT stage needs data.sft or data.preference (whose chosen replies it trains on).")
@@ -348,6 +380,17 @@ def _validate_algo(a: DictConfig, key: str, cfg: DictConfig) -> None:
         if a.sync_ref_model:
             _check(not cfg.model.lora.enabled, f"{key}.sync_ref_model", "TR-DPO reference syncing needs full fine-tuning (model.lora.enabled=false).")
             _check(not a.precompute_ref_log_probs, f"{key}.sync_ref_model", "cannot be combined with precompute_ref_log_probs.")
+
+
+def _check_extra(a: DictConfig, key: str) -> None:
+    """`extra` passes fields straight to TRL's config class: check the names now, not after the run started."""
+    from trl import DPOConfig, SFTConfig
+
+    config_cls = {"sft": SFTConfig, "dpo": DPOConfig}[a.kind]
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(a.extra) - known)
+    _check(not unknown, f"{key}.extra", f"{', '.join(unknown)} {'is not a field' if len(unknown) == 1 else 'are not fields'} "
+           f"of trl.{config_cls.__name__}.")
 
 
 def dpo_loss_types(a: DictConfig) -> list[str]:

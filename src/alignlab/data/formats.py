@@ -43,6 +43,9 @@ def _text(row: dict[str, Any], key: str) -> str:
     if key not in row or row[key] is None:
         raise RowProblem(f"'{key}' is missing")
     value = row[key]
+    if isinstance(value, list):
+        raise RowProblem(f"'{key}' is a message list but this file's rows are read as plain strings "
+                         "(format detected from its first row)")
     if not isinstance(value, str):
         raise RowProblem(f"'{key}' should be a string, got {type(value).__name__}")
     if not value.strip():

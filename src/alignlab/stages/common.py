@@ -3,7 +3,6 @@ resume from the last complete checkpoint, and saving the final model atomically.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 from dataclasses import dataclass
@@ -77,13 +76,7 @@ def trl_args(config_cls: type, ctx: StageContext, **specific: Any) -> Any:
         dataloader_num_workers=0,
         **specific,
     )
-    extra = OmegaConf.to_container(a.extra, resolve=True)
-    known = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = sorted(set(extra) - known)
-    if unknown:
-        raise ConfigError(f"Config error at 'algo.{ctx.name}.extra': {', '.join(unknown)} "
-                          f"{'is not a field' if len(unknown) == 1 else 'are not fields'} of trl.{config_cls.__name__}.")
-    kwargs.update(extra)
+    kwargs.update(OmegaConf.to_container(a.extra, resolve=True))  # names checked in config.validate
     try:
         return config_cls(**kwargs)
     except (ValueError, TypeError) as exc:

@@ -1,0 +1,54 @@
+"""Shared fixtures: an isolated cache (tiny models built once per session), offline Hub and W&B, helpers to write
+data files."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("alignlab-cache")
+    os.environ["ALIGNLAB_CACHE"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(cache_dir) -> str:
+    from omegaconf import OmegaConf
+
+    from alignlab.config import TinyModelSpec
+    from alignlab.models import build_tiny_model
+
+    return str(build_tiny_model(OmegaConf.structured(TinyModelSpec), cache_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model):
+    from omegaconf import OmegaConf
+
+    from alignlab.config import ModelConfig
+    from alignlab.models import load_tokenizer
+
+    return load_tokenizer(tiny_model, OmegaConf.structured(ModelConfig(name="tiny", source="tiny")))
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def pair(prompt: str = "Hi?", chosen: str = "Hello.", rejected: str = "Go away.") -> dict:
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}

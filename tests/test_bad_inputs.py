@@ -1,0 +1,114 @@
+"""A corpus of bad inputs through the `alignlab` command: each fails before any compute with one paragraph that
+names the problem and where it is, exits non-zero without a traceback, and writes nothing to the run folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import pair, write_jsonl
+
+from alignlab.cli import main
+
+U = [{"role": "user", "content": "Hi"}]
+A = [{"role": "assistant", "content": "Hello"}]
+
+CONFIGS = [
+    (["algo.dpo.betaa=0.1"], "algo.dpo.betaa"),
+    (["model.lora.rnk=4"], "model.lora.rnk"),
+    (["algo.dpo.beta=high"], "algo.dpo.beta"),
+    (["algo.sft.epochs=[1,2]"], "algo.sft.epochs"),
+    (["model=llama9"], "model/llama9"),
+    (["data=nothing"], "data/nothing"),
+    (["algo.dpo.loss_type=dpo"], "algo.dpo.loss_type"),
+    (["algo.dpo.loss_type=[sigmoid,ipo]", "algo.dpo.loss_weights=[1,2,3]"], "algo.dpo.loss_weights"),
+    (["algo.dpo.beta=-0.1"], "algo.dpo.beta"),
+    (["algo.dpo.extra={not_a_field: 1}"], "+algo.dpo.extra.not_a_field"),
+    (["+algo.dpo.extra.not_a_field=1"], "not_a_field is not a field of trl.DPOConfig"),
+    (["model=hub", "model.path=/no/such/model"], "/no/such/model"),
+    (["model=hub", "model.path=nobody-xyz/not-a-model"], "nobody-xyz/not-a-model"),
+    (["data=local"], "data.preference.path"),
+    (["pipeline.stages=[]"], "pipeline.stages"),
+    (["+model.hub_tokn=abc"], "model.hub_tokn"),
+]
+
+
+def _data_cases(tmp: Path) -> list[tuple[list[str], str]]:
+    rows = [pair(f"q{i}?", f"a{i}.", f"b{i}.") for i in range(3)]
+    files = {
+        "missing.jsonl": None,
+        "no_rejected.jsonl": [*rows, {"prompt": "x", "chosen": "y"}],
+        "empty_chosen.jsonl": [*rows, pair(chosen="  ")],
+        "same.jsonl": [*rows, pair(chosen="Same", rejected="Same")],
+        "roles.jsonl": [{"prompt": U, "chosen": [{"role": "bot", "content": "x"}], "rejected": A}],
+        "too_long.jsonl": [*rows, pair("Tell", "word " * 400, "no")],
+        "dupes.jsonl": [*rows, rows[0]],
+        "columns.jsonl": [{"question": "q", "answer": "a"}],
+    }
+    cases = []
+    for name, content in files.items():
+        path = tmp / name
+        if content is not None:
+            write_jsonl(path, content)
+        extra = {"too_long.jsonl": ["data.on_overlength=error", "data.max_length=64"],
+                 "dupes.jsonl": ["data.on_duplicate=error"]}.get(name, [])
+        cases.append((["data=local", f"data.preference.path={path}", *extra], name))
+    (tmp / "latin1.jsonl").write_bytes(b'{"prompt": "caf\xe9", "chosen": "a", "rejected": "b"}\n')
+    cases.append((["data=local", f"data.preference.path={tmp / 'latin1.jsonl'}"], "latin1.jsonl' line 1"))
+    (tmp / "broken.json").write_text('[{"prompt": "a", "chosen": "b"')
+    cases.append((["data=local", f"data.preference.path={tmp / 'broken.json'}"], "broken.json' line 1"))
+    write_jsonl(tmp / "sft_bad.jsonl", [{"messages": U}])
+    cases.append((["data=local", f"data.preference.path={tmp / 'no_rejected.jsonl'}",
+                   f"data.sft={{path: {tmp / 'sft_bad.jsonl'}}}"], "no_rejected.jsonl"))
+    return cases
+
+
+def test_corpus_of_bad_inputs(tmp_path, capsys, cache_dir):
+    runs = tmp_path / "runs"
+    cases = [(o, w) for o, w in CONFIGS] + _data_cases(tmp_path)
+    assert len(cases) >= 20
+    for overrides, where in cases:
+        code = main(["run", f"run.root={runs}", "logger=none", *overrides])
+        err = capsys.readouterr().err
+        messages = [line for line in err.splitlines() if line.startswith("alignlab: ")]
+        assert code == 2, (overrides, err)
+        assert len(messages) == 1 and where in messages[0], f"{where!r} not named in: {err}"
+        assert "Traceback" not in err, err
+        written = [p for p in runs.rglob("*") if p.is_file()] if runs.exists() else []
+        assert all(p.name == "error.log" for p in written), written
+
+
+def test_row_level_errors_name_the_line(tmp_path, capsys, cache_dir):
+    bad = write_jsonl(tmp_path / "pairs.jsonl", [pair(), pair("Other?"), pair(chosen="")])
+    assert main(["run", f"run.root={tmp_path}/runs", "logger=none", "data=local", f"data.preference.path={bad}"]) == 2
+    assert "pairs.jsonl line 3: 'chosen' is empty" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_real_process_exit_code_and_no_traceback(tmp_path, cache_dir):
+    """The console script itself, as a user runs it."""
+    env = {**os.environ, "ALIGNLAB_CACHE": str(cache_dir)}
+    for args in (["algo.dpo.beta=oops"], ["data=local", f"data.preference.path={tmp_path}/none.jsonl"]):
+        proc = subprocess.run([sys.executable, "-m", "alignlab.cli", "run", f"run.root={tmp_path}", *args],
+                              capture_output=True, text=True, env=env, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr and proc.stderr.startswith("alignlab: "), proc.stderr
+
+
+def test_cfg_job_prints_the_validated_config(capsys):
+    assert main(["run", "--cfg", "job", "algo.dpo.beta=0.25"]) == 0
+    out = capsys.readouterr().out
+    assert "beta: 0.25" in out and "loss_type: sigmoid" in out and "stages:" in out
+
+
+def test_secrets_never_reach_the_snapshot(monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_API_KEY", "sk-very-secret-123")
+    assert main(["run", "--cfg", "job", "logger.group=${oc.env:WANDB_API_KEY}", "+algo.dpo.extra.hub_token=abc"]) == 0
+    out = capsys.readouterr().out
+    assert "sk-very-secret-123" not in out and "abc" not in out and out.count("***") == 2
+
+

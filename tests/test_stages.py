@@ -1,0 +1,103 @@
+"""The SFT and DPO stages as built from config: the loss TRL computes for us equals a hand-written one, and both
+stages tokenize a prompt and its reply identically (same boundary, end-of-turn token kept)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from alignlab import data as data_lib
+from alignlab.config import compose_config, validate
+from alignlab.pipeline import prepare
+from alignlab.stages import dpo, sft
+from alignlab.stages.common import StageContext
+from alignlab.tracking import Tracker
+
+
+def context(tmp_path: Path, stage: str, *overrides: str) -> StageContext:
+    cfg = validate(compose_config(["logger=none", f"run.root={tmp_path}", *overrides]))
+    prep = prepare(cfg)
+    return StageContext(cfg, stage, tmp_path / stage, prep.base_model, prep.tokenizer, prep.pairs,
+                        prep.sft_rows, Tracker(cfg, tmp_path))
+
+
+def sequence_logps(model, batch):
+    """Sum of log p(token) over completion tokens: the textbook definition, written out."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+    labels = batch["input_ids"][:, 1:]
+    mask = batch["completion_mask"][:, 1:].float()
+    token_logps = torch.log_softmax(logits, dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    return (token_logps * mask).sum(-1), mask.sum(-1)
+
+
+def reference_loss(loss_type, beta, policy, ref, batch):
+    with torch.no_grad():
+        pol, n = sequence_logps(policy, batch)
+        ref_logps, _ = sequence_logps(ref, batch)
+    pc, pr = pol.chunk(2)
+    rc, rr = ref_logps.chunk(2)
+    nc, nr = n.chunk(2)
+    if loss_type == "sigmoid":  # DPO, Rafailov et al. 2023, eq. 7
+        return -F.logsigmoid(beta * ((pc - rc) - (pr - rr))).mean()
+    # IPO, Azar et al. 2023, eq. 17, with log-ratios averaged per token (TRL's convention, agreed with the authors)
+    return ((((pc - rc) / nc) - ((pr - rr) / nr)) - 1 / (2 * beta)).pow(2).mean()
+
+
+@pytest.mark.parametrize(("loss_type", "beta"), [("sigmoid", 0.1), ("sigmoid", 0.5), ("ipo", 0.1), ("ipo", 1.0)])
+def test_dpo_loss_matches_hand_written(tmp_path, cache_dir, loss_type, beta):
+    ctx = context(tmp_path, "dpo", "pipeline=dpo", f"algo.dpo.loss_type={loss_type}", f"algo.dpo.beta={beta}")
+    trainer = dpo.build_trainer(ctx)
+    torch.manual_seed(0)
+    with torch.no_grad():  # move the policy away from the reference so the log-ratios are not zero
+        for p in trainer.model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    trainer.model.eval()
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(6)])
+    with torch.no_grad():
+        ours = trainer.compute_loss(trainer.model, batch)
+    expected = reference_loss(loss_type, beta, trainer.model, trainer.ref_model, batch)
+    assert expected.item() > 1e-3
+    assert ours.item() == pytest.approx(expected.item(), abs=1e-5)
+
+
+def test_loss_combination_reaches_trl(tmp_path, cache_dir):
+    ctx = context(tmp_path, "dpo", "pipeline=dpo", "algo.dpo.loss_type=[sigmoid,sft]", "algo.dpo.loss_weights=[1.0,0.5]",
+                  "algo.dpo.beta=0.2", "algo.dpo.label_smoothing=0.1")
+    trainer = dpo.build_trainer(ctx)
+    assert trainer.loss_types == ["sigmoid", "sft"] and trainer.loss_weights == [1.0, 0.5]
+    assert trainer.beta == 0.2 and trainer.label_smoothing == 0.1
+
+
+def test_lora_dpo_uses_the_disabled_adapter_as_reference(tmp_path, cache_dir):
+    ctx = context(tmp_path, "dpo", "pipeline=dpo", "model.lora.enabled=true", "model.lora.r=4")
+    trainer = dpo.build_trainer(ctx)
+    assert trainer.ref_model is None
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in trainer.model.parameters())
+    assert 0 < trainable < total / 5
+
+
+def test_sft_and_dpo_see_the_same_prompt_and_reply_tokens(tmp_path, cache_dir):
+    sft_trainer = sft.build_trainer(context(tmp_path / "a", "sft"))
+    dpo_trainer = dpo.build_trainer(context(tmp_path / "b", "dpo", "pipeline=dpo"))
+    tokenizer = sft_trainer.processing_class
+    end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    for i in range(5):
+        s, d = sft_trainer.train_dataset[i], dpo_trainer.train_dataset[i]
+        n = len(d["prompt_ids"])
+        assert s["input_ids"][:n] == d["prompt_ids"], "prompt tokens differ between SFT and DPO"
+        masked = s["labels"].index(next(t for t in s["labels"] if t != -100))
+        assert masked == n, "SFT's loss starts somewhere other than DPO's reply"
+        reply = s["input_ids"][n:]
+        assert reply[: len(d["chosen_ids"])] == d["chosen_ids"], "SFT's reply is not DPO's chosen reply"
+        assert end_of_turn in d["chosen_ids"] and end_of_turn in d["rejected_ids"], "reply lost its end-of-turn token"
+        assert tokenizer.decode(d["prompt_ids"]).endswith("<|im_start|>assistant\n")
+
+
+def test_sft_rows_default_to_chosen_replies(tmp_path, cache_dir):
+    ctx = context(tmp_path, "sft")
+    assert ctx.sft_rows == data_lib.as_sft(ctx.pairs)
+    assert ctx.sft_rows[0]["completion"] == ctx.pairs[0]["chosen"]
