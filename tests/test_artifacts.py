@@ -1,0 +1,34 @@
+"""Atomic files and checkpoint markers."""
+
+from __future__ import annotations
+
+import json
+
+from alignlab.artifacts import COMPLETE, atomic_write_json, is_done, last_complete_checkpoint, mark_done
+
+
+def test_incomplete_checkpoints_are_set_aside(tmp_path):
+    ckpts = tmp_path / "checkpoints"
+    for step, complete in ((4, True), (8, True), (12, False)):
+        (ckpts / f"checkpoint-{step}").mkdir(parents=True)
+        (ckpts / f"checkpoint-{step}" / "model.safetensors").write_bytes(b"x")
+        if complete:
+            (ckpts / f"checkpoint-{step}" / COMPLETE).write_text(str(step))
+    assert last_complete_checkpoint(ckpts).name == "checkpoint-8"
+    names = {p.name for p in ckpts.iterdir()}
+    (aside,) = names - {"checkpoint-4", "checkpoint-8"}
+    assert aside.startswith("checkpoint-12.incomplete-")
+    assert (ckpts / aside / "model.safetensors").read_bytes() == b"x"  # kept, not deleted
+
+
+def test_atomic_write_leaves_no_temporary_files(tmp_path):
+    atomic_write_json(tmp_path / "m.json", {"a": 1})
+    atomic_write_json(tmp_path / "m.json", {"a": 2})
+    assert json.loads((tmp_path / "m.json").read_text()) == {"a": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+
+
+def test_done_marker(tmp_path):
+    assert not is_done(tmp_path)
+    mark_done(tmp_path)
+    assert is_done(tmp_path)

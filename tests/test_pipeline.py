@@ -1,0 +1,133 @@
+"""End to end: the real `alignlab` command on the tiny experiment (SFT -> DPO on the CPU), resume after SIGKILL,
+skipping finished stages, refusing changed data, and the W&B offline run it leaves."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from wandb_reader import config as wandb_config
+from wandb_reader import history_keys
+
+from alignlab.artifacts import COMPLETE
+
+pytestmark = pytest.mark.slow
+
+
+def alignlab(tmp: Path, cache: Path, *args: str, background: bool = False):
+    env = {**os.environ, "ALIGNLAB_CACHE": str(cache), "WANDB_MODE": "offline"}
+    cmd = [sys.executable, "-m", "alignlab.cli", "run", f"run.root={tmp / 'runs'}", *args]
+    if background:
+        return subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def losses(run: Path, stage: str) -> list[float]:
+    return [h["loss"] for h in json.loads((run / stage / "log_history.json").read_text()) if "loss" in h]
+
+
+def wandb_files(run: Path) -> list[Path]:
+    return sorted(run.glob("wandb/offline-run-*/run-*.wandb"))
+
+
+def test_tiny_sft_dpo_end_to_end_then_skip(tmp_path, cache_dir):
+    alignlab(tmp_path, cache_dir, "run.id=e2e")
+    run = tmp_path / "runs" / "tiny" / "e2e"
+    for stage in ("sft", "dpo"):
+        assert (run / stage / "DONE").is_file() and (run / stage / "model" / "model.safetensors").is_file()
+    dpo = json.loads((run / "dpo" / "metrics.json").read_text())
+    assert dpo["final/rewards/accuracies"] > 0.9, dpo
+    assert losses(run, "dpo")[-1] < 0.5 * losses(run, "dpo")[0]
+
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["seed"] == 42 and info["versions"]["trl"] and info["command"][-1] == "run.id=e2e"
+    assert "git" in info and info["data"][0]["rows_kept"] == 56
+    frozen = (run / "config.yaml").read_text()
+    assert "beta: 0.1" in frozen and "loss_type: sigmoid" in frozen
+
+    # W&B: one offline run, stage-namespaced TRL metric names, the resolved config attached
+    (first,) = wandb_files(run)
+    keys = history_keys(first)
+    for key in ("dpo/rewards/chosen", "dpo/rewards/rejected", "dpo/rewards/accuracies", "dpo/rewards/margins",
+                "dpo/logps/chosen", "dpo/logps/rejected", "dpo/loss", "sft/loss", "dpo/global_step"):
+        assert key in keys, key
+    cfg = wandb_config(first)
+    assert cfg["algo"]["dpo"]["beta"] == 0.1 and cfg["pipeline"]["stages"] == ["sft", "dpo"]
+
+    # The same command again: nothing is retrained, and W&B continues the same run id
+    before = (run / "dpo" / "metrics.json").stat().st_mtime_ns
+    out = alignlab(tmp_path, cache_dir, "run.id=e2e").stdout
+    assert "sft: already done, skipped" in out and "dpo: already done, skipped" in out
+    assert (run / "dpo" / "metrics.json").stat().st_mtime_ns == before
+    ids = {p.stem.removeprefix("run-") for p in wandb_files(run)}
+    assert len(wandb_files(run)) == 2 and ids == {(run / "wandb_id").read_text().strip()}
+
+
+def test_sigkill_mid_dpo_resumes_to_the_same_result(tmp_path, cache_dir):
+    common = ["algo.dpo.save_steps=2"]
+    alignlab(tmp_path, cache_dir, "run.id=straight", *common)
+    proc = alignlab(tmp_path, cache_dir, "run.id=killed", *common, background=True)
+    run = tmp_path / "runs" / "tiny" / "killed"
+    deadline = time.time() + 300
+    while not (run / "dpo" / "checkpoints" / "checkpoint-12" / COMPLETE).is_file():
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "dpo" / "DONE").exists()
+    sft_done = (run / "sft" / "DONE").stat().st_mtime_ns
+
+    out = alignlab(tmp_path, cache_dir, "run.id=killed", *common).stdout
+    assert "sft: already done, skipped" in out and "dpo: resuming from checkpoint-" in out
+    assert (run / "sft" / "DONE").stat().st_mtime_ns == sft_done
+
+    straight = tmp_path / "runs" / "tiny" / "straight"
+    assert losses(run, "dpo") == pytest.approx(losses(straight, "dpo"), abs=1e-6)
+    resumed = json.loads((run / "dpo" / "metrics.json").read_text())
+    reference = json.loads((straight / "dpo" / "metrics.json").read_text())
+    assert resumed["resumed_from"].startswith("checkpoint-")
+    assert resumed["final_step_loss"] == pytest.approx(reference["final_step_loss"], abs=1e-6)
+    a = load_file(run / "dpo" / "model" / "model.safetensors")
+    b = load_file(straight / "dpo" / "model" / "model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert len({p.stem for p in wandb_files(run)}) == 1  # one W&B run id across the kill
+
+
+def test_changed_data_is_refused_and_nothing_lost(tmp_path, cache_dir):
+    data = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": f"Q{i}?", "chosen": f"A{i}.", "rejected": "No."} for i in range(8)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["run.id=data", "data=local", f"data.preference.path={data}", "pipeline=sft", "algo.sft.max_steps=2",
+            "logger=none"]
+    alignlab(tmp_path, cache_dir, *args)
+    run = tmp_path / "runs" / "tiny" / "data"
+    snapshot = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    data.write_text(data.read_text().replace("A3.", "B3."))
+    env = {**os.environ, "ALIGNLAB_CACHE": str(cache_dir)}
+    proc = subprocess.run([sys.executable, "-m", "alignlab.cli", "run", f"run.root={tmp_path / 'runs'}", *args],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2 and "changed since run" in proc.stderr and "Traceback" not in proc.stderr
+    for path, content in snapshot.items():
+        assert path.read_bytes() == content
+    assert "changed since run" in (run / "error.log").read_text()
+
+
+def test_lora_sft_dpo_saves_merged_models(tmp_path, cache_dir):
+    alignlab(tmp_path, cache_dir, "run.id=lora", "model.lora.enabled=true", "model.lora.r=4", "algo.sft.max_steps=3",
+             "algo.dpo.max_steps=3", "logger=none")
+    run = tmp_path / "runs" / "tiny" / "lora"
+    for stage in ("sft", "dpo"):
+        model = run / stage / "model"
+        assert (model / "model.safetensors").is_file() and not (model / "adapter_config.json").exists()
+    assert "lora" not in "".join(load_file(run / "dpo" / "model" / "model.safetensors"))
