@@ -3,7 +3,6 @@ names the problem and where it is, exits non-zero without a traceback, and write
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -54,16 +53,26 @@ def _data_cases(tmp: Path) -> list[tuple[list[str], str]]:
         path = tmp / name
         if content is not None:
             write_jsonl(path, content)
-        extra = {"too_long.jsonl": ["data.on_overlength=error", "data.max_length=64"],
-                 "dupes.jsonl": ["data.on_duplicate=error"]}.get(name, [])
+        extra = {
+            "too_long.jsonl": ["data.on_overlength=error", "data.max_length=64"],
+            "dupes.jsonl": ["data.on_duplicate=error"],
+        }.get(name, [])
         cases.append((["data=local", f"data.preference.path={path}", *extra], name))
     (tmp / "latin1.jsonl").write_bytes(b'{"prompt": "caf\xe9", "chosen": "a", "rejected": "b"}\n')
     cases.append((["data=local", f"data.preference.path={tmp / 'latin1.jsonl'}"], "latin1.jsonl' line 1"))
     (tmp / "broken.json").write_text('[{"prompt": "a", "chosen": "b"')
     cases.append((["data=local", f"data.preference.path={tmp / 'broken.json'}"], "broken.json' line 1"))
     write_jsonl(tmp / "sft_bad.jsonl", [{"messages": U}])
-    cases.append((["data=local", f"data.preference.path={tmp / 'no_rejected.jsonl'}",
-                   f"data.sft={{path: {tmp / 'sft_bad.jsonl'}}}"], "no_rejected.jsonl"))
+    cases.append(
+        (
+            [
+                "data=local",
+                f"data.preference.path={tmp / 'no_rejected.jsonl'}",
+                f"data.sft={{path: {tmp / 'sft_bad.jsonl'}}}",
+            ],
+            "no_rejected.jsonl",
+        )
+    )
     return cases
 
 
@@ -93,8 +102,13 @@ def test_real_process_exit_code_and_no_traceback(tmp_path, cache_dir):
     """The console script itself, as a user runs it."""
     env = {**os.environ, "ALIGNLAB_CACHE": str(cache_dir)}
     for args in (["algo.dpo.beta=oops"], ["data=local", f"data.preference.path={tmp_path}/none.jsonl"]):
-        proc = subprocess.run([sys.executable, "-m", "alignlab.cli", "run", f"run.root={tmp_path}", *args],
-                              capture_output=True, text=True, env=env, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-m", "alignlab.cli", "run", f"run.root={tmp_path}", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
         assert proc.returncode == 2, proc.stderr
         assert "Traceback" not in proc.stderr and proc.stderr.startswith("alignlab: "), proc.stderr
 
@@ -110,5 +124,3 @@ def test_secrets_never_reach_the_snapshot(monkeypatch, capsys):
     assert main(["run", "--cfg", "job", "logger.group=${oc.env:WANDB_API_KEY}", "+algo.dpo.extra.hub_token=abc"]) == 0
     out = capsys.readouterr().out
     assert "sk-very-secret-123" not in out and "abc" not in out and out.count("***") == 2
-
-

@@ -6,6 +6,7 @@ import dataclasses
 import re
 
 import pytest
+from omegaconf.errors import ReadonlyConfigError
 from trl import DPOConfig
 
 from alignlab.config import DPO_LOSS_TYPES, compose_config, dpo_loss_types, validate
@@ -45,16 +46,23 @@ def test_loss_combination_with_weights():
 
 
 def test_overrides_reach_nested_knobs():
-    c = cfg("algo.dpo.beta=0.3", "algo.dpo.label_smoothing=0.2", "algo.dpo.loss_type=robust",
-            "model.lora.enabled=true", "model.lora.r=4", "algo.dpo.precompute_ref_log_probs=true",
-            "pipeline=dpo", "seed=7")
+    c = cfg(
+        "algo.dpo.beta=0.3",
+        "algo.dpo.label_smoothing=0.2",
+        "algo.dpo.loss_type=robust",
+        "model.lora.enabled=true",
+        "model.lora.r=4",
+        "algo.dpo.precompute_ref_log_probs=true",
+        "pipeline=dpo",
+        "seed=7",
+    )
     assert c.algo.dpo.beta == 0.3 and c.model.lora.r == 4 and c.seed == 7
     assert list(c.pipeline.stages) == ["dpo"] and "sft" not in c.algo
 
 
 def test_validated_config_is_read_only():
     c = cfg()
-    with pytest.raises(Exception):
+    with pytest.raises(ReadonlyConfigError):
         c.algo.dpo.beta = 1.0
 
 

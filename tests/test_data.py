@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from conftest import pair, write_jsonl
@@ -59,8 +58,15 @@ def test_hh_rlhf_transcripts_shared_prefix_becomes_prompt(tmp_path):
 
 @pytest.mark.parametrize(("choose_by", "chosen"), [("better", "Detailed answer."), ("safer", "Safe answer.")])
 def test_pku_saferlhf_by_helpfulness_or_safety(tmp_path, choose_by, chosen):
-    row = {"prompt": "How?", "response_0": "Safe answer.", "response_1": "Detailed answer.",
-           "is_response_0_safe": True, "is_response_1_safe": False, "better_response_id": 1, "safer_response_id": 0}
+    row = {
+        "prompt": "How?",
+        "response_0": "Safe answer.",
+        "response_1": "Detailed answer.",
+        "is_response_0_safe": True,
+        "is_response_1_safe": False,
+        "better_response_id": 1,
+        "safer_response_id": 0,
+    }
     rows, report = load(write_jsonl(tmp_path / "pku.jsonl", [row]), pku_choose_by=choose_by)
     assert report.format == "pku" and rows[0]["chosen"] == A(chosen)
 
@@ -185,7 +191,7 @@ def test_broken_json_line(tmp_path):
 
 def test_hh_transcript_without_turns(tmp_path):
     path = write_jsonl(tmp_path / "hh.jsonl", [{"chosen": "just text", "rejected": "other text"}])
-    with pytest.raises(DataError, match="hh.jsonl line 1: 'chosen' is not an HH-RLHF transcript"):
+    with pytest.raises(DataError, match=r"hh\.jsonl line 1: 'chosen' is not an HH-RLHF transcript"):
         load(path)
 
 
@@ -257,5 +263,3 @@ def test_data_check_cli(tmp_path, capsys, tiny_model):
     bad = write_jsonl(tmp_path / "bad.jsonl", [pair(chosen="")])
     assert main(["data", "check", str(bad)]) == 2
     assert "bad.jsonl line 1" in capsys.readouterr().err
-
-

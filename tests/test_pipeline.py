@@ -58,8 +58,17 @@ def test_tiny_sft_dpo_end_to_end_then_skip(tmp_path, cache_dir):
     # W&B: one offline run, stage-namespaced TRL metric names, the resolved config attached
     (first,) = wandb_files(run)
     keys = history_keys(first)
-    for key in ("dpo/rewards/chosen", "dpo/rewards/rejected", "dpo/rewards/accuracies", "dpo/rewards/margins",
-                "dpo/logps/chosen", "dpo/logps/rejected", "dpo/loss", "sft/loss", "dpo/global_step"):
+    for key in (
+        "dpo/rewards/chosen",
+        "dpo/rewards/rejected",
+        "dpo/rewards/accuracies",
+        "dpo/rewards/margins",
+        "dpo/logps/chosen",
+        "dpo/logps/rejected",
+        "dpo/loss",
+        "sft/loss",
+        "dpo/global_step",
+    ):
         assert key in keys, key
     cfg = wandb_config(first)
     assert cfg["algo"]["dpo"]["beta"] == 0.1 and cfg["pipeline"]["stages"] == ["sft", "dpo"]
@@ -108,15 +117,27 @@ def test_changed_data_is_refused_and_nothing_lost(tmp_path, cache_dir):
     data = tmp_path / "pairs.jsonl"
     rows = [{"prompt": f"Q{i}?", "chosen": f"A{i}.", "rejected": "No."} for i in range(8)]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    args = ["run.id=data", "data=local", f"data.preference.path={data}", "pipeline=sft", "algo.sft.max_steps=2",
-            "logger=none"]
+    args = [
+        "run.id=data",
+        "data=local",
+        f"data.preference.path={data}",
+        "pipeline=sft",
+        "algo.sft.max_steps=2",
+        "logger=none",
+    ]
     alignlab(tmp_path, cache_dir, *args)
     run = tmp_path / "runs" / "tiny" / "data"
     snapshot = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     data.write_text(data.read_text().replace("A3.", "B3."))
     env = {**os.environ, "ALIGNLAB_CACHE": str(cache_dir)}
-    proc = subprocess.run([sys.executable, "-m", "alignlab.cli", "run", f"run.root={tmp_path / 'runs'}", *args],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "alignlab.cli", "run", f"run.root={tmp_path / 'runs'}", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode == 2 and "changed since run" in proc.stderr and "Traceback" not in proc.stderr
     for path, content in snapshot.items():
         assert path.read_bytes() == content
@@ -124,8 +145,16 @@ def test_changed_data_is_refused_and_nothing_lost(tmp_path, cache_dir):
 
 
 def test_lora_sft_dpo_saves_merged_models(tmp_path, cache_dir):
-    alignlab(tmp_path, cache_dir, "run.id=lora", "model.lora.enabled=true", "model.lora.r=4", "algo.sft.max_steps=3",
-             "algo.dpo.max_steps=3", "logger=none")
+    alignlab(
+        tmp_path,
+        cache_dir,
+        "run.id=lora",
+        "model.lora.enabled=true",
+        "model.lora.r=4",
+        "algo.sft.max_steps=3",
+        "algo.dpo.max_steps=3",
+        "logger=none",
+    )
     run = tmp_path / "runs" / "tiny" / "lora"
     for stage in ("sft", "dpo"):
         model = run / stage / "model"

@@ -20,8 +20,9 @@ from alignlab.tracking import Tracker
 def context(tmp_path: Path, stage: str, *overrides: str) -> StageContext:
     cfg = validate(compose_config(["logger=none", f"run.root={tmp_path}", *overrides]))
     prep = prepare(cfg)
-    return StageContext(cfg, stage, tmp_path / stage, prep.base_model, prep.tokenizer, prep.pairs,
-                        prep.sft_rows, Tracker(cfg, tmp_path))
+    return StageContext(
+        cfg, stage, tmp_path / stage, prep.base_model, prep.tokenizer, prep.pairs, prep.sft_rows, Tracker(cfg, tmp_path)
+    )
 
 
 def sequence_logps(model, batch):
@@ -64,8 +65,15 @@ def test_dpo_loss_matches_hand_written(tmp_path, cache_dir, loss_type, beta):
 
 
 def test_loss_combination_reaches_trl(tmp_path, cache_dir):
-    ctx = context(tmp_path, "dpo", "pipeline=dpo", "algo.dpo.loss_type=[sigmoid,sft]", "algo.dpo.loss_weights=[1.0,0.5]",
-                  "algo.dpo.beta=0.2", "algo.dpo.label_smoothing=0.1")
+    ctx = context(
+        tmp_path,
+        "dpo",
+        "pipeline=dpo",
+        "algo.dpo.loss_type=[sigmoid,sft]",
+        "algo.dpo.loss_weights=[1.0,0.5]",
+        "algo.dpo.beta=0.2",
+        "algo.dpo.label_smoothing=0.1",
+    )
     trainer = dpo.build_trainer(ctx)
     assert trainer.loss_types == ["sigmoid", "sft"] and trainer.loss_weights == [1.0, 0.5]
     assert trainer.beta == 0.2 and trainer.label_smoothing == 0.1

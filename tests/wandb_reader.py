@@ -43,8 +43,12 @@ def records(path: Path) -> list[Any]:
 
 
 def history_keys(path: Path) -> set[str]:
-    return {item.key or "/".join(item.nested_key) for r in records(path) if r.WhichOneof("record_type") == "history"
-            for item in r.history.item}
+    return {
+        item.key or "/".join(item.nested_key)
+        for r in records(path)
+        if r.WhichOneof("record_type") == "history"
+        for item in r.history.item
+    }
 
 
 def config(path: Path) -> dict[str, Any]:

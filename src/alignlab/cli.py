@@ -41,14 +41,19 @@ def _data_check(args: argparse.Namespace) -> int:
     from alignlab.config import DataConfig, SourceConfig
     from alignlab.models import load_tokenizer
 
-    source = OmegaConf.structured(SourceConfig(path=args.source, format=args.format, split=args.split,
-                                               pku_choose_by=args.pku_choose_by))
-    data_cfg = OmegaConf.structured(DataConfig(name="check", max_length=args.max_length,
-                                               on_overlength=args.on_overlength, on_duplicate=args.on_duplicate))
+    source = OmegaConf.structured(
+        SourceConfig(path=args.source, format=args.format, split=args.split, pku_choose_by=args.pku_choose_by)
+    )
+    data_cfg = OmegaConf.structured(
+        DataConfig(
+            name="check", max_length=args.max_length, on_overlength=args.on_overlength, on_duplicate=args.on_duplicate
+        )
+    )
     tokenizer = None
     if args.tokenizer:
-        tokenizer = load_tokenizer(args.tokenizer, OmegaConf.create({"revision": None, "trust_remote_code": False,
-                                                                     "chat_template": None}))
+        tokenizer = load_tokenizer(
+            args.tokenizer, OmegaConf.create({"revision": None, "trust_remote_code": False, "chat_template": None})
+        )
     _, report = data_lib.load(source, args.kind, data_cfg, tokenizer)
     summary = report.summary()
     if args.json:
@@ -64,8 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alignlab", description="Preference alignment: SFT -> DPO on TRL.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run (or resume) a pipeline", description="Overrides are Hydra syntax: "
-                         "experiment=tiny algo.dpo.beta=0.3 model.lora.enabled=true ...")
+    run = sub.add_parser(
+        "run",
+        help="run (or resume) a pipeline",
+        description="Overrides are Hydra syntax: experiment=tiny algo.dpo.beta=0.3 model.lora.enabled=true ...",
+    )
     run.add_argument("--cfg", choices=["job"], help="print the composed, validated config and exit")
     run.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
     run.set_defaults(func=_run)

@@ -230,12 +230,16 @@ def _explain_hydra_error(exc: BaseException) -> str:
         inner = re.search(r"full_key: ([\w.\[\]-]+)", detail)
         key = inner.group(1) if inner and inner.group(1).startswith(match.group(1)) else match.group(1)
         if match.group(1).endswith(".extra"):  # a new key inside the free-form dict passed to TRL
-            return (f"Config error: unknown key '{key}'. To add a key to '{match.group(1)}' write "
-                    f"+{key}=VALUE on the command line.")
-        if source := re.match(r"data\.(sft|preference)\.(\w+)$", key):
-            if source.group(2) in {f.name for f in dataclasses.fields(SourceConfig)}:
-                return (f"Config error: cannot set '{key}': data.{source.group(1)} is empty in this config. "
-                        f"Set the whole source, e.g. data.{source.group(1)}={{path: FILE}}.")
+            return (
+                f"Config error: unknown key '{key}'. To add a key to '{match.group(1)}' write "
+                f"+{key}=VALUE on the command line."
+            )
+        source = re.match(r"data\.(sft|preference)\.(\w+)$", key)
+        if source and source.group(2) in {f.name for f in dataclasses.fields(SourceConfig)}:
+            return (
+                f"Config error: cannot set '{key}': data.{source.group(1)} is empty in this config. "
+                f"Set the whole source, e.g. data.{source.group(1)}={{path: FILE}}."
+            )
         return f"Config error: unknown key '{key}' on the command line.{_suggest(key)} Check the spelling."
     if match := re.search(r"Error merging override ([^=\s]+)=(\S*)", msg):
         return f"Config error at '{match.group(1)}': cannot set it to '{match.group(2)}': {_short(detail)}"
@@ -286,8 +290,10 @@ def validate(cfg: DictConfig) -> DictConfig:
         cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", "?")
-        raise ConfigError(f"Config error at '{key}': a required value is missing or cannot be resolved "
-                          f"({_short(' '.join(str(exc).split()))}). Set it on the command line: {key}=...") from None
+        raise ConfigError(
+            f"Config error at '{key}': a required value is missing or cannot be resolved "
+            f"({_short(' '.join(str(exc).split()))}). Set it on the command line: {key}=..."
+        ) from None
     stages = list(cfg.pipeline.stages)
     for name in [n for n in cfg.algo if n not in stages]:
         del cfg.algo[name]  # settings an experiment gives a stage this pipeline does not run
@@ -303,7 +309,9 @@ def validate(cfg: DictConfig) -> DictConfig:
         node = cfg.data.get(part)
         if node is None:
             continue
-        _check(isinstance(node, DictConfig), f"data.{part}", f"expected a source like {{path: pairs.jsonl}}, got {node!r}.")
+        _check(
+            isinstance(node, DictConfig), f"data.{part}", f"expected a source like {{path: pairs.jsonl}}, got {node!r}."
+        )
         try:
             cfg.data[part] = OmegaConf.merge(OmegaConf.structured(SourceConfig), node)
         except OmegaConfBaseException as exc:
@@ -319,7 +327,9 @@ def validate(cfg: DictConfig) -> DictConfig:
     m = typed.model
     _one_of(m.source, ("auto", "hub", "local", "tiny"), "model.source")
     _one_of(m.dtype, ("float32", "bfloat16", "float16", "auto"), "model.dtype")
-    _one_of(m.attn_implementation, ("eager", "sdpa", "flash_attention_2", "flash_attention_3"), "model.attn_implementation")
+    _one_of(
+        m.attn_implementation, ("eager", "sdpa", "flash_attention_2", "flash_attention_3"), "model.attn_implementation"
+    )
     _check(m.source == "tiny" or bool(m.path), "model.path", "set a Hub id or a local model directory.")
     if m.lora.enabled:
         _check(m.lora.r > 0, "model.lora.r", f"LoRA rank must be positive, got {m.lora.r}.")
@@ -338,8 +348,11 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check(len(stages) > 0, "pipeline.stages", "the pipeline has no stages.")
     _check(len(set(stages)) == len(stages), "pipeline.stages", f"a stage is listed twice: {stages}.")
     for stage in stages:
-        _check(stage in typed.algo, "pipeline.stages", f"stage '{stage}' has no settings under 'algo' "
-               f"(have: {', '.join(typed.algo) or 'none'}).")
+        _check(
+            stage in typed.algo,
+            "pipeline.stages",
+            f"stage '{stage}' has no settings under 'algo' (have: {', '.join(typed.algo) or 'none'}).",
+        )
         _validate_algo(typed.algo[stage], f"algo.{stage}", typed)
     _one_of(typed.logger.backend, ("wandb", "none"), "logger.backend")
     _one_of(typed.logger.mode, ("offline", "online", "disabled"), "logger.mode")
@@ -357,29 +370,48 @@ def _validate_algo(a: DictConfig, key: str, cfg: DictConfig) -> None:
     _check(0 <= a.warmup_ratio < 1, f"{key}.warmup_ratio", f"must lie in [0, 1), got {a.warmup_ratio}.")
     _check_extra(a, key)
     if a.kind == "sft":
-        _check(cfg.data.sft is not None or cfg.data.preference is not None, "data",
-               "the SFT stage needs data.sft or data.preference (whose chosen replies it trains on).")
+        _check(
+            cfg.data.sft is not None or cfg.data.preference is not None,
+            "data",
+            "the SFT stage needs data.sft or data.preference (whose chosen replies it trains on).",
+        )
     if a.kind == "dpo":
         _check(cfg.data.preference is not None, "data.preference", "the DPO stage needs preference pairs.")
         losses = dpo_loss_types(a)
         for loss in losses:
             _one_of(loss, DPO_LOSS_TYPES, f"{key}.loss_type")
         if a.loss_weights is not None:
-            _check(len(a.loss_weights) == len(losses), f"{key}.loss_weights",
-                   f"{len(a.loss_weights)} weights for {len(losses)} loss types {losses}.")
+            _check(
+                len(a.loss_weights) == len(losses),
+                f"{key}.loss_weights",
+                f"{len(a.loss_weights)} weights for {len(losses)} loss types {losses}.",
+            )
         _check(a.beta > 0, f"{key}.beta", f"must be positive, got {a.beta}.")
         _one_of(a.f_divergence_type, F_DIVERGENCES, f"{key}.f_divergence_type")
         if "robust" in losses:
-            _check(0 <= a.label_smoothing < 0.5, f"{key}.label_smoothing",
-                   f"the robust loss needs a flip probability in [0, 0.5), got {a.label_smoothing}.")
+            _check(
+                0 <= a.label_smoothing < 0.5,
+                f"{key}.label_smoothing",
+                f"the robust loss needs a flip probability in [0, 0.5), got {a.label_smoothing}.",
+            )
         if "exo_pair" in losses:
             _check(a.label_smoothing > 0, f"{key}.label_smoothing", "the exo_pair loss needs label_smoothing > 0.")
-        _check(0 <= a.label_smoothing <= 0.5, f"{key}.label_smoothing", f"must lie in [0, 0.5], got {a.label_smoothing}.")
+        _check(
+            0 <= a.label_smoothing <= 0.5, f"{key}.label_smoothing", f"must lie in [0, 0.5], got {a.label_smoothing}."
+        )
         if a.ld_alpha is not None:
             _check(0 <= a.ld_alpha <= 1, f"{key}.ld_alpha", f"must lie in [0, 1], got {a.ld_alpha}.")
         if a.sync_ref_model:
-            _check(not cfg.model.lora.enabled, f"{key}.sync_ref_model", "TR-DPO reference syncing needs full fine-tuning (model.lora.enabled=false).")
-            _check(not a.precompute_ref_log_probs, f"{key}.sync_ref_model", "cannot be combined with precompute_ref_log_probs.")
+            _check(
+                not cfg.model.lora.enabled,
+                f"{key}.sync_ref_model",
+                "TR-DPO reference syncing needs full fine-tuning (model.lora.enabled=false).",
+            )
+            _check(
+                not a.precompute_ref_log_probs,
+                f"{key}.sync_ref_model",
+                "cannot be combined with precompute_ref_log_probs.",
+            )
 
 
 def _check_extra(a: DictConfig, key: str) -> None:
@@ -389,8 +421,12 @@ def _check_extra(a: DictConfig, key: str) -> None:
     config_cls = {"sft": SFTConfig, "dpo": DPOConfig}[a.kind]
     known = {f.name for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(a.extra) - known)
-    _check(not unknown, f"{key}.extra", f"{', '.join(unknown)} {'is not a field' if len(unknown) == 1 else 'are not fields'} "
-           f"of trl.{config_cls.__name__}.")
+    _check(
+        not unknown,
+        f"{key}.extra",
+        f"{', '.join(unknown)} {'is not a field' if len(unknown) == 1 else 'are not fields'} "
+        f"of trl.{config_cls.__name__}.",
+    )
 
 
 def dpo_loss_types(a: DictConfig) -> list[str]:

@@ -10,8 +10,13 @@ from rich.console import Console as RichConsole
 from rich.table import Table
 
 # The metrics worth a column in the summary, by TRL name; the rest stay in metrics.json and W&B.
-SHOWN = {"steps": "global_step", "last loss": "final_step_loss", "reward acc": "final/rewards/accuracies",
-         "reward margin": "final/rewards/margins", "seconds": "wall_seconds"}
+SHOWN = {
+    "steps": "global_step",
+    "last loss": "final_step_loss",
+    "reward acc": "final/rewards/accuracies",
+    "reward margin": "final/rewards/margins",
+    "seconds": "wall_seconds",
+}
 
 
 class Console:
@@ -23,9 +28,11 @@ class Console:
         self.out.print(f"  model {prep.base_model}")
         for r in prep.reports:
             s = r.summary()
-            self.out.print(f"  data  {s['source']}: {s['rows_kept']}/{s['rows_read']} rows ({s['format']}), "
-                           f"tokens {s['tokens_min']}-{s['tokens_max']}, {s['duplicates']} duplicates, "
-                           f"{s['overlength']} over max_length ({s['overlength_action']})")
+            self.out.print(
+                f"  data  {s['source']}: {s['rows_kept']}/{s['rows_read']} rows ({s['format']}), "
+                f"tokens {s['tokens_min']}-{s['tokens_max']}, {s['duplicates']} duplicates, "
+                f"{s['overlength']} over max_length ({s['overlength_action']})"
+            )
         self.out.print(f"  stages {' -> '.join(prep.cfg.pipeline.stages)}")
 
     def stage_start(self, stage: str, kind: str) -> None:

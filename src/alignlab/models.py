@@ -43,7 +43,9 @@ def resolve_model_path(model_cfg: DictConfig, cache: Path) -> str:
         return str(build_tiny_model(model_cfg.tiny, cache))
     path = str(model_cfg.path)
     local = Path(path).expanduser()
-    if model_cfg.source == "local" or (model_cfg.source == "auto" and (local.exists() or path.startswith((".", "/", "~")))):
+    if model_cfg.source == "local" or (
+        model_cfg.source == "auto" and (local.exists() or path.startswith((".", "/", "~")))
+    ):
         if not (local / "config.json").is_file():
             raise ModelError(f"Model error: '{path}' (model.path) is not a model folder: no config.json in it.")
         return str(local.resolve())
@@ -80,21 +82,33 @@ def build_tiny_model(spec: DictConfig, cache: Path) -> Path:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=spec_dict["vocab_size"], special_tokens=TINY_SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=spec_dict["vocab_size"],
+        special_tokens=TINY_SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
-    tok.train_from_iterator(texts + ["user", "assistant", "system"], trainer=trainer)
+    tok.train_from_iterator([*texts, "user", "assistant", "system"], trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token=None,
-        unk_token=None, chat_template=CHATML_TEMPLATE,
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        bos_token=None,
+        unk_token=None,
+        chat_template=CHATML_TEMPLATE,
     )
     torch.manual_seed(spec_dict["seed"])
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=spec_dict["hidden_size"],
-        intermediate_size=spec_dict["intermediate_size"], num_hidden_layers=spec_dict["num_layers"],
-        num_attention_heads=spec_dict["num_heads"], num_key_value_heads=spec_dict["num_heads"],
-        max_position_embeddings=spec_dict["max_position_embeddings"], tie_word_embeddings=True,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
+        vocab_size=len(tokenizer),
+        hidden_size=spec_dict["hidden_size"],
+        intermediate_size=spec_dict["intermediate_size"],
+        num_hidden_layers=spec_dict["num_layers"],
+        num_attention_heads=spec_dict["num_heads"],
+        num_key_value_heads=spec_dict["num_heads"],
+        max_position_embeddings=spec_dict["max_position_embeddings"],
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
     )
     model = LlamaForCausalLM(config)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
@@ -152,8 +166,11 @@ def lora_config(model_cfg: DictConfig) -> Any:
     targets = model_cfg.lora.target_modules
     targets = targets if isinstance(targets, str) else list(targets)
     return LoraConfig(
-        r=model_cfg.lora.r, lora_alpha=model_cfg.lora.alpha, lora_dropout=model_cfg.lora.dropout,
-        target_modules=targets, task_type="CAUSAL_LM",
+        r=model_cfg.lora.r,
+        lora_alpha=model_cfg.lora.alpha,
+        lora_dropout=model_cfg.lora.dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
     )
 
 

@@ -39,8 +39,19 @@ from alignlab.stages import STAGES
 from alignlab.stages.common import StageContext
 from alignlab.tracking import Tracker, redact
 
-LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "deepspeed", "wandb", "hydra-core",
-             "omegaconf", "tokenizers")
+LIBRARIES = (
+    "torch",
+    "transformers",
+    "trl",
+    "peft",
+    "accelerate",
+    "datasets",
+    "deepspeed",
+    "wandb",
+    "hydra-core",
+    "omegaconf",
+    "tokenizers",
+)
 
 
 def run_id(cfg: DictConfig) -> str:
@@ -133,8 +144,12 @@ def _check_inputs_unchanged(run_dir: Path, fingerprints: dict[str, str]) -> None
 def _git_commit(where: Path) -> str | None:
     try:
         out = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(
+            ["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     if out.returncode != 0:
@@ -159,20 +174,25 @@ def record_run(prep: Prepared) -> None:
     if not (d / "config.yaml").is_file():
         atomic_write_text(d / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(snapshot)))
     if not (d / "run_info.json").is_file():
-        atomic_write_json(d / "run_info.json", {
-            "seed": prep.cfg.seed,
-            "versions": _versions(),
-            "git": {"alignlab": _git_commit(Path(__file__).parent), "cwd": _git_commit(Path.cwd())},
-            "command": sys.argv,
-            "host": socket.gethostname(),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "base_model": prep.base_model,
-            "data": [r.summary() for r in prep.reports],
-        })
+        atomic_write_json(
+            d / "run_info.json",
+            {
+                "seed": prep.cfg.seed,
+                "versions": _versions(),
+                "git": {"alignlab": _git_commit(Path(__file__).parent), "cwd": _git_commit(Path.cwd())},
+                "command": sys.argv,
+                "host": socket.gethostname(),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "base_model": prep.base_model,
+                "data": [r.summary() for r in prep.reports],
+            },
+        )
     atomic_write_json(d / "inputs.json", prep.fingerprints)
     with open(d / "attempts.jsonl", "a", encoding="utf-8") as f:
         done = [s for s in prep.cfg.pipeline.stages if is_done(d / s)]
-        f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": sys.argv, "done_before": done}) + "\n")
+        f.write(
+            json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": sys.argv, "done_before": done}) + "\n"
+        )
 
 
 def run(cfg: DictConfig, console: Any = None) -> dict[str, Any]:

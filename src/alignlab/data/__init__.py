@@ -37,9 +37,15 @@ class DataReport:
     def summary(self) -> dict[str, Any]:
         lengths = self.token_lengths
         return {
-            "source": self.source, "kind": self.kind, "format": self.format, "rows_read": self.rows_read,
-            "rows_kept": self.rows_kept, "duplicates": self.duplicates, "overlength": self.overlength,
-            "overlength_action": self.overlength_action, "problems": len(self.problems),
+            "source": self.source,
+            "kind": self.kind,
+            "format": self.format,
+            "rows_read": self.rows_read,
+            "rows_kept": self.rows_kept,
+            "duplicates": self.duplicates,
+            "overlength": self.overlength,
+            "overlength_action": self.overlength_action,
+            "problems": len(self.problems),
             "tokens_min": min(lengths) if lengths else None,
             "tokens_median": statistics.median(lengths) if lengths else None,
             "tokens_max": max(lengths) if lengths else None,
@@ -56,12 +62,16 @@ def load(source: DictConfig, kind: str, data_cfg: DictConfig, tokenizer: Any | N
         try:
             fmt = formats.detect(raw[0].data, "sft" if kind == "sft" else "preference")
         except formats.RowProblem as exc:
-            raise DataError(f"Data error in '{source.path}' ({raw[0].where}): {exc}. Set data.*.format to one of "
-                            "conversational, plain, hh, pku, prompt_completion, messages.") from None
+            raise DataError(
+                f"Data error in '{source.path}' ({raw[0].where}): {exc}. Set data.*.format to one of "
+                "conversational, plain, hh, pku, prompt_completion, messages."
+            ) from None
     sft_formats = ("prompt_completion", "messages")
     if (kind == "sft") != (fmt in sft_formats):
         expected = "prompt_completion or messages" if kind == "sft" else "conversational, plain, hh or pku"
-        raise DataError(f"Data error: '{source.path}' is read as {kind} data, so its format must be {expected}, not '{fmt}'.")
+        raise DataError(
+            f"Data error: '{source.path}' is read as {kind} data, so its format must be {expected}, not '{fmt}'."
+        )
     report.format = fmt
 
     rows, wheres = [], []
@@ -87,8 +97,10 @@ def _describe(report: DataReport) -> str:
     listed = "; ".join(f"{where}: {msg}" for where, msg in report.problems[:MAX_LISTED])
     more = len(report.problems) - MAX_LISTED
     tail = f"; and {more} more" if more > 0 else ""
-    return (f"Data error in '{report.source}': {len(report.problems)} of {report.rows_read} rows are malformed "
-            f"({report.format} format). {listed}{tail}. Fix or remove these rows; nothing was trained.")
+    return (
+        f"Data error in '{report.source}': {len(report.problems)} of {report.rows_read} rows are malformed "
+        f"({report.format} format). {listed}{tail}. Fix or remove these rows; nothing was trained."
+    )
 
 
 def _dedupe(rows: list[dict], wheres: list[str], policy: str, report: DataReport) -> tuple[list[dict], list[str]]:
@@ -111,15 +123,22 @@ def _dedupe(rows: list[dict], wheres: list[str], policy: str, report: DataReport
     return kept, kept_where
 
 
-def _check_lengths(rows: list[dict], wheres: list[str], tokenizer: Any, data_cfg: DictConfig, report: DataReport) -> list[dict]:
+def _check_lengths(
+    rows: list[dict], wheres: list[str], tokenizer: Any, data_cfg: DictConfig, report: DataReport
+) -> list[dict]:
     limit = data_cfg.max_length
     kept = []
     for row, where in zip(rows, wheres):
         replies = [row["chosen"], row["rejected"]] if "chosen" in row else [row["completion"]]
-        n = max(len(tokenizer.apply_chat_template(row["prompt"] + reply, tokenize=True, return_dict=True)["input_ids"])
-                for reply in replies)
-        prompt_n = len(tokenizer.apply_chat_template(row["prompt"], tokenize=True, add_generation_prompt=True,
-                                                     return_dict=True)["input_ids"])
+        n = max(
+            len(tokenizer.apply_chat_template(row["prompt"] + reply, tokenize=True, return_dict=True)["input_ids"])
+            for reply in replies
+        )
+        prompt_n = len(
+            tokenizer.apply_chat_template(row["prompt"], tokenize=True, add_generation_prompt=True, return_dict=True)[
+                "input_ids"
+            ]
+        )
         report.token_lengths.append(n)
         if n > limit or prompt_n >= limit:
             report.overlength += 1

@@ -27,16 +27,19 @@ def detect(row: dict[str, Any], kind: str) -> str:
             return "messages"
         if {"prompt", "completion"} <= keys:
             return "prompt_completion"
-        raise RowProblem(f"cannot tell the SFT format from columns {sorted(keys)}: expected 'messages' or "
-                         "'prompt' and 'completion'")
+        raise RowProblem(
+            f"cannot tell the SFT format from columns {sorted(keys)}: expected 'messages' or 'prompt' and 'completion'"
+        )
     if {"response_0", "response_1"} <= keys:
         return "pku"
     if {"chosen", "rejected"} <= keys:
         if "prompt" not in keys:
             return "hh" if isinstance(row["chosen"], str) else "conversational"
         return "conversational" if isinstance(row["prompt"], list) or isinstance(row["chosen"], list) else "plain"
-    raise RowProblem(f"cannot tell the preference format from columns {sorted(keys)}: expected 'prompt'/'chosen'/"
-                     "'rejected', HH-RLHF 'chosen'/'rejected' transcripts, or PKU-SafeRLHF 'response_0'/'response_1'")
+    raise RowProblem(
+        f"cannot tell the preference format from columns {sorted(keys)}: expected 'prompt'/'chosen'/"
+        "'rejected', HH-RLHF 'chosen'/'rejected' transcripts, or PKU-SafeRLHF 'response_0'/'response_1'"
+    )
 
 
 def _text(row: dict[str, Any], key: str) -> str:
@@ -44,8 +47,10 @@ def _text(row: dict[str, Any], key: str) -> str:
         raise RowProblem(f"'{key}' is missing")
     value = row[key]
     if isinstance(value, list):
-        raise RowProblem(f"'{key}' is a message list but this file's rows are read as plain strings "
-                         "(format detected from its first row)")
+        raise RowProblem(
+            f"'{key}' is a message list but this file's rows are read as plain strings "
+            "(format detected from its first row)"
+        )
     if not isinstance(value, str):
         raise RowProblem(f"'{key}' should be a string, got {type(value).__name__}")
     if not value.strip():
@@ -101,7 +106,9 @@ def conversational(row: dict[str, Any]) -> dict[str, Any]:
             raise RowProblem("'chosen' and 'rejected' share no prompt turns")
         return _pair(chosen[:n], _reply(chosen[n:], "chosen"), _reply(rejected[n:], "rejected"))
     prompt = row["prompt"]
-    prompt = [{"role": "user", "content": _text(row, "prompt")}] if isinstance(prompt, str) else _messages(prompt, "prompt")
+    prompt = (
+        [{"role": "user", "content": _text(row, "prompt")}] if isinstance(prompt, str) else _messages(prompt, "prompt")
+    )
     return _pair(prompt, _reply(row.get("chosen"), "chosen"), _reply(row.get("rejected"), "rejected"))
 
 
@@ -109,11 +116,14 @@ def plain(row: dict[str, Any]) -> dict[str, Any]:
     prompt, chosen, rejected = _text(row, "prompt"), _text(row, "chosen"), _text(row, "rejected")
     # A frequent mistake: `chosen` holding the whole conversation. Strip the prompt when both replies repeat it.
     if chosen.startswith(prompt) and rejected.startswith(prompt) and len(chosen) > len(prompt) < len(rejected):
-        chosen, rejected = chosen[len(prompt):].lstrip(), rejected[len(prompt):].lstrip()
+        chosen, rejected = chosen[len(prompt) :].lstrip(), rejected[len(prompt) :].lstrip()
     if not chosen.strip() or not rejected.strip():
         raise RowProblem("'chosen' or 'rejected' is empty once the repeated prompt is removed")
-    return _pair([{"role": "user", "content": prompt}], [{"role": "assistant", "content": chosen}],
-                 [{"role": "assistant", "content": rejected}])
+    return _pair(
+        [{"role": "user", "content": prompt}],
+        [{"role": "assistant", "content": chosen}],
+        [{"role": "assistant", "content": rejected}],
+    )
 
 
 HH_TURN = re.compile(r"\n\n(Human|Assistant): ?")
@@ -123,8 +133,10 @@ def _hh_turns(text: str, key: str) -> list[dict[str, str]]:
     parts = HH_TURN.split(text)
     if parts[0].strip() or len(parts) < 3:
         raise RowProblem(f"'{key}' is not an HH-RLHF transcript (expected '\\n\\nHuman: ...\\n\\nAssistant: ...')")
-    turns = [{"role": "user" if who == "Human" else "assistant", "content": body.strip()}
-             for who, body in zip(parts[1::2], parts[2::2])]
+    turns = [
+        {"role": "user" if who == "Human" else "assistant", "content": body.strip()}
+        for who, body in zip(parts[1::2], parts[2::2])
+    ]
     if turns[-1]["role"] != "assistant" or not turns[-1]["content"]:
         raise RowProblem(f"'{key}' does not end with a non-empty Assistant turn")
     return turns
@@ -147,8 +159,11 @@ def pku(row: dict[str, Any], choose_by: str) -> dict[str, Any]:
     if best not in (0, 1, "0", "1"):
         raise RowProblem(f"'{id_key}' should be 0 or 1, got {best!r}")
     best = int(best)
-    return _pair([{"role": "user", "content": prompt}], [{"role": "assistant", "content": responses[best]}],
-                 [{"role": "assistant", "content": responses[1 - best]}])
+    return _pair(
+        [{"role": "user", "content": prompt}],
+        [{"role": "assistant", "content": responses[best]}],
+        [{"role": "assistant", "content": responses[1 - best]}],
+    )
 
 
 def sft(row: dict[str, Any], fmt: str) -> dict[str, Any]:
@@ -166,7 +181,9 @@ def sft(row: dict[str, Any], fmt: str) -> dict[str, Any]:
         p, c = row.get("prompt"), row.get("completion")
         prompt = [{"role": "user", "content": _text(row, "prompt")}] if isinstance(p, str) else _messages(p, "prompt")
         completion = (
-            [{"role": "assistant", "content": _text(row, "completion")}] if isinstance(c, str) else _reply(c, "completion")
+            [{"role": "assistant", "content": _text(row, "completion")}]
+            if isinstance(c, str)
+            else _reply(c, "completion")
         )
     _check_prompt(prompt)
     return {"prompt": prompt, "completion": completion}

@@ -37,8 +37,9 @@ def resolve_local(path: str) -> Path | None:
     return local if local.exists() else None
 
 
-def read_rows(path: str, split: str = "train", subset: str | None = None, revision: str | None = None,
-              max_rows: int | None = None) -> list[RawRow]:
+def read_rows(
+    path: str, split: str = "train", subset: str | None = None, revision: str | None = None, max_rows: int | None = None
+) -> list[RawRow]:
     local = resolve_local(path)
     if local is not None and local.is_file():
         rows = list(_read_file(local))
@@ -60,7 +61,7 @@ def _decode(raw: bytes, where: Path) -> str:
         line = raw[: exc.start].count(b"\n") + 1
         raise DataError(
             f"Data error in '{where}' line {line}: bytes that are not UTF-8 at byte {exc.start} "
-            f"({raw[exc.start:exc.start + 4]!r}). Re-save the file as UTF-8."
+            f"({raw[exc.start : exc.start + 4]!r}). Re-save the file as UTF-8."
         ) from None
 
 
@@ -74,7 +75,9 @@ def _read_file(file: Path) -> Iterator[RawRow]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(f"Data error in '{file}' line {n}: not valid JSON ({exc.msg} at column {exc.colno}).") from None
+                raise DataError(
+                    f"Data error in '{file}' line {n}: not valid JSON ({exc.msg} at column {exc.colno})."
+                ) from None
             if not isinstance(obj, dict):
                 raise DataError(f"Data error in '{file}' line {n}: expected a JSON object, got {type(obj).__name__}.")
             yield RawRow(f"{file.name} line {n}", obj)
@@ -124,7 +127,11 @@ def _read_folder(folder: Path, split: str) -> list[RawRow]:
     import datasets
 
     try:
-        if (folder / "dataset_info.json").is_file() or (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file():
+        if (
+            (folder / "dataset_info.json").is_file()
+            or (folder / "dataset_dict.json").is_file()
+            or (folder / "state.json").is_file()
+        ):
             ds = datasets.load_from_disk(str(folder))
         else:
             ds = datasets.load_dataset(str(folder), split=split)

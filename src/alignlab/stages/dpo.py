@@ -22,7 +22,8 @@ from alignlab.stages.common import StageContext, save_final, train, trl_args
 def build_trainer(ctx: StageContext) -> DPOTrainer:
     a = ctx.algo
     args = trl_args(
-        DPOConfig, ctx,
+        DPOConfig,
+        ctx,
         beta=a.beta,
         loss_type=dpo_loss_types(a),
         loss_weights=list(a.loss_weights) if a.loss_weights is not None else None,

@@ -18,7 +18,10 @@ from alignlab.stages.common import StageContext, save_final, train, trl_args
 def build_trainer(ctx: StageContext) -> SFTTrainer:
     a = ctx.algo
     args = trl_args(
-        SFTConfig, ctx, packing=a.packing, completion_only_loss=a.completion_only_loss,
+        SFTConfig,
+        ctx,
+        packing=a.packing,
+        completion_only_loss=a.completion_only_loss,
         eos_token=ctx.tokenizer.eos_token,
     )
     return SFTTrainer(

@@ -1,0 +1,27 @@
+# Fresh-machine entry points: each target sets up its own virtual environment first.
+#   make run   [ARGS="experiment=tiny algo.dpo.beta=0.3"]   run the default experiment
+#   make test                                               lint + the whole test suite (slow tests included)
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup run test lint
+
+$(BIN)/alignlab: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, pinned to the CPU build this project is tested with (a newer pin pulls GBs of CUDA wheels)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(BIN)/alignlab
+
+run: setup
+	$(BIN)/alignlab run $(ARGS)
+
+lint: setup
+	$(BIN)/ruff check src tests
+
+test: lint
+	$(BIN)/python -m pytest -q
