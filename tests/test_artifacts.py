@@ -32,3 +32,13 @@ def test_done_marker(tmp_path):
     assert not is_done(tmp_path)
     mark_done(tmp_path)
     assert is_done(tmp_path)
+
+
+def test_only_rank_zero_tracks(tmp_path, monkeypatch):
+    from alignlab.config import compose_config, validate
+    from alignlab.tracking import Tracker
+
+    monkeypatch.setenv("RANK", "1")
+    tracker = Tracker(validate(compose_config([])), tmp_path)
+    assert tracker.run is None and not (tmp_path / "wandb_id").exists()
+    tracker.log("dpo", {"loss": 1.0}, 1)  # a no-op, not an error

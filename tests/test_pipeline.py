@@ -40,8 +40,9 @@ def wandb_files(run: Path) -> list[Path]:
     return sorted(run.glob("wandb/offline-run-*/run-*.wandb"))
 
 
-def test_tiny_sft_dpo_end_to_end_then_skip(tmp_path, cache_dir):
-    alignlab(tmp_path, cache_dir, "run.id=e2e")
+def test_tiny_sft_dpo_end_to_end_then_skip(tmp_path, cache_dir, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_e2e_secret_value")  # reaches TRL through an interpolation, never the files
+    alignlab(tmp_path, cache_dir, "run.id=e2e", "+algo.dpo.extra.hub_token=${oc.env:HF_TOKEN}")
     run = tmp_path / "runs" / "tiny" / "e2e"
     for stage in ("sft", "dpo"):
         assert (run / stage / "DONE").is_file() and (run / stage / "model" / "model.safetensors").is_file()
@@ -73,9 +74,12 @@ def test_tiny_sft_dpo_end_to_end_then_skip(tmp_path, cache_dir):
     cfg = wandb_config(first)
     assert cfg["algo"]["dpo"]["beta"] == 0.1 and cfg["pipeline"]["stages"] == ["sft", "dpo"]
 
+    for path in (run / "config.yaml", first, run / "run_info.json"):
+        assert b"hf_e2e_secret_value" not in path.read_bytes(), path
+
     # The same command again: nothing is retrained, and W&B continues the same run id
     before = (run / "dpo" / "metrics.json").stat().st_mtime_ns
-    out = alignlab(tmp_path, cache_dir, "run.id=e2e").stdout
+    out = alignlab(tmp_path, cache_dir, "run.id=e2e", "+algo.dpo.extra.hub_token=${oc.env:HF_TOKEN}").stdout
     assert "sft: already done, skipped" in out and "dpo: already done, skipped" in out
     assert (run / "dpo" / "metrics.json").stat().st_mtime_ns == before
     ids = {p.stem.removeprefix("run-") for p in wandb_files(run)}
