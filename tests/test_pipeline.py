@@ -51,7 +51,7 @@ def test_tiny_sft_dpo_end_to_end_then_skip(tmp_path, cache_dir, monkeypatch):
     assert losses(run, "dpo")[-1] < 0.5 * losses(run, "dpo")[0]
 
     info = json.loads((run / "run_info.json").read_text())
-    assert info["seed"] == 42 and info["versions"]["trl"] and info["command"][-1] == "run.id=e2e"
+    assert info["seed"] == 42 and info["versions"]["trl"] and "run.id=e2e" in info["command"]
     assert "git" in info and info["data"][0]["rows_kept"] == 56
     frozen = (run / "config.yaml").read_text()
     assert "beta: 0.1" in frozen and "loss_type: sigmoid" in frozen
