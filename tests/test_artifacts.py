@@ -39,6 +39,16 @@ def test_only_rank_zero_tracks(tmp_path, monkeypatch):
     from alignlab.tracking import Tracker
 
     monkeypatch.setenv("RANK", "1")
-    tracker = Tracker(validate(compose_config([])), tmp_path)
+    tracker = Tracker(validate(compose_config(["experiment=tiny"])), tmp_path)
     assert tracker.run is None and not (tmp_path / "wandb_id").exists()
     tracker.log("dpo", {"loss": 1.0}, 1)  # a no-op, not an error
+
+
+def test_redaction_targets_credentials_not_tokenizer_settings(monkeypatch):
+    from alignlab.tracking import redact
+
+    monkeypatch.setenv("WANDB_API_KEY", "sk-123")
+    cfg = {"hub_token": "hf_x", "api_key": "k", "eos_token": "<|im_end|>", "max_new_tokens": 48,
+           "nested": [{"password": "p", "group": "sk-123", "name": "ok"}]}  # fmt: skip
+    assert redact(cfg) == {"hub_token": "***", "api_key": "***", "eos_token": "<|im_end|>", "max_new_tokens": 48,
+                           "nested": [{"password": "***", "group": "***", "name": "ok"}]}  # fmt: skip

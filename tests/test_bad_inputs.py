@@ -81,7 +81,7 @@ def test_corpus_of_bad_inputs(tmp_path, capsys, cache_dir):
     cases = [(o, w) for o, w in CONFIGS] + _data_cases(tmp_path)
     assert len(cases) >= 20
     for overrides, where in cases:
-        code = main(["run", f"run.root={runs}", "logger=none", *overrides])
+        code = main(["run", "experiment=tiny", f"run.root={runs}", "logger=none", *overrides])
         err = capsys.readouterr().err
         messages = [line for line in err.splitlines() if line.startswith("alignlab: ")]
         assert code == 2, (overrides, err)
@@ -93,7 +93,19 @@ def test_corpus_of_bad_inputs(tmp_path, capsys, cache_dir):
 
 def test_row_level_errors_name_the_line(tmp_path, capsys, cache_dir):
     bad = write_jsonl(tmp_path / "pairs.jsonl", [pair(), pair("Other?"), pair(chosen="")])
-    assert main(["run", f"run.root={tmp_path}/runs", "logger=none", "data=local", f"data.preference.path={bad}"]) == 2
+    assert (
+        main(
+            [
+                "run",
+                "experiment=tiny",
+                f"run.root={tmp_path}/runs",
+                "logger=none",
+                "data=local",
+                f"data.preference.path={bad}",
+            ]
+        )
+        == 2
+    )
     assert "pairs.jsonl line 3: 'chosen' is empty" in capsys.readouterr().err
 
 
@@ -103,7 +115,7 @@ def test_real_process_exit_code_and_no_traceback(tmp_path, cache_dir):
     env = {**os.environ, "ALIGNLAB_CACHE": str(cache_dir)}
     for args in (["algo.dpo.beta=oops"], ["data=local", f"data.preference.path={tmp_path}/none.jsonl"]):
         proc = subprocess.run(
-            [sys.executable, "-m", "alignlab.cli", "run", f"run.root={tmp_path}", *args],
+            [sys.executable, "-m", "alignlab.cli", "run", "experiment=tiny", f"run.root={tmp_path}", *args],
             capture_output=True,
             text=True,
             env=env,
@@ -114,13 +126,25 @@ def test_real_process_exit_code_and_no_traceback(tmp_path, cache_dir):
 
 
 def test_cfg_job_prints_the_validated_config(capsys):
-    assert main(["run", "--cfg", "job", "algo.dpo.beta=0.25"]) == 0
+    assert main(["run", "--cfg", "job", "experiment=tiny", "algo.dpo.beta=0.25"]) == 0
     out = capsys.readouterr().out
     assert "beta: 0.25" in out and "loss_type: sigmoid" in out and "stages:" in out
 
 
 def test_secrets_never_reach_the_snapshot(monkeypatch, capsys):
     monkeypatch.setenv("WANDB_API_KEY", "sk-very-secret-123")
-    assert main(["run", "--cfg", "job", "logger.group=${oc.env:WANDB_API_KEY}", "+algo.dpo.extra.hub_token=abc"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--cfg",
+                "job",
+                "experiment=tiny",
+                "logger.group=${oc.env:WANDB_API_KEY}",
+                "+algo.dpo.extra.hub_token=abc",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "sk-very-secret-123" not in out and "abc" not in out and out.count("***") == 2

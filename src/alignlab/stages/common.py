@@ -26,6 +26,7 @@ class StageContext:
     name: str  # the stage's key in `algo` and `pipeline.stages`
     stage_dir: Path
     input_model: str  # path or Hub id of the policy this stage starts from
+    base_model: str  # the pipeline's starting model (reference for KL)
     tokenizer: Any
     pairs: list[dict] | None  # normalized preference rows
     sft_rows: list[dict] | None  # normalized prompt/completion rows

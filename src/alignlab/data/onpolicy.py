@@ -1,0 +1,140 @@
+"""On-policy safety pairs: preferences built from the current model's own replies.
+
+For a harmful prompt, the model's compliant reply is `rejected` and a refusal (with a redirection suited to the
+harm category) is `chosen`; for a benign prompt, the model's helpful reply is `chosen` and an unwarranted
+refusal is `rejected`. A judge decides which replies are refusals. Prompts where the model already behaves
+(a harmful prompt it refuses, a benign prompt it refuses on every try) give no pair and are counted.
+
+Pairs built from the model's own distribution keep DPO's log-ratios meaningful (the rejected text is something
+this model actually says) and make the counterweight explicit: the benign pairs teach it what not to refuse.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alignlab.data.sources import resolve_local
+from alignlab.errors import DataError
+
+
+@dataclass
+class PromptRow:
+    prompt: str
+    type: str  # harmful | benign
+    category: str
+
+
+@dataclass
+class PairBuild:
+    pairs: list[dict[str, Any]] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)  # one per prompt: reply, judge decision, outcome
+    counts: Counter = field(default_factory=Counter)
+
+
+def read_prompts(path: str) -> list[PromptRow]:
+    local = resolve_local(path)
+    if local is None or not local.is_file():
+        raise DataError(f"Data error: prompt file '{path}' does not exist.")
+    rows = []
+    for n, line in enumerate(local.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"Data error in '{local}' line {n}: not valid JSON ({exc.msg}).") from None
+        if not isinstance(obj.get("prompt"), str) or not obj["prompt"].strip():
+            raise DataError(f"Data error in '{local}' line {n}: 'prompt' is missing or empty.")
+        if obj.get("type") not in ("harmful", "benign"):
+            raise DataError(
+                f"Data error in '{local}' line {n}: 'type' should be harmful or benign, got {obj.get('type')!r}."
+            )
+        rows.append(PromptRow(obj["prompt"], obj["type"], str(obj.get("category", "any"))))
+    return rows
+
+
+def read_refusals(path: str) -> dict[str, list[str]]:
+    local = resolve_local(path)
+    if local is None or not local.is_file():
+        raise DataError(f"Data error: refusal file '{path}' does not exist.")
+    pool: dict[str, list[str]] = {}
+    for n, line in enumerate(local.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        obj = json.loads(line)
+        if not isinstance(obj.get("text"), str) or not obj["text"].strip():
+            raise DataError(f"Data error in '{local}' line {n}: 'text' is missing or empty.")
+        pool.setdefault(str(obj.get("category", "any")), []).append(obj["text"].strip())
+    if not pool.get("any"):
+        raise DataError(f"Data error in '{local}': needs refusals with category 'any' (used for every category).")
+    return pool
+
+
+def pick(options: list[str], key: str) -> str:
+    """A deterministic choice keyed by the prompt: the same prompt gets the same refusal in every run."""
+    return options[int(hashlib.sha256(key.encode()).hexdigest(), 16) % len(options)]
+
+
+def refusal_for(row: PromptRow, pool: dict[str, list[str]]) -> str:
+    options = pool.get(row.category, []) + pool["any"] if row.type == "harmful" else pool["any"]
+    return pick(options, row.prompt)
+
+
+def build_pairs(rows: list[PromptRow], replies: list[list[str]], is_refusal: Callable[[str], bool],
+                refusals: dict[str, list[str]]) -> PairBuild:  # fmt: skip
+    """`replies[i]` holds the model's attempts for `rows[i]`: the greedy reply first, then any re-samples."""
+    out = PairBuild()
+    for row, attempts in zip(rows, replies, strict=True):
+        judged = [(text, is_refusal(text)) for text in attempts]
+        user = [{"role": "user", "content": row.prompt}]
+        record = {"prompt": row.prompt, "type": row.type, "category": row.category, "reply": attempts[0],
+                  "refused": judged[0][1]}  # fmt: skip
+        if row.type == "harmful":
+            compliant = next((t for t, refused in judged if not refused and t.strip()), None)
+            if compliant is None:
+                record["outcome"] = "already refuses: no pair"
+            else:
+                record["outcome"] = "pair: refusal > compliant reply"
+                out.pairs.append(
+                    {
+                        "prompt": user,
+                        "chosen": [_assistant(refusal_for(row, refusals))],
+                        "rejected": [_assistant(compliant)],
+                        "type": row.type,
+                        "category": row.category,
+                    }
+                )
+        else:
+            helpful = next((t for t, refused in judged if not refused and t.strip()), None)
+            if helpful is None:
+                record["outcome"] = "refuses on every try: no pair"
+            else:
+                record["outcome"] = "pair: helpful reply > refusal"
+                out.pairs.append(
+                    {
+                        "prompt": user,
+                        "chosen": [_assistant(helpful)],
+                        "rejected": [_assistant(refusal_for(row, refusals))],
+                        "type": row.type,
+                        "category": row.category,
+                    }
+                )
+        out.counts[f"{row.type}/{record['outcome'].split(':')[0].replace(' ', '_')}"] += 1
+        out.records.append(record)
+    return out
+
+
+def _assistant(text: str) -> dict[str, str]:
+    return {"role": "assistant", "content": text}
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    from alignlab.artifacts import atomic_write_text
+
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

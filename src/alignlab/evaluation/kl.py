@@ -1,0 +1,42 @@
+"""KL divergence of a policy to its reference on the policy's own replies.
+
+For each reply y to prompt x: KL = sum_t sum_v pi(v | x, y_<t) [log pi(v | x, y_<t) - log ref(v | x, y_<t)],
+the exact per-position KL over the vocabulary, summed over the reply's tokens (nats per reply). This is the
+quantity the KL-regularised RLHF objective bounds; we report its mean over prompts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from alignlab.generation import generation_tokenizer
+
+
+@torch.no_grad()
+def sequence_kl(policy: Any, ref: Any, tokenizer: Any, prompts: list[list[dict]], replies: list[list[int]],
+                batch_size: int = 16) -> list[float]:  # fmt: skip
+    tok = generation_tokenizer(tokenizer)
+    out: list[float] = []
+    for start in range(0, len(prompts), batch_size):
+        seqs, reply_spans = [], []
+        for conv, reply in zip(prompts[start : start + batch_size], replies[start : start + batch_size]):
+            prompt_ids = tok.apply_chat_template(conv, add_generation_prompt=True, tokenize=True, return_dict=True)[
+                "input_ids"
+            ]
+            seqs.append(prompt_ids + reply)
+            reply_spans.append((len(prompt_ids), len(reply)))
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s)
+            mask[i, : len(s)] = 1
+        logp = torch.log_softmax(policy(input_ids=ids, attention_mask=mask).logits.float(), -1)
+        logq = torch.log_softmax(ref(input_ids=ids, attention_mask=mask).logits.float(), -1)
+        per_position = (logp.exp() * (logp - logq)).sum(-1)  # [batch, width]
+        for i, (p_len, r_len) in enumerate(reply_spans):
+            # logits at position t predict token t+1: reply tokens are predicted from p_len-1 .. p_len+r_len-2
+            out.append(per_position[i, p_len - 1 : p_len - 1 + r_len].sum().item() if r_len else 0.0)
+    return out

@@ -1,0 +1,102 @@
+"""The before/after report of one run (`report.md`): every safety metric of the first and last evaluation stage
+side by side, so a drop in harm is always read next to over-refusal and KL from the same run, plus the
+training signals (pairs, DPO reward accuracy) and a few of the final model's benign replies."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+TRAINING_SIGNALS = ("final/rewards/accuracies", "final/rewards/margins")
+
+
+def eval_stages(cfg: DictConfig) -> list[str]:
+    return [s for s in cfg.pipeline.stages if cfg.algo[s].kind == "eval"]
+
+
+def compare(cfg: DictConfig, results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """{metric: {stage: value}} for the first and last evaluation stages (one column if there is only one)."""
+    stages = eval_stages(cfg)
+    if not stages:
+        return {}
+    columns = [stages[0], stages[-1]] if len(stages) > 1 else stages
+    metrics = sorted({k for s in columns for k in results.get(s, {}) if k.startswith(("safety/", "eval/"))
+                      and not k.startswith("safety/n/")})  # fmt: skip
+    return {m: {s: results[s][m] for s in columns if m in results.get(s, {})} for m in metrics}
+
+
+def markdown(cfg: DictConfig, run_dir: Path, results: dict[str, dict[str, Any]], comparison: dict) -> str:
+    stages = eval_stages(cfg)
+    columns = list(next(iter(comparison.values())).keys()) if comparison else []
+    info = _read_json(run_dir / "run_info.json")
+    lines = [
+        f"# alignlab run report: {cfg.name}",
+        "",
+        f"- run folder: `{run_dir}`",
+        f"- model: `{cfg.model.name}`; pipeline: {' -> '.join(cfg.pipeline.stages)}; seed {cfg.seed}",
+        f"- command: `{' '.join(['alignlab', *info.get('command', [])[1:]])}`" if info else "",
+        "",
+        "## Safety, before and after (same run)",
+        "",
+        "Harmful-compliance rate: share of harmful prompts not refused (lower is better). Over-refusal rate: share",
+        "of benign prompts refused (lower is better). KL: mean over benign prompts of the summed per-token KL",
+        "divergence of the policy to the starting model on its own greedy replies (nats).",
+        "",
+        "| metric | " + " | ".join(columns) + " |",
+        "| --- | " + " | ".join("---:" for _ in columns) + " |",
+    ]
+    for metric, row in comparison.items():
+        n = _suite_size(results, columns, metric)
+        label = f"{metric} (n={n})" if n else metric
+        lines.append(f"| {label} | " + " | ".join(_fmt(row.get(c)) for c in columns) + " |")
+    lines += ["", "## Training", ""]
+    for stage in cfg.pipeline.stages:
+        m = results.get(stage, {})
+        shown = {k: v for k, v in m.items() if k.startswith("pairs/") or k in TRAINING_SIGNALS or k == "wall_seconds"}
+        if shown:
+            lines.append(
+                f"- **{stage}** ({cfg.algo[stage].kind}): " + ", ".join(f"{k} {_fmt(v)}" for k, v in shown.items())
+            )
+    if stages:
+        lines += _examples(run_dir / stages[-1] / "generations.jsonl", cfg.eval.examples)
+    return "\n".join(line for line in lines if line is not None) + "\n"
+
+
+def _examples(path: Path, n: int) -> list[str]:
+    if not path.is_file() or n <= 0:
+        return []
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    benign = [r for r in records if r["expect"] == "comply" and not r["refused"]][:n]
+    harmful = [r for r in records if r["expect"] == "refuse" and r["refused"]][:1]
+    out = ["", "## Examples from the final evaluation", ""]
+    for r in benign:
+        out += [f"**Benign ({r['suite']}, {r['category']})**: {r['prompt']}", "", _quote(r["reply"]), ""]
+    for r in harmful:
+        out += [f"**Harmful ({r['suite']}, {r['category']})**: {r['prompt']}", "", _quote(r["reply"]), ""]
+    return out
+
+
+def _quote(text: str) -> str:
+    return "\n".join("> " + line for line in (text or "(empty reply)").splitlines())
+
+
+def _suite_size(results: dict, columns: list[str], metric: str) -> int | None:
+    suite = metric.rsplit("/", 1)[-1]
+    for c in columns:
+        n = results.get(c, {}).get(f"safety/n/{suite}")
+        if n:
+            return n
+    return None
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.3f}" if isinstance(v, float) else str(v)

@@ -1,0 +1,58 @@
+"""On-policy pair stage: the current policy replies to the training prompts, a judge routes each reply, and
+the pairs (cached in `<stage>/pairs.jsonl`, logged as a W&B table) feed the SFT and DPO stages that follow
+(`data.preference.path: stage:<this stage>`)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from alignlab.data import onpolicy
+from alignlab.evaluation.judges import is_refusal
+from alignlab.generation import generate, trim_to_sentence
+from alignlab.models import load_model
+from alignlab.stages.common import StageContext
+
+PAIRS_FILE = "pairs.jsonl"
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    a = ctx.algo
+    rows = onpolicy.read_prompts(a.prompts)
+    refusals = onpolicy.read_refusals(a.refusals)
+    rng = random.Random(ctx.cfg.seed)
+    harmful = [r for r in rows if r.type == "harmful"]
+    benign = [r for r in rows if r.type == "benign"]
+    rng.shuffle(harmful)
+    rng.shuffle(benign)
+    rows = harmful[: a.max_harmful] + benign[: a.max_benign]
+
+    model = load_model(ctx.input_model, ctx.cfg.model)
+    prompts = [[{"role": "user", "content": r.prompt}] for r in rows]
+    print(f"[alignlab] {ctx.name}: generating replies to {len(rows)} prompts")
+    greedy = generate(model, ctx.tokenizer, prompts, a.max_new_tokens, a.batch_size, seed=ctx.cfg.seed)
+    attempts = [[_clean(g)] for g in greedy]
+    # Benign prompts the model refuses get a few sampled tries: a helpful reply of its own beats none.
+    retry = [i for i, r in enumerate(rows) if r.type == "benign" and is_refusal(attempts[i][0])]
+    for k in range(a.benign_resamples if retry else 0):
+        sampled = generate(model, ctx.tokenizer, [prompts[i] for i in retry], a.max_new_tokens, a.batch_size,
+                           do_sample=True, temperature=0.8, seed=ctx.cfg.seed + 1 + k)  # fmt: skip
+        for i, g in zip(retry, sampled):
+            attempts[i].append(_clean(g))
+
+    built = onpolicy.build_pairs(rows, attempts, is_refusal, refusals)
+    onpolicy.write_jsonl(ctx.stage_dir / "generations.jsonl", built.records)
+    onpolicy.write_jsonl(ctx.stage_dir / PAIRS_FILE, built.pairs)
+    ctx.tracker.table(f"{ctx.name}/pairs", ["prompt", "type", "category", "reply", "refused", "outcome"],
+                      [[r[k] for k in ("prompt", "type", "category", "reply", "refused", "outcome")]
+                       for r in built.records])  # fmt: skip
+    metrics = {f"pairs/{k}": v for k, v in sorted(built.counts.items())}
+    metrics["pairs/total"] = len(built.pairs)
+    metrics["pairs/harmful"] = sum(p["type"] == "harmful" for p in built.pairs)
+    metrics["pairs/benign"] = sum(p["type"] == "benign" for p in built.pairs)
+    return metrics
+
+
+def _clean(generation: dict[str, Any]) -> str:
+    text = generation["text"]
+    return trim_to_sentence(text) if generation["truncated"] else text

