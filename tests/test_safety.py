@@ -3,6 +3,7 @@ and the bundled prompt data (sizes, categories, train/eval disjointness, nothing
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from collections import Counter
@@ -18,7 +19,9 @@ from alignlab.evaluation.kl import sequence_kl
 from alignlab.evaluation.suites import load_suite
 from alignlab.generation import generate, generation_tokenizer, trim_to_sentence
 
-HARM_CATEGORIES = {"weapons", "cyber", "fraud", "drugs", "self_harm", "harassment_hate", "privacy", "chem_bio"}
+HARM_CATEGORIES = {
+    "weapons", "cyber", "fraud", "drugs", "self_harm", "harassment_hate", "privacy", "chem_bio", "misinformation",
+}  # fmt: skip
 
 
 def bundled(name: str) -> list[dict]:
@@ -190,3 +193,15 @@ def test_bundled_prompts_are_not_copied_from_benchmarks():
     ours = bundled("train_prompts.jsonl") + bundled("eval_prompts.jsonl")
     copied = [r["prompt"] for r in ours if _ngrams(r["prompt"], 6) & public_grams]
     assert len(copied) <= 0.02 * len(ours), copied[:5]  # a shared 6-word phrase by chance, at most
+    # Short prompts have few 6-grams: also no near-copy of any benchmark prompt as a whole.
+    by_length: dict[int, list[str]] = {}
+    for p in public:
+        by_length.setdefault(len(_words(p)), []).append(" ".join(_words(p)))
+    near = []
+    for r in ours:
+        mine = " ".join(_words(r["prompt"]))
+        n = len(mine.split())
+        candidates = [p for k in range(n - 2, n + 3) for p in by_length.get(k, [])]
+        if any(difflib.SequenceMatcher(None, mine, p).ratio() > 0.9 for p in candidates):
+            near.append(r["prompt"])
+    assert not near, near[:5]

@@ -58,6 +58,9 @@ class LoraSpec:
     alpha: int = 32
     dropout: float = 0.05
     target_modules: Any = "all-linear"
+    # Adapt only the last N decoder layers (peft's layers_to_transform): the backward pass then stops at the
+    # first adapted layer, which on a CPU cuts a LoRA step's time by about a third for SmolLM2 (top 10 of 30).
+    top_layers: int | None = None
 
 
 @dataclass
@@ -76,6 +79,9 @@ class ModelConfig:
     path: str | None = None  # Hub id or local directory (unused for source=tiny)
     revision: str | None = None
     dtype: str = "float32"  # float32 | bfloat16 | float16 | auto
+    # dtype for generation and scoring (evaluation, on-policy pairs, KL); None: `dtype`. bfloat16 halves generation
+    # time on CPUs with bf16 matrix units; before/after evaluations of a run always use the same one.
+    generation_dtype: str | None = None
     attn_implementation: str = "sdpa"  # eager | sdpa | flash_attention_2
     trust_remote_code: bool = False
     chat_template: str | None = None  # Jinja text or a file; None keeps the tokenizer's (ChatML if it has none)
@@ -160,6 +166,7 @@ class DPOAlgoConfig(TrainConfig):
     ref_model_mixup_alpha: float = 0.6
     ref_model_sync_steps: int = 512
     final_eval: bool = True  # reward accuracy / margins of the final policy on its training pairs
+    final_eval_max_pairs: int | None = None  # a seeded sample of that many pairs (None: all of them)
 
 
 @dataclass
@@ -389,6 +396,8 @@ def validate(cfg: DictConfig) -> DictConfig:
         for part in ("package", "version", "file"):
             _check(bool(m.wheel[part]), f"model.wheel.{part}", "required when model.source=wheel.")
     _one_of(m.dtype, ("float32", "bfloat16", "float16", "auto"), "model.dtype")
+    if m.generation_dtype is not None:
+        _one_of(m.generation_dtype, ("float32", "bfloat16", "float16", "auto"), "model.generation_dtype")
     _one_of(
         m.attn_implementation, ("eager", "sdpa", "flash_attention_2", "flash_attention_3"), "model.attn_implementation"
     )
@@ -396,6 +405,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     if m.lora.enabled:
         _check(m.lora.r > 0, "model.lora.r", f"LoRA rank must be positive, got {m.lora.r}.")
         _check(0 <= m.lora.dropout < 1, "model.lora.dropout", f"must lie in [0, 1), got {m.lora.dropout}.")
+        if m.lora.top_layers is not None:
+            _check(m.lora.top_layers > 0, "model.lora.top_layers", f"must be positive, got {m.lora.top_layers}.")
 
     d = typed.data
     _one_of(d.on_overlength, ("truncate", "drop", "error"), "data.on_overlength")
@@ -470,6 +481,8 @@ def _validate_algo(a: DictConfig, key: str, cfg: DictConfig) -> None:
                 f"{len(a.loss_weights)} weights for {len(losses)} loss types {losses}.",
             )
         _check(a.beta > 0, f"{key}.beta", f"must be positive, got {a.beta}.")
+        if a.final_eval_max_pairs is not None:
+            _check(a.final_eval_max_pairs > 0, f"{key}.final_eval_max_pairs", "must be positive or null.")
         _one_of(a.f_divergence_type, F_DIVERGENCES, f"{key}.f_divergence_type")
         if "robust" in losses:
             _check(

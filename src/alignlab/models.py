@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from alignlab.errors import ModelError
+from alignlab.errors import ConfigError, ModelError
 
 # ChatML, as used by SmolLM2 / Qwen: given to tokenizers that ship without a chat template.
 CHATML_TEMPLATE = (
@@ -227,12 +227,16 @@ def torch_dtype(name: str) -> Any:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}[name]
 
 
-def load_model(path: str, model_cfg: DictConfig) -> torch.nn.Module:
+def load_model(path: str, model_cfg: DictConfig, for_generation: bool = False) -> torch.nn.Module:
+    """The causal LM at `path` with the configured dtype (`model.generation_dtype` when it only generates/scores)."""
+    dtype = model_cfg.dtype
+    if for_generation and model_cfg.get("generation_dtype"):
+        dtype = model_cfg.generation_dtype
     try:
         return AutoModelForCausalLM.from_pretrained(
             path,
             revision=model_cfg.revision,
-            dtype=torch_dtype(model_cfg.dtype),
+            dtype=torch_dtype(dtype),
             attn_implementation=model_cfg.attn_implementation,
             trust_remote_code=model_cfg.trust_remote_code,
         )
@@ -240,21 +244,40 @@ def load_model(path: str, model_cfg: DictConfig) -> torch.nn.Module:
         raise ModelError(f"Model error: cannot load a causal LM from '{path}': {exc}") from None
 
 
-def lora_config(model_cfg: DictConfig) -> Any:
-    """A peft LoraConfig from `model.lora`, or None when LoRA is off."""
+def lora_config(model_cfg: DictConfig, model: torch.nn.Module) -> Any:
+    """A peft LoraConfig from `model.lora` for `model`, or None when LoRA is off."""
     if not model_cfg.lora.enabled:
         return None
     from peft import LoraConfig
 
-    targets = model_cfg.lora.target_modules
-    targets = targets if isinstance(targets, str) else list(targets)
+    spec = model_cfg.lora
+    targets = spec.target_modules if isinstance(spec.target_modules, str) else list(spec.target_modules)
+    layers = None
+    if spec.top_layers is not None:
+        n_layers = model.config.num_hidden_layers
+        if spec.top_layers > n_layers:  # pipeline.prepare checks this before any compute; kept for direct callers
+            raise ConfigError(f"Config error at 'model.lora.top_layers': {spec.top_layers} > the model's {n_layers}.")
+        layers = list(range(n_layers - spec.top_layers, n_layers))
+        if targets == "all-linear":  # peft takes layers_to_transform only with explicit module names
+            targets = decoder_linear_names(model)
     return LoraConfig(
-        r=model_cfg.lora.r,
-        lora_alpha=model_cfg.lora.alpha,
-        lora_dropout=model_cfg.lora.dropout,
+        r=spec.r,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
         target_modules=targets,
+        layers_to_transform=layers,
         task_type="CAUSAL_LM",
     )
+
+
+def decoder_linear_names(model: torch.nn.Module) -> list[str]:
+    """Names of the linear layers inside the decoder blocks (what peft's "all-linear" selects, minus the head)."""
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and ".layers." in f".{name}."
+    }
+    return sorted(names)
 
 
 def save_merged(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, out: Path) -> None:

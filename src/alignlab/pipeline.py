@@ -34,7 +34,7 @@ from alignlab import data as data_lib
 from alignlab.artifacts import atomic_write_json, atomic_write_text, is_done, mark_done
 from alignlab.config import TRAINING_KINDS
 from alignlab.data.sources import resolve_local
-from alignlab.errors import RunStateError, UserError
+from alignlab.errors import ConfigError, RunStateError, UserError
 from alignlab.evaluation import report as run_report
 from alignlab.models import cache_root, load_tokenizer, resolve_model_path
 from alignlab.stages import STAGES
@@ -94,6 +94,7 @@ def prepare(cfg: DictConfig) -> Prepared:
     try:
         base = resolve_model_path(cfg.model, cache_root(cfg))
         tokenizer = load_tokenizer(base, cfg.model)
+        check_model_fits_config(base, cfg.model)
         prep = Prepared(cfg, run_dir, base, tokenizer)
         kinds = {cfg.algo[s].kind for s in cfg.pipeline.stages}
         pref = cfg.data.preference
@@ -116,6 +117,20 @@ def prepare(cfg: DictConfig) -> Prepared:
                 f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {exc}\n")
         raise
     return prep
+
+
+def check_model_fits_config(path: str, model_cfg: DictConfig) -> None:
+    """Settings that depend on the model's architecture, checked against its config.json before any compute."""
+    from transformers import AutoConfig
+
+    top = model_cfg.lora.top_layers
+    if not (model_cfg.lora.enabled and top is not None):
+        return
+    n_layers = getattr(AutoConfig.from_pretrained(path, revision=model_cfg.revision), "num_hidden_layers", None)
+    if n_layers is not None and top > n_layers:
+        raise ConfigError(
+            f"Config error at 'model.lora.top_layers': {top} layers asked for, but '{path}' has {n_layers}."
+        )
 
 
 def load_stage_pairs(prep: Prepared, console: Any) -> None:
@@ -240,6 +255,7 @@ def run(cfg: DictConfig, console: Any = None) -> dict[str, Any]:
                 started = time.time()
                 metrics = STAGES[cfg.algo[stage].kind](ctx)
                 metrics["wall_seconds"] = round(time.time() - started, 2)
+                tracker.stage_result(stage, metrics)
                 atomic_write_json(stage_dir / "metrics.json", metrics)
                 mark_done(stage_dir)
                 results[stage] = {**metrics, "status": "done"}

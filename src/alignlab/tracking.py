@@ -81,6 +81,12 @@ class Tracker:
             numeric = {f"{stage}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
             self.run.log({**numeric, f"{stage}/global_step": step})
 
+    def stage_result(self, stage: str, metrics: dict[str, Any]) -> None:
+        """A finished stage's metrics as one history row on its step axis: evaluation and pair stages have no
+        Trainer logs, and a dashboard should chart `eval_after/safety/*` like any other curve."""
+        self.define_stage(stage)
+        self.log(stage, metrics, int(metrics.get("global_step", 0)))
+
     def summary(self, metrics: dict[str, Any]) -> None:
         if self.run is not None:
             for k, v in metrics.items():

@@ -38,8 +38,8 @@ def build_trainer(ctx: StageContext) -> DPOTrainer:
         ref_model_mixup_alpha=a.ref_model_mixup_alpha,
         ref_model_sync_steps=a.ref_model_sync_steps,
     )
-    peft = lora_config(ctx.cfg.model)
     policy = load_model(ctx.input_model, ctx.cfg.model)
+    peft = lora_config(ctx.cfg.model, policy)
     # A model object (not a path) needs an explicit reference unless LoRA (adapter off) or precomputed log-probs
     # stand in for it; loading it ourselves also keeps dtype and attention the same as the policy's.
     ref = None
@@ -49,12 +49,15 @@ def build_trainer(ctx: StageContext) -> DPOTrainer:
     elif peft is None and not a.precompute_ref_log_probs:
         ref = load_model(ctx.input_model, ctx.cfg.model)
     pairs = Dataset.from_list(ctx.pairs)
+    scored = pairs
+    if a.final_eval_max_pairs is not None and a.final_eval_max_pairs < len(pairs):
+        scored = pairs.shuffle(seed=ctx.cfg.seed).select(range(a.final_eval_max_pairs))
     return DPOTrainer(
         model=policy,
         ref_model=ref,
         args=args,
         train_dataset=pairs,
-        eval_dataset=pairs if a.final_eval else None,  # prepared (and ref log-probs precomputed) with the train set
+        eval_dataset=scored if a.final_eval else None,  # prepared (and ref log-probs precomputed) with the train set
         processing_class=ctx.tokenizer,
         peft_config=peft,
     )

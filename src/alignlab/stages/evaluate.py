@@ -22,7 +22,7 @@ def rate_name(expect: str) -> str:
 
 def run(ctx: StageContext) -> dict[str, Any]:
     e = ctx.cfg.eval
-    model = load_model(ctx.input_model, ctx.cfg.model)
+    model = load_model(ctx.input_model, ctx.cfg.model, for_generation=True)
     metrics: dict[str, Any] = {}
     records: list[dict[str, Any]] = []
     for suite_cfg in e.suites:
@@ -54,6 +54,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
 def _mean_kl(ctx: StageContext, model: Any, convs: list, replies: list) -> float:
     if ctx.input_model == ctx.base_model:
         return 0.0  # the policy is the starting model
-    ref = load_model(ctx.base_model, ctx.cfg.model)
+    ref = load_model(ctx.base_model, ctx.cfg.model, for_generation=True)
     kls = sequence_kl(model, ref, ctx.tokenizer, convs, replies, batch_size=16)
     return sum(kls) / len(kls)

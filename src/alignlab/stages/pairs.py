@@ -27,7 +27,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     rng.shuffle(benign)
     rows = harmful[: a.max_harmful] + benign[: a.max_benign]
 
-    model = load_model(ctx.input_model, ctx.cfg.model)
+    model = load_model(ctx.input_model, ctx.cfg.model, for_generation=True)
     prompts = [[{"role": "user", "content": r.prompt}] for r in rows]
     print(f"[alignlab] {ctx.name}: generating replies to {len(rows)} prompts")
     greedy = generate(model, ctx.tokenizer, prompts, a.max_new_tokens, a.batch_size, seed=ctx.cfg.seed)

@@ -24,12 +24,13 @@ def build_trainer(ctx: StageContext) -> SFTTrainer:
         completion_only_loss=a.completion_only_loss,
         eos_token=ctx.tokenizer.eos_token,
     )
+    model = load_model(ctx.input_model, ctx.cfg.model)
     return SFTTrainer(
-        model=load_model(ctx.input_model, ctx.cfg.model),
+        model=model,
         args=args,
         train_dataset=Dataset.from_list(ctx.sft_rows),
         processing_class=ctx.tokenizer,
-        peft_config=lora_config(ctx.cfg.model),
+        peft_config=lora_config(ctx.cfg.model, model),
     )
 
 
