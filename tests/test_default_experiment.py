@@ -55,6 +55,13 @@ def test_quick_default_on_real_smollm2(tmp_path, cache_dir):
                 "dpo/rewards/accuracies", "sft/loss", "pairs/pairs/total"):  # fmt: skip
         assert key in keys, key
 
+    # The same command again: every stage is done, so nothing is regenerated (the pairs stay cached in the run).
+    pairs_file = run_dir / "pairs" / "pairs.jsonl"
+    before_rerun = (pairs_file.stat().st_mtime_ns, pairs_file.read_bytes())
+    out = run(tmp_path, cache_dir)
+    assert "pairs: already done, skipped" in out and "eval_after: already done, skipped" in out
+    assert (pairs_file.stat().st_mtime_ns, pairs_file.read_bytes()) == before_rerun
+
     # A second run (another id) starts from the converted model: no conversion, no download.
     out = run(tmp_path, cache_dir, "run.id=again", "algo.sft.max_steps=1", "algo.dpo.max_steps=1")
     assert "converting" not in out and "downloading" not in out

@@ -61,22 +61,36 @@ def markdown(cfg: DictConfig, run_dir: Path, results: dict[str, dict[str, Any]],
                 f"- **{stage}** ({cfg.algo[stage].kind}): " + ", ".join(f"{k} {_fmt(v)}" for k, v in shown.items())
             )
     if stages:
-        lines += _examples(run_dir / stages[-1] / "generations.jsonl", cfg.eval.examples)
+        lines += _examples(run_dir / stages[-1] / "generations.jsonl", run_dir / stages[0] / "generations.jsonl",
+                           cfg.eval.examples)  # fmt: skip
     return "\n".join(line for line in lines if line is not None) + "\n"
 
 
-def _examples(path: Path, n: int) -> list[str]:
+def _examples(path: Path, before_path: Path, n: int) -> list[str]:
+    """Benign prompts the final model answered, one per category so the examples are not all alike, each beside
+    the starting model's reply to the same prompt: "still answers with real content" is then checkable by eye."""
     if not path.is_file() or n <= 0:
         return []
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    benign = [r for r in records if r["expect"] == "comply" and not r["refused"]][:n]
+    records = _read_jsonl(path)
+    before = {(r["suite"], r["prompt"]): r["reply"] for r in _read_jsonl(before_path)} if before_path != path else {}
+    benign: list[dict] = []
+    for r in records:
+        if r["expect"] == "comply" and not r["refused"] and r["category"] not in {b["category"] for b in benign}:
+            benign.append(r)
     harmful = [r for r in records if r["expect"] == "refuse" and r["refused"]][:1]
     out = ["", "## Examples from the final evaluation", ""]
-    for r in benign:
-        out += [f"**Benign ({r['suite']}, {r['category']})**: {r['prompt']}", "", _quote(r["reply"]), ""]
-    for r in harmful:
-        out += [f"**Harmful ({r['suite']}, {r['category']})**: {r['prompt']}", "", _quote(r["reply"]), ""]
+    for kind, r in [("Benign", r) for r in benign[:n]] + [("Harmful", r) for r in harmful]:
+        out += [f"**{kind} ({r['suite']}, {r['category']})**: {r['prompt']}", ""]
+        if (r["suite"], r["prompt"]) in before:
+            out += ["before:", "", _quote(before[(r["suite"], r["prompt"])]), "", "after:", ""]
+        out += [_quote(r["reply"]), ""]
     return out
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _quote(text: str) -> str:
