@@ -33,6 +33,7 @@ CONFIGS = [
     (["data=local"], "data.preference.path"),
     (["pipeline.stages=[]"], "pipeline.stages"),
     (["+model.hub_tokn=abc"], "model.hub_tokn"),
+    (["model.lora.enabled=true", "model.lora.top_layers=9"], "model.lora.top_layers"),  # the tiny model has 2
 ]
 
 
@@ -110,8 +111,8 @@ def test_row_level_errors_name_the_line(tmp_path, capsys, cache_dir):
 
 
 @pytest.mark.slow
-def test_real_process_exit_code_and_no_traceback(tmp_path, cache_dir):
-    """The console script itself, as a user runs it."""
+def test_real_process_exit_code_and_no_traceback(tmp_path, cache_dir, tiny_model):
+    """The console script itself, as a user runs it (the tiny model already built, so stderr holds only the error)."""
     env = {**os.environ, "ALIGNLAB_CACHE": str(cache_dir)}
     for args in (["algo.dpo.beta=oops"], ["data=local", f"data.preference.path={tmp_path}/none.jsonl"]):
         proc = subprocess.run(

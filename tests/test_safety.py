@@ -3,6 +3,7 @@ and the bundled prompt data (sizes, categories, train/eval disjointness, nothing
 
 from __future__ import annotations
 
+import csv
 import difflib
 import json
 import re
@@ -60,8 +61,6 @@ def test_refusal_judge_on_fixed_texts(reply, refused):
 def test_refusal_judge_agrees_with_xstest_human_labels():
     """2250 completions of 5 models with human labels (full or partial refusal = refusal): 87.4% agreement,
     near the XSTest paper's own string match (88.4%); a phrase that misfires on real replies shows up here."""
-    import csv
-
     pairs = []
     for path in sorted((BENCHMARKS / "xstest").glob("completions_*.csv")):
         with path.open(newline="", encoding="utf-8") as f:

@@ -34,6 +34,7 @@ DPO_LOSS_TYPES = (
 )  # fmt: skip
 F_DIVERGENCES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
 PRECISIONS = ("fp32", "bf16", "fp16")
+DTYPES = ("float32", "bfloat16", "float16", "auto")
 DATA_FORMATS = ("auto", "conversational", "plain", "hh", "pku", "prompt_completion", "messages")
 
 
@@ -395,9 +396,9 @@ def validate(cfg: DictConfig) -> DictConfig:
     if m.source == "wheel":
         for part in ("package", "version", "file"):
             _check(bool(m.wheel[part]), f"model.wheel.{part}", "required when model.source=wheel.")
-    _one_of(m.dtype, ("float32", "bfloat16", "float16", "auto"), "model.dtype")
+    _one_of(m.dtype, DTYPES, "model.dtype")
     if m.generation_dtype is not None:
-        _one_of(m.generation_dtype, ("float32", "bfloat16", "float16", "auto"), "model.generation_dtype")
+        _one_of(m.generation_dtype, DTYPES, "model.generation_dtype")
     _one_of(
         m.attn_implementation, ("eager", "sdpa", "flash_attention_2", "flash_attention_3"), "model.attn_implementation"
     )

@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from alignlab.errors import ConfigError, ModelError
+from alignlab.errors import ModelError
 
 # ChatML, as used by SmolLM2 / Qwen: given to tokenizers that ship without a chat template.
 CHATML_TEMPLATE = (
@@ -254,9 +254,7 @@ def lora_config(model_cfg: DictConfig, model: torch.nn.Module) -> Any:
     targets = spec.target_modules if isinstance(spec.target_modules, str) else list(spec.target_modules)
     layers = None
     if spec.top_layers is not None:
-        n_layers = model.config.num_hidden_layers
-        if spec.top_layers > n_layers:  # pipeline.prepare checks this before any compute; kept for direct callers
-            raise ConfigError(f"Config error at 'model.lora.top_layers': {spec.top_layers} > the model's {n_layers}.")
+        n_layers = model.config.num_hidden_layers  # top_layers <= n_layers: checked by pipeline.prepare
         layers = list(range(n_layers - spec.top_layers, n_layers))
         if targets == "all-linear":  # peft takes layers_to_transform only with explicit module names
             targets = decoder_linear_names(model)

@@ -73,10 +73,11 @@ def _examples(path: Path, before_path: Path, n: int) -> list[str]:
         return []
     records = _read_jsonl(path)
     before = {(r["suite"], r["prompt"]): r["reply"] for r in _read_jsonl(before_path)} if before_path != path else {}
-    benign: list[dict] = []
+    benign, seen = [], set()
     for r in records:
-        if r["expect"] == "comply" and not r["refused"] and r["category"] not in {b["category"] for b in benign}:
+        if r["expect"] == "comply" and not r["refused"] and r["category"] not in seen:
             benign.append(r)
+            seen.add(r["category"])
     harmful = [r for r in records if r["expect"] == "refuse" and r["refused"]][:1]
     out = ["", "## Examples from the final evaluation", ""]
     for kind, r in [("Benign", r) for r in benign[:n]] + [("Harmful", r) for r in harmful]:
