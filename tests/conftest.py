@@ -15,7 +15,8 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
+# The public benchmarks: $ALIGNLAB_BENCHMARKS as for `alignlab run`, else ../shared/benchmarks beside the clone.
+BENCHMARKS = Path(os.environ.get("ALIGNLAB_BENCHMARKS") or Path(__file__).resolve().parents[2] / "shared/benchmarks")
 
 
 @pytest.fixture(scope="session")
