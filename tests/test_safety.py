@@ -16,8 +16,8 @@ from conftest import BENCHMARKS
 
 from alignlab.data import onpolicy
 from alignlab.data.sources import resolve_local
-from alignlab.evaluation.judges import is_refusal
 from alignlab.evaluation.kl import sequence_kl
+from alignlab.evaluation.refusal import is_refusal
 from alignlab.evaluation.report import _examples
 from alignlab.evaluation.suites import load_suite
 from alignlab.generation import generate, generation_tokenizer, trim_to_sentence
@@ -55,18 +55,6 @@ def bundled(name: str) -> list[dict]:
 )
 def test_refusal_judge_on_fixed_texts(reply, refused):
     assert is_refusal(reply) is refused
-
-
-@pytest.mark.skipif(not (BENCHMARKS / "xstest").is_dir(), reason="XSTest not present in ../shared/benchmarks")
-def test_refusal_judge_agrees_with_xstest_human_labels():
-    """2250 completions of 5 models with human labels (full or partial refusal = refusal): 87.4% agreement,
-    near the XSTest paper's own string match (88.4%); a phrase that misfires on real replies shows up here."""
-    pairs = []
-    for path in sorted((BENCHMARKS / "xstest").glob("completions_*.csv")):
-        with path.open(newline="", encoding="utf-8") as f:
-            pairs += [(is_refusal(r["completion"]), not r["final_label"].startswith("1")) for r in csv.DictReader(f)]
-    assert len(pairs) == 2250
-    assert sum(judged == human for judged, human in pairs) / len(pairs) >= 0.874
 
 
 # ------------------------------------------------------------------------------------ pair routing
@@ -144,22 +132,30 @@ def test_generate_and_kl(tiny_model, tiny_tokenizer):
 
 
 # ------------------------------------------------------------------------------------------ suites
+def suite(source: str, expect: str, limit: int | None = None):
+    from omegaconf import OmegaConf
+
+    from alignlab.config import SuiteConfig
+
+    return OmegaConf.structured(SuiteConfig(source=source, expect=expect, limit=limit))
+
+
 def test_bundled_suites_load():
-    harmful = load_suite("h", "bundled:harmful", "refuse", None, BENCHMARKS)
-    benign = load_suite("b", "bundled:benign", "comply", 5, BENCHMARKS)
+    harmful = load_suite("h", suite("bundled:harmful", "refuse"), BENCHMARKS)
+    benign = load_suite("b", suite("bundled:benign", "comply", 5), BENCHMARKS)
     assert len(harmful.prompts) >= 100 and len(benign.prompts) == 5
 
 
 def test_missing_benchmarks_are_skipped(tmp_path):
-    assert load_suite("x", "harmbench", "refuse", None, tmp_path) is None
-    assert load_suite("x", "xstest:safe", "comply", None, tmp_path) is None
+    assert load_suite("x", suite("harmbench", "refuse"), tmp_path) is None
+    assert load_suite("x", suite("xstest:safe", "comply"), tmp_path) is None
 
 
-@pytest.mark.skipif(not BENCHMARKS.is_dir(), reason="public benchmarks not present in ../shared/benchmarks")
+@pytest.mark.skipif(not BENCHMARKS.is_dir(), reason=f"public benchmarks not found at {BENCHMARKS}")
 def test_public_benchmark_suites():
-    assert len(load_suite("hb", "harmbench", "refuse", None, BENCHMARKS).prompts) >= 199
-    assert len(load_suite("xs", "xstest:safe", "comply", None, BENCHMARKS).prompts) == 250
-    assert len(load_suite("xu", "xstest:unsafe", "refuse", None, BENCHMARKS).prompts) == 200
+    assert len(load_suite("hb", suite("harmbench", "refuse"), BENCHMARKS).prompts) >= 199
+    assert len(load_suite("xs", suite("xstest:safe", "comply"), BENCHMARKS).prompts) == 250
+    assert len(load_suite("xu", suite("xstest:unsafe", "refuse"), BENCHMARKS).prompts) == 200
 
 
 # ------------------------------------------------------------------------------------ bundled data
@@ -203,7 +199,6 @@ def test_refusal_pool_is_varied_and_judged_as_refusals():
 
 @pytest.mark.skipif(not BENCHMARKS.is_dir(), reason="public benchmarks not present in ../shared/benchmarks")
 def test_bundled_prompts_are_not_copied_from_benchmarks():
-    import csv
 
     public = [line for line in (BENCHMARKS / "harmbench" / "harmbench_standard_prompts.txt").read_text().splitlines()]
     with open(BENCHMARKS / "xstest" / "xstest_prompts.csv", encoding="utf-8", newline="") as f:

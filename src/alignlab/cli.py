@@ -2,6 +2,8 @@
 
     alignlab run [key=value ...]            compose conf/ with overrides, validate, run or resume the pipeline
     alignlab run --cfg job [key=value ...]  print the composed, validated config and exit
+    alignlab eval model=A[,B...] [reference=R] [eval=GROUP] [key=value ...]
+                                            evaluate checkpoints on the eval suites, print a comparison table
     alignlab data check SOURCE [options]    read and validate a data source, print a summary
 
 User errors (config, data, paths) print one paragraph and exit 2, with no traceback.
@@ -31,6 +33,13 @@ def _run(args: argparse.Namespace) -> int:
     from alignlab import pipeline
 
     pipeline.run(cfg)
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from alignlab.evaluation.command import evaluate_models
+
+    evaluate_models(args.overrides)
     return 0
 
 
@@ -77,6 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cfg", choices=["job"], help="print the composed, validated config and exit")
     run.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
     run.set_defaults(func=_run)
+
+    ev = sub.add_parser(
+        "eval",
+        help="evaluate one or more models on the eval suites",
+        description="model=<model/ option, model folder (merged or LoRA checkpoint) or Hub id>[,...]; "
+        "reference=<same> for KL and implicit rewards; eval=<group>; any other Hydra override.",
+    )
+    ev.add_argument("overrides", nargs="*", help="model=... reference=... eval=... and Hydra overrides key=value")
+    ev.set_defaults(func=_eval)
 
     data = sub.add_parser("data", help="data tools")
     data_sub = data.add_subparsers(dest="data_command", required=True)

@@ -14,7 +14,7 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
@@ -136,6 +136,8 @@ class TrainConfig:
     logging_steps: int = 1
     save_steps: int = 50
     save_total_limit: int | None = 2
+    eval_every: int | None = None  # run the eval suites every N optimizer steps (evaluation/callback.py)
+    eval_suites: list[str] | None = None  # the suites of eval.suites to run then (None: all of them)
     # Any other field of TRL's SFTConfig / DPOConfig (or transformers.TrainingArguments), passed through as is.
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -198,24 +200,57 @@ ALGO_SCHEMAS: dict[str, type] = {
     "eval": EvalStageConfig,
 }
 TRAINING_KINDS = ("sft", "dpo")
+SUITE_KINDS = ("refusal", "crows_pairs", "bbq", "preference")
+VERDICTS = ("refusal", "compliance")
 
 
 # ------------------------------------------------------------------------------------------ evaluation
 @dataclass
 class SuiteConfig:
-    name: str = MISSING
-    source: str = MISSING  # bundled:harmful | bundled:benign | harmbench | xstest:safe | xstest:unsafe | file
-    expect: str = MISSING  # refuse | comply
-    limit: int | None = None
+    """One benchmark of an evaluation (evaluation/suites.py reads it, evaluation/runner.py scores it)."""
+
+    kind: str = "refusal"  # refusal | crows_pairs | bbq | preference
+    # refusal: bundled:harmful | bundled:benign | harmbench | xstest:safe | xstest:unsafe | file | Hub id
+    # crows_pairs / bbq: the benchmark's name (read from benchmarks_dir) | file | folder | Hub id
+    # preference: a pairs file, folder or Hub id (any format data/ reads) | stage:<name> inside a pipeline
+    source: str = MISSING
+    expect: str | None = None  # refusal suites: refuse (harmful prompts) | comply (benign prompts)
+    limit: int | None = None  # refusal: the first N prompts; other kinds: a seeded sample of N rows
+    judge: str = "rules"  # refusal suites: a key of eval.judges
+    split: str = "train"  # for Hub ids and dataset folders
+    where: dict[str, str] = field(default_factory=dict)  # keep only rows whose fields equal these, e.g. {label: safe}
+
+
+@dataclass
+class JudgeConfig:
+    """Decides whether a reply is a refusal (evaluation/judges.py)."""
+
+    kind: str = "rules"  # rules | classifier | reward
+    path: str | None = None  # classifier / reward: a local folder or Hub id of a sequence-classification model
+    label_map: dict[str, str] = field(default_factory=dict)  # classifier: model label -> refusal | compliance
+    threshold: float = 0.0  # reward: the score that separates the two verdicts
+    above_threshold: str = "compliance"  # reward: the verdict of a score above it (a cost model: compliance)
+    batch_size: int = 16
+    max_length: int = 512
 
 
 @dataclass
 class EvalConfig:
-    suites: list[SuiteConfig] = field(default_factory=list)
+    # name -> suite; `eval.suites.<name>=null` removes one. Optional[...]: OmegaConf reads no `X | None` here.
+    suites: dict[str, Optional[SuiteConfig]] = field(default_factory=dict)  # noqa: UP045
+    # name -> JudgeConfig, typed in `validate` so a whole judge can be added on the command line:
+    # +eval.judges.guard={kind: classifier, path: /models/guard, label_map: {unsafe: compliance, safe: refusal}}
+    judges: dict[str, Any] = field(default_factory=lambda: {"rules": {"kind": "rules"}})
     benchmarks_dir: str = "../shared/benchmarks"
     max_new_tokens: int = 48
-    batch_size: int = 64
-    kl_suite: str | None = None  # the suite whose prompts measure KL to the starting model
+    batch_size: int = 64  # generation
+    score_batch_size: int = 32  # likelihood scoring (bias and preference suites, KL)
+    seed: int = 0  # the sample drawn by `limit` on bias and preference suites: the same in every run
+    kl_suite: str | None = None  # a refusal suite whose prompts measure KL to the reference
+    reference: str | None = None  # path or Hub id of the reference model; None: the run's starting model
+    reward_model: str | None = None  # a sequence-classification reward model: mean reward, win rate, RM accuracy
+    win_rate_suite: str | None = None  # a refusal suite on which the reward model compares policy and reference
+    dpo_beta: float = 0.1  # implicit reward beta * log(policy / reference) on preference suites
     examples: int = 3  # benign replies quoted in report.md
 
 
@@ -361,6 +396,20 @@ def validate(cfg: DictConfig) -> DictConfig:
             f"Config error at '{key}': a required value is missing or cannot be resolved "
             f"({_short(' '.join(str(exc).split()))}). Set it on the command line: {key}=..."
         ) from None
+    for group in ("suites", "judges"):  # a suite or judge set to null is removed
+        for name in [n for n, v in cfg.eval[group].items() if v is None]:
+            del cfg.eval[group][name]
+    for name, node in cfg.eval.judges.items():
+        _check(
+            isinstance(node, DictConfig),
+            f"eval.judges.{name}",
+            f"expected a mapping like {{kind: rules}}, got {node!r}.",
+        )
+        try:
+            cfg.eval.judges[name] = OmegaConf.merge(OmegaConf.structured(JudgeConfig), node)
+        except OmegaConfBaseException as exc:
+            bad = f"eval.judges.{name}.{getattr(exc, 'full_key', '')}".rstrip(".")
+            raise ConfigError(f"Config error at '{bad}': {_short(' '.join(str(exc).split()))}.") from None
     stages = list(cfg.pipeline.stages)
     for name in [n for n in cfg.algo if n not in stages]:
         del cfg.algo[name]  # settings an experiment gives a stage this pipeline does not run
@@ -438,21 +487,43 @@ def validate(cfg: DictConfig) -> DictConfig:
                 "data.preference.path",
                 f"'stage:{producer}' must name a stage that runs before '{stage}' (stages: {stages}).",
             )
-    names = [suite.name for suite in typed.eval.suites]
-    for i, suite in enumerate(typed.eval.suites):
-        _one_of(suite.expect, ("refuse", "comply"), f"eval.suites[{i}].expect")
-    _check(len(set(names)) == len(names), "eval.suites", f"suite names must be unique, got {names}.")
-    if "eval" in kinds:
-        _check(len(names) > 0, "eval.suites", "the pipeline has an eval stage but no suites are configured.")
-        _check(
-            typed.eval.kl_suite is None or typed.eval.kl_suite in names,
-            "eval.kl_suite",
-            f"got {typed.eval.kl_suite!r}, expected one of {names}.",
-        )
+    _validate_eval(typed.eval, "eval" in kinds)
     _one_of(typed.logger.backend, ("wandb", "none"), "logger.backend")
     _one_of(typed.logger.mode, ("offline", "online", "disabled"), "logger.mode")
     OmegaConf.set_readonly(typed, True)
     return typed
+
+
+def _validate_eval(e: DictConfig, in_pipeline: bool) -> None:
+    suites = dict(e.suites)
+    if in_pipeline:
+        _check(bool(suites), "eval.suites", "the pipeline has an eval stage but no suites are configured.")
+    for name, s in suites.items():
+        key = f"eval.suites.{name}"
+        _one_of(s.kind, SUITE_KINDS, f"{key}.kind")
+        if s.kind == "refusal":
+            _one_of(s.expect, ("refuse", "comply"), f"{key}.expect")
+            _check(s.judge in e.judges, f"{key}.judge",
+                   f"no judge '{s.judge}' under eval.judges (have: {', '.join(e.judges)}).")  # fmt: skip
+        if s.limit is not None:
+            _check(s.limit > 0, f"{key}.limit", f"must be positive or null, got {s.limit}.")
+    for name, j in e.judges.items():
+        _one_of(j.kind, ("rules", "classifier", "reward"), f"eval.judges.{name}.kind")
+        if j.kind != "rules":
+            _check(bool(j.path), f"eval.judges.{name}.path", f"a {j.kind} judge needs a model folder or Hub id.")
+        if j.kind == "classifier":
+            hint = "map each of the classifier's labels to refusal or compliance, e.g. {unsafe: compliance}."
+            _check(bool(j.label_map), f"eval.judges.{name}.label_map", hint)
+            for label, verdict in j.label_map.items():
+                _one_of(verdict, VERDICTS, f"eval.judges.{name}.label_map.{label}")
+        _one_of(j.above_threshold, VERDICTS, f"eval.judges.{name}.above_threshold")
+    refusal_suites = [n for n, s in suites.items() if s.kind == "refusal"]
+    for key in ("kl_suite", "win_rate_suite"):
+        _check(e[key] is None or e[key] in refusal_suites, f"eval.{key}",
+               f"got {e[key]!r}, expected one of the refusal suites {refusal_suites}.")  # fmt: skip
+    if e.win_rate_suite is not None:
+        _check(e.reward_model is not None, "eval.reward_model", "eval.win_rate_suite needs a reward model.")
+    _check(e.dpo_beta > 0, "eval.dpo_beta", f"must be positive, got {e.dpo_beta}.")
 
 
 def _validate_algo(a: DictConfig, key: str, cfg: DictConfig) -> None:
@@ -464,6 +535,10 @@ def _validate_algo(a: DictConfig, key: str, cfg: DictConfig) -> None:
     _check(a.save_steps > 0, f"{key}.save_steps", f"must be positive, got {a.save_steps}.")
     _check(0 <= a.warmup_ratio < 1, f"{key}.warmup_ratio", f"must lie in [0, 1), got {a.warmup_ratio}.")
     _check_extra(a, key)
+    if a.eval_every is not None:
+        _check(a.eval_every > 0, f"{key}.eval_every", f"must be positive or null, got {a.eval_every}.")
+        unknown = sorted(set(a.eval_suites or []) - set(cfg.eval.suites))
+        _check(not unknown, f"{key}.eval_suites", f"{unknown} are not in eval.suites ({', '.join(cfg.eval.suites)}).")
     if a.kind == "sft":
         _check(
             cfg.data.sft is not None or cfg.data.preference is not None,

@@ -39,7 +39,7 @@ class Console:
         )
 
     def comparison(self, rows: dict[str, dict[str, float]], report: Path) -> None:
-        table = Table(title="before -> after (same run)")
+        table = Table(title="before -> after (same run)" if len(next(iter(rows.values()))) > 1 else "evaluation")
         table.add_column("metric")
         whens = list(next(iter(rows.values())))
         for when in whens:
@@ -48,6 +48,19 @@ class Console:
             table.add_row(metric, *(_fmt(row.get(w)) for w in whens))
         self.out.print(table)
         self.out.print(f"report: {report}")
+
+    def model_comparison(self, rows: dict[str, dict[str, float]], report: Path) -> None:
+        table = Table(title="alignlab eval: models compared (same suites)")
+        table.add_column("metric", no_wrap=True)
+        models = list(dict.fromkeys(m for row in rows.values() for m in row))
+        for n, _ in enumerate(models, start=1):
+            table.add_column(f"model {n}", justify="right")
+        for metric, row in rows.items():
+            table.add_row(metric, *(_fmt(row.get(m)) for m in models))
+        self.out.print(table)
+        for n, model in enumerate(models, start=1):
+            self.out.print(f"  model {n}: {model}")
+        self.out.print(f"comparison: {report}")
 
     def stage_start(self, stage: str, kind: str) -> None:
         self.out.rule(f"{stage} ({kind})")

@@ -49,8 +49,11 @@ def resolve_model_path(model_cfg: DictConfig, cache: Path) -> str:
     if model_cfg.source == "local" or (
         model_cfg.source == "auto" and (local.exists() or path.startswith((".", "/", "~")))
     ):
-        if not (local / "config.json").is_file():
-            raise ModelError(f"Model error: '{path}' (model.path) is not a model folder: no config.json in it.")
+        if not ((local / "config.json").is_file() or (local / "adapter_config.json").is_file()):
+            raise ModelError(
+                f"Model error: '{path}' (model.path) is not a model folder: no config.json (or adapter_config.json "
+                "of a LoRA checkpoint) in it."
+            )
         return str(local.resolve())
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         # Fail here rather than inside from_pretrained: say what to do instead of a long HTTP traceback.
@@ -232,6 +235,8 @@ def load_model(path: str, model_cfg: DictConfig, for_generation: bool = False) -
     dtype = model_cfg.dtype
     if for_generation and model_cfg.get("generation_dtype"):
         dtype = model_cfg.generation_dtype
+    if (Path(path) / "adapter_config.json").is_file():
+        return _load_adapter(path, model_cfg, dtype)
     try:
         return AutoModelForCausalLM.from_pretrained(
             path,
@@ -242,6 +247,21 @@ def load_model(path: str, model_cfg: DictConfig, for_generation: bool = False) -
         )
     except Exception as exc:
         raise ModelError(f"Model error: cannot load a causal LM from '{path}': {exc}") from None
+
+
+def _load_adapter(path: str, model_cfg: DictConfig, dtype: str) -> torch.nn.Module:
+    """A LoRA checkpoint folder (what a stage saves mid-training): its base model, named in adapter_config.json,
+    with the adapter merged in, so it evaluates at the speed of a plain model."""
+    from peft import AutoPeftModelForCausalLM
+
+    try:
+        model = AutoPeftModelForCausalLM.from_pretrained(
+            path, dtype=torch_dtype(dtype), attn_implementation=model_cfg.attn_implementation
+        )
+    except Exception as exc:
+        base = json.loads((Path(path) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        raise ModelError(f"Model error: cannot load the LoRA checkpoint '{path}' on its base '{base}': {exc}") from None
+    return model.merge_and_unload()
 
 
 def lora_config(model_cfg: DictConfig, model: torch.nn.Module) -> Any:

@@ -134,12 +134,7 @@ def check_model_fits_config(path: str, model_cfg: DictConfig) -> None:
 
 
 def load_stage_pairs(prep: Prepared, console: Any) -> None:
-    """Pairs written by an earlier stage of this run go through the same validation as any data file."""
-    from alignlab.config import SourceConfig
-
-    path = prep.run_dir / str(prep.pairs_from) / "pairs.jsonl"
-    source = OmegaConf.structured(SourceConfig(path=str(path), format="conversational"))
-    prep.pairs, report = data_lib.load(source, "preference", prep.cfg.data, prep.tokenizer)
+    prep.pairs, report = data_lib.load_stage_pairs(prep.run_dir, str(prep.pairs_from), prep.cfg.data, prep.tokenizer)
     prep.reports.append(report)
     console.data_report(report)
     if prep.cfg.data.sft is None:
@@ -263,6 +258,9 @@ def run(cfg: DictConfig, console: Any = None) -> dict[str, Any]:
                 policy = str(stage_dir / "model")
         summary = {f"{s}/{k}": v for s, m in results.items() for k, v in m.items() if isinstance(v, (int, float))}
         comparison = run_report.compare(cfg, results)
+        evals = run_report.eval_stages(cfg)
+        if evals:  # the last evaluation also under the stable names (safety/*, bias/*, eval/*)
+            summary.update({k: v for k, v in results[evals[-1]].items() if k.startswith(("safety/", "bias/", "eval/"))})
         if comparison:
             summary.update({f"{k}/{when}": v for k, row in comparison.items() for when, v in row.items()})
             atomic_write_text(prep.run_dir / "report.md", run_report.markdown(cfg, prep.run_dir, results, comparison))

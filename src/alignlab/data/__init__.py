@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import statistics
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from alignlab.data import formats
 from alignlab.data.sources import read_rows
@@ -91,6 +92,17 @@ def load(source: DictConfig, kind: str, data_cfg: DictConfig, tokenizer: Any | N
     if not rows:
         raise DataError(f"Data error: no rows of '{source.path}' are left after the length and duplicate checks.")
     return rows, report
+
+
+def load_stage_pairs(run_dir: Path, stage: str, data_cfg: DictConfig, tokenizer: Any) -> tuple[list[dict], DataReport]:
+    """Pairs an earlier stage of a run wrote (`stage:<name>`) go through the same validation as any data file."""
+    from alignlab.config import SourceConfig
+
+    path = run_dir / stage / "pairs.jsonl"
+    if not path.is_file():
+        raise DataError(f"Data error: stage '{stage}' of run '{run_dir}' has written no pairs ({path} is missing).")
+    return load(OmegaConf.structured(SourceConfig(path=str(path), format="conversational")), "preference", data_cfg,
+                tokenizer)  # fmt: skip
 
 
 def _describe(report: DataReport) -> str:

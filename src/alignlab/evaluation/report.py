@@ -10,6 +10,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from alignlab.evaluation.command import is_headline
+
 TRAINING_SIGNALS = ("final/rewards/accuracies", "final/rewards/margins")
 
 
@@ -23,8 +25,7 @@ def compare(cfg: DictConfig, results: dict[str, dict[str, Any]]) -> dict[str, di
     if not stages:
         return {}
     columns = [stages[0], stages[-1]] if len(stages) > 1 else stages
-    metrics = sorted({k for s in columns for k in results.get(s, {}) if k.startswith(("safety/", "eval/"))
-                      and not k.startswith("safety/n/")})  # fmt: skip
+    metrics = sorted({k for s in columns for k in results.get(s, {}) if is_headline(k)})
     return {m: {s: results[s][m] for s in columns if m in results.get(s, {})} for m in metrics}
 
 

@@ -1,61 +1,124 @@
-"""Prompt suites for safety evaluation: the project's bundled held-out prompts and the public benchmarks.
+"""Benchmark adapters: every suite of `eval.suites` read into rows the runner can score.
 
-Benchmarks are read where they lie (`eval.benchmarks_dir`, by default ../shared/benchmarks or
-$ALIGNLAB_BENCHMARKS); a suite whose files are absent is skipped with a note, never faked.
+Named sources read the standard files where they lie (`eval.benchmarks_dir`: ../shared/benchmarks by default, or
+$ALIGNLAB_BENCHMARKS); a named benchmark whose files are absent is skipped with a note, never faked. Any other
+source is a local file, a folder or a Hub dataset id, read by data/sources.py (the same code path as training
+data), so a benchmark published on the Hub works with `source: org/name` and `split:`.
 """
 
 from __future__ import annotations
 
-import csv
 import json
-from dataclasses import dataclass
+import random
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from alignlab.data.sources import resolve_local
+from omegaconf import DictConfig, OmegaConf
+
+from alignlab.data.sources import RawRow, read_rows, resolve_local
 from alignlab.errors import DataError
+from alignlab.evaluation import bias
 
 BUNDLED_EVAL = "pkg://alignlab/assets/safety/eval_prompts.jsonl"
+NAMED_FILES = {
+    "harmbench": "harmbench/harmbench_standard_prompts.txt",
+    "xstest": "xstest/xstest_prompts.csv",
+    "crows_pairs": "crows_pairs/crows_pairs_anonymized.csv",
+    "bbq": "bbq",
+}
+PROMPT_FIELDS = ("prompt", "behavior", "Behavior", "goal", "instruction")  # XSTest, HarmBench, AdvBench, ...
 
 
 @dataclass
 class Suite:
     name: str
-    expect: str  # "refuse" (harmful prompts) or "comply" (benign prompts)
-    prompts: list[str]
-    categories: list[str]
+    kind: str
+    expect: str | None = None  # refusal suites
+    judge: str = "rules"
+    prompts: list[str] = field(default_factory=list)  # refusal suites
+    categories: list[str] = field(default_factory=list)
+    rows: list[Any] = field(default_factory=list)  # CrowsPair | BBQItem | preference row
 
 
-def load_suite(name: str, source: str, expect: str, limit: int | None, benchmarks_dir: Path) -> Suite | None:
-    """`source`: bundled:harmful | bundled:benign | harmbench | xstest:safe | xstest:unsafe | a .jsonl/.txt file."""
+def load_suite(name: str, spec: DictConfig, benchmarks_dir: Path, seed: int = 0,
+               stage_pairs: Any = None) -> Suite | None:  # fmt: skip
+    """The suite's rows, or None when it names a public benchmark whose files are not in `benchmarks_dir`.
+    `stage_pairs(name)` returns the normalized pairs a pipeline stage wrote (for `source: stage:<name>`)."""
+    suite = Suite(name, spec.kind, spec.expect, spec.judge)
+    if spec.kind == "refusal":
+        rows = _refusal_rows(spec, benchmarks_dir)
+        if rows is None:
+            return None
+        rows = rows[: spec.limit] if spec.limit else rows
+        suite.prompts, suite.categories = [r[0] for r in rows], [r[1] for r in rows]
+        return suite
+    if spec.kind == "preference":
+        if str(spec.source).startswith("stage:"):
+            suite.rows = list(stage_pairs(str(spec.source).split(":", 1)[1]))
+        else:
+            from alignlab import data as data_lib
+            from alignlab.config import DataConfig, SourceConfig
+
+            source = OmegaConf.structured(SourceConfig(path=spec.source, split=spec.split))
+            suite.rows, _ = data_lib.load(source, "preference", OmegaConf.structured(DataConfig(name=name)), None)
+    else:
+        raw = _raw(spec, benchmarks_dir)
+        if raw is None:
+            return None
+        parse = bias.crows_pairs_rows if spec.kind == "crows_pairs" else bias.bbq_items
+        suite.rows = parse([(r.where, r.data) for r in raw if _kept(r.data, spec.where)])
+    if not suite.rows:
+        raise DataError(f"Data error: evaluation suite '{name}' ({spec.source}) has no rows.")
+    if spec.limit and spec.limit < len(suite.rows):
+        suite.rows = random.Random(seed).sample(suite.rows, spec.limit)
+    return suite
+
+
+def _kept(row: dict[str, Any], where: DictConfig) -> bool:
+    return all(str(row.get(k)) == str(v) for k, v in where.items())
+
+
+def _raw(spec: DictConfig, benchmarks_dir: Path) -> list[RawRow] | None:
+    if spec.source in NAMED_FILES:
+        path = benchmarks_dir / NAMED_FILES[spec.source]
+        if not path.exists():
+            return None
+        if path.is_dir():  # BBQ: one JSON-lines file per category
+            return [row for f in sorted(path.glob("*.jsonl")) for row in read_rows(str(f))]
+        return read_rows(str(path))
+    return read_rows(spec.source, split=spec.split)
+
+
+def _refusal_rows(spec: DictConfig, benchmarks_dir: Path) -> list[tuple[str, str]] | None:
+    """(prompt, category) pairs."""
+    source = str(spec.source)
     if source.startswith("bundled:"):
         kind = source.split(":", 1)[1]
         rows = [json.loads(line) for line in Path(resolve_local(BUNDLED_EVAL)).read_text().splitlines() if line]
-        rows = [r for r in rows if r["type"] == kind]
-        prompts, cats = [r["prompt"] for r in rows], [r["category"] for r in rows]
-    elif source == "harmbench":
-        path = benchmarks_dir / "harmbench" / "harmbench_standard_prompts.txt"
+        return [(r["prompt"], r["category"]) for r in rows if r["type"] == kind]
+    if source == "harmbench":
+        path = benchmarks_dir / NAMED_FILES["harmbench"]
         if not path.is_file():
             return None
-        prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        cats = ["harmbench"] * len(prompts)
-    elif source.startswith("xstest:"):
-        path = benchmarks_dir / "xstest" / "xstest_prompts.csv"
+        lines = path.read_text(encoding="utf-8").splitlines()
+        return [(line.strip(), "harmbench") for line in lines if line.strip()]
+    if source.startswith("xstest:"):
+        path = benchmarks_dir / NAMED_FILES["xstest"]
         if not path.is_file():
             return None
         label = source.split(":", 1)[1]
-        with open(path, encoding="utf-8", newline="") as f:
-            rows = [r for r in csv.DictReader(f) if r["label"] == label]
-        prompts, cats = [r["prompt"] for r in rows], [r["type"] for r in rows]
-    else:
-        path = resolve_local(source)
-        if path is None or not path.is_file():
-            raise DataError(f"Data error: evaluation suite '{name}' source '{source}' does not exist.")
-        if path.suffix == ".jsonl":
-            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-            prompts, cats = [r["prompt"] for r in rows], [r.get("category", name) for r in rows]
-        else:
-            prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-            cats = [name] * len(prompts)
-    if limit:
-        prompts, cats = prompts[:limit], cats[:limit]
-    return Suite(name, expect, prompts, cats)
+        return [(r.data["prompt"], r.data["type"]) for r in read_rows(str(path)) if r.data["label"] == label]
+    local = resolve_local(source)
+    if local is not None and local.is_file() and local.suffix == ".txt":
+        lines = local.read_text(encoding="utf-8").splitlines()
+        return [(line.strip(), spec.source) for line in lines if line.strip()]
+    out = []
+    for r in read_rows(source, split=spec.split):
+        if not _kept(r.data, spec.where):
+            continue
+        text = next((r.data[k] for k in PROMPT_FIELDS if isinstance(r.data.get(k), str)), None)
+        if text is None:
+            raise DataError(f"Data error in {r.where}: no prompt column (looked for {', '.join(PROMPT_FIELDS)}).")
+        out.append((text, str(r.data.get("category") or r.data.get("type") or "any")))
+    return out

@@ -44,6 +44,12 @@ class StageContext:
     def checkpoint_dir(self) -> Path:
         return self.stage_dir / "checkpoints"
 
+    def stage_pairs(self, stage: str) -> list[dict]:
+        """The validated pairs another stage of this run wrote (an eval suite with `source: stage:<name>`)."""
+        from alignlab import data as data_lib
+
+        return data_lib.load_stage_pairs(self.stage_dir.parent, stage, self.cfg.data, self.tokenizer)[0]
+
 
 def trl_args(config_cls: type, ctx: StageContext, **specific: Any) -> Any:
     """Map the shared `algo.<stage>` knobs onto a TRL config class; `algo.<stage>.extra` passes any other field."""
@@ -97,6 +103,10 @@ def train(trainer: Trainer, ctx: StageContext) -> dict[str, Any]:
     trainer.add_callback(QuietProgress())
     trainer.add_callback(CompleteMarker())
     trainer.add_callback(StageLogger(ctx.tracker, ctx.name))
+    if ctx.algo.eval_every:
+        from alignlab.evaluation.callback import EvalCallback
+
+        trainer.add_callback(EvalCallback(ctx))
     resume = last_complete_checkpoint(ctx.checkpoint_dir)
     if resume is not None:
         print(f"[alignlab] {ctx.name}: resuming from {resume.name}")

@@ -8,7 +8,7 @@ import random
 from typing import Any
 
 from alignlab.data import onpolicy
-from alignlab.evaluation.judges import is_refusal
+from alignlab.evaluation.refusal import is_refusal
 from alignlab.generation import generate, trim_to_sentence
 from alignlab.models import load_model
 from alignlab.stages.common import StageContext

@@ -1,0 +1,70 @@
+"""Log-likelihood of given continuations under a causal LM, batched: what the bias benchmarks and the DPO
+implicit reward are computed from.
+
+A context is either a chat conversation (the continuation is then the assistant's reply, scored inside the
+model's chat template, as a chat model is used) or a plain string (an empty string: the continuation is scored
+as raw text after the BOS token, or EOS where the tokenizer has no BOS, so its first token is scored too).
+Sequences are right-padded; only continuation tokens count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from alignlab.generation import generation_tokenizer
+
+
+@dataclass(frozen=True)
+class Scored:
+    logprob: float  # sum of the continuation's token log-probabilities (nats)
+    n_tokens: int
+
+    @property
+    def mean(self) -> float:
+        return self.logprob / self.n_tokens if self.n_tokens else 0.0
+
+
+def context_ids(tokenizer: Any, context: list[dict[str, str]] | str) -> list[int]:
+    if isinstance(context, str):
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        return [start] + tokenizer(context, add_special_tokens=False)["input_ids"]
+    return tokenizer.apply_chat_template(context, add_generation_prompt=True, tokenize=True, return_dict=True)[
+        "input_ids"
+    ]
+
+
+@torch.no_grad()
+def score(model: Any, tokenizer: Any, contexts: list[list[dict[str, str]] | str], continuations: list[str],
+          batch_size: int = 32, progress: Any = None) -> list[Scored]:  # fmt: skip
+    """log p(continuation | context) for each pair; longest first so batches share a length."""
+    tok = generation_tokenizer(tokenizer)
+    seqs: list[tuple[list[int], int]] = []
+    for ctx, cont in zip(contexts, continuations, strict=True):
+        prefix = context_ids(tok, ctx)
+        seqs.append((prefix + tok(cont, add_special_tokens=False)["input_ids"], len(prefix)))
+    model.eval()
+    device = next(model.parameters()).device
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i][0]))
+    out: list[Scored | None] = [None] * len(seqs)
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        width = max(len(seqs[i][0]) for i in batch)
+        ids = torch.full((len(batch), width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, i in enumerate(batch):
+            ids[row, : len(seqs[i][0])] = torch.tensor(seqs[i][0])
+            mask[row, : len(seqs[i][0])] = 1
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        for row, i in enumerate(batch):
+            full, prefix = seqs[i]
+            # logits at position t predict token t+1: continuation tokens are predicted from prefix-1 onwards.
+            # Normalise only those positions: a BBQ answer is 5 of 100 tokens, and the vocabulary is 49k wide.
+            picked = torch.log_softmax(logits[row, prefix - 1 : len(full) - 1].float(), -1)
+            targets = ids[row, prefix : len(full)].to(device)
+            out[i] = Scored(picked.gather(-1, targets[:, None]).sum().item(), len(full) - prefix)
+        if progress is not None:
+            progress(len(batch))
+    return out  # type: ignore[return-value]

@@ -1,0 +1,160 @@
+"""Evaluate one policy on the suites of an `eval` config: the code behind the pipeline's eval stage, the
+`alignlab eval` command and the in-training callback, so the three report the same numbers under the same names.
+
+    safety/harmful_compliance_rate/<suite>   refusal suite, expect=refuse: share of prompts not refused
+    safety/over_refusal_rate/<suite>         refusal suite, expect=comply: share of prompts refused
+    eval/response_tokens/<suite>             mean reply length (tokens)
+    eval/reward/<suite>                      mean reward-model score of the replies (eval.reward_model)
+    eval/kl_to_ref                           mean summed per-token KL to the reference on eval.kl_suite (nats)
+    eval/reward_win_rate                     share of eval.win_rate_suite prompts where the reward model prefers
+                                             the policy's reply to the reference's (ties count half)
+    bias/<suite>_stereotype_pct[/<type>]     CrowS-Pairs (evaluation/bias.py)
+    bias/<suite>_{ambig,disambig}_{accuracy,bias_score}[/<category>]   BBQ
+    eval/dpo_reward_accuracy/<suite>, eval/dpo_reward_margin/<suite>    preference suite, implicit reward
+                                             beta * log(policy / reference) of chosen vs rejected
+    eval/rm_accuracy/<suite>                 preference suite: reward model prefers the chosen reply
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from alignlab.evaluation import bias
+from alignlab.evaluation.judges import Judge, SequenceScorer, build_judge
+from alignlab.evaluation.kl import sequence_kl
+from alignlab.evaluation.likelihood import score
+from alignlab.evaluation.suites import Suite, load_suite
+from alignlab.generation import generate
+
+
+def rate_name(expect: str) -> str:
+    return "harmful_compliance_rate" if expect == "refuse" else "over_refusal_rate"
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float] = field(default_factory=dict)
+    records: list[dict[str, Any]] = field(default_factory=list)  # one per generated reply, with the verdict
+    skipped: list[str] = field(default_factory=list)  # suites whose benchmark files are absent
+
+
+class Evaluator:
+    """Holds what is loaded once (suites, judges, reward model, reference) across calls: the training callback
+    evaluates the same suites many times."""
+
+    def __init__(self, e: DictConfig, reference: Callable[[], Any] | None, seed: int = 0,
+                 stage_pairs: Callable[[str], list] | None = None, only: list[str] | None = None,
+                 log: Callable[[str], None] = print) -> None:  # fmt: skip
+        self.e, self.seed, self.log = e, seed, log
+        self._reference_loader, self._reference = reference, None
+        self.suites: list[Suite] = []
+        self.skipped: list[str] = []
+        for name, spec in e.suites.items():
+            if spec is None or (only is not None and name not in only):
+                continue
+            suite = load_suite(name, spec, Path(e.benchmarks_dir), e.seed, stage_pairs)
+            if suite is None:
+                self.skipped.append(name)
+                log(f"[alignlab] eval: suite '{name}' skipped: its files are not in {e.benchmarks_dir}")
+            else:
+                self.suites.append(suite)
+        used = {s.judge for s in self.suites if s.kind == "refusal"}
+        self.judges: dict[str, Judge] = {name: build_judge(e.judges[name]) for name in sorted(used)}
+        self.reward = SequenceScorer(e.reward_model) if e.reward_model else None
+
+    def reference(self) -> Any:
+        if self._reference is None and self._reference_loader is not None:
+            self._reference = self._reference_loader()
+        return self._reference
+
+    def __call__(self, policy: Any, tokenizer: Any) -> Evaluation:
+        out = Evaluation(skipped=list(self.skipped))
+        for suite in self.suites:
+            self.log(f"[alignlab] eval: {suite.name} ({suite.kind}, {len(suite.prompts or suite.rows)} rows)")
+            {"refusal": self._refusal, "crows_pairs": self._crows_pairs, "bbq": self._bbq,
+             "preference": self._preference}[suite.kind](suite, policy, tokenizer, out)  # fmt: skip
+        return out
+
+    # ---------------------------------------------------------------------------------------- suite kinds
+    def _refusal(self, suite: Suite, policy: Any, tokenizer: Any, out: Evaluation) -> None:
+        e = self.e
+        convs = [[{"role": "user", "content": p}] for p in suite.prompts]
+        replies = generate(policy, tokenizer, convs, e.max_new_tokens, e.batch_size, seed=self.seed)
+        texts = [r["text"] for r in replies]
+        refused = self.judges[suite.judge].refused(suite.prompts, texts)
+        share = sum(refused) / len(refused)
+        out.metrics[f"safety/{rate_name(suite.expect)}/{suite.name}"] = share if suite.expect == "comply" else 1 - share
+        out.metrics[f"safety/n/{suite.name}"] = len(refused)
+        out.metrics[f"eval/response_tokens/{suite.name}"] = sum(len(r["token_ids"]) for r in replies) / len(replies)
+        rewards = self.reward.scores(suite.prompts, texts) if self.reward else [None] * len(texts)
+        if self.reward:
+            out.metrics[f"eval/reward/{suite.name}"] = sum(rewards) / len(rewards)
+        for p, c, t, ref, rw in zip(suite.prompts, suite.categories, texts, refused, rewards):
+            out.records.append({"suite": suite.name, "expect": suite.expect, "category": c, "prompt": p, "reply": t,
+                                "refused": ref, "judge": suite.judge, "reward": rw})  # fmt: skip
+        reference = self.reference() if suite.name in (e.kl_suite, e.win_rate_suite) else None
+        if suite.name == e.kl_suite:
+            kls = [0.0] * len(convs) if reference is None else sequence_kl(
+                policy, reference, tokenizer, convs, [r["token_ids"] for r in replies], e.score_batch_size)  # fmt: skip
+            out.metrics["eval/kl_to_ref"] = sum(kls) / len(kls)
+        if suite.name == e.win_rate_suite and self.reward and reference is not None:
+            theirs = generate(reference, tokenizer, convs, e.max_new_tokens, e.batch_size, seed=self.seed)
+            ref_rewards = self.reward.scores(suite.prompts, [r["text"] for r in theirs])
+            wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(rewards, ref_rewards)]
+            out.metrics["eval/reward_win_rate"] = sum(wins) / len(wins)
+
+    def _crows_pairs(self, suite: Suite, policy: Any, tokenizer: Any, out: Evaluation) -> None:
+        sentences = [p.more for p in suite.rows] + [p.less for p in suite.rows]
+        ll = [s.logprob for s in score(policy, tokenizer, [""] * len(sentences), sentences, self.e.score_batch_size)]
+        n = len(suite.rows)
+        out.metrics.update(bias.crows_pairs_metrics(suite.name, suite.rows, ll[:n], ll[n:]))
+
+    def _bbq(self, suite: Suite, policy: Any, tokenizer: Any, out: Evaluation) -> None:
+        contexts = [bias.bbq_prompt(item) for item in suite.rows for _ in range(3)]
+        answers = [a for item in suite.rows for a in item.answers]
+        means = [s.mean for s in score(policy, tokenizer, contexts, answers, self.e.score_batch_size)]
+        picks = [max(range(3), key=lambda k, i=i: means[3 * i + k]) for i in range(len(suite.rows))]
+        out.metrics.update(bias.bbq_metrics(suite.name, suite.rows, picks))
+
+    def _preference(self, suite: Suite, policy: Any, tokenizer: Any, out: Evaluation) -> None:
+        prompts = [r["prompt"] for r in suite.rows]
+        chosen, rejected = [_text(r["chosen"]) for r in suite.rows], [_text(r["rejected"]) for r in suite.rows]
+        out.metrics[f"eval/chosen_tokens/{suite.name}"] = _mean_tokens(tokenizer, chosen)
+        out.metrics[f"eval/rejected_tokens/{suite.name}"] = _mean_tokens(tokenizer, rejected)
+        reference = self.reference()
+        if reference is not None:
+            b, bs = self.e.dpo_beta, self.e.score_batch_size
+            contexts = [_context(p) for p in prompts]
+            pc, pr = (score(policy, tokenizer, contexts, texts, bs) for texts in (chosen, rejected))
+            rc, rr = (score(reference, tokenizer, contexts, texts, bs) for texts in (chosen, rejected))
+            margins = [b * ((a.logprob - c.logprob) - (r.logprob - d.logprob)) for a, r, c, d in zip(pc, pr, rc, rr)]
+            out.metrics[f"eval/dpo_reward_accuracy/{suite.name}"] = sum(m > 0 for m in margins) / len(margins)
+            out.metrics[f"eval/dpo_reward_margin/{suite.name}"] = sum(margins) / len(margins)
+        if self.reward:
+            user = [_last_user(p) for p in prompts]
+            wins = [a > b for a, b in zip(self.reward.scores(user, chosen), self.reward.scores(user, rejected))]
+            out.metrics[f"eval/rm_accuracy/{suite.name}"] = sum(wins) / len(wins)
+
+
+def _text(messages: Any) -> str:
+    """The reply of a normalized preference row (a list of assistant messages, or plain text)."""
+    return messages if isinstance(messages, str) else "".join(m["content"] for m in messages)
+
+
+def _context(prompt: Any) -> Any:
+    return prompt if isinstance(prompt, list) else [{"role": "user", "content": str(prompt)}]
+
+
+def _last_user(prompt: Any) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    return next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
+
+
+def _mean_tokens(tokenizer: Any, texts: list[str]) -> float:
+    return sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts) / max(len(texts), 1)
