@@ -20,11 +20,7 @@ from omegaconf import DictConfig
 from alignlab.artifacts import atomic_write_json, atomic_write_text
 from alignlab.config import CONF_DIR, compose_config, validate
 from alignlab.errors import ConfigError
-
-# Columns of the comparison table: the headline metric of each suite kind (all metrics are in metrics.json).
-HEADLINE = ("safety/", "eval/kl_to_ref", "eval/reward", "eval/dpo_reward_accuracy", "eval/rm_accuracy")
-BIAS_HEADLINE = ("_stereotype_pct", "_ambig_accuracy", "_disambig_accuracy", "_ambig_bias_score",
-                 "_disambig_bias_score")  # fmt: skip
+from alignlab.evaluation.report import is_headline
 
 
 def model_overrides(spec: str) -> list[str]:
@@ -58,17 +54,17 @@ def resolve_spec(spec: str, rest: list[str]) -> str:
 
 
 def config_for(spec: str, reference: str | None, rest: list[str]) -> DictConfig:
+    from alignlab.models import cache_root, resolve_model_path
     from alignlab.pipeline import fingerprint, run_id
 
-    extra = [f"eval.reference={reference}"] if reference else []
-    cfg = validate(compose_config([*model_overrides(spec), "pipeline=eval", "name=eval", *extra, *rest]))
-    if cfg.run.id is None:
-        from alignlab.models import cache_root, resolve_model_path
-
-        source = resolve_model_path(cfg.model, cache_root(cfg))
-        cfg = validate(compose_config([*model_overrides(spec), "pipeline=eval", "name=eval", *extra, *rest,
-                                       f"run.id={run_id(cfg)}-{fingerprint(source)[:8]}"]))  # fmt: skip
-    return cfg
+    overrides = [*model_overrides(spec), "pipeline=eval", "name=eval",
+                 *([f"eval.reference={reference}"] if reference else []), *rest]  # fmt: skip
+    cfg = validate(compose_config(overrides))
+    if cfg.run.id is not None:
+        return cfg
+    # the run id (set once a config is validated, hence the second composition) also hashes the model's files
+    files = fingerprint(resolve_model_path(cfg.model, cache_root(cfg)))
+    return validate(compose_config([*overrides, f"run.id={run_id(cfg)}-{files[:8]}"]))
 
 
 def evaluate_models(overrides: list[str], console: Any = None) -> dict[str, dict[str, Any]]:
@@ -96,14 +92,6 @@ def comparison_rows(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, f
     """{metric: {model: value}} for the headline metrics, in a stable order."""
     metrics = sorted({k for m in results.values() for k in m if is_headline(k)})
     return {k: {spec: m[k] for spec, m in results.items() if k in m} for k in metrics}
-
-
-def is_headline(metric: str) -> bool:
-    if metric.startswith("safety/n/"):
-        return False
-    if metric.startswith("bias/"):
-        return metric.count("/") == 1 and metric.endswith(BIAS_HEADLINE)
-    return metric.startswith(HEADLINE)
 
 
 def markdown(rows: dict[str, dict[str, float]], command: str, reference: str | None) -> str:

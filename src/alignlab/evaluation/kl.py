@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from alignlab.evaluation.likelihood import context_ids, right_padded
 from alignlab.generation import generation_tokenizer
 
 
@@ -22,17 +23,10 @@ def sequence_kl(policy: Any, ref: Any, tokenizer: Any, prompts: list[list[dict]]
     for start in range(0, len(prompts), batch_size):
         seqs, reply_spans = [], []
         for conv, reply in zip(prompts[start : start + batch_size], replies[start : start + batch_size]):
-            prompt_ids = tok.apply_chat_template(conv, add_generation_prompt=True, tokenize=True, return_dict=True)[
-                "input_ids"
-            ]
+            prompt_ids = context_ids(tok, conv)
             seqs.append(prompt_ids + reply)
             reply_spans.append((len(prompt_ids), len(reply)))
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = torch.tensor(s)
-            mask[i, : len(s)] = 1
+        ids, mask = right_padded(seqs, tok.pad_token_id)
         logp = torch.log_softmax(policy(input_ids=ids, attention_mask=mask).logits.float(), -1)
         logq = torch.log_softmax(ref(input_ids=ids, attention_mask=mask).logits.float(), -1)
         per_position = (logp.exp() * (logp - logq)).sum(-1)  # [batch, width]

@@ -36,9 +36,19 @@ def context_ids(tokenizer: Any, context: list[dict[str, str]] | str) -> list[int
     ]
 
 
+def right_padded(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask, padded on the right: positions stay those of the unpadded sequences."""
+    ids = torch.full((len(seqs), max(len(s) for s in seqs)), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
 @torch.no_grad()
 def score(model: Any, tokenizer: Any, contexts: list[list[dict[str, str]] | str], continuations: list[str],
-          batch_size: int = 32, progress: Any = None) -> list[Scored]:  # fmt: skip
+          batch_size: int = 32) -> list[Scored]:  # fmt: skip
     """log p(continuation | context) for each pair; longest first so batches share a length."""
     tok = generation_tokenizer(tokenizer)
     seqs: list[tuple[list[int], int]] = []
@@ -51,12 +61,7 @@ def score(model: Any, tokenizer: Any, contexts: list[list[dict[str, str]] | str]
     out: list[Scored | None] = [None] * len(seqs)
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
-        width = max(len(seqs[i][0]) for i in batch)
-        ids = torch.full((len(batch), width), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, i in enumerate(batch):
-            ids[row, : len(seqs[i][0])] = torch.tensor(seqs[i][0])
-            mask[row, : len(seqs[i][0])] = 1
+        ids, mask = right_padded([seqs[i][0] for i in batch], tok.pad_token_id)
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
         for row, i in enumerate(batch):
             full, prefix = seqs[i]
@@ -65,6 +70,4 @@ def score(model: Any, tokenizer: Any, contexts: list[list[dict[str, str]] | str]
             picked = torch.log_softmax(logits[row, prefix - 1 : len(full) - 1].float(), -1)
             targets = ids[row, prefix : len(full)].to(device)
             out[i] = Scored(picked.gather(-1, targets[:, None]).sum().item(), len(full) - prefix)
-        if progress is not None:
-            progress(len(batch))
     return out  # type: ignore[return-value]

@@ -10,9 +10,19 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from alignlab.evaluation.command import is_headline
-
 TRAINING_SIGNALS = ("final/rewards/accuracies", "final/rewards/margins")
+# Rows of the before/after and model-comparison tables: each suite kind's headline metrics (all are in metrics.json).
+HEADLINE = ("safety/", "eval/kl_to_ref", "eval/reward", "eval/dpo_reward_accuracy", "eval/rm_accuracy")
+BIAS_HEADLINE = ("_stereotype_pct", "_ambig_accuracy", "_disambig_accuracy", "_ambig_bias_score",
+                 "_disambig_bias_score")  # fmt: skip
+
+
+def is_headline(metric: str) -> bool:
+    if metric.startswith("safety/n/"):
+        return False
+    if metric.startswith("bias/"):
+        return metric.count("/") == 1 and metric.endswith(BIAS_HEADLINE)
+    return metric.startswith(HEADLINE)
 
 
 def eval_stages(cfg: DictConfig) -> list[str]:

@@ -99,10 +99,7 @@ def _refusal_rows(spec: DictConfig, benchmarks_dir: Path) -> list[tuple[str, str
         return [(r["prompt"], r["category"]) for r in rows if r["type"] == kind]
     if source == "harmbench":
         path = benchmarks_dir / NAMED_FILES["harmbench"]
-        if not path.is_file():
-            return None
-        lines = path.read_text(encoding="utf-8").splitlines()
-        return [(line.strip(), "harmbench") for line in lines if line.strip()]
+        return _txt_prompts(path, "harmbench") if path.is_file() else None
     if source.startswith("xstest:"):
         path = benchmarks_dir / NAMED_FILES["xstest"]
         if not path.is_file():
@@ -111,8 +108,7 @@ def _refusal_rows(spec: DictConfig, benchmarks_dir: Path) -> list[tuple[str, str
         return [(r.data["prompt"], r.data["type"]) for r in read_rows(str(path)) if r.data["label"] == label]
     local = resolve_local(source)
     if local is not None and local.is_file() and local.suffix == ".txt":
-        lines = local.read_text(encoding="utf-8").splitlines()
-        return [(line.strip(), spec.source) for line in lines if line.strip()]
+        return _txt_prompts(local, source)
     out = []
     for r in read_rows(source, split=spec.split):
         if not _kept(r.data, spec.where):
@@ -122,3 +118,9 @@ def _refusal_rows(spec: DictConfig, benchmarks_dir: Path) -> list[tuple[str, str
             raise DataError(f"Data error in {r.where}: no prompt column (looked for {', '.join(PROMPT_FIELDS)}).")
         out.append((text, str(r.data.get("category") or r.data.get("type") or "any")))
     return out
+
+
+def _txt_prompts(path: Path, category: str) -> list[tuple[str, str]]:
+    """A behaviour list with one prompt a line (HarmBench's layout)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [(line.strip(), category) for line in lines if line.strip()]
