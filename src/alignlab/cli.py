@@ -2,11 +2,16 @@
 
     alignlab run [key=value ...]            compose conf/ with overrides, validate, run or resume the pipeline
     alignlab run --cfg job [key=value ...]  print the composed, validated config and exit
+    alignlab run -m key=a,b [...]           a sweep (Hydra multirun): every member a full pipeline run, a manifest
+    alignlab resume RUN_DIR                 run or resume a run from its frozen config.yaml (what Slurm jobs call)
+    alignlab slurm submit [--dry-run] [key=value ...]
+                                            freeze the run and submit it as a Slurm job (-m: a sweep array)
     alignlab eval model=A[,B...] [reference=R] [eval=GROUP] [key=value ...]
                                             evaluate checkpoints on the eval suites, print a comparison table
     alignlab data check SOURCE [options]    read and validate a data source, print a summary
 
-User errors (config, data, paths) print one paragraph and exit 2, with no traceback.
+User errors (config, data, paths) print one paragraph and exit 2, with no traceback. A run stopped by SIGUSR1 or
+SIGTERM saves a checkpoint and exits 75 (re-run or requeue to resume).
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ import sys
 import warnings
 from typing import Any
 
-from alignlab.errors import UserError
+from alignlab.errors import ConfigError, Preempted, UserError
+
+MULTIRUN_FLAGS = ("-m", "--multirun")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -26,6 +33,13 @@ def _run(args: argparse.Namespace) -> int:
     from alignlab.config import compose_config, validate
     from alignlab.tracking import redact
 
+    if args.multirun and args.cfg:
+        raise ConfigError("Config error: --cfg prints one config; drop -m (or run the sweep without --cfg).")
+    if args.multirun:
+        from alignlab import sweep
+
+        sweep.multirun(args.overrides)
+        return 0
     cfg = validate(compose_config(args.overrides))
     if args.cfg:
         print(OmegaConf.to_yaml(OmegaConf.create(redact(OmegaConf.to_container(cfg)))), end="")
@@ -33,6 +47,20 @@ def _run(args: argparse.Namespace) -> int:
     from alignlab import pipeline
 
     pipeline.run(cfg)
+    return 0
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from alignlab import pipeline
+
+    pipeline.resume(args.run_dir)
+    return 0
+
+
+def _slurm_submit(args: argparse.Namespace) -> int:
+    from alignlab import slurm
+
+    slurm.submit(args.overrides, dry_run=args.dry_run, multirun=args.multirun)
     return 0
 
 
@@ -84,8 +112,31 @@ def build_parser() -> argparse.ArgumentParser:
         description="Overrides are Hydra syntax: experiment=tiny algo.dpo.beta=0.3 model.lora.enabled=true ...",
     )
     run.add_argument("--cfg", choices=["job"], help="print the composed, validated config and exit")
+    run.add_argument("-m", "--multirun", action="store_true", help="a sweep: comma lists, ranges, hydra/sweeper=...")
     run.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
     run.set_defaults(func=_run)
+
+    resume = sub.add_parser(
+        "resume",
+        help="run or resume a run from its frozen config",
+        description="Reads RUN_DIR/config.yaml (no composition): finished stages are skipped, an interrupted one "
+        "continues from its last complete checkpoint, in the same W&B run.",
+    )
+    resume.add_argument("run_dir", help="runs/<name>/<id>")
+    resume.set_defaults(func=_resume)
+
+    slurm = sub.add_parser("slurm", help="Slurm jobs")
+    slurm_sub = slurm.add_subparsers(dest="slurm_command", required=True)
+    submit = slurm_sub.add_parser(
+        "submit",
+        help="freeze a run (or a sweep) and submit it with sbatch",
+        description="Composes the config once, freezes it into the run directory, renders the sbatch script from "
+        "slurm.* and launcher.* (templates in slurm/) and submits it. -m: one array job over the sweep's members.",
+    )
+    submit.add_argument("--dry-run", action="store_true", help="print the sbatch script instead of submitting it")
+    submit.add_argument("-m", "--multirun", action="store_true", help="a sweep as one Slurm array job")
+    submit.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
+    submit.set_defaults(func=_slurm_submit)
 
     ev = sub.add_parser(
         "eval",
@@ -121,6 +172,9 @@ def main(argv: list[str] | None = None) -> Any:
     try:
         return args.func(args)
     except UserError as exc:
+        print(f"alignlab: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except Preempted as exc:
         print(f"alignlab: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

@@ -362,6 +362,55 @@ class LoggerConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """How training stages spread over ranks (distributed.py); one file per strategy in conf/distributed/.
+
+    The DeepSpeed config is generated from these fields in `distributed.deepspeed_config`, never copied as JSON."""
+
+    name: str = "single"
+    strategy: str = "single"  # single (one process) | ddp (torch DDP) | deepspeed
+    zero_stage: int = 0  # deepspeed: 0 (replicas), 1 (+ optimizer state sharded), 2 (+ gradients), 3 (+ parameters)
+    offload_optimizer: bool = False  # deepspeed ZeRO >= 1: optimizer state and step on the CPU (DeepSpeedCPUAdam)
+    offload_params: bool = False  # ZeRO-3: parameters on the CPU between uses
+    precision: str | None = None  # fp32 | bf16 | fp16 for every training stage; None: each algo.<stage>.precision
+    gradient_checkpointing: bool | None = None  # for every training stage; None: each algo.<stage>'s own setting
+    backend: str = "auto"  # torch.distributed backend: auto (nccl on CUDA, gloo on the CPU) | nccl | gloo
+    timeout_minutes: int = 180  # collective timeout: the longest one rank may wait for another
+    # Merged over the generated DeepSpeed config, e.g. {zero_optimization: {reduce_bucket_size: 5.0e+8}}.
+    deepspeed: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LauncherConfig:
+    """How many ranks a run spawns (launch.py): locally through torch.distributed.run, under Slurm through srun."""
+
+    nproc_per_node: int = 1  # ranks per node: GPUs per node, or CPU processes
+    nnodes: int = 1  # nodes (Slurm allocations only; the rendezvous is on the first node)
+    master_port: int | None = None  # None: a free port locally, 20000 + job id % 20000 under Slurm
+
+
+@dataclass
+class SlurmConfig:
+    """The `#SBATCH` lines of `alignlab slurm submit` (slurm.py renders the templates in slurm/)."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: str = "04:00:00"
+    gpus_per_node: int = 0  # --gpus-per-node (0 on CPU-only clusters)
+    cpus_per_task: int | None = None  # per rank; None: Slurm's default
+    mem: str | None = None  # per node, e.g. 200G
+    mail_user: str | None = None
+    mail_type: str | None = None  # e.g. END,FAIL
+    job_name: str | None = None  # None: alignlab-<name>
+    signal_seconds: int = 300  # SIGUSR1 this long before the time limit: checkpoint, requeue, resume
+    requeue: bool = True  # requeue a preempted (or signalled) job so that it resumes
+    array_parallel: int | None = None  # sweep arrays: at most this many members at once (%N)
+    setup: list[str] = field(default_factory=list)  # shell lines before the run (module load, source .venv/...)
+    extra: list[str] = field(default_factory=list)  # more #SBATCH options, e.g. ["--constraint=a100"]
+
+
+@dataclass
 class RunConfig:
     root: str = "runs"
     id: str | None = None  # None: a hash of the config, so the same command resumes the same run
@@ -380,6 +429,9 @@ class AlignlabConfig:
     algo: dict[str, Any] = field(default_factory=dict)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
 
 def register_schemas() -> None:
@@ -587,8 +639,42 @@ def validate(cfg: DictConfig) -> DictConfig:
     _validate_eval(typed.eval, "eval" in kinds)
     _one_of(typed.logger.backend, ("wandb", "none"), "logger.backend")
     _one_of(typed.logger.mode, ("offline", "online", "disabled"), "logger.mode")
+    _validate_distributed(typed)
     OmegaConf.set_readonly(typed, True)
     return typed
+
+
+def _validate_distributed(cfg: DictConfig) -> None:
+    d, n = cfg.distributed, cfg.launcher
+    _one_of(d.strategy, ("single", "ddp", "deepspeed"), "distributed.strategy")
+    _one_of(d.backend, ("auto", "nccl", "gloo"), "distributed.backend")
+    if d.precision is not None:
+        _one_of(d.precision, PRECISIONS, "distributed.precision")
+    _check(d.zero_stage in (0, 1, 2, 3), "distributed.zero_stage", f"got {d.zero_stage}, expected 0, 1, 2 or 3.")
+    if d.strategy != "deepspeed":
+        _check(d.zero_stage == 0 and not (d.offload_optimizer or d.offload_params), "distributed.zero_stage",
+               f"ZeRO stages and offload need strategy=deepspeed (got strategy={d.strategy}).")  # fmt: skip
+    _check(not d.offload_params or d.zero_stage == 3, "distributed.offload_params",
+           f"parameter offload needs ZeRO stage 3 (got {d.zero_stage}).")  # fmt: skip
+    _check(not d.offload_optimizer or d.zero_stage >= 1, "distributed.offload_optimizer",
+           "optimizer offload needs ZeRO stage 1, 2 or 3.")  # fmt: skip
+    _check(d.timeout_minutes > 0, "distributed.timeout_minutes", f"must be positive, got {d.timeout_minutes}.")
+    _check(n.nproc_per_node > 0, "launcher.nproc_per_node", f"must be positive, got {n.nproc_per_node}.")
+    _check(n.nnodes > 0, "launcher.nnodes", f"must be positive, got {n.nnodes}.")
+    if n.master_port is not None:
+        _check(1024 <= n.master_port < 65536, "launcher.master_port", f"got {n.master_port}, expected 1024-65535.")
+    world = n.nproc_per_node * n.nnodes
+    _check(world == 1 or d.strategy != "single", "distributed",
+           f"{world} ranks asked for (launcher.nproc_per_node x launcher.nnodes) with distributed=single: "
+           "choose distributed=ddp, zero1, zero2, zero3 or zero3-offload.")  # fmt: skip
+    s = cfg.slurm
+    _check(s.gpus_per_node >= 0, "slurm.gpus_per_node", f"must be >= 0, got {s.gpus_per_node}.")
+    _check(s.gpus_per_node in (0, n.nproc_per_node), "slurm.gpus_per_node",
+           f"{s.gpus_per_node} GPUs per node for {n.nproc_per_node} ranks per node (launcher.nproc_per_node): "
+           "one rank drives one GPU.")  # fmt: skip
+    _check(s.signal_seconds >= 0, "slurm.signal_seconds", f"must be >= 0, got {s.signal_seconds}.")
+    _check(bool(re.fullmatch(r"(\d+-)?\d+(:\d+){0,2}", s.time)), "slurm.time",
+           f"got {s.time!r}, expected Slurm's [days-]hours:minutes:seconds, e.g. 04:00:00 or 2-00:00:00.")  # fmt: skip
 
 
 def _validate_eval(e: DictConfig, in_pipeline: bool) -> None:

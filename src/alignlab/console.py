@@ -22,8 +22,9 @@ SHOWN = {
 
 
 class Console:
-    def __init__(self) -> None:
-        self.out = RichConsole(stderr=False, highlight=False)
+    def __init__(self, quiet: bool = False) -> None:
+        # quiet: ranks other than 0 print nothing of the pipeline's own; rank 0 speaks for the run
+        self.out = RichConsole(stderr=False, highlight=False, quiet=quiet)
 
     def header(self, prep: Any) -> None:
         self.out.print(f"[bold]alignlab[/bold] run [cyan]{prep.run_dir}[/cyan]")
@@ -86,3 +87,4 @@ def _fmt(v: Any) -> str:
     if v is None:
         return "-"
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+

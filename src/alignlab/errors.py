@@ -28,3 +28,10 @@ class ModelError(UserError):
 
 class RunStateError(UserError):
     """A run directory whose state conflicts with the request (changed inputs, corrupt markers)."""
+
+
+class Preempted(Exception):
+    """The job was signalled (SIGUSR1/SIGTERM, e.g. Slurm's warning before the time limit or a preemption) and the
+    running stage saved a complete checkpoint: re-running the same run resumes from it. Not an error: exit 75."""
+
+    exit_code = 75  # EX_TEMPFAIL: "try again later", what a requeue does

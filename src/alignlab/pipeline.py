@@ -31,6 +31,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from alignlab import data as data_lib
+from alignlab import distributed, preemption
 from alignlab.artifacts import atomic_write_json, atomic_write_text, is_done, mark_done
 from alignlab.config import POLICY_KINDS, TRAINING_KINDS
 from alignlab.data.sources import resolve_local
@@ -58,9 +59,12 @@ LIBRARIES = (
 
 
 def run_id(cfg: DictConfig) -> str:
+    """`run.id`, or a hash of what decides the results: not where the run lives, how it logs, or its Slurm job
+    settings, so a requeued job with a longer time limit resumes the same run."""
     if cfg.run.id:
         return str(cfg.run.id)
-    body = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in ("run", "logger")}
+    body = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in ("run", "logger", "slurm")}
+    body["launcher"] = {k: v for k, v in body["launcher"].items() if k != "master_port"}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -89,9 +93,9 @@ def set_offline(cfg: DictConfig) -> None:
         os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 
-def prepare(cfg: DictConfig) -> Prepared:
+def prepare(cfg: DictConfig, run_dir: Path | None = None) -> Prepared:
     set_offline(cfg)
-    run_dir = run_dir_of(cfg)
+    run_dir = run_dir or run_dir_of(cfg)
     try:
         base = resolve_model_path(cfg.model, cache_root(cfg))
         tokenizer = load_tokenizer(base, cfg.model)
@@ -228,49 +232,94 @@ def record_run(prep: Prepared) -> None:
         )
 
 
-def run(cfg: DictConfig, console: Any = None) -> dict[str, Any]:
-    """Run (or resume) the pipeline described by a validated config; returns per-stage metrics."""
+def freeze(cfg: DictConfig) -> Prepared:
+    """Validate everything and write the run directory (frozen config, run info) without training: what a Slurm
+    submission does before `sbatch`, so the job reads the config composed here."""
+    prep = prepare(cfg)
+    record_run(prep)
+    return prep
+
+
+def load_frozen(run_dir: str | Path) -> DictConfig:
+    """A run's frozen `config.yaml`, validated again (types and rules), never re-composed."""
+    from alignlab.config import validate
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise RunStateError(f"Run error: '{path}' does not exist; `alignlab resume` needs a run directory "
+                            "written by `alignlab run` or `alignlab slurm submit` (runs/<name>/<id>).")  # fmt: skip
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as exc:  # yaml and OmegaConf raise several types for a damaged file
+        raise RunStateError(f"Run error: cannot read '{path}': {' '.join(str(exc).split())}") from None
+    return validate(cfg)
+
+
+def resume(run_dir: str | Path) -> dict[str, Any]:
+    """Run or resume the run in `run_dir` from its frozen config."""
+    return run(load_frozen(run_dir), run_dir=Path(run_dir))
+
+
+def run(cfg: DictConfig, console: Any = None, run_dir: Path | None = None) -> dict[str, Any]:
+    """Run (or resume) the pipeline described by a validated config; returns per-stage metrics. With several ranks
+    (launcher.nproc_per_node x launcher.nnodes) this process freezes the run and starts them (launch.py)."""
     from alignlab.console import Console
 
     console = console or Console()
-    prep = prepare(cfg)
+    prep = prepare(cfg, run_dir)
     console.header(prep)
     record_run(prep)
+    if distributed.planned_world_size(cfg) > 1:
+        from alignlab import launch
+
+        launch.spawn(cfg, prep.run_dir)  # rank 0 prints the summary
+        return json.loads((prep.run_dir / "summary.json").read_text())
+    with preemption.handled():
+        return execute(prep, console)
+
+
+def execute(prep: Prepared, console: Any = None) -> dict[str, Any]:
+    """The stages, in order, in this process: every stage in a one-process run; in a rank, the training stages
+    (with all ranks), while the others run on rank 0 and the rest wait for their DONE marker."""
+    from alignlab.console import Console
+
+    cfg = prep.cfg
+    main = distributed.is_main()
+    console = console or Console(quiet=not main)
     tracker = Tracker(cfg, prep.run_dir)
     results: dict[str, Any] = {}
     policy = prep.base_model
+    comparison: dict[str, Any] = {}
     try:
         for stage in cfg.pipeline.stages:
             stage_dir = prep.run_dir / stage
+            kind = cfg.algo[stage].kind
+            if not main and not is_done(stage_dir) and kind not in TRAINING_KINDS:
+                distributed.wait_for(stage_dir / "DONE", f"stage '{stage}'")
             if is_done(stage_dir):
                 results[stage] = {**json.loads((stage_dir / "metrics.json").read_text()), "status": "skipped (done)"}
                 console.stage_skipped(stage)
             else:
-                if cfg.algo[stage].kind in TRAINING_KINDS and prep.pairs_from and prep.pairs is None:
+                if kind in TRAINING_KINDS and prep.pairs_from and prep.pairs is None:
                     load_stage_pairs(prep, console)
                 ctx = StageContext(cfg, stage, stage_dir, policy, prep.base_model, prep.tokenizer, prep.pairs,
                                    prep.sft_rows, tracker)  # fmt: skip
                 stage_dir.mkdir(parents=True, exist_ok=True)
-                console.stage_start(stage, cfg.algo[stage].kind)
+                console.stage_start(stage, kind)
                 started = time.time()
-                metrics = STAGES[cfg.algo[stage].kind](ctx)
+                metrics = STAGES[kind](ctx)
                 metrics["wall_seconds"] = round(time.time() - started, 2)
-                tracker.stage_result(stage, metrics)
-                atomic_write_json(stage_dir / "metrics.json", metrics)
-                mark_done(stage_dir)
+                if main:
+                    tracker.stage_result(stage, metrics)
+                    atomic_write_json(stage_dir / "metrics.json", metrics)
+                    mark_done(stage_dir)
+                else:  # the next stage reads what rank 0 writes last (model/, metrics.json, DONE)
+                    distributed.wait_for(stage_dir / "DONE", f"saving stage '{stage}'")
                 results[stage] = {**metrics, "status": "done"}
-            if cfg.algo[stage].kind in POLICY_KINDS:  # evaluation, pair, reward and cost stages leave it as it was
+            if kind in POLICY_KINDS:  # evaluation, pair, reward and cost stages leave it as it was
                 policy = str(stage_dir / "model")
-        summary = {f"{s}/{k}": v for s, m in results.items() for k, v in m.items() if isinstance(v, (int, float))}
-        comparison = run_report.compare(cfg, results)
-        evals = run_report.eval_stages(cfg)
-        if evals:  # the last evaluation also under the stable names (safety/*, bias/*, eval/*)
-            summary.update({k: v for k, v in results[evals[-1]].items() if k.startswith(("safety/", "bias/", "eval/"))})
-        if comparison:
-            summary.update({f"{k}/{when}": v for k, row in comparison.items() for when, v in row.items()})
-            atomic_write_text(prep.run_dir / "report.md", run_report.markdown(cfg, prep.run_dir, results, comparison))
-        tracker.summary(summary)
-        atomic_write_json(prep.run_dir / "summary.json", results)
+        if main:
+            comparison = _write_summary(prep, results, tracker)
     except BaseException:
         tracker.finish(exit_code=1)
         raise
@@ -279,3 +328,19 @@ def run(cfg: DictConfig, console: Any = None) -> dict[str, Any]:
     if comparison:
         console.comparison(comparison, prep.run_dir / "report.md")
     return results
+
+
+def _write_summary(prep: Prepared, results: dict[str, Any], tracker: Tracker) -> dict[str, Any]:
+    """summary.json, report.md and the W&B summary (rank 0); returns the before/after comparison."""
+    cfg = prep.cfg
+    summary = {f"{s}/{k}": v for s, m in results.items() for k, v in m.items() if isinstance(v, (int, float))}
+    comparison = run_report.compare(cfg, results)
+    evals = run_report.eval_stages(cfg)
+    if evals:  # the last evaluation also under the stable names (safety/*, bias/*, eval/*)
+        summary.update({k: v for k, v in results[evals[-1]].items() if k.startswith(("safety/", "bias/", "eval/"))})
+    if comparison:
+        summary.update({f"{k}/{when}": v for k, row in comparison.items() for when, v in row.items()})
+        atomic_write_text(prep.run_dir / "report.md", run_report.markdown(cfg, prep.run_dir, results, comparison))
+    tracker.summary(summary)
+    atomic_write_json(prep.run_dir / "summary.json", results)
+    return comparison

@@ -36,9 +36,11 @@ class ModelScorer:
     """A reward or cost model's scalar output on each conversation."""
 
     def __init__(self, path: str, name: str, batch_size: int = 16, max_length: int = 512) -> None:
+        from alignlab.distributed import whole_models
         from alignlab.evaluation.judges import SequenceScorer
 
-        self.scorer = SequenceScorer(path, batch_size, max_length)
+        with whole_models():  # each rank scores its own rollouts; PPO may shard it later (prepare_deepspeed)
+            self.scorer = SequenceScorer(path, batch_size, max_length)
         self.name = name
 
     def to(self, device: torch.device) -> ModelScorer:

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import Trainer
 from transformers.trainer_callback import ProgressCallback
 
+from alignlab import distributed, preemption
 from alignlab.artifacts import CompleteMarker, atomic_write_json, last_complete_checkpoint
 from alignlab.errors import ConfigError
 from alignlab.models import cache_root, load_model, resolve_model_path, save_merged
@@ -56,6 +57,8 @@ def trl_args(config_cls: type, ctx: StageContext, **specific: Any) -> Any:
     """Map the shared `algo.<stage>` knobs onto a TRL config class; `algo.<stage>.extra` passes any other field."""
     a = ctx.algo
     on_gpu = torch.cuda.is_available()
+    cfg = ctx.cfg
+    precision = distributed.stage_precision(cfg, a)
     kwargs: dict[str, Any] = dict(
         output_dir=str(ctx.checkpoint_dir),
         num_train_epochs=a.epochs,
@@ -69,9 +72,9 @@ def trl_args(config_cls: type, ctx: StageContext, **specific: Any) -> Any:
         weight_decay=a.weight_decay,
         max_grad_norm=a.max_grad_norm,
         optim=a.optim,
-        bf16=a.precision == "bf16",
-        fp16=a.precision == "fp16",
-        gradient_checkpointing=a.gradient_checkpointing,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        gradient_checkpointing=distributed.stage_checkpointing(cfg, a),
         logging_steps=a.logging_steps,
         save_strategy="steps",
         save_steps=a.save_steps,
@@ -81,6 +84,10 @@ def trl_args(config_cls: type, ctx: StageContext, **specific: Any) -> Any:
         report_to=[],
         use_cpu=not on_gpu,
         dataloader_num_workers=0,
+        deepspeed=distributed.deepspeed_config(cfg),  # None unless distributed.strategy=deepspeed
+        ddp_backend=distributed.backend(cfg) if distributed.world_size() > 1 else None,
+        ddp_timeout=int(cfg.distributed.timeout_minutes) * 60,
+        ddp_find_unused_parameters=False,  # a causal LM uses every parameter; the search costs a graph traversal
         **specific,
     )
     if "max_length" in {f.name for f in dataclasses.fields(config_cls)}:  # GRPO/RLOO bound prompt and reply instead
@@ -100,10 +107,13 @@ class QuietProgress(ProgressCallback):
 
 
 def train(trainer: Trainer, ctx: StageContext) -> dict[str, Any]:
-    """Run the Trainer, resuming from the last complete checkpoint (optimizer, scheduler, RNG, data position)."""
+    """Run the Trainer, resuming from the last complete checkpoint (optimizer, scheduler, RNG, data position).
+    A signal (preemption.py) ends it after the current step with a checkpoint and raises `Preempted`."""
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(QuietProgress())
     trainer.add_callback(CompleteMarker())
+    stop = preemption.PreemptionCallback()
+    trainer.add_callback(stop)
     trainer.add_callback(StageLogger(ctx.tracker, ctx.name))
     if ctx.algo.eval_every:
         from alignlab.evaluation.callback import EvalCallback
@@ -112,10 +122,15 @@ def train(trainer: Trainer, ctx: StageContext) -> dict[str, Any]:
     resume = last_complete_checkpoint(ctx.checkpoint_dir)
     if resume is not None:
         print(f"[alignlab] {ctx.name}: resuming from {resume.name}")
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    with preemption.training_loop():
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if stop.stopped:
+        raise preemption.stopped(ctx.name, last_complete_checkpoint(ctx.checkpoint_dir))
     history = trainer.state.log_history
-    atomic_write_json(ctx.stage_dir / "log_history.json", history)
+    if distributed.is_main():
+        atomic_write_json(ctx.stage_dir / "log_history.json", history)
     metrics = dict(result.metrics)
+    metrics.update(memory_per_rank(trainer.model, trainer.optimizer))
     steps = [h for h in history if "loss" in h]
     if steps:
         metrics["final_step_loss"] = steps[-1]["loss"]
@@ -124,10 +139,52 @@ def train(trainer: Trainer, ctx: StageContext) -> dict[str, Any]:
     return metrics
 
 
+def memory_per_rank(model: torch.nn.Module, optimizer: Any) -> dict[str, float]:
+    """MiB of parameters, master weights and optimizer moments each rank holds (what ZeRO shards), and each rank's
+    peak RSS: one collective, so every rank calls it."""
+    import resource
+
+    import torch.distributed as dist
+
+    mine = {**distributed.held_bytes(model, optimizer),
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}  # fmt: skip
+    ranks = [mine]
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        ranks = [None] * dist.get_world_size()
+        dist.all_gather_object(ranks, mine)
+    mib = 1024 * 1024
+    out = {}
+    for r, held in enumerate(ranks):
+        for part in ("params", "master", "moments"):
+            out[f"memory/rank{r}/{part}_mib"] = round(held[f"{part}_bytes"] / mib, 4)
+        out[f"memory/rank{r}/peak_rss_mib"] = round(held["peak_rss_bytes"] / mib, 1)
+    return out
+
+
 def save_final(trainer: Trainer, ctx: StageContext) -> None:
-    """Write the Trainer's policy to `model/` (rank 0 only)."""
-    if trainer.is_world_process_zero():
+    """Write the Trainer's policy to `model/` (rank 0). Under ZeRO-3 every rank holds a shard of each tensor: all
+    ranks gather the full state dict (a collective), and rank 0 loads it into a whole model to save."""
+    if trainer.is_deepspeed_enabled and ctx.cfg.distributed.zero_stage == 3:
+        state = trainer.accelerator.get_state_dict(trainer.model_wrapped)
+        if trainer.is_world_process_zero():
+            save_model(full_state_model(trainer.model, state), ctx)
+    elif trainer.is_world_process_zero():
         save_model(trainer.accelerator.unwrap_model(trainer.model), ctx)
+
+
+def full_state_model(like: torch.nn.Module, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """A whole copy of `like` (a ZeRO-3 sharded model, with its LoRA adapter if any) holding a gathered state dict:
+    the same class and config, so causal LMs, reward and cost models all come back as what they were."""
+    from peft import get_peft_model
+
+    base = like.get_base_model() if hasattr(like, "get_base_model") else like
+    with distributed.whole_models():  # rank 0 alone builds it
+        model = type(base)(base.config)
+    model.to(next(iter(state.values())).dtype)
+    if hasattr(like, "peft_config"):
+        model = get_peft_model(model, like.peft_config["default"])
+    model.load_state_dict(state, strict=True)
+    return model
 
 
 def save_model(model: torch.nn.Module, ctx: StageContext) -> None:

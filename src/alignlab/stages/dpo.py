@@ -8,12 +8,16 @@ did it learn the preferences it was shown?).
 
 from __future__ import annotations
 
+import os
+import shutil
+from pathlib import Path
 from typing import Any
 
-from datasets import Dataset
+from datasets import Dataset, load_from_disk
 from trl import DPOConfig, DPOTrainer
 
 from alignlab import data as data_lib
+from alignlab import distributed
 from alignlab.config import dpo_loss_types
 from alignlab.models import load_model, lora_config
 from alignlab.stages.common import StageContext, load_reference, save_final, train, trl_args
@@ -48,6 +52,8 @@ def build_trainer(ctx: StageContext) -> DPOTrainer:
     elif peft is None and not a.precompute_ref_log_probs:
         ref = load_model(ctx.input_model, ctx.cfg.model)
     pairs = Dataset.from_list(data_lib.without_labels(ctx.pairs))  # safety labels are the cost model's
+    if a.precompute_ref_log_probs:
+        pairs = on_disk(pairs, ctx.stage_dir / "pairs")
     scored = pairs
     if a.final_eval_max_pairs is not None and a.final_eval_max_pairs < len(pairs):
         scored = pairs.shuffle(seed=ctx.cfg.seed).select(range(a.final_eval_max_pairs))
@@ -60,6 +66,20 @@ def build_trainer(ctx: StageContext) -> DPOTrainer:
         processing_class=ctx.tokenizer,
         peft_config=peft,
     )
+
+
+def on_disk(dataset: Dataset, folder: Path) -> Dataset:
+    """The dataset backed by files in the stage folder. TRL caches precomputed reference log-probabilities beside a
+    dataset's files; an in-memory dataset's cache is a private temporary folder per process, so under several
+    ranks the others never find the file rank 0 wrote (TRL issues 1497, 2985). A resumed run reuses the cache."""
+    if distributed.is_main() and not (folder / "dataset_info.json").is_file():
+        tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        dataset.save_to_disk(str(tmp))
+        shutil.rmtree(folder, ignore_errors=True)  # a folder without dataset_info.json is an interrupted write
+        os.replace(tmp, folder)
+    distributed.barrier()
+    return load_from_disk(str(folder))
 
 
 def run(ctx: StageContext) -> dict[str, Any]:

@@ -16,6 +16,7 @@ process and as accelerate / DeepSpeed ranks (generation unwraps, and under ZeRO-
 from __future__ import annotations
 
 import math
+import os
 import random
 import shutil
 import time
@@ -23,17 +24,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DeepSpeedPlugin, PartialState
+from accelerate.state import AcceleratorState
 from omegaconf import DictConfig
 from transformers import AutoModelForSequenceClassification, get_scheduler
 
+from alignlab import distributed, preemption
 from alignlab.artifacts import COMPLETE, atomic_write_json, atomic_write_text, last_complete_checkpoint
 from alignlab.data import unique_prompts
+from alignlab.distributed import stage_precision
 from alignlab.generation import generation_tokenizer, stop_ids
 from alignlab.models import load_model, lora_config
 from alignlab.rl import ppo_core as core
 from alignlab.rl.scorers import ModelScorer, Scorer, build_scorer
-from alignlab.stages.common import StageContext, load_reference, save_model
+from alignlab.stages.common import StageContext, full_state_model, load_reference, save_model
 
 STATE_FILE = "ppo_state.pt"
 
@@ -358,9 +362,15 @@ def _prune(ctx: StageContext) -> None:
 
 
 def save_policy(acc: Accelerator, ac: ActorCritic, ctx: StageContext) -> None:
-    """The final policy (LoRA merged) to `model/`, once every rank has finished its last update."""
+    """The final policy (LoRA merged) to `model/`, once every rank has finished its last update. Under ZeRO-3 each
+    rank holds a shard of every tensor: all ranks gather the state dict, rank 0 loads it into a whole model."""
     acc.wait_for_everyone()
-    if acc.is_main_process:
+    if ctx.cfg.distributed.zero_stage == 3:
+        state = acc.get_state_dict(ac)
+        if acc.is_main_process:
+            policy = {k.removeprefix("policy."): v for k, v in state.items() if k.startswith("policy.")}
+            save_model(full_state_model(acc.unwrap_model(ac).policy, policy), ctx)
+    elif acc.is_main_process:
         save_model(acc.unwrap_model(ac).policy, ctx)
 
 
@@ -376,9 +386,22 @@ def run(ctx: StageContext) -> dict[str, Any]:
     lagrangian = a.kind == "ppo-lag"
     prompts = unique_prompts(ctx.pairs)
     total = iterations(a, len(prompts))
-    precision = {"bf16": "bf16", "fp16": "fp16"}.get(a.precision, "no")
-    acc = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available(),
-                      gradient_accumulation_steps=a.grad_accum)  # fmt: skip
+    precision = stage_precision(ctx.cfg, a)
+    ds = distributed.deepspeed_config(ctx.cfg)
+    plugin = None
+    if ds is not None:  # a Trainer fills DeepSpeed's "auto" values itself; this loop resolves them here
+        plugin = DeepSpeedPlugin(hf_ds_config=distributed.fill_auto(ds, a.mini_batch_size, a.grad_accum,
+                                                                    a.max_grad_norm, precision))  # fmt: skip
+        # What transformers' TrainingArguments does for a DeepSpeed Trainer (on GPUs and on the CPU alike): the
+        # process state becomes DeepSpeed's, on the run's backend.
+        # A Trainer stage before this one left its own plugin in accelerate's process-wide state: start afresh, as
+        # transformers does for each Trainer.
+        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+        AcceleratorState._reset_state()
+        PartialState(backend=distributed.backend(ctx.cfg))
+    acc = Accelerator(mixed_precision={"bf16": "bf16", "fp16": "fp16"}.get(precision, "no"),
+                      cpu=not torch.cuda.is_available() and plugin is None,
+                      gradient_accumulation_steps=a.grad_accum, deepspeed_plugin=plugin)  # fmt: skip
     torch.manual_seed(ctx.cfg.seed)
     run_dir = ctx.stage_dir.parent
     specs = [a.reward] + ([a.cost] if lagrangian else [])
@@ -400,7 +423,17 @@ def run(ctx: StageContext) -> dict[str, Any]:
     # already per optimizer step. It is registered so checkpoints still carry it.
     ac, optimizer = acc.prepare(ac, optimizer)
     acc.register_for_checkpointing(scheduler)
-    if reference is not None:
+    if plugin is not None:
+        # Frozen models become DeepSpeed inference engines: under ZeRO-3 they were loaded sharded like the policy
+        # (and every rank runs each of their forward passes together, so none waits on another); below stage 3
+        # each rank holds a whole copy.
+        from trl.models.utils import prepare_deepspeed
+
+        reference = prepare_deepspeed(reference, acc) if reference is not None else None
+        for s in scorers:
+            if isinstance(s, ModelScorer):
+                s.scorer.model = prepare_deepspeed(s.scorer.model, acc)
+    elif reference is not None:
         reference.to(acc.device)
     kl_ctl: Any = (core.AdaptiveKLController(a.kl_coef, a.kl_target, a.kl_horizon) if a.kl_target is not None
                    else core.FixedKLController(a.kl_coef))  # fmt: skip
@@ -426,39 +459,45 @@ def run(ctx: StageContext) -> dict[str, Any]:
         evaluator = training_evaluator(ctx)
     ctx.tracker.define_stage(ctx.name)
     print(f"[alignlab] {ctx.name}: {total} PPO iterations of {a.batch_size} rollouts over {len(prompts)} prompts")
-    for it in range(start, total):
-        started = time.time()
-        # `batch_size` rollouts per rank: each rank takes its own slice of the iteration's prompts.
-        batch = prompt_batch(prompts, it, a.batch_size * acc.num_processes, ctx.cfg.seed)
-        r = rollout(ac, reference, acc, ctx, batch[acc.process_index :: acc.num_processes], scorers)
-        multiplier = lagrange.value if lagrange is not None else None
-        t = targets(r, a, kl_ctl.value, multiplier)
-        metrics = rollout_metrics(r, t, kl_ctl.value)
-        metrics.update(ppo_epochs(ac, optimizer, scheduler, acc, r, t, a, generator))
-        kl_ctl.update(_all_ranks_mean(acc, metrics["objective/kl"]), a.batch_size * acc.num_processes)
-        if lagrange is not None:
-            metrics.update(cost_metrics(r, a.cost_threshold))
-            metrics["lagrange/multiplier"] = multiplier
-            if it >= a.lambda_update_delay:
-                metrics["lagrange/loss"] = lagrange.update(_all_ranks_mean(acc, metrics["cost/mean"]))
-        metrics.update({"lr": scheduler.get_last_lr()[0], "episode": (it + 1) * a.batch_size,
-                        "iteration_seconds": round(time.time() - started, 2)})  # fmt: skip
-        if evaluator is not None and (it + 1) % a.eval_every == 0:
-            metrics.update(evaluator(acc.unwrap_model(ac).policy, ctx.tokenizer).metrics)
-        history.append({"step": it + 1, **metrics})
-        if acc.is_main_process:
-            ctx.tracker.log(ctx.name, metrics, it + 1)
-            if (it + 1) % a.logging_steps == 0:
-                print(_line(ctx.name, it + 1, total, metrics))
-        if (it + 1) % a.save_steps == 0 or it + 1 == total:
-            state = {"iteration": it + 1, "history": history, "kl_coef": kl_ctl.value,
-                     "generator": generator.get_state(),
-                     "lagrange": lagrange.state_dict() if lagrange is not None else None}  # fmt: skip
-            save_checkpoint(acc, ctx, it + 1, state)
+    with preemption.training_loop():  # a signal stops the loop at the next iteration, with a checkpoint
+        for it in range(start, total):
+            if preemption.stop_requested():
+                save_checkpoint(acc, ctx, it, _checkpoint_state(it, history, kl_ctl, generator, lagrange))
+                raise preemption.stopped(ctx.name, ctx.checkpoint_dir / f"checkpoint-{it}")
+            started = time.time()
+            # `batch_size` rollouts per rank: each rank takes its own slice of the iteration's prompts.
+            batch = prompt_batch(prompts, it, a.batch_size * acc.num_processes, ctx.cfg.seed)
+            r = rollout(ac, reference, acc, ctx, batch[acc.process_index :: acc.num_processes], scorers)
+            multiplier = lagrange.value if lagrange is not None else None
+            t = targets(r, a, kl_ctl.value, multiplier)
+            metrics = rollout_metrics(r, t, kl_ctl.value)
+            metrics.update(ppo_epochs(ac, optimizer, scheduler, acc, r, t, a, generator))
+            kl_ctl.update(_all_ranks_mean(acc, metrics["objective/kl"]), a.batch_size * acc.num_processes)
+            if lagrange is not None:
+                metrics.update(cost_metrics(r, a.cost_threshold))
+                metrics["lagrange/multiplier"] = multiplier
+                if it >= a.lambda_update_delay:
+                    metrics["lagrange/loss"] = lagrange.update(_all_ranks_mean(acc, metrics["cost/mean"]))
+            metrics.update({"lr": scheduler.get_last_lr()[0], "episode": (it + 1) * a.batch_size,
+                            "iteration_seconds": round(time.time() - started, 2)})  # fmt: skip
+            if evaluator is not None and (it + 1) % a.eval_every == 0:
+                metrics.update(evaluator(acc.unwrap_model(ac).policy, ctx.tokenizer).metrics)
+            history.append({"step": it + 1, **metrics})
+            if acc.is_main_process:
+                ctx.tracker.log(ctx.name, metrics, it + 1)
+                if (it + 1) % a.logging_steps == 0:
+                    print(_line(ctx.name, it + 1, total, metrics))
+            if (it + 1) % a.save_steps == 0 or it + 1 == total:
+                save_checkpoint(acc, ctx, it + 1, _checkpoint_state(it + 1, history, kl_ctl, generator, lagrange))
     save_policy(acc, ac, ctx)
     if acc.is_main_process:
         atomic_write_json(ctx.stage_dir / "log_history.json", history)
     return summarize(history, resume.name if resume else None)
+
+
+def _checkpoint_state(iteration: int, history: list, kl_ctl: Any, generator: torch.Generator, lagrange: Any) -> dict:
+    return {"iteration": iteration, "history": history, "kl_coef": kl_ctl.value, "generator": generator.get_state(),
+            "lagrange": lagrange.state_dict() if lagrange is not None else None}  # fmt: skip
 
 
 def _all_ranks_mean(acc: Accelerator, value: float) -> float:

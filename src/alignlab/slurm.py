@@ -1,0 +1,227 @@
+"""`alignlab slurm submit`: compose and freeze a run (or every member of a sweep) here, then submit one sbatch job.
+
+    alignlab slurm submit experiment=X key=value ...      -> <run_dir>/job.sbatch, `sbatch --parsable` it
+    alignlab slurm submit --dry-run ...                   -> print the script; write and submit nothing
+    alignlab slurm submit -m key=a,b ...                  -> runs/sweeps/<name>/<time>/{members.txt, manifest.json,
+                                                             job.sbatch}: one array job, task i = member i
+
+The config is composed once, on the submitting machine (Hydra does not run in the job); the job only runs
+`alignlab resume <run_dir>` on the frozen config.yaml, so a requeued or resubmitted job continues the same run.
+The scripts come from the Jinja templates in slurm/ (packaged as alignlab/slurm_templates): single-node or
+multi-node by launcher.nnodes, sweep-array for -m. The requeue/signal contract they implement: Slurm's SIGUSR1
+(slurm.signal_seconds before the time limit) or SIGTERM makes alignlab checkpoint and exit 75 (Preempted), and the
+script then requeues the job when slurm.requeue is true.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from omegaconf import DictConfig, OmegaConf
+
+from alignlab.artifacts import atomic_write_json, atomic_write_text
+from alignlab.errors import ConfigError, UserError
+
+TEMPLATES = Path(__file__).resolve().parent / "slurm_templates"
+SCRIPT_NAME = "job.sbatch"
+
+
+class SlurmError(UserError):
+    """sbatch is missing or refused the job."""
+
+
+# ------------------------------------------------------------------------------------------------ rendering
+def _environment() -> Environment:
+    env = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined, trim_blocks=True,
+                      lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)  # fmt: skip
+    env.filters["quote"] = lambda value: shlex.quote(str(value))
+    return env
+
+
+def default_alignlab() -> str:
+    """The command a job runs when $ALIGNLAB is unset: this Python's alignlab, so the job does not depend on PATH."""
+    return f"{sys.executable} -m alignlab.cli"
+
+
+def submit_command(overrides: list[str], multirun: bool = False) -> str:
+    """The command line that produces a script, for its header comment: copy-pasteable, and readable for Hydra's
+    quoted values (`"slurm.mail_type='END,FAIL'"` rather than shlex's '"'"' chains)."""
+    return " ".join(_shell_word(w) for w in ["alignlab", "slurm", "submit", *(["-m"] if multirun else []), *overrides])
+
+
+def _shell_word(word: str) -> str:
+    if "'" in word and not set('"$`\\!') & set(word):
+        return f'"{word}"'
+    return shlex.quote(word)
+
+
+def _context(cfg: DictConfig, command: str, script: Path) -> dict[str, Any]:
+    for i, option in enumerate(cfg.slurm.extra):
+        if not str(option).startswith("-"):
+            raise ConfigError(f"Config error at 'slurm.extra[{i}]': expected an sbatch option like "
+                              f"\"--constraint=a100\", got {option!r}.")  # fmt: skip
+    return {
+        "slurm": cfg.slurm,
+        "launcher": cfg.launcher,
+        "job_name": cfg.slurm.job_name or f"alignlab-{cfg.name}",
+        "command": command,
+        "script": script,
+        "alignlab": default_alignlab(),
+        "chdir": Path.cwd(),
+    }
+
+
+def render(cfg: DictConfig, run_dir: Path, command: str) -> str:
+    """The sbatch script of one run: single-node, or multi-node when launcher.nnodes > 1."""
+    run_dir = run_dir.resolve()
+    name = "multi-node.sbatch.j2" if cfg.launcher.nnodes > 1 else "single-node.sbatch.j2"
+    context = _context(cfg, command, run_dir / SCRIPT_NAME)
+    return _environment().get_template(name).render(**context, run_dir=run_dir)
+
+
+def render_array(cfg: DictConfig, members_file: Path, n: int, command: str) -> str:
+    """The array script of a sweep of `n` members listed in `members_file` (its folder also takes the logs)."""
+    members_file = members_file.resolve()
+    context = _context(cfg, command, members_file.parent / SCRIPT_NAME)
+    template = _environment().get_template("sweep-array.sbatch.j2")
+    return template.render(**context, members_file=members_file, sweep_dir=members_file.parent, n=n)
+
+
+# --------------------------------------------------------------------------------------------------- sweeps
+def expand_sweep(overrides: list[str]) -> list[list[str]]:
+    """The override lists of a sweep's members, as Hydra's basic sweeper expands them (`a=1,2 b=range(2)`: 4)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as exc:
+        raise ConfigError(f"Config error: cannot parse the sweep overrides: {str(exc).splitlines()[0]}") from None
+    return [member for batch in BasicSweeper.split_arguments(parsed, None) for member in batch]
+
+
+def _compose(overrides: list[str]) -> DictConfig:
+    from alignlab.config import compose_config, validate
+
+    return validate(compose_config(overrides))
+
+
+def _compose_members(members: list[list[str]], stamp: str) -> tuple[str, list[DictConfig]]:
+    """Compose and validate every member; each gets logger.group = the sweep id (so W&B groups the sweep's runs)
+    unless its config sets a group. Returns the sweep id and the configs."""
+    from alignlab.config import compose_config, validate
+
+    raw = [compose_config(m) for m in members]
+    sweep_id = f"{raw[0].name}-sweep-{stamp}"  # as for `alignlab run -m` (sweep.py)
+    for cfg in raw:
+        if cfg.logger.group is None:
+            cfg.logger.group = sweep_id
+    return sweep_id, [validate(cfg) for cfg in raw]
+
+
+def _check_same_job_shape(members: list[DictConfig], overrides: list[list[str]]) -> None:
+    """One array job has one set of #SBATCH lines: members may not differ in `slurm` or `launcher`."""
+    first = {k: OmegaConf.to_container(members[0][k]) for k in ("slurm", "launcher")}
+    for cfg, member in zip(members[1:], overrides[1:]):
+        for key, value in first.items():
+            if OmegaConf.to_container(cfg[key]) != value:
+                raise ConfigError(
+                    f"Config error at '{key}': the sweep's members differ in it ({shlex.join(overrides[0])} vs "
+                    f"{shlex.join(member)}), but one array job has one set of #SBATCH options: sweep it in "
+                    "separate submissions."
+                )
+
+
+def _check_distinct(run_dirs: list[Path], overrides: list[list[str]]) -> None:
+    """Two members in one run directory would train over each other (run ids ignore `run` and `logger`)."""
+    seen: dict[Path, list[str]] = {}
+    for run_dir, member in zip(run_dirs, overrides):
+        if run_dir in seen:
+            raise ConfigError(
+                f"Config error: sweep members {shlex.join(seen[run_dir])} and {shlex.join(member)} resolve to the "
+                f"same run directory {run_dir} (the run id hashes the config without run.* and logger.*); "
+                "set run.id per member or sweep a key that changes the run."
+            )
+        seen[run_dir] = member
+
+
+# --------------------------------------------------------------------------------------------------- submit
+def sbatch(script: Path) -> str:
+    """Submit a script; returns the job id. The script's own --chdir sets where the job runs."""
+    if shutil.which("sbatch") is None:
+        raise SlurmError(f"Slurm error: `sbatch` is not on PATH, so {script} cannot be submitted from this machine. "
+                         "Run the command on a Slurm login node, or print the script with --dry-run.")  # fmt: skip
+    proc = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SlurmError(f"Slurm error: sbatch refused {script} (exit code {proc.returncode}): "
+                         f"{' '.join(proc.stderr.split()) or '(no message)'}")  # fmt: skip
+    return proc.stdout.strip().split(";")[0]  # --parsable prints "<id>" or "<id>;<cluster>"
+
+
+def submit(overrides: list[str], dry_run: bool = False, multirun: bool = False) -> str | None:
+    """`alignlab slurm submit`: returns the job id (None for a dry run)."""
+    if multirun:
+        return _submit_sweep(overrides, dry_run)
+    from alignlab import pipeline
+
+    with contextlib.redirect_stdout(sys.stderr):  # library banners (DeepSpeed's) off stdout: dry runs print the script
+        cfg = _compose(overrides)
+    run_dir = pipeline.run_dir_of(cfg).resolve()
+    text = render(cfg, run_dir, submit_command(overrides))  # first: a bad slurm.* value fails before any writing
+    if dry_run:
+        with contextlib.redirect_stdout(sys.stderr):
+            pipeline.prepare(cfg)  # every check a submission makes (data, model, tokenizer); writes no run files
+        print(text, end="")
+        return None
+    pipeline.freeze(cfg)
+    script = run_dir / SCRIPT_NAME
+    atomic_write_text(script, text)
+    job_id = sbatch(script)
+    print(f"Submitted Slurm job {job_id}: run {run_dir}\n  log: {run_dir}/slurm-{job_id}.out\n"
+          f"  follow: tail -f {run_dir}/slurm-{job_id}.out   status: squeue -j {job_id}")  # fmt: skip
+    return job_id
+
+
+def _submit_sweep(overrides: list[str], dry_run: bool) -> str | None:
+    """Every member is composed, validated and frozen before anything is submitted, so a bad member fails first."""
+    from alignlab import pipeline
+
+    members = expand_sweep(overrides)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    with contextlib.redirect_stdout(sys.stderr):  # as in `submit`
+        group, cfgs = _compose_members(members, stamp)
+    sweep_dir = (Path(cfgs[0].run.root).expanduser() / "sweeps" / cfgs[0].name / stamp).resolve()
+    _check_same_job_shape(cfgs, members)
+    _check_distinct([pipeline.run_dir_of(c).resolve() for c in cfgs], members)
+    members_file = sweep_dir / "members.txt"
+    script = render_array(cfgs[0], members_file, len(cfgs), submit_command(overrides, multirun=True))
+    if dry_run:
+        with contextlib.redirect_stdout(sys.stderr):
+            for cfg in cfgs:
+                pipeline.prepare(cfg)
+        print(script, end="")
+        print(f"# {len(cfgs)} members (would be written to {members_file}):", file=sys.stderr)
+        for cfg in cfgs:
+            print(f"#   {pipeline.run_dir_of(cfg).resolve()}", file=sys.stderr)
+        return None
+    run_dirs = [pipeline.freeze(cfg).run_dir.resolve() for cfg in cfgs]
+    manifest = {"sweep": group, "command": submit_command(overrides, multirun=True), "job_id": None,
+                "members": [{"overrides": m, "run_dir": str(d)} for m, d in zip(members, run_dirs)]}  # fmt: skip
+    atomic_write_text(members_file, "".join(f"{d}\n" for d in run_dirs))
+    atomic_write_json(sweep_dir / "manifest.json", manifest)
+    atomic_write_text(sweep_dir / SCRIPT_NAME, script)
+    job_id = sbatch(sweep_dir / SCRIPT_NAME)
+    atomic_write_json(sweep_dir / "manifest.json", {**manifest, "job_id": job_id})
+    print(f"Submitted Slurm array job {job_id} ({len(run_dirs)} members, W&B group {group}): sweep {sweep_dir}\n"
+          f"  logs: {sweep_dir}/slurm-{job_id}_<task>.out (linked from each run directory)\n"
+          f"  members: {members_file}   status: squeue -j {job_id}")  # fmt: skip
+    return job_id
