@@ -9,6 +9,9 @@
     alignlab eval model=A[,B...] [reference=R] [eval=GROUP] [key=value ...]
                                             evaluate checkpoints on the eval suites, print a comparison table
     alignlab data check SOURCE [options]    read and validate a data source, print a summary
+    alignlab report SOURCE... [--out DIR] [--interval ci95|std] [--metrics KEY ...]
+                                            ablation tables (Markdown, LaTeX, CSV) and plots: runs differing only
+                                            in seed aggregated; SOURCE: a sweep dir, run dirs, wandb:<e>/<p>/<group>
 
 User errors (config, data, paths) print one paragraph and exit 2, with no traceback. A run stopped by SIGUSR1 or
 SIGTERM saves a checkpoint and exits 75 (re-run or requeue to resume).
@@ -20,6 +23,7 @@ import argparse
 import json
 import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 from alignlab.errors import ConfigError, Preempted, UserError
@@ -68,6 +72,13 @@ def _eval(args: argparse.Namespace) -> int:
     from alignlab.evaluation.command import evaluate_models
 
     evaluate_models(args.overrides)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from alignlab.report import make_report
+
+    make_report(args.sources, out=args.out, interval=args.interval, metrics=args.metrics)
     return 0
 
 
@@ -146,6 +157,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("overrides", nargs="*", help="model=... reference=... eval=... and Hydra overrides key=value")
     ev.set_defaults(func=_eval)
+
+    report = sub.add_parser(
+        "report",
+        help="ablation tables and plots from a sweep, run folders or a W&B group",
+        description="Runs that differ only in seed form a group: per metric the mean over seeds and a 95% CI "
+        "(Student's t) or the std. Writes table.md, table.tex, runs.csv, plots and README.md into --out.",
+    )
+    report.add_argument(
+        "sources", nargs="+", metavar="SOURCE",
+        help="a sweep folder (manifest.json), run folders, a folder of runs, or wandb:<entity>/<project>/<group>",
+    )  # fmt: skip
+    report.add_argument("--out", type=Path, help="output folder (default: <sweep dir>/report, else ./report)")
+    report.add_argument("--interval", choices=["ci95", "std"], default="ci95", help="the ± of each cell")
+    report.add_argument("--metrics", nargs="+", metavar="KEY", help="the columns (default: safety, bias, KL, DPO "
+                        "reward accuracy where present); after the sources")  # fmt: skip
+    report.set_defaults(func=_report)
 
     data = sub.add_parser("data", help="data tools")
     data_sub = data.add_subparsers(dest="data_command", required=True)

@@ -177,7 +177,7 @@ class LagrangeMultiplier:
         return float(loss.detach())
 
     def state_dict(self) -> dict:
-        return {"log_lambda": float(self.log_lambda), "optimizer": self.optimizer.state_dict()}
+        return {"log_lambda": float(self.log_lambda.detach()), "optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         with torch.no_grad():
