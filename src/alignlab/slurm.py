@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from alignlab.artifacts import atomic_write_json, atomic_write_text
 from alignlab.errors import ConfigError, UserError
+from alignlab.sweep import expand_sweep
 
 TEMPLATES = Path(__file__).resolve().parent / "slurm_templates"
 SCRIPT_NAME = "job.sbatch"
@@ -96,19 +97,6 @@ def render_array(cfg: DictConfig, members_file: Path, n: int, command: str) -> s
 
 
 # --------------------------------------------------------------------------------------------------- sweeps
-def expand_sweep(overrides: list[str]) -> list[list[str]]:
-    """The override lists of a sweep's members, as Hydra's basic sweeper expands them (`a=1,2 b=range(2)`: 4)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except HydraException as exc:
-        raise ConfigError(f"Config error: cannot parse the sweep overrides: {str(exc).splitlines()[0]}") from None
-    return [member for batch in BasicSweeper.split_arguments(parsed, None) for member in batch]
-
-
 def _compose(overrides: list[str]) -> DictConfig:
     from alignlab.config import compose_config, validate
 
@@ -195,7 +183,7 @@ def _submit_sweep(overrides: list[str], dry_run: bool) -> str | None:
     """Every member is composed, validated and frozen before anything is submitted, so a bad member fails first."""
     from alignlab import pipeline
 
-    members = expand_sweep(overrides)
+    members = expand_sweep(overrides)  # Hydra's basic sweeper, as for `alignlab run -m`
     stamp = time.strftime("%Y%m%d-%H%M%S")
     with contextlib.redirect_stdout(sys.stderr):  # as in `submit`
         group, cfgs = _compose_members(members, stamp)

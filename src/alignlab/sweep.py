@@ -252,13 +252,7 @@ def plan(overrides: list[str]) -> SweepPlan:
     choices = hydra.runtime.choices
     sweeper, launcher = str(choices.get("hydra/sweeper")), str(choices.get("hydra/launcher"))
     if sweeper == BASIC_SWEEPER:
-        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-
-        try:
-            members = BasicSweeper.split_arguments(parsed, max_batch_size=None)[0]
-        except HydraException as exc:
-            raise ConfigError(f"Config error: {exc} (the basic sweeper takes comma lists, range() and choice(); "
-                              "interval() needs hydra/sweeper=optuna).") from None  # fmt: skip
+        members = _split(parsed)
         expected: int | None = len(members)
     else:
         members, expected = [[_first_point(o) for o in parsed]], None
@@ -298,6 +292,22 @@ def _take_options(overrides: list[str]) -> tuple[dict[str, str], list[str]]:
                               f"{', '.join(f'sweep.{o}=VALUE' for o in OPTIONS)}.")  # fmt: skip
         options[name] = value
     return options, rest
+
+
+def expand_sweep(overrides: list[str]) -> list[list[str]]:
+    """The override lists of a basic sweep's members, as Hydra's basic sweeper expands them (`a=1,2 b=range(2)`:
+    4); also what `alignlab slurm submit -m` puts in one array job."""
+    return _split(_parse(overrides))
+
+
+def _split(parsed: list[Override]) -> list[list[str]]:
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    try:
+        return BasicSweeper.split_arguments(parsed, max_batch_size=None)[0]
+    except HydraException as exc:
+        raise ConfigError(f"Config error: {exc} (the basic sweeper takes comma lists, range() and choice(); "
+                          "interval() needs hydra/sweeper=optuna).") from None  # fmt: skip
 
 
 def _parse(overrides: list[str]) -> list[Override]:
