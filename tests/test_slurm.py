@@ -452,11 +452,13 @@ def test_preempted_job_requeues_and_ends_like_an_uninterrupted_run(slurm_cluster
     subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True)
     slurm_cluster.wait(job_id, lambda job: job.get("Restarts") == "1" and job.get("JobState") == "PENDING",
                        timeout=60, what="requeued")  # fmt: skip
-    # Slurm holds a requeued job back for about 2 minutes (its BeginTime); release it now, as an admin could.
-    subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True)
+    # Slurm holds a requeued job back for about 2 minutes (its BeginTime); release it sooner, as an admin could,
+    # but not within the same few seconds: slurmd revokes the first launch's credential with one-second resolution
+    # and kills a relaunch in that second as "Job credential revoked" (seen in CI with StartTime=now).
+    subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now+5"], check=True)
     (job,) = slurm_cluster.wait(job_id, timeout=150)
     log = _read(run / f"slurm-{job_id}.out")
-    assert job["JobState"] == "COMPLETED", log[-4000:]
+    assert job["JobState"] == "COMPLETED", f"{job}\n{log[-4000:]}"
     assert f"alignlab: requeueing job {job_id}; it will resume {run}" in log
     assert f"alignlab: job {job_id} on {slurm_cluster.node}, restart 1, run {run}" in log
     assert re.search(r"dpo: resuming from checkpoint-\d+", log), log[-4000:]
