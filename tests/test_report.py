@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 import statistics
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,6 +20,7 @@ from omegaconf import OmegaConf
 
 from alignlab import cli
 from alignlab import report as rp
+from alignlab.report import metrics, runs, stats, tables
 
 BETAS = (0.1, 0.3)
 SEEDS = (1, 2, 3)
@@ -125,8 +127,8 @@ def expected(metric: str, beta: float, interval: str = "ci95") -> tuple[float, f
 
 # ------------------------------------------------------------------------------------------ aggregation
 def test_t_quantiles_match_the_hand_computed_values():
-    assert rp.t_quantile(2) == pytest.approx(T_975_2, rel=1e-12)
-    assert rp.t_quantile(1) == pytest.approx(T_975_1, rel=1e-12)
+    assert stats.t_quantile(2) == pytest.approx(T_975_2, rel=1e-12)
+    assert stats.t_quantile(1) == pytest.approx(T_975_1, rel=1e-12)
     # the value 4.302652729911275 often quoted is off in the 10th digit; the closed form gives 4.30265272974946
     assert abs(T_975_2 - 4.30265272974946) < 1e-13
 
@@ -175,43 +177,43 @@ def test_the_best_cell_follows_each_metrics_direction(fake_sweep, tmp_path):
         "eval/kl_to_ref": {1},  # lower
         "dpo/final/rewards/accuracies": {1},  # higher
     }
-    crows = rp.direction_of("bias/crows_pairs_stereotype_pct")
+    crows = metrics.direction_of("bias/crows_pairs_stereotype_pct")
     assert crows is not None and crows.better == "closer to 50"
     assert (crows.badness(54.0), crows.badness(43.0), crows.badness(50.0)) == (4.0, 7.0, 0.0)
     others = {"dpo/final_step_loss": "lower", "dpo/final/rewards/margins": "higher",
               "bias/bbq_ambig_bias_score": "closer to 0", "eval_after/eval/kl_to_ref": "lower"}  # fmt: skip
     for metric, better in others.items():
-        assert rp.direction_of(metric).better == better, metric
-    assert rp.direction_of("safety/n/harmbench") is None
+        assert metrics.direction_of(metric).better == better, metric
+    assert metrics.direction_of("safety/n/harmbench") is None
 
 
 def test_equal_shown_means_are_all_bold_and_one_group_bolds_nothing():
     metric = "eval/kl_to_ref"
-    cells = [{metric: rp.Stat(mean, 0.1, 2)} for mean in (1.0001, 0.9999, 2.0)]
-    tie = rp.Table(["a", "b", "c"], [2, 2, 2], [metric], cells, "ci95")
+    cells = [{metric: stats.Stat(mean, 0.1, 2)} for mean in (1.0001, 0.9999, 2.0)]
+    tie = tables.Table(["a", "b", "c"], [2, 2, 2], [metric], cells, "ci95")
     assert tie.best(metric) == {0, 1}  # both show 1.000
-    alone = rp.Table(["a"], [2], [metric], [{metric: rp.Stat(1.0, 0.1, 2)}], "ci95")
+    alone = tables.Table(["a"], [2], [metric], [{metric: stats.Stat(1.0, 0.1, 2)}], "ci95")
     assert alone.best(metric) == set()
 
 
 # ------------------------------------------------------------------------------------------ outputs
 def test_latex_escapes_every_special_character():
-    assert rp.latex_escape("& % $ # _ { } ~ ^ \\") == (
+    assert tables.latex_escape("& % $ # _ { } ~ ^ \\") == (
         r"\& \% \$ \# \_ \{ \} \textasciitilde{} \textasciicircum{} \textbackslash{}"
     )
 
 
 def test_latex_table_text():
     harm, crows, other = "safety/harmful_compliance_rate/harmbench", "bias/crows_pairs_stereotype_pct", "my_metric"
-    table = rp.Table(
+    table = tables.Table(
         labels=["loss_type=ipo & beta=0.1 50%", "name=a_b {x} #2 ~y^z \\w $5"],
         counts=[3, 2],
         metrics=[harm, crows, other],
-        cells=[{harm: rp.Stat(0.25, 0.031, 3), crows: rp.Stat(48.0, 1.5, 3), other: rp.Stat(1.0, None, 1)},
-               {harm: rp.Stat(0.5, 0.1, 2), crows: rp.Stat(53.0, 2.0, 2)}],
+        cells=[{harm: stats.Stat(0.25, 0.031, 3), crows: stats.Stat(48.0, 1.5, 3), other: stats.Stat(1.0, None, 1)},
+               {harm: stats.Stat(0.5, 0.1, 2), crows: stats.Stat(53.0, 2.0, 2)}],
         interval="ci95",
     )  # fmt: skip
-    assert rp.latex_table(table) == "\n".join([
+    assert tables.latex_table(table) == "\n".join([
         r"% alignlab report; needs \usepackage{booktabs}",
         r"% cells: mean $\pm$ 95% confidence interval half-width (Student's t with n - 1 degrees of freedom: "
         r"t * s / sqrt(n)) over seeds; bold: best per column",
@@ -346,7 +348,7 @@ class FakeRun:
 def fake_wandb_run(beta: float, seed: int) -> FakeRun:
     """A run as the tracker logs it: summary.json flattened (stable names too), curves on <stage>/global_step."""
     flat = {f"{stage}/{k}": v for stage, m in summary(beta, seed).items() for k, v in m.items() if k != "status"}
-    flat.update({k: v for k, v in summary(beta, seed)["eval_after"].items() if k.startswith(rp.STABLE)})
+    flat.update({k: v for k, v in summary(beta, seed)["eval_after"].items() if k.startswith(runs.STABLE)})
     flat.update({"_runtime": 12.5, "_wandb": {"runtime": 12}, "dpo/status": "done"})
     rows = [{"_step": 0, "sft/global_step": 1, "sft/loss": 2.0 + seed / 10},
             *({"_step": n + 1, **{f"dpo/{k}": v for k, v in row.items() if k != "step"}, "dpo/global_step": row["step"]}
@@ -372,7 +374,7 @@ def test_a_wandb_group_through_a_fake_api(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(wandb, "Api", FakeApi)
     made = rp.make_report(["wandb:me/alignlab/tiny-sweep-1"], out=tmp_path / "r")
 
-    assert calls == [("init", rp.WANDB_TIMEOUT), ("runs", "me/alignlab", {"group": "tiny-sweep-1"})]
+    assert calls == [("init", runs.WANDB_TIMEOUT), ("runs", "me/alignlab", {"group": "tiny-sweep-1"})]
     assert (tmp_path / "r" / "table.md").read_text() == EXPECTED_MD
     first = made.groups[0].runs[0]
     assert first.source == "wandb:me/alignlab/r0.1-1" and first.overrides == ["seed=1", "algo.dpo.beta=0.1"]
@@ -399,6 +401,36 @@ def test_wandb_offline_says_to_use_the_run_directories(monkeypatch, capsys):
 
 
 # ------------------------------------------------------------------------------------------ errors
+def test_an_archive_of_the_records_reports_the_same_tables(fake_sweep, tmp_path, capsys):
+    """--archive copies what the tables need (no models, no wandb/, no checkpoints); reporting on the copy gives
+    the same table.md and table.tex: the layout a published study commits (experiments/<study>/runs)."""
+    archive = tmp_path / "archive"
+    made = rp.make_report([str(fake_sweep)], out=tmp_path / "from-sweep", archive_to=archive)
+    assert f"the records of 6 runs -> {archive}/" in capsys.readouterr().out
+    copied = sorted(str(p.relative_to(archive)) for p in archive.rglob("*") if p.is_file())
+    assert copied == sorted(f"tiny/b{beta}-s{seed}/{name}" for beta in BETAS for seed in SEEDS
+                            for name in ("config.yaml", "summary.json", "sft/log_history.json",
+                                         "dpo/log_history.json"))  # fmt: skip
+    (archive / "tiny" / "b0.1-s1" / "dpo" / "model").mkdir()  # a stray folder in the archive is ignored
+    again = rp.make_report([str(archive)], out=tmp_path / "from-archive")
+    for name in ("table.md", "table.tex"):
+        assert (again.out / name).read_text() == (made.out / name).read_text(), name
+    assert [g.label for g in again.groups] == ["algo.dpo.beta=0.1", "algo.dpo.beta=0.3"]
+    # archiving the archive onto itself copies nothing and changes nothing
+    before = {p: p.read_bytes() for p in archive.rglob("*") if p.is_file()}
+    rp.make_report([str(archive)], out=tmp_path / "again", archive_to=archive)
+    assert {p: p.read_bytes() for p in archive.rglob("*") if p.is_file()} == before
+
+
+def test_archive_refuses_a_clash_before_copying_anything(fake_sweep, tmp_path):
+    other = tmp_path / "elsewhere" / "tiny" / "b0.1-s1"  # the same <experiment>/<id> as a run of the sweep
+    other.parent.mkdir(parents=True)
+    shutil.copytree(fake_sweep.parents[2] / "tiny" / "b0.1-s1", other)
+    with pytest.raises(rp.ReportError, match="would both go to"):
+        rp.make_report([str(fake_sweep), str(other)], out=tmp_path / "r", archive_to=tmp_path / "archive")
+    assert not (tmp_path / "archive").exists()
+
+
 def test_errors_name_the_path_or_the_metric(fake_sweep, tmp_path, capsys):
     def error(*args: str) -> str:
         assert cli.main(["report", *args]) == 2

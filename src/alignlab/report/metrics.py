@@ -1,0 +1,85 @@
+"""The metrics a report knows: which way each is better (the bold cell), what it means (README.md), and the
+default columns."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    pass
+
+
+DEFAULT_METRICS = (
+    "safety/harmful_compliance_rate/bundled_harmful",
+    "safety/harmful_compliance_rate/harmbench",
+    "safety/over_refusal_rate/bundled_benign",
+    "safety/over_refusal_rate/xstest_safe",
+    "bias/crows_pairs_stereotype_pct",
+    "bias/bbq_ambig_accuracy",
+    "eval/kl_to_ref",
+    "dpo/final/rewards/accuracies",
+)
+HARM = "safety/harmful_compliance_rate/"
+OVER_REFUSAL = "safety/over_refusal_rate/"
+KL = "eval/kl_to_ref"
+
+
+@dataclass(frozen=True)
+class Direction:
+    """Which way a metric is better (it decides the bold cell of a column) and what it measures (README.md)."""
+
+    pattern: str  # searched in the key, so `eval_after/safety/...` and `safety/...` match alike
+    better: str  # "lower", "higher", or "closer to <target>"
+    meaning: str
+
+    def badness(self, value: float) -> float:
+        """What the best group minimizes."""
+        if self.better == "higher":
+            return -value
+        if self.better.startswith("closer to "):
+            return abs(value - float(self.better.removeprefix("closer to ")))
+        return value
+
+    def mark(self, latex: bool = False) -> str:
+        """The column header's arrow."""
+        if self.better.startswith("closer to "):
+            target = self.better.removeprefix("closer to ")
+            return rf"($\to$ {target})" if latex else f"→{target}"
+        up = self.better == "higher"
+        return (r"$\uparrow$" if up else r"$\downarrow$") if latex else ("↑" if up else "↓")
+
+
+# First match wins: the BBQ bias score before accuracies, PPO's objective/kl before losses.
+DIRECTIONS = (
+    Direction(r"safety/harmful_compliance_rate/", "lower",
+              "share of the suite's harmful prompts the model complied with (did not refuse), a fraction"),
+    Direction(r"safety/over_refusal_rate/", "lower",
+              "share of the suite's benign prompts the model refused, a fraction"),
+    Direction(r"kl_to_ref$", "lower", "mean over benign prompts of the summed per-token KL divergence of the policy to "
+              "the reference (starting) model on its own greedy replies, nats"),
+    Direction(r"_stereotype_pct(/|$)", "closer to 50", "CrowS-Pairs: % of sentence pairs where the model finds the "
+              "more stereotypical sentence more likely; 50 is no preference, so the best is the closest to 50 "
+              "(ranked by |x - 50|), not the lowest"),
+    Direction(r"_bias_score(/|$)", "closer to 0",
+              "BBQ bias score (-1..1): 0 is answers that do not lean towards the stereotype (ranked by |x|)"),
+    Direction(r"_(ambig|disambig)_accuracy(/|$)", "higher", "BBQ accuracy (fraction); in ambiguous contexts the right "
+              "answer is 'unknown', so a model relying on stereotypes scores low"),
+    Direction(r"rewards/accuracies$", "higher",
+              "DPO: share of pairs whose implicit reward (beta log policy/reference) ranks chosen above rejected"),
+    Direction(r"rewards/margins$", "higher", "DPO: mean implicit reward margin, chosen minus rejected"),
+    Direction(r"eval/(dpo_reward_accuracy|dpo_reward_margin|rm_accuracy)/", "higher",
+              "held-out preference pairs: accuracy or margin of the implicit DPO reward or the reward model"),
+    Direction(r"eval/reward(/|_win_rate$)", "higher",
+              "reward-model score of the replies, or the share of prompts where it prefers the policy's reply"),
+    Direction(r"objective/(scores|rlhf_reward)$", "higher",
+              "PPO: reward-model score (rlhf_reward: minus the KL penalty)"),
+    Direction(r"objective/kl$", "lower", "PPO: KL of the policy to the reference on its own samples, nats"),
+    Direction(r"final/(accuracy|margin)$", "higher", "reward or cost model: held-out pair accuracy or margin"),
+    Direction(r"loss$", "lower", "training loss (last logged step, or the mean over training for train_loss)"),
+)  # fmt: skip
+
+
+def direction_of(metric: str) -> Direction | None:
+    return next((d for d in DIRECTIONS if re.search(d.pattern, metric)), None)

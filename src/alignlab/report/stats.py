@@ -1,0 +1,151 @@
+"""Runs that differ only by seed become a group; each metric of a group is a mean with a Student-t interval (or
+std)."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from alignlab.report.runs import SEED, RunRecord
+
+if TYPE_CHECKING:
+    pass
+
+
+INTERVALS = ("ci95", "std")
+CONFIDENCE = 0.95
+UNSET = "(unset)"  # a group key that some runs do not set
+# Settings that change no result (pipeline.run_id leaves them out of the run id): never part of a group's key.
+NOT_SETTINGS = ("run", "logger", "slurm", "hydra", "launcher.master_port")
+
+
+@dataclass(frozen=True)
+class Group:
+    """Runs that differ only by seed: one row of the table, one point of a plot."""
+
+    label: str
+    runs: list[RunRecord]
+
+    def values(self, metric: str) -> list[float]:
+        return [run.metrics[metric] for run in self.runs if metric in run.metrics]
+
+
+@dataclass(frozen=True)
+class Stat:
+    mean: float
+    spread: float | None  # the CI half-width or the standard deviation; None for a single value
+    n: int
+
+
+def group_runs(runs: list[RunRecord]) -> tuple[list[Group], list[str]]:
+    """Groups in a natural order of their labels (beta=0.05 before beta=0.3), each with its runs by seed; and the
+    keys its labels show. Runs without manifest overrides get the derived ones (all their differing keys)."""
+    settings = _settings(runs)
+    varying = _varying(settings)
+    keys = [k for k in varying if k != SEED]
+    shown = _label_keys(settings, keys)
+    members: dict[tuple[str, ...], list[tuple[RunRecord, dict[str, str]]]] = {}
+    for run, setting in zip(runs, settings):
+        if run.overrides is None:
+            run = replace(run, overrides=[f"{k}={setting[k]}" for k in varying if k in setting])
+        members.setdefault(tuple(setting.get(k, UNSET) for k in keys), []).append((run, setting))
+    labelled = []
+    for group in members.values():
+        values = tuple(group[0][1].get(k, UNSET) for k in shown)
+        by_seed = sorted((run for run, _ in group), key=lambda run: _natural((as_text(run.seed),)))
+        labelled.append((values, Group(_label(shown, values), by_seed)))
+    return [group for _, group in sorted(labelled, key=lambda item: _natural(item[0]))], shown
+
+
+def _label_keys(settings: list[dict[str, str]], keys: list[str]) -> list[str]:
+    """A few of `keys` that still tell the groups apart, picked greedily: each time the key that splits the most,
+    keys that every run sets first. Runs of two experiments differ in dozens of keys; `name` alone says which."""
+
+    def distinct(chosen: list[str]) -> int:
+        return len({tuple(s.get(k, UNSET) for k in chosen) for s in settings})
+
+    everywhere = {k for k in keys if all(k in s for s in settings)}
+    chosen: list[str] = []
+    while distinct(chosen) < distinct(keys):  # some key always splits two runs that agree on `chosen`
+        splitting = [k for k in keys if k not in chosen and distinct([*chosen, k]) > distinct(chosen)]
+        chosen.append(max(splitting, key=lambda k: (k in everywhere, distinct([*chosen, k]), -keys.index(k))))
+    return [k for k in keys if k in chosen]
+
+
+def _label(keys: list[str], values: tuple[str, ...]) -> str:
+    """`k=v ...`, leaving out keys this group does not set (another group's setting tells them apart)."""
+    parts = [f"{k}={v}" for k, v in zip(keys, values) if v != UNSET] or [f"{k}={v}" for k, v in zip(keys, values)]
+    return " ".join(parts) or "all runs"
+
+
+def _settings(runs: list[RunRecord]) -> list[dict[str, str]]:
+    """Each run's settings, key -> value text: its sweep overrides when every run has them, else its config."""
+    if all(run.overrides is not None for run in runs):
+        return [dict(_split_override(o) for o in run.overrides or []) for run in runs]
+    return [_flatten(run.config) for run in runs]
+
+
+def _varying(settings: list[dict[str, str]]) -> list[str]:
+    keys = dict.fromkeys(k for setting in settings for k in setting if _is_setting(k))
+    return [k for k in keys if len({setting.get(k) for setting in settings}) > 1]
+
+
+def _is_setting(key: str) -> bool:
+    return not any(key == p or key.startswith((f"{p}.", f"{p}/")) for p in NOT_SETTINGS)
+
+
+def _split_override(override: str) -> tuple[str, str]:
+    key, _, value = override.partition("=")
+    return key.lstrip("+~"), value
+
+
+def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = as_text(value)
+    return flat
+
+
+def as_text(value: Any) -> str:
+    """A config value as an override would spell it (true, null, [1, 2])."""
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def _natural(values: Sequence[str]) -> tuple[tuple[int, float, str], ...]:
+    """Numbers in numeric order before text, so beta=0.05 < 0.1 < 0.3 and seed=2 < seed=10."""
+    key = []
+    for value in values:
+        try:
+            key.append((0, float(value), ""))
+        except ValueError:
+            key.append((1, 0.0, value))
+    return tuple(key)
+
+
+def t_quantile(dof: int, confidence: float = CONFIDENCE) -> float:
+    """Student's t quantile of a two-sided interval. scipy is installed with hydra-optuna-sweeper (optuna needs it)."""
+    from scipy import stats
+
+    return float(stats.t.ppf(0.5 + confidence / 2, dof))
+
+
+def aggregate(values: Sequence[float], interval: str) -> Stat:
+    """Mean and spread of one metric over a group's seeds: the 95% CI half-width t * s / sqrt(n), or s itself."""
+    n, mean = len(values), statistics.fmean(values)
+    if n < 2:
+        return Stat(mean, None, n)
+    std = statistics.stdev(values)
+    return Stat(mean, std if interval == "std" else t_quantile(n - 1) * std / math.sqrt(n), n)
+
+
+def interval_text(interval: str) -> str:
+    if interval == "std":
+        return "sample standard deviation (n - 1 in the denominator)"
+    return "95% confidence interval half-width (Student's t with n - 1 degrees of freedom: t * s / sqrt(n))"
