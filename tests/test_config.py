@@ -108,3 +108,39 @@ def test_bad_configs_name_the_key(overrides, names):
     assert "\n" not in message.strip()
     for name in names:
         assert name in message, f"{name!r} not in {message!r}"
+
+
+def test_ablation_members_start_from_one_sft_base_with_the_defaults_settings():
+    """experiments/dpo-loss-beta: safety-smollm-sft runs the shared stages once; each member keeps the default
+    experiment's settings for its own stages, starts from that SFT model, trains on its pairs, and is measured by
+    the same evaluation (eval=ablation plus the implicit-reward accuracy on those pairs)."""
+    base = validate(compose_config(["experiment=safety-smollm-sft"]))
+    default = validate(compose_config([]))
+    ppo_default = validate(compose_config(["experiment=safety-smollm-ppo"]))
+    assert list(base.pipeline.stages) == ["eval_before", "pairs", "sft"]
+    for stage in ("eval_before", "pairs", "sft"):
+        assert base.algo[stage] == default.algo[stage]
+    assert base.model == default.model
+    paths = ["model.path=/runs/base/sft/model", "data.preference.path=/runs/base/pairs/pairs.jsonl"]
+    members = {m: validate(compose_config([f"experiment=safety-smollm-{m}-on-sft", *paths]))
+               for m in ("dpo", "ppo", "ppo-lag")}  # fmt: skip
+    assert list(members["dpo"].pipeline.stages) == ["dpo", "eval_after"]
+    assert list(members["ppo"].pipeline.stages) == ["rm", "ppo", "eval_after"]
+    assert list(members["ppo-lag"].pipeline.stages) == ["rm", "cm", "ppo", "eval_after"]
+    assert members["dpo"].algo.dpo == default.algo.dpo
+    assert members["ppo"].algo.rm == ppo_default.algo.rm and members["ppo"].algo.ppo == ppo_default.algo.ppo
+    lag = members["ppo-lag"].algo
+    assert lag.ppo.kind == "ppo-lag" and lag.ppo.cost == "stage:cm" and lag.cm.kind == "cm"
+    assert lag.cm.epochs == lag.rm.epochs and lag.cm.learning_rate == lag.rm.learning_rate
+    for member in members.values():
+        assert member.model.source == "local" and member.model.path == "/runs/base/sft/model"
+        assert member.model.lora == default.model.lora
+        assert member.eval == members["dpo"].eval
+        assert member.eval.suites.prefs.source == "/runs/base/pairs/pairs.jsonl"
+    assert {k: v for k, v in members["dpo"].eval.suites.items() if k != "prefs"} == base.eval.suites
+    assert base.eval.suites.crows_pairs.limit == 300 and base.eval.suites.bundled_harmful.limit == 64
+
+
+def test_an_ablation_member_without_its_pairs_names_the_missing_key():
+    with pytest.raises(ConfigError, match=r"data\.preference\.path"):
+        validate(compose_config(["experiment=safety-smollm-dpo-on-sft", "model.path=/runs/base/sft/model"]))

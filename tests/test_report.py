@@ -422,6 +422,17 @@ def test_an_archive_of_the_records_reports_the_same_tables(fake_sweep, tmp_path,
     assert {p: p.read_bytes() for p in archive.rglob("*") if p.is_file()} == before
 
 
+def test_label_names_the_rows_with_the_settings_asked_for(fake_sweep, tmp_path):
+    runs = str(fake_sweep.parents[2] / "tiny")  # run folders: every config key is a setting
+    made = rp.make_report([runs], out=tmp_path / "r", label=["algo.dpo.beta"])
+    assert [g.label for g in made.groups] == ["algo.dpo.beta=0.1", "algo.dpo.beta=0.3"]
+    with pytest.raises(rp.ReportError, match=r"same label 'pipeline\.name=safety'; add a key that tells them "
+                                             r"apart \(the settings that differ: algo\.dpo\.beta\)"):  # fmt: skip
+        rp.make_report([runs], out=tmp_path / "r", label=["pipeline.name"])
+    with pytest.raises(rp.ReportError, match=r"--label algo\.dpo\.betta: no run sets it \(close: algo\.dpo\.beta, "):
+        rp.make_report([runs], out=tmp_path / "r", label=["algo.dpo.betta"])
+
+
 def test_archive_refuses_a_clash_before_copying_anything(fake_sweep, tmp_path):
     other = tmp_path / "elsewhere" / "tiny" / "b0.1-s1"  # the same <experiment>/<id> as a run of the sweep
     other.parent.mkdir(parents=True)

@@ -9,7 +9,7 @@
     alignlab eval model=A[,B...] [reference=R] [eval=GROUP] [key=value ...]
                                             evaluate checkpoints on the eval suites, print a comparison table
     alignlab data check SOURCE [options]    read and validate a data source, print a summary
-    alignlab report SOURCE... [--out DIR] [--interval ci95|std] [--metrics KEY ...] [--archive DIR]
+    alignlab report SOURCE... [--out DIR] [--interval ci95|std] [--metrics KEY ...] [--label KEY ...] [--archive DIR]
                                             ablation tables (Markdown, LaTeX, CSV) and plots: runs differing only
                                             in seed aggregated; SOURCE: a sweep dir, run dirs, wandb:<e>/<p>/<group>
 
@@ -78,7 +78,8 @@ def _eval(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from alignlab.report import make_report
 
-    make_report(args.sources, out=args.out, interval=args.interval, metrics=args.metrics, archive_to=args.archive)
+    make_report(args.sources, out=args.out, interval=args.interval, metrics=args.metrics, archive_to=args.archive,
+                label=args.label)
     return 0
 
 
@@ -172,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--interval", choices=["ci95", "std"], default="ci95", help="the ± of each cell")
     report.add_argument("--metrics", nargs="+", metavar="KEY", help="the columns (default: safety, bias, KL, DPO "
                         "reward accuracy where present); after the sources")  # fmt: skip
+    report.add_argument("--label", nargs="+", metavar="KEY", help="the settings that name the table's rows, e.g. "
+                        "algo.dpo.loss_type algo.dpo.beta (default: a few that tell the groups apart)")  # fmt: skip
     report.add_argument("--archive", type=Path, metavar="DIR", help="copy the runs' records (config.yaml, "
                         "summary.json, log histories; no models) to DIR, read by `alignlab report DIR`")  # fmt: skip
     report.set_defaults(func=_report)

@@ -4,7 +4,7 @@
     alignlab report runs/tiny/3f2a... runs/tiny/9c41...     run folders
     alignlab report runs/                                   every run folder below (config.yaml + summary.json)
     alignlab report wandb:<entity>/<project>/<group>        a W&B group (needs network and WANDB_API_KEY)
-        [--out DIR] [--interval ci95|std] [--metrics KEY ...] [--archive DIR]
+        [--out DIR] [--interval ci95|std] [--metrics KEY ...] [--label KEY ...] [--archive DIR]
 
 Runs that differ only in `seed` form a group, one table row: per metric the mean over its seeds and a 95%
 confidence interval half-width from Student's t with n - 1 degrees of freedom (or, --interval std, the sample
@@ -61,9 +61,11 @@ def make_report(
     interval: str = "ci95",
     metrics: Sequence[str] | None = None,
     archive_to: Path | None = None,
+    label: Sequence[str] | None = None,
 ) -> Report:
     """Collect, group, aggregate, write every output into `out`, print the Markdown table; returns what it made.
-    `archive_to`: also copy the runs' records there (archive.py), for `alignlab report <that folder>` later."""
+    `archive_to`: also copy the runs' records there (archive.py), for `alignlab report <that folder>` later.
+    `label`: the settings that name the rows (default: a few picked to tell the groups apart)."""
     if interval not in INTERVALS:
         raise ReportError(f"Report error: --interval is one of {', '.join(INTERVALS)} (got '{interval}').")
     runs, skipped = collect(sources)
@@ -72,7 +74,7 @@ def make_report(
     if archive_to is not None:
         archived = archive(runs, archive_to)
         print(f"alignlab report: the records of {len(archived)} runs -> {archive_to}/ (alignlab report {archive_to})")
-    groups, keys = group_runs(runs)
+    groups, keys = group_runs(runs, label)
     table = make_table(groups, select_metrics(runs, metrics), interval)
     out = out or _default_out(sources)
     out.mkdir(parents=True, exist_ok=True)
@@ -85,7 +87,7 @@ def make_report(
         if figure is not None:
             figure.savefig(out / name, dpi=150)
     report = Report(out, groups, table, figures, skipped)
-    command = _command(sources, out, interval, metrics, archive_to)
+    command = _command(sources, out, interval, metrics, archive_to, label)
     (out / "README.md").write_text(readme(report, command, keys, from_manifest=_from_manifest(runs)), encoding="utf-8")
     written = ["table.md", "table.tex", "runs.csv", *(name for name, f in figures.items() if f), "README.md"]
     print(f"alignlab report: {len(runs)} runs in {len(groups)} groups -> {out}/ ({', '.join(written)})")
@@ -104,13 +106,14 @@ def _from_manifest(runs: list[RunRecord]) -> bool:
 
 
 def _command(sources: Sequence[str], out: Path, interval: str, metrics: Sequence[str] | None,
-             archive_to: Path | None) -> str:  # fmt: skip
+             archive_to: Path | None, label: Sequence[str] | None) -> str:  # fmt: skip
     """The command line as typed when this process is `alignlab` (as sweep.py records it), else its equivalent."""
     if Path(sys.argv[0]).name == "alignlab":
         return shlex.join(["alignlab", *sys.argv[1:]])
     return shlex.join(["alignlab", "report", *sources, "--out", str(out), "--interval", interval,
                        *(["--metrics", *metrics] if metrics else []),
-                       *(["--archive", str(archive_to)] if archive_to else [])])  # fmt: skip
+                       *(["--archive", str(archive_to)] if archive_to else []),
+                       *(["--label", *label] if label else [])])  # fmt: skip
 
 
 def readme(report: Report, command: str, keys: list[str], from_manifest: bool) -> str:

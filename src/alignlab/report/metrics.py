@@ -5,11 +5,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    pass
-
 
 DEFAULT_METRICS = (
     "safety/harmful_compliance_rate/bundled_harmful",

@@ -3,23 +3,20 @@ training curves."""
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from alignlab.errors import UserError
 from alignlab.evaluation.report import eval_stages
-
-if TYPE_CHECKING:
-    pass
-
 
 SEED = "seed"
 MANIFEST = "manifest.json"  # sweep.MANIFEST (sweep.py is not imported: it loads Hydra's launcher machinery)
@@ -34,6 +31,12 @@ CURVE_KEYS = {  # training-curve panels: a stage's log history key -> its axis l
 
 class ReportError(UserError):
     """Nothing to report on, or a request the runs cannot answer; the message names the path or the metric."""
+
+
+def close_to(names: Sequence[str], known: Iterable[str], cutoff: float) -> list[str]:
+    """The known names that look like the unknown `names`: the hint of an error about a typo."""
+    known = list(known)
+    return sorted({c for name in names for c in difflib.get_close_matches(name, known, n=3, cutoff=cutoff)})
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,9 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from alignlab.report.runs import SEED, RunRecord
-
-if TYPE_CHECKING:
-    pass
-
+from alignlab.report.runs import SEED, ReportError, RunRecord, close_to
 
 INTERVALS = ("ci95", "std")
 CONFIDENCE = 0.95
@@ -41,13 +37,14 @@ class Stat:
     n: int
 
 
-def group_runs(runs: list[RunRecord]) -> tuple[list[Group], list[str]]:
+def group_runs(runs: list[RunRecord], label: Sequence[str] | None = None) -> tuple[list[Group], list[str]]:
     """Groups in a natural order of their labels (beta=0.05 before beta=0.3), each with its runs by seed; and the
-    keys its labels show. Runs without manifest overrides get the derived ones (all their differing keys)."""
+    keys its labels show: `label` (--label) if given, else a few picked to tell the groups apart. Runs without
+    manifest overrides get the derived ones (all their differing keys)."""
     settings = _settings(runs)
     varying = _varying(settings)
     keys = [k for k in varying if k != SEED]
-    shown = _label_keys(settings, keys)
+    shown = _label_keys(settings, keys) if label is None else _checked_label(settings, keys, list(label))
     members: dict[tuple[str, ...], list[tuple[RunRecord, dict[str, str]]]] = {}
     for run, setting in zip(runs, settings):
         if run.overrides is None:
@@ -59,6 +56,29 @@ def group_runs(runs: list[RunRecord]) -> tuple[list[Group], list[str]]:
         by_seed = sorted((run for run, _ in group), key=lambda run: _natural((as_text(run.seed),)))
         labelled.append((values, Group(_label(shown, values), by_seed)))
     return [group for _, group in sorted(labelled, key=lambda item: _natural(item[0]))], shown
+
+
+def _checked_label(settings: list[dict[str, str]], keys: list[str], label: list[str]) -> list[str]:
+    """--label as given, once every key is a setting of some run and the labels still tell every group apart."""
+    known = {k for setting in settings for k in setting}
+    unknown = [k for k in label if k not in known]
+    if unknown:
+        close, differ = ", ".join(close_to(unknown, known, cutoff=0.6)) or "none", ", ".join(keys) or "none"
+        raise ReportError(f"Report error: --label {', '.join(unknown)}: no run sets it (close: {close}). The "
+                          f"settings that differ between the runs: {differ}.")  # fmt: skip
+    groups: dict[tuple[str, ...], set[tuple[str, ...]]] = {}
+    for setting in settings:
+        groups.setdefault(tuple(setting.get(k, UNSET) for k in label), set()).add(
+            tuple(setting.get(k, UNSET) for k in keys)
+        )
+    merged = next((shown for shown, inside in groups.items() if len(inside) > 1), None)
+    if merged is not None:
+        raise ReportError(
+            f"Report error: --label {' '.join(label)} gives several groups the same label "
+            f"'{_label(label, merged)}'; add a key that tells them apart "
+            f"(the settings that differ: {', '.join(k for k in keys if k not in label)})."
+        )
+    return label
 
 
 def _label_keys(settings: list[dict[str, str]], keys: list[str]) -> list[str]:

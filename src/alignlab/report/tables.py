@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import csv
-import difflib
 import io
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from alignlab.report.metrics import DEFAULT_METRICS, direction_of
-from alignlab.report.runs import ReportError, RunRecord
+from alignlab.report.runs import ReportError, RunRecord, close_to
 from alignlab.report.stats import Group, Stat, aggregate, interval_text
-
-if TYPE_CHECKING:
-    pass
-
 
 DIGITS = 3  # decimals shown in the tables; "best" is judged on the shown value, so equal-looking cells tie
 
@@ -47,7 +41,7 @@ def select_metrics(runs: list[RunRecord], requested: Sequence[str] | None) -> li
         wanted = list(dict.fromkeys(m.strip() for item in requested for m in item.split(",") if m.strip()))
         missing = [m for m in wanted if m not in present]
         if missing:
-            hints = sorted({c for m in missing for c in difflib.get_close_matches(m, present, n=3, cutoff=0.5)})
+            hints = close_to(missing, present, cutoff=0.5)
             raise ReportError(
                 f"Report error: no run has the metric(s) {', '.join(repr(m) for m in missing)} (--metrics). "
                 + (f"Close ones: {', '.join(hints)}. " if hints else "")
