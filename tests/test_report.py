@@ -422,6 +422,23 @@ def test_an_archive_of_the_records_reports_the_same_tables(fake_sweep, tmp_path,
     assert {p: p.read_bytes() for p in archive.rglob("*") if p.is_file()} == before
 
 
+def test_a_running_sweep_reports_the_members_that_have_finished(fake_sweep, tmp_path):
+    """While a sweep runs its manifest lists every member as "not run"; each member's own entry file, written when
+    it ends, says it is done. An entry of an older sweep in the same folder is not taken."""
+    manifest = json.loads((fake_sweep / "manifest.json").read_text())
+    entries = manifest["members"]
+    manifest.update(sweep_id="tiny-sweep-2", status="running",
+                    members=[{**m, "status": "not run", "run_dir": None} for m in entries])  # fmt: skip
+    (fake_sweep / "manifest.json").write_text(json.dumps(manifest))
+    (fake_sweep / "members").mkdir()
+    for m in entries[:4]:  # beta=0.1 seeds 1-3 and beta=0.3 seed 1 have ended
+        (fake_sweep / "members" / f"{m['num']}.json").write_text(json.dumps({**m, "sweep_id": "tiny-sweep-2"}))
+    (fake_sweep / "members" / "4.json").write_text(json.dumps({**entries[4], "sweep_id": "tiny-sweep-1"}))
+    made = rp.make_report([str(fake_sweep)], out=tmp_path / "r")
+    assert [(g.label, len(g.runs)) for g in made.groups] == [("algo.dpo.beta=0.1", 3), ("algo.dpo.beta=0.3", 1)]
+    assert sum("is not run" in note for note in made.skipped) == 3
+
+
 def test_label_names_the_rows_with_the_settings_asked_for(fake_sweep, tmp_path):
     runs = str(fake_sweep.parents[2] / "tiny")  # run folders: every config key is a setting
     made = rp.make_report([runs], out=tmp_path / "r", label=["algo.dpo.beta"])

@@ -19,7 +19,9 @@ from alignlab.errors import UserError
 from alignlab.evaluation.report import eval_stages
 
 SEED = "seed"
-MANIFEST = "manifest.json"  # sweep.MANIFEST (sweep.py is not imported: it loads Hydra's launcher machinery)
+# sweep.MANIFEST and sweep.MEMBERS (each member's entry files); sweep.py is not imported: it loads Hydra's launchers
+MANIFEST = "manifest.json"
+MEMBERS = "members"
 STABLE = ("safety/", "bias/", "eval/")  # the last evaluation's metrics, also under these names (pipeline summary)
 WANDB_TIMEOUT = 30  # seconds per W&B API request
 CURVE_KEYS = {  # training-curve panels: a stage's log history key -> its axis label
@@ -117,7 +119,7 @@ def find_run_dirs(root: Path) -> list[Path]:
 def read_sweep(sweep_dir: Path) -> tuple[list[RunRecord], list[str]]:
     """A sweep's done members, each with the overrides the manifest lists; the other members become notes."""
     manifest = _read_json(sweep_dir / MANIFEST)
-    members = manifest.get("members") or []
+    members = _members(sweep_dir, manifest)
     done = [m for m in members if m.get("status") == "done" and m.get("run_dir")]
     if not done:
         statuses = ", ".join(f"{n} {s}" for s, n in Counter(m.get("status") for m in members).items()) or "none"
@@ -137,6 +139,21 @@ def read_sweep(sweep_dir: Path) -> tuple[list[RunRecord], list[str]]:
         else:
             skipped.append(_unfinished(run_dir))
     return runs, skipped
+
+
+def _members(sweep_dir: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The manifest's members. A running sweep assembles its manifest only at the end, so meanwhile each member's
+    own entry (members/<num>.json, written when that member ends) says which have finished: a sweep can be
+    reported while it runs."""
+    members = manifest.get("members") or []
+    if manifest.get("status") != "running":
+        return members
+    entries = {}
+    for path in sorted((sweep_dir / MEMBERS).glob("*.json")):
+        entry = _read_json(path)
+        if entry.get("sweep_id") == manifest.get("sweep_id"):  # not an older sweep's entry in a reused folder
+            entries[entry.get("num")] = entry
+    return [entries.get(m.get("num"), m) for m in members]
 
 
 def read_run_dir(run_dir: Path, overrides: list[str] | None = None) -> RunRecord:
