@@ -89,6 +89,7 @@ def test_validated_config_is_read_only():
         (["algo.dpo.loss_type=sigmod"], ["algo.dpo.loss_type", "sigmoid"]),
         (["algo.dpo.beta=0"], ["algo.dpo.beta"]),
         (["algo.dpo.loss_type=robust", "algo.dpo.label_smoothing=0.6"], ["algo.dpo.label_smoothing"]),
+        (["algo.dpo.loss_type=robust"], ["algo.dpo.label_smoothing", "sigmoid loss exactly"]),
         (["algo.dpo.loss_type=exo_pair"], ["algo.dpo.label_smoothing", "exo_pair"]),
         (["algo.dpo.loss_type=[sigmoid,ipo]", "algo.dpo.loss_weights=[1.0]"], ["algo.dpo.loss_weights"]),
         (["algo.sft.precision=fp8"], ["algo.sft.precision", "bf16"]),

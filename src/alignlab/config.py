@@ -751,10 +751,11 @@ def _validate_algo(a: DictConfig, key: str, cfg: DictConfig) -> None:
             _check(a.final_eval_max_pairs > 0, f"{key}.final_eval_max_pairs", "must be positive or null.")
         _one_of(a.f_divergence_type, F_DIVERGENCES, f"{key}.f_divergence_type")
         if "robust" in losses:
-            _check(
-                0 <= a.label_smoothing < 0.5,
+            _check(  # found by experiments/dpo-loss-beta: at 0 its runs matched sigmoid's to the last digit
+                0 < a.label_smoothing < 0.5,
                 f"{key}.label_smoothing",
-                f"the robust loss needs a flip probability in [0, 0.5), got {a.label_smoothing}.",
+                f"the robust loss needs a label-flip probability in (0, 0.5), got {a.label_smoothing}; at 0 it is the "
+                "sigmoid loss exactly (e.g. algo.dpo.label_smoothing=0.1).",
             )
         if "exo_pair" in losses:
             _check(a.label_smoothing > 0, f"{key}.label_smoothing", "the exo_pair loss needs label_smoothing > 0.")
