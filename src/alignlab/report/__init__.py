@@ -124,7 +124,8 @@ def readme(report: Report, command: str, keys: list[str], from_manifest: bool) -
     lines = [
         "# alignlab report",
         "",
-        f"Made by `{command}` on {time.strftime('%Y-%m-%d %H:%M:%S %z')} in `{Path.cwd()}`.",
+        f"Made by `{command}` on {time.strftime('%Y-%m-%d %H:%M:%S %z')}; relative paths are from the folder it "
+        "ran in (for a study in experiments/, the repository root).",
         "",
         f"- {runs} finished runs in {len(groups)} groups; runs that differ only in `seed` form a group, told apart "
         f"by {', '.join(f'`{k}`' for k in keys) or 'nothing (one group)'} (from {origin}; run.*, logger.*, slurm.* "
