@@ -116,7 +116,14 @@ def test_inside_slurm_the_ranks_are_srun_tasks(monkeypatch, tmp_path):
                    sys.executable, "-m", "alignlab.launch", str(tmp_path)]  # fmt: skip
 
 
-@pytest.mark.skipif(shutil.which("scontrol") is None, reason="needs Slurm's scontrol (CI installs it)")
+@pytest.mark.parametrize(("nodelist", "first"), [
+    ("gpu07", "gpu07"), ("gpu[07-08]", "gpu07"), ("gpu[11,07-08],cpu1", "gpu11"), ("node-3,node-1", "node-3"),
+    ("rack[1-2]-n[001-004]", "rack1-n001"), ("a[9]b", "a9b"),
+])  # fmt: skip
+def test_the_first_host_of_a_slurm_nodelist(nodelist, first):
+    assert launch.first_host(nodelist) == first
+
+
 def test_a_srun_task_finds_its_rank_and_the_first_node(monkeypatch):
     # A private copy of the environment: what env_from_slurm sets must not leak into later tests' subprocesses.
     monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if k not in (

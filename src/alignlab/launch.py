@@ -124,10 +124,24 @@ def env_from_slurm(cfg: DictConfig) -> None:
     os.environ["WORLD_SIZE"] = os.environ["SLURM_NTASKS"]
     os.environ["LOCAL_WORLD_SIZE"] = os.environ.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0]
     nodes = os.environ.get("SLURM_STEP_NODELIST") or os.environ["SLURM_JOB_NODELIST"]
-    out = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True, check=True)
-    os.environ["MASTER_ADDR"] = out.stdout.split()[0]
+    os.environ["MASTER_ADDR"] = first_host(nodes)
     job = int(os.environ.get("SLURM_JOB_ID", "0"))
     os.environ["MASTER_PORT"] = str(cfg.launcher.master_port or 20000 + job % 20000)
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a Slurm hostlist ("gpu[07-08,11],cpu1" -> "gpu07", "r[1-2]-n[01-04]" -> "r1-n01"). Ours,
+    not `scontrol show hostnames`: scontrol needs a readable slurm.conf, which a task's node may not have."""
+    host, i = "", 0
+    while i < len(nodelist) and nodelist[i] != ",":
+        if nodelist[i] == "[":
+            end = nodelist.index("]", i)
+            host += nodelist[i + 1 : end].split(",")[0].split("-")[0]  # the first range's start, zero padding kept
+            i = end + 1
+        else:
+            host += nodelist[i]
+            i += 1
+    return host
 
 
 def init_process_group(cfg: DictConfig) -> None:
