@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import AutoModelForCausalLM
 
 from alignlab import data as data_lib
 from alignlab.config import compose_config, validate
@@ -55,10 +56,17 @@ def reference_loss(loss_type, beta, policy, ref, batch):
     return ((((pc - rc) / nc) - ((pr - rr) / nr)) - 1 / (2 * beta)).pow(2).mean()
 
 
-@pytest.mark.parametrize(("loss_type", "beta"), [("sigmoid", 0.1), ("sigmoid", 0.5), ("ipo", 0.1), ("ipo", 1.0)])
-def test_dpo_loss_matches_hand_written(tmp_path, cache_dir, loss_type, beta):
-    ctx = context(tmp_path, "dpo", "pipeline=dpo", f"algo.dpo.loss_type={loss_type}", f"algo.dpo.beta={beta}")
+@pytest.mark.parametrize(("loss_type", "beta", "precompute"), [
+    ("sigmoid", 0.1, True), ("sigmoid", 0.5, False), ("ipo", 0.1, False), ("ipo", 1.0, True),
+])  # fmt: skip
+def test_dpo_loss_matches_hand_written(tmp_path, cache_dir, loss_type, beta, precompute):
+    """With precomputed reference log-probabilities (the default: from the cache, scored with the prompt shared) and
+    with a reference model run at every step."""
+    ctx = context(tmp_path, "dpo", "pipeline=dpo", f"algo.dpo.loss_type={loss_type}", f"algo.dpo.beta={beta}",
+                  f"algo.dpo.precompute_ref_log_probs={str(precompute).lower()}")  # fmt: skip
     trainer = dpo.build_trainer(ctx)
+    assert (trainer.ref_model is None) == precompute and trainer.share_prompt
+    ref = trainer.ref_model or AutoModelForCausalLM.from_pretrained(ctx.input_model, attn_implementation="eager")
     torch.manual_seed(0)
     with torch.no_grad():  # move the policy away from the reference so the log-ratios are not zero
         for p in trainer.model.parameters():
@@ -67,7 +75,7 @@ def test_dpo_loss_matches_hand_written(tmp_path, cache_dir, loss_type, beta):
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(6)])
     with torch.no_grad():
         ours = trainer.compute_loss(trainer.model, batch)
-    expected = reference_loss(loss_type, beta, trainer.model, trainer.ref_model, batch)
+    expected = reference_loss(loss_type, beta, trainer.model, ref, batch)
     assert expected.item() > 1e-3
     assert ours.item() == pytest.approx(expected.item(), abs=1e-5)
 

@@ -34,6 +34,7 @@ DPO_LOSS_TYPES = (
 )  # fmt: skip
 F_DIVERGENCES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
 PRECISIONS = ("fp32", "bf16", "fp16")
+ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 DATA_FORMATS = ("auto", "conversational", "plain", "hh", "pku", "prompt_completion", "messages")
 
@@ -131,8 +132,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     optim: str = "adamw_torch"
-    precision: str = "fp32"  # fp32 | bf16 | fp16
-    gradient_checkpointing: bool = False
+    precision: str = "fp32"  # fp32 | bf16 | fp16 | auto (devices.py: bf16 autocast where the device has bf16 units)
+    gradient_checkpointing: Any = "auto"  # true | false | auto (on where the estimated peak memory would not fit)
     logging_steps: int = 1
     save_steps: int = 50
     save_total_limit: int | None = 2
@@ -143,7 +144,17 @@ class TrainConfig:
 
 
 @dataclass
-class SFTAlgoConfig(TrainConfig):
+class TRLTrainConfig(TrainConfig):
+    """Stages on TRL's SFT and DPO trainers: the LM head and the attention kernel they train with."""
+
+    # auto: ours (stages/lm_head.py) where TRL's fused head has no Triton kernel (a CPU), TRL's elsewhere; trl | compact
+    lm_head: str = "auto"
+    # Attention while training: auto (eager on a CPU, the model's own on GPUs; devices.py) or an implementation name.
+    attn_implementation: str = "auto"
+
+
+@dataclass
+class SFTAlgoConfig(TRLTrainConfig):
     kind: str = "sft"
     learning_rate: float = 2e-5
     packing: bool = False
@@ -151,7 +162,7 @@ class SFTAlgoConfig(TrainConfig):
 
 
 @dataclass
-class DPOAlgoConfig(TrainConfig):
+class DPOAlgoConfig(TRLTrainConfig):
     kind: str = "dpo"
     learning_rate: float = 5e-7
     beta: float = 0.1
@@ -164,7 +175,13 @@ class DPOAlgoConfig(TrainConfig):
     use_weighting: bool = False
     discopop_tau: float = 0.05
     reference: str | None = None  # model path/id; None: the policy this stage starts from
-    precompute_ref_log_probs: bool = False
+    # Reference log-probabilities computed before training (auto: yes, unless TR-DPO syncs the reference) and, with
+    # ref_cache, kept in <run.root>/.cache/ref_logps for every later run with the same reference and pairs.
+    precompute_ref_log_probs: Any = "auto"
+    ref_cache: bool = True
+    # One row per pair, prompt + chosen + rejected, the prompt computed once (stages/lm_head.py). auto: with our head.
+    share_prompt: Any = "auto"
+    group_by_length: bool = False  # batches of pairs of similar length (less padding), in a seeded random order
     sync_ref_model: bool = False
     ref_model_mixup_alpha: float = 0.6
     ref_model_sync_steps: int = 512
@@ -597,9 +614,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     _one_of(m.dtype, DTYPES, "model.dtype")
     if m.generation_dtype is not None:
         _one_of(m.generation_dtype, DTYPES, "model.generation_dtype")
-    _one_of(
-        m.attn_implementation, ("eager", "sdpa", "flash_attention_2", "flash_attention_3"), "model.attn_implementation"
-    )
+    _one_of(m.attn_implementation, ATTENTION, "model.attn_implementation")
     _check(m.source in ("tiny", "wheel") or bool(m.path), "model.path", "set a Hub id or a local model directory.")
     if m.lora.enabled:
         _check(m.lora.r > 0, "model.lora.r", f"LoRA rank must be positive, got {m.lora.r}.")
@@ -649,7 +664,7 @@ def _validate_distributed(cfg: DictConfig) -> None:
     _one_of(d.strategy, ("single", "ddp", "deepspeed"), "distributed.strategy")
     _one_of(d.backend, ("auto", "nccl", "gloo"), "distributed.backend")
     if d.precision is not None:
-        _one_of(d.precision, PRECISIONS, "distributed.precision")
+        _one_of(d.precision, (*PRECISIONS, "auto"), "distributed.precision")
     _check(d.zero_stage in (0, 1, 2, 3), "distributed.zero_stage", f"got {d.zero_stage}, expected 0, 1, 2 or 3.")
     if d.strategy != "deepspeed":
         _check(d.zero_stage == 0 and not (d.offload_optimizer or d.offload_params), "distributed.zero_stage",
@@ -710,7 +725,12 @@ def _validate_eval(e: DictConfig, in_pipeline: bool) -> None:
 
 
 def _validate_algo(a: DictConfig, key: str, cfg: DictConfig) -> None:
-    _one_of(a.precision, PRECISIONS, f"{key}.precision")
+    _one_of(a.precision, (*PRECISIONS, "auto"), f"{key}.precision")
+    _check(a.gradient_checkpointing in (True, False, "auto"), f"{key}.gradient_checkpointing",
+           f"expected true, false or auto, got {a.gradient_checkpointing!r}.")  # fmt: skip
+    if a.kind in ("sft", "dpo"):
+        _one_of(a.lm_head, ("auto", "trl", "compact"), f"{key}.lm_head")
+        _one_of(a.attn_implementation, ("auto", *ATTENTION), f"{key}.attn_implementation")
     _check(a.batch_size > 0, f"{key}.batch_size", f"must be positive, got {a.batch_size}.")
     _check(a.grad_accum > 0, f"{key}.grad_accum", f"must be positive, got {a.grad_accum}.")
     _check(a.learning_rate > 0, f"{key}.learning_rate", f"must be positive, got {a.learning_rate}.")
@@ -771,10 +791,12 @@ def _validate_algo(a: DictConfig, key: str, cfg: DictConfig) -> None:
                 "TR-DPO reference syncing needs full fine-tuning (model.lora.enabled=false).",
             )
             _check(
-                not a.precompute_ref_log_probs,
+                a.precompute_ref_log_probs in (False, "auto"),
                 f"{key}.sync_ref_model",
-                "cannot be combined with precompute_ref_log_probs.",
+                "cannot be combined with precompute_ref_log_probs=true (a synced reference changes during training).",
             )
+        for flag in ("precompute_ref_log_probs", "share_prompt"):
+            _check(a[flag] in (True, False, "auto"), f"{key}.{flag}", f"expected true, false or auto, got {a[flag]!r}.")
 
 
 def _validate_online(a: DictConfig, key: str, cfg: DictConfig) -> None:

@@ -46,13 +46,18 @@ def planned_world_size(cfg: DictConfig) -> int:
 
 
 def stage_precision(cfg: DictConfig, algo: DictConfig) -> str:
-    """`distributed.precision` when set (one setting for the whole run on a cluster), else the stage's own."""
-    return str(cfg.distributed.precision or algo.precision)
+    """`distributed.precision` when set (one setting for the whole run on a cluster), else the stage's own; `auto`
+    is resolved for this rank's device (devices.py)."""
+    from alignlab.devices import resolve_precision
+
+    return resolve_precision(str(cfg.distributed.precision or algo.precision))
 
 
-def stage_checkpointing(cfg: DictConfig, algo: DictConfig) -> bool:
+def stage_checkpointing(cfg: DictConfig, algo: DictConfig) -> bool | str:
+    """`distributed.gradient_checkpointing` when set, else the stage's own: true, false or "auto" (resolved by the
+    stage from its memory estimate, stages/common.py)."""
     flag = cfg.distributed.gradient_checkpointing
-    return bool(algo.gradient_checkpointing if flag is None else flag)
+    return algo.gradient_checkpointing if flag is None else bool(flag)
 
 
 def backend(cfg: DictConfig) -> str:

@@ -230,33 +230,36 @@ def torch_dtype(name: str) -> Any:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}[name]
 
 
-def load_model(path: str, model_cfg: DictConfig, for_generation: bool = False) -> torch.nn.Module:
-    """The causal LM at `path` with the configured dtype (`model.generation_dtype` when it only generates/scores)."""
+def load_model(path: str, model_cfg: DictConfig, for_generation: bool = False,
+               attn_implementation: str | None = None) -> torch.nn.Module:  # fmt: skip
+    """The causal LM at `path` with the configured dtype (`model.generation_dtype` when it only generates/scores)
+    and attention (`model.attn_implementation`, unless a training stage asks for another)."""
     dtype = model_cfg.dtype
     if for_generation and model_cfg.get("generation_dtype"):
         dtype = model_cfg.generation_dtype
+    attn = attn_implementation or model_cfg.attn_implementation
     if (Path(path) / "adapter_config.json").is_file():
-        return _load_adapter(path, model_cfg, dtype)
+        return _load_adapter(path, model_cfg, dtype, attn)
     try:
         return AutoModelForCausalLM.from_pretrained(
             path,
             revision=model_cfg.revision,
             dtype=torch_dtype(dtype),
-            attn_implementation=model_cfg.attn_implementation,
+            attn_implementation=attn,
             trust_remote_code=model_cfg.trust_remote_code,
         )
     except Exception as exc:
         raise ModelError(f"Model error: cannot load a causal LM from '{path}': {exc}") from None
 
 
-def _load_adapter(path: str, model_cfg: DictConfig, dtype: str) -> torch.nn.Module:
+def _load_adapter(path: str, model_cfg: DictConfig, dtype: str, attn: str) -> torch.nn.Module:
     """A LoRA checkpoint folder (what a stage saves mid-training): its base model, named in adapter_config.json,
     with the adapter merged in, so it evaluates at the speed of a plain model."""
     from peft import AutoPeftModelForCausalLM
 
     try:
         model = AutoPeftModelForCausalLM.from_pretrained(
-            path, dtype=torch_dtype(dtype), attn_implementation=model_cfg.attn_implementation
+            path, dtype=torch_dtype(dtype), attn_implementation=attn
         )
     except Exception as exc:
         base = json.loads((Path(path) / "adapter_config.json").read_text()).get("base_model_name_or_path")

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import Trainer
 from transformers.trainer_callback import ProgressCallback
 
-from alignlab import distributed, preemption
+from alignlab import devices, distributed, preemption
 from alignlab.artifacts import CompleteMarker, atomic_write_json, last_complete_checkpoint
 from alignlab.errors import ConfigError
 from alignlab.models import cache_root, load_model, resolve_model_path, save_merged
@@ -74,7 +74,7 @@ def trl_args(config_cls: type, ctx: StageContext, **specific: Any) -> Any:
         optim=a.optim,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        gradient_checkpointing=distributed.stage_checkpointing(cfg, a),
+        gradient_checkpointing=gradient_checkpointing(ctx, precision),
         logging_steps=a.logging_steps,
         save_strategy="steps",
         save_steps=a.save_steps,
@@ -97,6 +97,47 @@ def trl_args(config_cls: type, ctx: StageContext, **specific: Any) -> Any:
         return config_cls(**kwargs)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"Config error at 'algo.{ctx.name}': TRL rejected the settings: {exc}") from None
+
+
+ROW_PAIRS = ("dpo", "rm", "cm")  # stages whose micro-batch holds two rows (chosen, rejected) per example
+
+
+def gradient_checkpointing(ctx: StageContext, precision: str) -> bool:
+    """The stage's setting, or with `auto` whether its estimated peak memory without checkpointing would not fit in
+    what the device has free (devices.estimate_training_memory; the decision and its numbers are printed)."""
+    flag = distributed.stage_checkpointing(ctx.cfg, ctx.algo)
+    if flag != "auto":
+        return bool(flag)
+    from transformers import AutoConfig
+
+    a, cfg = ctx.algo, ctx.cfg
+    lora = bool(cfg.model.lora.enabled)
+    estimate = devices.estimate_training_memory(
+        AutoConfig.from_pretrained(ctx.input_model),
+        rows=a.batch_size * (2 if a.kind in ROW_PAIRS else 1),
+        tokens_per_row=cfg.data.max_length,
+        precision=precision,
+        full_finetune=not lora,
+        reference_copy=a.kind == "dpo" and not lora and not dpo_precomputes(a),
+        zero_stage=int(cfg.distributed.zero_stage) if cfg.distributed.strategy == "deepspeed" else 0,
+        world=distributed.world_size(),
+    )
+    on = estimate.needs_checkpointing()
+    if distributed.is_main():
+        print(f"[alignlab] {ctx.name}: {estimate.describe(on)}")
+    return on
+
+
+def dpo_precomputes(a: DictConfig) -> bool:
+    """`precompute_ref_log_probs`, with `auto` meaning yes unless TR-DPO syncs the reference during training."""
+    flag = a.precompute_ref_log_probs
+    return (not a.sync_ref_model) if flag == "auto" else bool(flag)
+
+
+def training_model(ctx: StageContext, path: str | None = None) -> torch.nn.Module:
+    """The model a TRL-trained stage optimises, with the attention kernel it trains with (devices.py)."""
+    attn = devices.resolve_attention(ctx.algo.attn_implementation, ctx.cfg.model.attn_implementation)
+    return load_model(path or ctx.input_model, ctx.cfg.model, attn_implementation=attn)
 
 
 class QuietProgress(ProgressCallback):
@@ -197,8 +238,12 @@ def save_model(model: torch.nn.Module, ctx: StageContext) -> None:
     os.replace(tmp, ctx.model_dir)
 
 
-def load_reference(ctx: StageContext) -> torch.nn.Module:
-    """`algo.<stage>.reference` (a model/ option's path, a folder or a Hub id) loaded like the policy: same dtype and
-    attention implementation."""
+def reference_path(ctx: StageContext) -> str:
+    """`algo.<stage>.reference` (a model/ option's path, a folder or a Hub id) as `from_pretrained` takes it."""
     ref_cfg = OmegaConf.merge(ctx.cfg.model, {"source": "auto", "path": ctx.algo.reference})
-    return load_model(resolve_model_path(ref_cfg, cache_root(ctx.cfg)), ctx.cfg.model)
+    return resolve_model_path(ref_cfg, cache_root(ctx.cfg))
+
+
+def load_reference(ctx: StageContext, attn_implementation: str | None = None) -> torch.nn.Module:
+    """The stage's reference loaded like the policy: same dtype and attention implementation."""
+    return load_model(reference_path(ctx), ctx.cfg.model, attn_implementation=attn_implementation)

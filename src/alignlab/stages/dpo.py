@@ -13,18 +13,63 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import trl.trainer.dpo_trainer
 from datasets import Dataset, load_from_disk
+from transformers.trainer_pt_utils import LengthGroupedSampler
 from trl import DPOConfig, DPOTrainer
 
 from alignlab import data as data_lib
-from alignlab import distributed
+from alignlab import devices, distributed
 from alignlab.config import dpo_loss_types
-from alignlab.models import load_model, lora_config
-from alignlab.stages.common import StageContext, load_reference, save_final, train, trl_args
+from alignlab.models import lora_config
+from alignlab.stages import lm_head
+from alignlab.stages.common import (
+    StageContext,
+    dpo_precomputes,
+    load_reference,
+    reference_path,
+    save_final,
+    train,
+    training_model,
+    trl_args,
+)
+from alignlab.stages.ref_cache import RefLogpCache
 
 
-def build_trainer(ctx: StageContext) -> DPOTrainer:
+class AlignlabDPOTrainer(DPOTrainer):
+    """TRL's DPOTrainer with two additions TRL does not have: reference log-probabilities from a cache shared across
+    runs (stages/ref_cache.py), and batches of pairs grouped by length."""
+
+    def __init__(self, *args: Any, ref_cache: RefLogpCache | None = None, group_by_length: bool = False,
+                 share_prompt: bool = False, **kwargs: Any) -> None:  # fmt: skip
+        self.ref_cache = ref_cache
+        self.group_by_length = group_by_length
+        self.share_prompt = share_prompt
+        super().__init__(*args, **kwargs)
+
+    def _precompute_ref_logps(self, dataset: Dataset, name: str, batch_size: int) -> Dataset:
+        compute = super()._precompute_ref_logps
+        if self.ref_cache is None:
+            return compute(dataset, name, batch_size)
+        return self.ref_cache.attach(dataset, lambda rows: compute(rows, name, batch_size))
+
+    def _get_train_sampler(self, train_dataset: Dataset | None = None) -> Any:
+        """transformers' LengthGroupedSampler (random megabatches, sorted within) on the length a pair occupies in a
+        batch: the longer of its two rows, or all three parts when the prompt is shared."""
+        if not self.group_by_length:
+            return super()._get_train_sampler(train_dataset)
+        ds = train_dataset if train_dataset is not None else self.train_dataset
+        parts = zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"])
+        if self.share_prompt:
+            lengths = [len(p) + len(c) + len(r) for p, c, r in parts]
+        else:
+            lengths = [len(p) + max(len(c), len(r)) for p, c, r in parts]
+        return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=lengths)
+
+
+def build_trainer(ctx: StageContext) -> AlignlabDPOTrainer:
     a = ctx.algo
+    precompute = dpo_precomputes(a)
     args = trl_args(
         DPOConfig,
         ctx,
@@ -37,35 +82,70 @@ def build_trainer(ctx: StageContext) -> DPOTrainer:
         f_alpha_divergence_coef=a.f_alpha_divergence_coef,
         use_weighting=a.use_weighting,
         discopop_tau=a.discopop_tau,
-        precompute_ref_log_probs=a.precompute_ref_log_probs,
+        precompute_ref_log_probs=precompute,
         sync_ref_model=a.sync_ref_model,
         ref_model_mixup_alpha=a.ref_model_mixup_alpha,
         ref_model_sync_steps=a.ref_model_sync_steps,
     )
-    policy = load_model(ctx.input_model, ctx.cfg.model)
+    policy = training_model(ctx)
     peft = lora_config(ctx.cfg.model, policy)
+    compact = lm_head.use_compact(a.lm_head, policy, devices.training_device())
+    share = compact and a.share_prompt in (True, "auto")
     # A model object (not a path) needs an explicit reference unless LoRA (adapter off) or precomputed log-probs
     # stand in for it; loading it ourselves also keeps dtype and attention the same as the policy's.
     ref = None
     if a.reference is not None:
-        ref = load_reference(ctx)
-    elif peft is None and not a.precompute_ref_log_probs:
-        ref = load_model(ctx.input_model, ctx.cfg.model)
+        ref = load_reference(ctx, policy.config._attn_implementation)
+    elif peft is None and not precompute:
+        ref = training_model(ctx)
     pairs = Dataset.from_list(data_lib.without_labels(ctx.pairs))  # safety labels are the cost model's
-    if a.precompute_ref_log_probs:
+    if precompute:
         pairs = on_disk(pairs, ctx.stage_dir / "pairs")
     scored = pairs
     if a.final_eval_max_pairs is not None and a.final_eval_max_pairs < len(pairs):
         scored = pairs.shuffle(seed=ctx.cfg.seed).select(range(a.final_eval_max_pairs))
-    return DPOTrainer(
-        model=policy,
-        ref_model=ref,
-        args=args,
-        train_dataset=pairs,
-        eval_dataset=scored if a.final_eval else None,  # prepared (and ref log-probs precomputed) with the train set
-        processing_class=ctx.tokenizer,
-        peft_config=peft,
-    )
+    cache = None
+    if precompute and a.ref_cache:
+        cache = RefLogpCache(Path(ctx.cfg.run.root) / ".cache" / "ref_logps",
+                             reference_key(ctx, args, policy, compact, share))  # fmt: skip
+    with lm_head.replacing_trl_head(trl.trainer.dpo_trainer, compact, share_prompt=share):
+        return AlignlabDPOTrainer(
+            model=policy,
+            ref_model=ref,
+            args=args,
+            train_dataset=pairs,
+            eval_dataset=scored if a.final_eval else None,  # prepared (ref log-probs too) with the train set
+            processing_class=ctx.tokenizer,
+            peft_config=peft,
+            ref_cache=cache,
+            group_by_length=a.group_by_length,
+            share_prompt=share,
+        )
+
+
+def reference_key(ctx: StageContext, args: DPOConfig, policy: Any, compact: bool, share: bool) -> dict[str, Any]:
+    """Everything the reference log-probabilities depend on besides the pairs' tokens: the reference's files (a
+    content hash), how it is loaded, and how the replies are scored."""
+    import torch
+    import transformers
+
+    from alignlab.pipeline import fingerprint
+
+    a = ctx.algo
+    reference = ctx.input_model if a.reference is None else reference_path(ctx)
+    return {
+        "reference": fingerprint(reference),
+        "revision": ctx.cfg.model.revision if a.reference is None else None,
+        "dtype": ctx.cfg.model.dtype,
+        "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
+        "attention": policy.config._attn_implementation,
+        "lm_head": "compact" if compact else "trl",
+        "share_prompt": share,
+        "max_length": args.max_length,
+        "truncation_mode": args.truncation_mode,
+        "ld_alpha": a.ld_alpha,
+        "versions": [trl.__version__, transformers.__version__, torch.__version__],
+    }
 
 
 def on_disk(dataset: Dataset, folder: Path) -> Dataset:
@@ -85,6 +165,8 @@ def on_disk(dataset: Dataset, folder: Path) -> Dataset:
 def run(ctx: StageContext) -> dict[str, Any]:
     trainer = build_trainer(ctx)
     metrics = train(trainer, ctx)
+    if trainer.ref_cache is not None:
+        metrics.update(trainer.ref_cache.stats)
     if ctx.algo.final_eval:
         final = trainer.evaluate()  # TRL names its metrics eval_rewards/accuracies, ...
         metrics.update({"final/" + k.removeprefix("eval_"): v for k, v in final.items()})

@@ -37,7 +37,7 @@ from alignlab.generation import generation_tokenizer, stop_ids
 from alignlab.models import load_model, lora_config
 from alignlab.rl import ppo_core as core
 from alignlab.rl.scorers import ModelScorer, Scorer, build_scorer
-from alignlab.stages.common import StageContext, full_state_model, load_reference, save_model
+from alignlab.stages.common import StageContext, full_state_model, gradient_checkpointing, load_reference, save_model
 
 STATE_FILE = "ppo_state.pt"
 
@@ -121,7 +121,7 @@ def build_actor_critic(ctx: StageContext, scorers: list[Scorer]) -> tuple[ActorC
         from peft import get_peft_model
 
         policy = get_peft_model(policy, peft)
-    if a.gradient_checkpointing:
+    if gradient_checkpointing(ctx, stage_precision(ctx.cfg, a)):
         policy.gradient_checkpointing_enable()
         if peft is not None:
             policy.enable_input_require_grads()

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import trl.trainer.sft_trainer
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
-from alignlab.models import load_model, lora_config
-from alignlab.stages.common import StageContext, save_final, train, trl_args
+from alignlab import devices
+from alignlab.models import lora_config
+from alignlab.stages import lm_head
+from alignlab.stages.common import StageContext, save_final, train, training_model, trl_args
 
 
 def build_trainer(ctx: StageContext) -> SFTTrainer:
@@ -24,14 +27,16 @@ def build_trainer(ctx: StageContext) -> SFTTrainer:
         completion_only_loss=a.completion_only_loss,
         eos_token=ctx.tokenizer.eos_token,
     )
-    model = load_model(ctx.input_model, ctx.cfg.model)
-    return SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(ctx.sft_rows),
-        processing_class=ctx.tokenizer,
-        peft_config=lora_config(ctx.cfg.model, model),
-    )
+    model = training_model(ctx)
+    compact = lm_head.use_compact(a.lm_head, model, devices.training_device())
+    with lm_head.replacing_trl_head(trl.trainer.sft_trainer, compact):
+        return SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list(ctx.sft_rows),
+            processing_class=ctx.tokenizer,
+            peft_config=lora_config(ctx.cfg.model, model),
+        )
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
