@@ -13,16 +13,18 @@ Rows:
   gradient checkpointing, also on a CPU), a separate reference copy (full fine-tuning) or LoRA r 16 on every linear
   layer (reference = adapter off), the same learning rate, batch, steps and seed as ours.
 - `ours` / `ours-lora`: alignlab's DPO stage (stages/dpo.py) with its defaults: precision, checkpointing and
-  training attention `auto` (devices.py), our LM head and prompt sharing on a CPU (stages/lm_head.py), reference
+  training attention `auto` (devices.py: at TRL's default learning rate of 1e-6, full fine-tuning stays fp32, which
+  bf16 cannot follow; LoRA takes bf16), our LM head and prompt sharing on a CPU (stages/lm_head.py), and reference
   log-probabilities precomputed through the run-tree cache (stages/ref_cache.py), which starts empty in each row
-  (`ref pass` column; a later run with the same reference skips it).
-- `ours-fp32`: the same in fp32, for the loss tolerance of bf16 autocast.
+  (the `ref pass` column; a later run with the same reference and pairs skips it).
+- `ours-bf16`: `ours` in bf16 autocast, TRL's precision; `ours-grouped`: that with `algo.dpo.group_by_length=true`
+  (its batches differ from the other rows'); `ours-lora-fp32`: `ours-lora` in fp32.
 The data: the default experiment's on-policy pairs (`alignlab run experiment=safety-smollm pipeline.stages=[pairs]`,
 made once and cached), the first `steps x batch` of them, so every row trains one epoch, in the same seeded order.
-The first step is warm-up and not timed. `tokens/s` counts every prompt and reply token of both rows of a pair
-(the work, whatever an implementation pads or shares); `TFLOP/s` is the model's useful work (policy forward and
-backward, reference forward: 2 x matmul parameters x tokens per pass, plus attention scores; recomputation not
-credited) over the measured step time, against this machine's bf16 and fp32 matrix-multiply rates.
+The first step is warm-up and not timed; `s / step` is the median of the others. `tokens/s` counts every prompt and
+reply token of both rows of a pair (the work, whatever an implementation pads or shares). `TFLOP/s` is the model's
+useful work (policy forward and backward, reference forward: 2 x matmul parameters x tokens per pass, plus attention
+scores; recomputation not credited) over the step time, against this machine's measured matrix-multiply rates.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-ROWS = ("trl", "trl-lora", "ours", "ours-lora", "ours-fp32")
+ROWS = ("trl", "trl-lora", "ours", "ours-bf16", "ours-grouped", "ours-lora", "ours-lora-fp32")
 
 
 def parse_args() -> argparse.Namespace:
@@ -179,7 +181,7 @@ def run_trl(args: argparse.Namespace, lora: bool) -> tuple[Any, StepTimer, float
     return trainer, timer, setup
 
 
-def run_ours(args: argparse.Namespace, lora: bool, precision: str) -> tuple[Any, StepTimer, float]:
+def run_ours(args: argparse.Namespace, lora: bool, precision: str, grouped: bool) -> tuple[Any, StepTimer, float]:
     """The stage itself on the same pairs: built from config like `alignlab run pipeline=dpo data=local ...`."""
     from alignlab.config import compose_config, validate
     from alignlab.pipeline import prepare
@@ -196,7 +198,8 @@ def run_ours(args: argparse.Namespace, lora: bool, precision: str) -> tuple[Any,
         f"algo.dpo.batch_size={args.batch_size}", f"algo.dpo.max_steps={args.steps}", "algo.dpo.epochs=1",
         f"algo.dpo.learning_rate={args.learning_rate}", f"algo.dpo.precision={precision}",
         "algo.dpo.save_steps=1000000", "algo.dpo.final_eval=false", "seed=0",
-        f"model.lora.enabled={str(lora).lower()}", "model.lora.r=16", "model.lora.alpha=32", "model.lora.dropout=0.0",
+        f"algo.dpo.group_by_length={str(grouped).lower()}", f"model.lora.enabled={str(lora).lower()}",
+        "model.lora.r=16", "model.lora.alpha=32", "model.lora.dropout=0.0",
     ]  # fmt: skip
     cfg = validate(compose_config(overrides))
     prep = prepare(cfg)
@@ -216,21 +219,23 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    lora = args.side.endswith("lora")
+    lora = "lora" in args.side
     if args.side.startswith("trl"):
         trainer, timer, setup = run_trl(args, lora)
-        ref_pass = None
+        ref_pass = None  # TRL runs its reference forward inside every step
     else:
-        trainer, timer, setup = run_ours(args, lora, "fp32" if args.side == "ours-fp32" else "auto")
-        ref_pass = trainer.ref_cache.stats["ref_logps/seconds"]
+        precision = {"ours-bf16": "bf16", "ours-grouped": "bf16", "ours-lora-fp32": "fp32"}.get(args.side, "auto")
+        trainer, timer, setup = run_ours(args, lora, precision, grouped=args.side == "ours-grouped")
+        ref_pass = trainer.ref_stats["ref_logps/seconds"]
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     if args.device == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    timed = timer.seconds[1:]
+    timed = sorted(timer.seconds[1:])
     args.out.write_text(json.dumps({
-        "seconds_per_step": sum(timed) / len(timed), "step_seconds": timer.seconds, "setup_seconds": setup,
+        "seconds_per_step": timed[len(timed) // 2],  # the median: neighbours on this machine make steps noisy
+        "step_seconds": timer.seconds, "setup_seconds": setup,
         "ref_pass_seconds": ref_pass, "losses": losses, "peak_mib": peak,
         "precision": "bf16" if trainer.args.bf16 else "fp32",
         "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
@@ -299,7 +304,7 @@ def print_table(args: argparse.Namespace, load: dict[str, float], peaks: dict[st
     print(head)
     print("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for row, r in results.items():
-        lora = row.endswith("lora")
+        lora = "lora" in row
         passes = (2 if lora else 3) + 1  # policy forward + backward (LoRA: no weight gradients of the base), reference
         flops = passes * load["forward_flops_per_token"] * tokens_per_step / r["seconds_per_step"] / 1e12
         base = results.get("trl-lora" if lora else "trl")

@@ -30,11 +30,11 @@ def built(tmp_path: Path, name: str, *overrides: str):
 def test_a_second_run_with_the_same_reference_computes_nothing(tmp_path, cache_dir):
     _, first = built(tmp_path, "a", "algo.dpo.beta=0.1")
     n = len(first.train_dataset)
-    assert first.ref_cache.stats["ref_logps/computed_pairs"] == n
+    assert first.ref_stats["ref_logps/computed_pairs"] == n
     # another beta, loss and seed: the reference term is the same, so every pair comes from the cache
     _, second = built(tmp_path, "b", "algo.dpo.beta=0.5", "algo.dpo.loss_type=ipo", "seed=7")
-    assert second.ref_cache.stats["ref_logps/computed_pairs"] == 0
-    assert second.ref_cache.stats["ref_logps/cached_pairs"] >= n  # the train pairs and the final-eval subset
+    assert second.ref_stats["ref_logps/computed_pairs"] == 0
+    assert second.ref_stats["ref_logps/cached_pairs"] >= n  # the train pairs and the final-eval subset
     assert len(cache_files(tmp_path)) == 1
     for column in ("ref_chosen_logps", "ref_rejected_logps"):
         assert first.train_dataset[column] == second.train_dataset[column]
@@ -54,7 +54,7 @@ def test_lora_reuses_the_full_models_reference_pass(tmp_path, cache_dir):
     """With LoRA the reference is the base model with the adapter off: the same weights, so the same entry."""
     built(tmp_path, "full")
     _, lora = built(tmp_path, "lora", "model.lora.enabled=true", "model.lora.r=4")
-    assert lora.ref_cache.stats["ref_logps/computed_pairs"] == 0
+    assert lora.ref_stats["ref_logps/computed_pairs"] == 0
 
 
 def test_another_reference_model_is_scored_afresh(tmp_path, cache_dir):
@@ -66,7 +66,7 @@ def test_another_reference_model_is_scored_afresh(tmp_path, cache_dir):
     model.save_pretrained(other)
     ctx.tokenizer.save_pretrained(other)
     _, trainer = built(tmp_path, "b", f"algo.dpo.reference={other}")
-    assert trainer.ref_cache.stats["ref_logps/computed_pairs"] == len(trainer.train_dataset)
+    assert trainer.ref_stats["ref_logps/computed_pairs"] == len(trainer.train_dataset)
     assert len(cache_files(tmp_path)) == 2
 
 
@@ -76,7 +76,7 @@ def test_only_the_pairs_no_run_scored_are_computed(tmp_path, cache_dir):
         (tmp_path / f"first{n}.jsonl").write_text("".join(rows[:n]))
     built(tmp_path, "a", "data=local", f"data.preference.path={tmp_path / 'first20.jsonl'}")
     _, more = built(tmp_path, "b", "data=local", f"data.preference.path={tmp_path / 'first32.jsonl'}")
-    assert more.ref_cache.stats["ref_logps/computed_pairs"] == 12
+    assert more.ref_stats["ref_logps/computed_pairs"] == 12
 
 
 def test_an_unreadable_cache_file_is_recomputed_not_trusted(tmp_path, cache_dir, capsys):
@@ -84,7 +84,7 @@ def test_an_unreadable_cache_file_is_recomputed_not_trusted(tmp_path, cache_dir,
     (entry,) = cache_files(tmp_path)
     entry.write_text('{"key": ')  # as if edited by hand
     _, second = built(tmp_path, "b")
-    assert second.ref_cache.stats["ref_logps/computed_pairs"] == len(second.train_dataset)
+    assert second.ref_stats["ref_logps/computed_pairs"] == len(second.train_dataset)
     assert "unreadable; recomputing" in capsys.readouterr().out
     assert json.loads(entry.read_text())["key"] == second.ref_cache.parts
     assert first.train_dataset["ref_chosen_logps"] == second.train_dataset["ref_chosen_logps"]

@@ -50,7 +50,9 @@ def stage_precision(cfg: DictConfig, algo: DictConfig) -> str:
     is resolved for this rank's device (devices.py)."""
     from alignlab.devices import resolve_precision
 
-    return resolve_precision(str(cfg.distributed.precision or algo.precision))
+    full = not cfg.model.lora.enabled
+    return resolve_precision(str(cfg.distributed.precision or algo.precision), learning_rate=float(algo.learning_rate),
+                             full_finetune=full)  # fmt: skip
 
 
 def stage_checkpointing(cfg: DictConfig, algo: DictConfig) -> bool | str:

@@ -31,7 +31,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from alignlab import data as data_lib
-from alignlab import distributed, preemption
+from alignlab import devices, distributed, preemption
 from alignlab.artifacts import atomic_write_json, atomic_write_text, is_done, mark_done
 from alignlab.config import POLICY_KINDS, TRAINING_KINDS
 from alignlab.data.sources import resolve_local
@@ -285,6 +285,7 @@ def execute(prep: Prepared, console: Any = None) -> dict[str, Any]:
 
     cfg = prep.cfg
     main = distributed.is_main()
+    devices.keep_freed_memory()  # every stage allocates and frees large tensors step after step
     console = console or Console(quiet=not main)
     tracker = Tracker(cfg, prep.run_dir)
     results: dict[str, Any] = {}

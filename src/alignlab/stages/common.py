@@ -115,7 +115,7 @@ def gradient_checkpointing(ctx: StageContext, precision: str) -> bool:
     estimate = devices.estimate_training_memory(
         AutoConfig.from_pretrained(ctx.input_model),
         rows=a.batch_size * (2 if a.kind in ROW_PAIRS else 1),
-        tokens_per_row=cfg.data.max_length,
+        tokens_per_row=longest_row(ctx),
         precision=precision,
         full_finetune=not lora,
         reference_copy=a.kind == "dpo" and not lora and not dpo_precomputes(a),
@@ -128,6 +128,24 @@ def gradient_checkpointing(ctx: StageContext, precision: str) -> bool:
     return on
 
 
+def longest_row(ctx: StageContext, sample: int = 16) -> int:
+    """Tokens in the stage's longest row (prompt and reply in the chat template), capped at `data.max_length`: the
+    `sample` rows longest in characters are tokenised (enough to find it, and cheap on any data set)."""
+    rows = ctx.sft_rows if ctx.algo.kind == "sft" and ctx.sft_rows else ctx.pairs or []
+    texts = []
+    for row in rows:
+        for reply in ("chosen", "rejected", "completion"):
+            if isinstance(row.get(reply), list):
+                texts.append(list(row["prompt"]) + list(row[reply]))
+        if not any(isinstance(row.get(k), list) for k in ("chosen", "rejected", "completion")):
+            texts.append(list(row["prompt"]))
+    texts.sort(key=lambda messages: -len(str(messages)))
+    longest = max((len(ctx.tokenizer.apply_chat_template(m, tokenize=True, return_dict=False)) for m in texts[:sample]),
+                  default=ctx.cfg.data.max_length)  # fmt: skip
+    new_tokens = ctx.algo.get("max_new_tokens") or 0  # online RL: the prompt plus what it samples
+    return min(longest + new_tokens, ctx.cfg.data.max_length)
+
+
 def dpo_precomputes(a: DictConfig) -> bool:
     """`precompute_ref_log_probs`, with `auto` meaning yes unless TR-DPO syncs the reference during training."""
     flag = a.precompute_ref_log_probs
@@ -137,6 +155,7 @@ def dpo_precomputes(a: DictConfig) -> bool:
 def training_model(ctx: StageContext, path: str | None = None) -> torch.nn.Module:
     """The model a TRL-trained stage optimises, with the attention kernel it trains with (devices.py)."""
     attn = devices.resolve_attention(ctx.algo.attn_implementation, ctx.cfg.model.attn_implementation)
+    devices.keep_freed_memory()
     return load_model(path or ctx.input_model, ctx.cfg.model, attn_implementation=attn)
 
 

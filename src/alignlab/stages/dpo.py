@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
 import trl.trainer.dpo_trainer
 from datasets import Dataset, load_from_disk
-from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 from trl import DPOConfig, DPOTrainer
 
 from alignlab import data as data_lib
@@ -45,13 +48,23 @@ class AlignlabDPOTrainer(DPOTrainer):
         self.ref_cache = ref_cache
         self.group_by_length = group_by_length
         self.share_prompt = share_prompt
+        # what the reference pass cost this run: seconds (the cache key's hashing included) and pairs
+        self.ref_stats = {"ref_logps/seconds": 0.0, "ref_logps/computed_pairs": 0, "ref_logps/cached_pairs": 0}
         super().__init__(*args, **kwargs)
 
     def _precompute_ref_logps(self, dataset: Dataset, name: str, batch_size: int) -> Dataset:
-        compute = super()._precompute_ref_logps
-        if self.ref_cache is None:
-            return compute(dataset, name, batch_size)
-        return self.ref_cache.attach(dataset, lambda rows: compute(rows, name, batch_size))
+        started = time.perf_counter()
+        parent = super()._precompute_ref_logps
+
+        def compute(rows: Dataset) -> Dataset:
+            self.ref_stats["ref_logps/computed_pairs"] += len(rows)
+            return parent(rows, name, batch_size)
+
+        before = self.ref_stats["ref_logps/computed_pairs"]
+        out = compute(dataset) if self.ref_cache is None else self.ref_cache.attach(dataset, compute)
+        self.ref_stats["ref_logps/cached_pairs"] += len(dataset) - (self.ref_stats["ref_logps/computed_pairs"] - before)
+        self.ref_stats["ref_logps/seconds"] += time.perf_counter() - started
+        return out
 
     def _get_train_sampler(self, train_dataset: Dataset | None = None) -> Any:
         """transformers' LengthGroupedSampler (random megabatches, sorted within) on the length a pair occupies in a
@@ -64,7 +77,26 @@ class AlignlabDPOTrainer(DPOTrainer):
             lengths = [len(p) + len(c) + len(r) for p, c, r in parts]
         else:
             lengths = [len(p) + max(len(c), len(r)) for p, c, r in parts]
-        return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=lengths)
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return SeededLengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths,
+                                          seed=seed)  # fmt: skip
+
+
+class SeededLengthGroupedSampler(LengthGroupedSampler):
+    """transformers' sampler draws its permutation from the global RNG when it is iterated, whose state a resumed run
+    does not share: this one seeds its own generator with (seed, epoch), so a run resumed mid-epoch (the Trainer sets
+    the epoch, then skips the batches it has done) sees the same batches as an uninterrupted one."""
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int) -> None:
+        super().__init__(batch_size, lengths=lengths)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
 
 
 def build_trainer(ctx: StageContext) -> AlignlabDPOTrainer:
@@ -83,6 +115,8 @@ def build_trainer(ctx: StageContext) -> AlignlabDPOTrainer:
         use_weighting=a.use_weighting,
         discopop_tau=a.discopop_tau,
         precompute_ref_log_probs=precompute,
+        # a forward without gradients holds no activations for a backward pass: four training batches at a time
+        precompute_ref_batch_size=4 * a.batch_size,
         sync_ref_model=a.sync_ref_model,
         ref_model_mixup_alpha=a.ref_model_mixup_alpha,
         ref_model_sync_steps=a.ref_model_sync_steps,
@@ -104,12 +138,13 @@ def build_trainer(ctx: StageContext) -> AlignlabDPOTrainer:
     scored = pairs
     if a.final_eval_max_pairs is not None and a.final_eval_max_pairs < len(pairs):
         scored = pairs.shuffle(seed=ctx.cfg.seed).select(range(a.final_eval_max_pairs))
-    cache = None
+    cache, started = None, time.perf_counter()
     if precompute and a.ref_cache:
         cache = RefLogpCache(Path(ctx.cfg.run.root) / ".cache" / "ref_logps",
                              reference_key(ctx, args, policy, compact, share))  # fmt: skip
+    key_seconds = time.perf_counter() - started  # hashing the reference's files is part of what the cache costs
     with lm_head.replacing_trl_head(trl.trainer.dpo_trainer, compact, share_prompt=share):
-        return AlignlabDPOTrainer(
+        trainer = AlignlabDPOTrainer(
             model=policy,
             ref_model=ref,
             args=args,
@@ -121,6 +156,8 @@ def build_trainer(ctx: StageContext) -> AlignlabDPOTrainer:
             group_by_length=a.group_by_length,
             share_prompt=share,
         )
+    trainer.ref_stats["ref_logps/seconds"] += key_seconds
+    return trainer
 
 
 def reference_key(ctx: StageContext, args: DPOConfig, policy: Any, compact: bool, share: bool) -> dict[str, Any]:
@@ -165,8 +202,8 @@ def on_disk(dataset: Dataset, folder: Path) -> Dataset:
 def run(ctx: StageContext) -> dict[str, Any]:
     trainer = build_trainer(ctx)
     metrics = train(trainer, ctx)
-    if trainer.ref_cache is not None:
-        metrics.update(trainer.ref_cache.stats)
+    if trainer.precompute_ref_logps:
+        metrics.update({k: round(v, 3) for k, v in trainer.ref_stats.items()})
     if ctx.algo.final_eval:
         final = trainer.evaluate()  # TRL names its metrics eval_rewards/accuracies, ...
         metrics.update({"final/" + k.removeprefix("eval_"): v for k, v in final.items()})

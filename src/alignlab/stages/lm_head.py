@@ -118,14 +118,14 @@ def install(model: Any, outputs: tuple[str, ...] = ("log_probs",), temperature: 
 def token_log_probs(logits: torch.Tensor, targets: torch.Tensor, outputs: tuple[str, ...],
                     temperature: float = 1.0) -> dict[str, torch.Tensor]:  # fmt: skip
     """log p(target) for each row of `logits` (N, vocab), with gradient, and TRL's per-token statistics without."""
-    z = logits.float() / temperature
-    log_p = z.log_softmax(-1)
+    z = logits if temperature == 1.0 else logits / temperature
+    log_p = z.log_softmax(-1, dtype=torch.float32)  # reads 16-bit logits once, no fp32 copy of them
     out = {"log_probs": log_p.gather(-1, targets.unsqueeze(-1)).squeeze(-1)}
     with torch.no_grad():
         if "entropy" in outputs:
-            out["entropy"] = -(log_p.exp() * log_p).sum(-1)
+            out["entropy"] = -torch.linalg.vecdot(log_p.exp(), log_p)  # fused: no (N, vocab) product
         if "mean_logits" in outputs:
-            out["mean_logits"] = z.mean(-1)
+            out["mean_logits"] = z.mean(-1, dtype=torch.float32)
         if "is_top1" in outputs:
             out["is_top1"] = z.argmax(-1) == targets  # argmax takes the first maximum, as TRL's kernel does
         if "log_sum_sq_probs" in outputs:
@@ -148,8 +148,9 @@ class SharedPrompt:
     def of(cls, kwargs: dict[str, Any], labels: torch.Tensor | None, attn: str) -> SharedPrompt | None:
         """The packing of this batch, or None where it does not have that shape (then the rows run as they are)."""
         ids, am = kwargs.get("input_ids"), kwargs.get("attention_mask")
+        given = {k for k, v in kwargs.items() if v is not None}  # PEFT passes inputs_embeds=None and the like
         if (attn not in _MASKABLE_ATTENTION or labels is None or ids is None or am is None or am.dim() != 2
-                or set(kwargs) - {"input_ids", "attention_mask", "use_cache"} or ids.size(0) % 2):  # fmt: skip
+                or given - {"input_ids", "attention_mask", "use_cache"} or ids.size(0) % 2):  # fmt: skip
             return None
         b = ids.size(0) // 2
         lengths = am.sum(1).tolist()

@@ -416,6 +416,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         [{"params": policy_params, "lr": a.learning_rate},
          {"params": value_params, "lr": a.value_learning_rate or a.learning_rate}],
         weight_decay=a.weight_decay,
+        fused=a.optim == "adamw_torch_fused",  # one kernel over all tensors (config.TrainConfig.optim)
     )  # fmt: skip
     updates = total * a.ppo_epochs * (a.batch_size // (a.mini_batch_size * a.grad_accum))
     scheduler = get_scheduler(a.lr_scheduler, optimizer, int(a.warmup_ratio * updates), updates)

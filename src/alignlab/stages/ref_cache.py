@@ -17,7 +17,6 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,6 @@ class RefLogpCache:
     def __init__(self, root: Path, parts: dict[str, Any]):
         self.parts = parts
         self.folder = root / content_key(parts)
-        self.stats = {"ref_logps/cached_pairs": 0, "ref_logps/computed_pairs": 0, "ref_logps/seconds": 0.0}
 
     @property
     def file(self) -> Path:
@@ -77,7 +75,6 @@ class RefLogpCache:
     def attach(self, dataset: Dataset, compute: Callable[[Dataset], Dataset]) -> Dataset:
         """`dataset` (tokenised pairs) with the two reference columns, from the cache where it has them and from
         `compute` (a collective under several ranks: every rank calls it with the same rows) where it has not."""
-        started = time.perf_counter()
         keys = [row_key(p, c, r) for p, c, r in
                 zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"])]  # fmt: skip
         with self.locked():
@@ -91,9 +88,6 @@ class RefLogpCache:
                 if distributed.is_main():
                     atomic_write_json(self.file, {"key": self.parts, "pairs": stored})
         distributed.barrier()
-        self.stats["ref_logps/cached_pairs"] += len(keys) - len(missing)
-        self.stats["ref_logps/computed_pairs"] += len(missing)
-        self.stats["ref_logps/seconds"] += round(time.perf_counter() - started, 3)
         values = [stored[k] for k in keys]
         return dataset.add_column(COLUMNS[0], [v[0] for v in values]).add_column(COLUMNS[1], [v[1] for v in values])
 
