@@ -114,6 +114,17 @@ class DataConfig:
     max_length: int = 512  # tokens, prompt + reply, after the chat template
     on_overlength: str = "truncate"  # truncate | drop | error
     on_duplicate: str = "drop"  # drop | keep | error
+    # Bias pairs from the project's templates (data/bias.py) mixed into the on-policy pairs by the pairs stage:
+    # {templates: FILE, ratio: bias pairs per safety pair, kinds: {ambiguous: w, disambiguated: w, open: w}}; typed
+    # against BiasMixConfig in `validate` (a weight of 0 leaves a kind out)
+    bias: Any = None
+
+
+@dataclass
+class BiasMixConfig:
+    templates: str = "pkg://alignlab/assets/bias/templates.yaml"
+    ratio: float = 0.5
+    kinds: dict[str, float] = field(default_factory=lambda: {"ambiguous": 0.4, "disambiguated": 0.4, "open": 0.2})
 
 
 # -------------------------------------------------------------------------------------------- algorithms
@@ -604,6 +615,14 @@ def validate(cfg: DictConfig) -> DictConfig:
             bad = f"data.{part}.{getattr(exc, 'full_key', '')}".rstrip(".")
             raise ConfigError(f"Config error at '{bad}': {_short(' '.join(str(exc).split()))}.") from None
         _check(bool(cfg.data[part].path), f"data.{part}.path", "set the file, folder or Hub id to read.")
+    if cfg.data.get("bias") is not None:
+        _check(isinstance(cfg.data.bias, DictConfig), "data.bias",
+               f"expected a mapping like {{ratio: 0.5}}, got {cfg.data.bias!r}.")  # fmt: skip
+        try:
+            cfg.data.bias = OmegaConf.merge(OmegaConf.structured(BiasMixConfig), cfg.data.bias)
+        except OmegaConfBaseException as exc:
+            bad = f"data.bias.{getattr(exc, 'full_key', '')}".rstrip(".")
+            raise ConfigError(f"Config error at '{bad}': {_short(' '.join(str(exc).split()))}.") from None
     try:
         typed = OmegaConf.merge(OmegaConf.structured(AlignlabConfig), cfg)
     except OmegaConfBaseException as exc:
@@ -630,6 +649,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     _one_of(d.on_overlength, ("truncate", "drop", "error"), "data.on_overlength")
     _one_of(d.on_duplicate, ("drop", "keep", "error"), "data.on_duplicate")
     _check(d.max_length > 0, "data.max_length", f"must be positive, got {d.max_length}.")
+    if d.bias is not None:
+        _validate_bias_mix(typed, stages)
     for part in ("preference", "sft"):
         src = d[part]
         if src is not None:
@@ -863,6 +884,18 @@ def _validate_online(a: DictConfig, key: str, cfg: DictConfig) -> None:
         _check(a.lambda_lr > 0, f"{key}.lambda_lr", f"must be positive, got {a.lambda_lr}.")
         if a.lambda_max is not None:
             _check(a.lambda_max >= a.lambda_init, f"{key}.lambda_max", "must be at least lambda_init.")
+
+
+def _validate_bias_mix(cfg: DictConfig, stages: list[str]) -> None:
+    from alignlab.data.bias import KINDS
+
+    mix = cfg.data.bias
+    _check(mix.ratio > 0, "data.bias.ratio", f"must be positive (bias pairs per safety pair), got {mix.ratio}.")
+    weights = dict(mix.kinds)
+    _check(set(weights) <= set(KINDS) and all(w >= 0 for w in weights.values()) and sum(weights.values()) > 0,
+           "data.bias.kinds", f"expected non-negative weights for some of {list(KINDS)}, got {weights}.")  # fmt: skip
+    _check(any(cfg.algo[s].kind == "pairs" for s in stages), "data.bias",
+           f"bias pairs are mixed in by a pairs stage; this pipeline has none (stages: {stages}).")  # fmt: skip
 
 
 def _from_stage(source: DictConfig | None) -> str | None:

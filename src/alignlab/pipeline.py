@@ -119,6 +119,11 @@ def prepare(cfg: DictConfig, run_dir: Path | None = None) -> Prepared:
             prep.fingerprints[str(cfg.data.sft.path)] = fingerprint(str(cfg.data.sft.path))
         elif "sft" in kinds and prep.pairs is not None:
             prep.sft_rows = data_lib.as_sft(prep.pairs)
+        if cfg.data.bias is not None:  # the pairs stage reads them later: a bad file fails before any compute
+            from alignlab.data.bias import load_templates
+
+            load_templates(cfg.data.bias.templates)
+            prep.fingerprints[str(cfg.data.bias.templates)] = fingerprint(str(cfg.data.bias.templates))
         _check_inputs_unchanged(run_dir, prep.fingerprints)
     except UserError as exc:
         if run_dir.is_dir():  # an existing run keeps its files; only the error is added

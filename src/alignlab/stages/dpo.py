@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,24 +78,25 @@ class AlignlabDPOTrainer(DPOTrainer):
         else:
             lengths = [len(p) + max(len(c), len(r)) for p, c, r in parts]
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-        return SeededLengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths,
-                                          seed=seed)  # fmt: skip
+        # grouped by the global batch: each rank takes its share of consecutive indices, so one process and N ranks
+        # with the same global batch see the same pairs at every step
+        a = self.args
+        batch = a.train_batch_size * a.gradient_accumulation_steps * max(1, a.world_size)
+        return SeededLengthGroupedSampler(batch, lengths, seed=seed, epoch=lambda: int(self.state.epoch + 1e-6))
 
 
 class SeededLengthGroupedSampler(LengthGroupedSampler):
     """transformers' sampler draws its permutation from the global RNG when it is iterated, whose state a resumed run
-    does not share: this one seeds its own generator with (seed, epoch), so a run resumed mid-epoch (the Trainer sets
-    the epoch, then skips the batches it has done) sees the same batches as an uninterrupted one."""
+    does not share: this one seeds its own generator with the seed and the epoch the Trainer's state is in when the
+    epoch's batches are drawn (`set_epoch` does not reach a sampler nested in accelerate's shard and skip wrappers),
+    so a run resumed mid-epoch, on one rank or several, sees the batches an uninterrupted one saw."""
 
-    def __init__(self, batch_size: int, lengths: list[int], seed: int) -> None:
+    def __init__(self, batch_size: int, lengths: list[int], seed: int, epoch: Callable[[], int]) -> None:
         super().__init__(batch_size, lengths=lengths)
-        self.seed, self.epoch = seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.seed, self.epoch = seed, epoch
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
+        generator = torch.Generator().manual_seed(self.seed * 1000 + self.epoch())
         return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
 
 

@@ -1,13 +1,13 @@
-"""On-policy pair stage: the current policy replies to the training prompts, a judge routes each reply, and
-the pairs (cached in `<stage>/pairs.jsonl`, logged as a W&B table) feed the SFT and DPO stages that follow
-(`data.preference.path: stage:<this stage>`)."""
+"""On-policy pair stage: the current policy replies to the training prompts, a judge routes each reply, and the
+pairs (with template bias pairs mixed in when `data.bias` is set; cached in `<stage>/pairs.jsonl`, logged as a W&B
+table) feed the SFT and DPO stages that follow (`data.preference.path: stage:<this stage>`)."""
 
 from __future__ import annotations
 
 import random
 from typing import Any
 
-from alignlab.data import onpolicy
+from alignlab.data import bias, onpolicy
 from alignlab.evaluation.refusal import is_refusal
 from alignlab.generation import generate, trim_to_sentence
 from alignlab.models import load_model
@@ -41,6 +41,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
             attempts[i].append(_clean(g))
 
     built = onpolicy.build_pairs(rows, attempts, is_refusal, refusals)
+    mix = ctx.cfg.data.bias
+    if mix is not None:  # template bias pairs, `ratio` per safety pair (data/bias.py)
+        extra = bias.build_pairs(bias.load_templates(mix.templates), round(mix.ratio * len(built.pairs)),
+                                 seed=ctx.cfg.seed, kinds=dict(mix.kinds))  # fmt: skip
+        built.pairs.extend(extra)
+        for p in extra:
+            built.counts[f"bias_{p['kind']}"] += 1
     onpolicy.write_jsonl(ctx.stage_dir / "generations.jsonl", built.records)
     onpolicy.write_jsonl(ctx.stage_dir / PAIRS_FILE, built.pairs)
     ctx.tracker.table(f"{ctx.name}/pairs", ["prompt", "type", "category", "reply", "refused", "outcome"],
@@ -50,6 +57,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     metrics["pairs/total"] = len(built.pairs)
     metrics["pairs/harmful"] = sum(p["type"] == "harmful" for p in built.pairs)
     metrics["pairs/benign"] = sum(p["type"] == "benign" for p in built.pairs)
+    metrics["pairs/bias"] = sum(p["type"] == "bias" for p in built.pairs)
     return metrics
 
 

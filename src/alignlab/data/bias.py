@@ -1,0 +1,152 @@
+"""Bias preference pairs from the project's templates (assets/bias/templates.yaml), over eight social dimensions.
+
+Three kinds, so that the model learns to use evidence rather than to abstain everywhere:
+- ambiguous: two people, nothing says which one did it. `chosen` says it cannot be told, and why; `rejected` picks
+  the person the stereotype points at (for a question about the counter-stereotypical act, the other one).
+- disambiguated: the context says who did it (half the time against the stereotype). `chosen` names that person
+  from the evidence; `rejected` abstains, or, where the evidence goes against the stereotype, follows the stereotype.
+- open: a question that presumes the stereotype. `chosen` corrects the premise and helps; `rejected` accepts it.
+
+The user turn is "<context> <question>", and a reply opens with the answer itself ("The retired man. ...", "Cannot
+be determined. ..."), the shape in which likelihood-scored benchmarks such as BBQ read a model's answer. Every pair
+carries safety labels for a cost model: the stereotyped (or premise-accepting) reply is the unsafe one.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from alignlab.data.sources import resolve_local
+from alignlab.errors import DataError
+
+KINDS = ("ambiguous", "disambiguated", "open")
+BUNDLED = "pkg://alignlab/assets/bias/templates.yaml"
+
+
+@dataclass
+class Scenario:
+    """One filled template: the dimension and stereotype it came from, and its two people."""
+
+    dimension: str
+    noun: str
+    stereotype: dict[str, Any]
+    target: dict[str, str]
+    other: dict[str, str]
+
+
+def load_templates(path: str = BUNDLED) -> dict[str, Any]:
+    local = resolve_local(path)
+    if local is None or not local.is_file():
+        raise DataError(f"Data error: bias templates '{path}' do not exist.")
+    try:
+        templates = yaml.safe_load(local.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise DataError(f"Data error in '{local}': not valid YAML ({exc}).") from None
+    problems = []
+    if not templates.get("unknown_openers"):
+        problems.append("no unknown_openers")
+    for dim, spec in (templates.get("dimensions") or {}).items():
+        for i, s in enumerate(spec.get("stereotypes") or []):
+            for key in ("target", "other", "scenes", "stereo", "counter", "premise", "correction", "accepts"):
+                if not s.get(key):
+                    problems.append(f"dimensions.{dim}.stereotypes[{i}] has no '{key}'")
+    if not templates.get("dimensions"):
+        problems.append("no dimensions")
+    if problems:
+        raise DataError(f"Data error in '{local}': {'; '.join(problems[:5])}.")
+    return templates
+
+
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _message(role: str, text: str) -> list[dict[str, str]]:
+    return [{"role": role, "content": text}]
+
+
+def _guess(person: dict[str, str], group: str) -> str:
+    """A reply that answers by stereotype: the person, and the group as the reason."""
+    return f"{_cap(person['the'])}, obviously; that's what you'd expect from {group}."
+
+
+def ambiguous(s: Scenario, rng: random.Random, templates: dict[str, Any]) -> dict[str, Any]:
+    first, second = (s.target, s.other) if rng.random() < 0.5 else (s.other, s.target)
+    context = _cap(rng.choice(s.stereotype["scenes"]).format(a=first["a"], b=second["a"]))
+    negative = rng.random() < 0.5  # a question about the stereotyped act, or about its counterpart
+    act = s.stereotype["stereo" if negative else "counter"]
+    question = rng.choice(act["ask"])
+    because = (f"Nothing in the description says which of them {act['did']}: it only tells us that "
+               f"{first['the']} and {second['the']} were there, and guessing from someone's {s.noun} would be "
+               "relying on a stereotype.")  # fmt: skip
+    chosen = f"{rng.choice(templates['unknown_openers'])} {because}"
+    if negative:
+        rejected = _guess(s.target, s.target["group"])
+    else:
+        rejected = f"{_cap(s.other['the'])}, obviously; you wouldn't expect that from {s.target['group']}."
+    return {"prompt": _message("user", f"{context} {question}"), "chosen": _message("assistant", chosen),
+            "rejected": _message("assistant", rejected)}  # fmt: skip
+
+
+def disambiguated(s: Scenario, rng: random.Random, templates: dict[str, Any]) -> dict[str, Any]:
+    first, second = (s.target, s.other) if rng.random() < 0.5 else (s.other, s.target)
+    scene = _cap(rng.choice(s.stereotype["scenes"]).format(a=first["a"], b=second["a"]))
+    against = rng.random() < 0.5  # the evidence goes against the stereotype half the time
+    doer, other = (s.other, s.target) if against else (s.target, s.other)  # who did the stereotyped act
+    st, co = s.stereotype["stereo"], s.stereotype["counter"]
+    evidence = f"{_cap(doer['the'])} {st['did']}, while {other['the']} {co['did']}."
+    negative = rng.random() < 0.5
+    act, answer, wrong = (st, doer, other) if negative else (co, other, doer)
+    question = rng.choice(act["ask"])
+    chosen = f"{_cap(answer['the'])}. The description says that {answer['the']} {act['did']}."
+    if against and rng.random() < 0.5:  # the stereotype's answer, which the evidence contradicts
+        rejected = _guess(wrong, s.target["group"])
+    else:  # abstaining although the context answers the question
+        rejected = f"{rng.choice(templates['unknown_openers'])} The description doesn't say enough to pick one of them."
+    return {"prompt": _message("user", f"{scene} {evidence} {question}"), "chosen": _message("assistant", chosen),
+            "rejected": _message("assistant", rejected)}  # fmt: skip
+
+
+def open_ended(s: Scenario, rng: random.Random, templates: dict[str, Any]) -> dict[str, Any]:
+    group = s.target["group"]
+    question = rng.choice(s.stereotype["premise"]).format(group=group)
+    prompt = rng.choice(templates.get("open_frames") or ["{q}"]).format(q=question)
+    chosen = _cap(s.stereotype["correction"].format(group=group))
+    rejected = _cap(s.stereotype["accepts"].format(group=group))
+    return {"prompt": _message("user", prompt), "chosen": _message("assistant", chosen),
+            "rejected": _message("assistant", rejected)}  # fmt: skip
+
+
+BUILDERS = {"ambiguous": ambiguous, "disambiguated": disambiguated, "open": open_ended}
+
+
+def build_pairs(templates: dict[str, Any], n: int, seed: int, kinds: dict[str, float] | None = None) -> list[dict]:
+    """`n` distinct pairs, dimensions in turn (so each gets its share), kinds drawn with the weights `kinds`."""
+    kinds = kinds or {"ambiguous": 0.4, "disambiguated": 0.4, "open": 0.2}
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown:
+        raise DataError(f"Data error: unknown bias pair kinds {unknown}; expected some of {list(KINDS)}.")
+    rng = random.Random(seed)
+    dims = sorted(templates["dimensions"])
+    names, weights = zip(*sorted(kinds.items()))
+    pairs, seen, tries = [], set(), 0
+    while len(pairs) < n and tries < 50 * n + 100:
+        tries += 1
+        dim = dims[len(pairs) % len(dims)]
+        spec = templates["dimensions"][dim]
+        stereotype = rng.choice(spec["stereotypes"])
+        s = Scenario(dim, spec.get("noun", dim), stereotype, rng.choice(stereotype["target"]),
+                     rng.choice(stereotype["other"]))  # fmt: skip
+        kind = rng.choices(names, weights)[0]
+        pair = BUILDERS[kind](s, rng, templates)
+        key = (pair["prompt"][0]["content"], pair["chosen"][0]["content"])
+        if key in seen:
+            continue
+        seen.add(key)
+        pairs.append({**pair, "type": "bias", "category": dim, "kind": kind, "stereotype": stereotype["name"],
+                      "chosen_safe": True, "rejected_safe": False})  # fmt: skip
+    return pairs

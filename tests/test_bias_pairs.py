@@ -1,0 +1,154 @@
+"""The bias pairs written by the project (data/bias.py, assets/bias/templates.yaml): their three kinds over eight
+dimensions, what each side says, that they pass the data layer, that nothing is copied from BBQ or CrowS-Pairs, and
+their mixing into the on-policy pairs at the configured ratio."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import BENCHMARKS
+from omegaconf import OmegaConf
+
+from alignlab import cli
+from alignlab import data as data_lib
+from alignlab.config import compose_config, validate
+from alignlab.data import bias
+from alignlab.errors import ConfigError, DataError
+
+DIMENSIONS = {"gender", "race_ethnicity", "religion", "age", "nationality", "disability", "socioeconomic",
+              "sexual_orientation"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def templates():
+    return bias.load_templates()
+
+
+@pytest.fixture(scope="module")
+def pairs(templates):
+    return bias.build_pairs(templates, 800, seed=0)
+
+
+def text(row, part):
+    return row[part][0]["content"]
+
+
+def test_every_dimension_and_kind_is_there_in_turn(pairs, templates):
+    assert set(templates["dimensions"]) == DIMENSIONS
+    dims = Counter(p["category"] for p in pairs)
+    assert set(dims) == DIMENSIONS and max(dims.values()) - min(dims.values()) == 0
+    kinds = Counter(p["kind"] for p in pairs)
+    assert kinds["ambiguous"] > 250 and kinds["disambiguated"] > 250 and kinds["open"] > 80
+    assert len({text(p, "prompt") for p in pairs}) > 0.9 * len(pairs)  # varied people, scenes and questions
+    assert len({p["stereotype"] for p in pairs}) >= 24
+
+
+def test_ambiguous_pairs_decline_to_guess_and_reject_the_stereotyped_pick(pairs, templates):
+    openers = tuple(templates["unknown_openers"])
+    for p in (p for p in pairs if p["kind"] == "ambiguous"):
+        assert text(p, "chosen").startswith(openers), text(p, "chosen")
+        assert "stereotype" in text(p, "chosen")
+        assert not text(p, "rejected").startswith(openers) and "obviously" in text(p, "rejected")
+
+
+def test_disambiguated_pairs_name_the_person_the_context_names(pairs, templates):
+    openers = tuple(templates["unknown_openers"])
+    seen = Counter()
+    for p in (p for p in pairs if p["kind"] == "disambiguated"):
+        prompt, chosen, rejected = text(p, "prompt"), text(p, "chosen"), text(p, "rejected")
+        person, said = re.match(r"(.+?)\. The description says that (.+)\.$", chosen).groups()
+        assert said.lower() in prompt.lower()  # the answer is the evidence sentence's own words
+        assert person.lower() in prompt.lower()
+        seen["abstains" if rejected.startswith(openers) else "stereotype"] += 1
+    assert seen["abstains"] > 0.5 * sum(seen.values()) and seen["stereotype"] > 0.15 * sum(seen.values())
+
+
+def test_open_prompts_are_corrected_not_accepted(pairs):
+    for p in (p for p in pairs if p["kind"] == "open"):
+        chosen = text(p, "chosen").lower()
+        assert any(w in chosen for w in ("premise", "stereotype", "not ", "isn't", "myth", "false", "prejudice"))
+        assert text(p, "rejected") != text(p, "chosen") and "{" not in text(p, "rejected") + text(p, "chosen")
+
+
+def test_pairs_are_deterministic_per_seed_and_labelled_for_a_cost_model(templates):
+    assert bias.build_pairs(templates, 50, seed=3) == bias.build_pairs(templates, 50, seed=3)
+    assert bias.build_pairs(templates, 50, seed=3) != bias.build_pairs(templates, 50, seed=4)
+    assert all(p["chosen_safe"] and not p["rejected_safe"] for p in bias.build_pairs(templates, 50, seed=3))
+
+
+def test_pairs_pass_the_data_layer(tmp_path, pairs, tiny_tokenizer):
+    path = tmp_path / "bias.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    source = OmegaConf.create({"path": str(path), "format": "conversational", "split": "train", "subset": None,
+                               "revision": None, "pku_choose_by": "better", "max_rows": None})  # fmt: skip
+    data_cfg = OmegaConf.create({"max_length": 384, "on_overlength": "error", "on_duplicate": "keep"})
+    rows, _ = data_lib.load(source, "preference", data_cfg, tiny_tokenizer)
+    assert len(rows) == len(pairs)
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def _ngrams(text: str, n: int) -> set[tuple[str, ...]]:
+    w = _words(text)
+    return {tuple(w[i : i + n]) for i in range(len(w) - n + 1)}
+
+
+@pytest.mark.skipif(not BENCHMARKS.is_dir(), reason=f"public benchmarks not found at {BENCHMARKS}")
+def test_nothing_is_copied_from_bbq_or_crows_pairs(pairs):
+    """No generated context, question or reply shares 9 consecutive words with a BBQ context or question or a
+    CrowS-Pairs sentence (the public benchmarks stay the yardstick, not training data). The only 7-word runs they
+    share are two people named side by side ("a Muslim man and a Christian man")."""
+    public = set()
+    for f in sorted((BENCHMARKS / "bbq").glob("*.jsonl")):
+        for line in f.read_text().splitlines():
+            row = json.loads(line)
+            public |= _ngrams(row["context"], 9) | _ngrams(row["question"], 9)
+    with open(BENCHMARKS / "crows_pairs" / "crows_pairs_anonymized.csv", encoding="utf-8", newline="") as f:
+        for row in csv.DictReader(f):
+            public |= _ngrams(row["sent_more"], 9) | _ngrams(row["sent_less"], 9)
+    copied = [t for p in pairs for part in ("prompt", "chosen", "rejected") if _ngrams(t := text(p, part), 9) & public]
+    assert not copied, copied[:3]
+
+
+def test_bad_templates_and_mix_settings_fail_before_any_compute(tmp_path):
+    bad = tmp_path / "templates.yaml"
+    bad.write_text("unknown_openers: [Unknown.]\ndimensions:\n  age:\n    stereotypes:\n"
+                   "      - {name: x, target: []}\n")
+    with pytest.raises(DataError, match="has no 'target'"):
+        bias.load_templates(str(bad))
+    with pytest.raises(DataError, match="do not exist"):
+        bias.load_templates(str(tmp_path / "missing.yaml"))
+    base = ["experiment=safety-smollm", "data=safety-bias-onpolicy"]
+    with pytest.raises(ConfigError, match=r"data\.bias\.ratio"):
+        validate(compose_config([*base, "data.bias.ratio=0"]))
+    with pytest.raises(ConfigError, match=r"data\.bias\.kinds"):
+        validate(compose_config([*base, "+data.bias.kinds.sarcastic=1.0"]))
+    with pytest.raises(ConfigError, match="pairs stage"):
+        validate(compose_config(["experiment=tiny", "+data.bias={ratio: 0.5}"]))
+
+
+@pytest.mark.slow
+def test_the_pairs_stage_mixes_bias_pairs_at_the_ratio(tmp_path, cache_dir, tiny_model, monkeypatch):
+    """The safety pipeline on the tiny model with data=safety-bias-onpolicy: pairs.jsonl holds the on-policy safety
+    pairs and round(ratio x their number) bias pairs, and SFT and DPO train on all of them."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    args = ["run", "experiment=safety-smollm-quick", "model=tiny", "data=safety-bias-onpolicy", "data.bias.ratio=1.5",
+            "eval=safety", "eval.suites.harmbench=null", "eval.suites.xstest_safe=null", "logger=none",
+            f"run.root={tmp_path}", "model.lora.enabled=false", "model.generation_dtype=null"]  # fmt: skip
+    assert cli.main(args) == 0
+    (run,) = (tmp_path / "safety-smollm-quick").iterdir()
+    rows = [json.loads(line) for line in (run / "pairs" / "pairs.jsonl").read_text().splitlines()]
+    safety = [r for r in rows if r["type"] != "bias"]
+    mixed = [r for r in rows if r["type"] == "bias"]
+    assert len(mixed) == round(1.5 * len(safety)) and len(safety) > 0
+    metrics = json.loads((run / "pairs" / "metrics.json").read_text())
+    assert metrics["pairs/bias"] == len(mixed) and metrics["pairs/total"] == len(rows)
+    assert (run / "dpo" / "DONE").is_file()
+    assert Path(run / "inputs.json").read_text().count("templates.yaml") == 1
