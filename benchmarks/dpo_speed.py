@@ -17,8 +17,9 @@ Rows:
   bf16 cannot follow; LoRA takes bf16), our LM head and prompt sharing on a CPU (stages/lm_head.py), and reference
   log-probabilities precomputed through the run-tree cache (stages/ref_cache.py), which starts empty in each row
   (the `ref pass` column; a later run with the same reference and pairs skips it).
-- `ours-bf16`: `ours` in bf16 autocast, TRL's precision; `ours-grouped`: that with `algo.dpo.group_by_length=true`
-  (its batches differ from the other rows'); `ours-lora-fp32`: `ours-lora` in fp32.
+- `ours-bf16`: `ours` in bf16 autocast, TRL's precision. `ours-same-batches` / `ours-lora-same-batches`: bf16 with
+  `algo.dpo.group_by_length=false`, so that every step sees the pairs TRL's step sees (the like-for-like loss
+  comparison; our default groups pairs by length). `ours-lora-fp32`: `ours-lora` in fp32.
 The data: the default experiment's on-policy pairs (`alignlab run experiment=safety-smollm pipeline.stages=[pairs]`,
 made once and cached), the first `steps x batch` of them, so every row trains one epoch, in the same seeded order.
 The first step is warm-up and not timed; `s / step` is the median of the others. `tokens/s` counts every prompt and
@@ -41,7 +42,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-ROWS = ("trl", "trl-lora", "ours", "ours-bf16", "ours-grouped", "ours-lora", "ours-lora-fp32")
+ROWS = ("trl", "trl-lora", "ours", "ours-bf16", "ours-same-batches", "ours-lora", "ours-lora-same-batches",
+        "ours-lora-fp32")
 
 
 def parse_args() -> argparse.Namespace:
@@ -226,8 +228,8 @@ def child(args: argparse.Namespace) -> None:
         trainer, timer, setup = run_trl(args, lora)
         ref_pass = None  # TRL runs its reference forward inside every step
     else:
-        precision = {"ours-bf16": "bf16", "ours-grouped": "bf16", "ours-lora-fp32": "fp32"}.get(args.side, "auto")
-        trainer, timer, setup = run_ours(args, lora, precision, grouped=args.side == "ours-grouped")
+        precision = {"ours-lora-fp32": "fp32", "ours": "auto", "ours-lora": "auto"}.get(args.side, "bf16")
+        trainer, timer, setup = run_ours(args, lora, precision, grouped="same-batches" not in args.side)
         ref_pass = trainer.ref_stats["ref_logps/seconds"]
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     if args.device == "cuda":

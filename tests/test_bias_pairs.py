@@ -14,9 +14,10 @@ import pytest
 from conftest import BENCHMARKS
 from omegaconf import OmegaConf
 
-from alignlab import cli
+from alignlab import cli, pipeline
 from alignlab import data as data_lib
 from alignlab.config import compose_config, validate
+from alignlab.console import Console
 from alignlab.data import bias
 from alignlab.errors import ConfigError, DataError
 
@@ -51,19 +52,22 @@ def test_every_dimension_and_kind_is_there_in_turn(pairs, templates):
 def test_ambiguous_pairs_decline_to_guess_and_reject_the_stereotyped_pick(pairs, templates):
     openers = tuple(templates["unknown_openers"])
     for p in (p for p in pairs if p["kind"] == "ambiguous"):
-        assert text(p, "chosen").startswith(openers), text(p, "chosen")
-        assert "stereotype" in text(p, "chosen")
-        assert not text(p, "rejected").startswith(openers) and "obviously" in text(p, "rejected")
+        prompt, chosen, rejected = text(p, "prompt"), text(p, "chosen"), text(p, "rejected")
+        assert chosen.startswith(openers) and len(chosen.split()) < 40, chosen  # the answer, then one sentence
+        person = rejected.split(".")[0].lower().removeprefix("the ")
+        assert not rejected.startswith(openers) and person.split()[-1] in prompt.lower(), rejected
 
 
 def test_disambiguated_pairs_name_the_person_the_context_names(pairs, templates):
     openers = tuple(templates["unknown_openers"])
+    acts = {st["name"]: st for d in templates["dimensions"].values() for st in d["stereotypes"]}
     seen = Counter()
     for p in (p for p in pairs if p["kind"] == "disambiguated"):
         prompt, chosen, rejected = text(p, "prompt"), text(p, "chosen"), text(p, "rejected")
-        person, said = re.match(r"(.+?)\. The description says that (.+)\.$", chosen).groups()
-        assert said.lower() in prompt.lower()  # the answer is the evidence sentence's own words
-        assert person.lower() in prompt.lower()
+        did = acts[p["stereotype"]][p["asked"]]["did"]
+        assert f"{p['answer']} {did}".lower() in prompt.lower()  # the evidence says the answer did what was asked
+        assert chosen.lower().startswith(p["answer"].lower() + ".") and len(chosen.split()) < 30, chosen
+        assert not rejected.lower().startswith(p["answer"].lower() + ".")
         seen["abstains" if rejected.startswith(openers) else "stereotype"] += 1
     assert seen["abstains"] > 0.5 * sum(seen.values()) and seen["stereotype"] > 0.15 * sum(seen.values())
 
@@ -137,7 +141,7 @@ def test_bad_templates_and_mix_settings_fail_before_any_compute(tmp_path):
 @pytest.mark.slow
 def test_the_pairs_stage_mixes_bias_pairs_at_the_ratio(tmp_path, cache_dir, tiny_model, monkeypatch):
     """The safety pipeline on the tiny model with data=safety-bias-onpolicy: pairs.jsonl holds the on-policy safety
-    pairs and round(ratio x their number) bias pairs, and SFT and DPO train on all of them."""
+    pairs and round(ratio x their number) bias pairs; DPO trains on all of them, SFT on the safety pairs."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     args = ["run", "experiment=safety-smollm-quick", "model=tiny", "data=safety-bias-onpolicy", "data.bias.ratio=1.5",
             "eval=safety", "eval.suites.harmbench=null", "eval.suites.xstest_safe=null", "logger=none",
@@ -152,3 +156,10 @@ def test_the_pairs_stage_mixes_bias_pairs_at_the_ratio(tmp_path, cache_dir, tiny
     assert metrics["pairs/bias"] == len(mixed) and metrics["pairs/total"] == len(rows)
     assert (run / "dpo" / "DONE").is_file()
     assert Path(run / "inputs.json").read_text().count("templates.yaml") == 1
+    # DPO trains on every pair; SFT (on chosen replies) only on the safety ones unless data.bias.sft=true
+    for sft, expected in ((False, len(safety)), (True, len(rows))):
+        cfg = validate(compose_config([a for a in args[1:] if not a.startswith("run.root")]
+                                      + [f"run.root={tmp_path}", f"data.bias.sft={str(sft).lower()}"]))  # fmt: skip
+        prep = pipeline.prepare(cfg, run)
+        pipeline.load_stage_pairs(prep, Console(quiet=True))
+        assert len(prep.pairs) == len(rows) and len(prep.sft_rows) == expected, sft

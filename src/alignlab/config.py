@@ -125,6 +125,9 @@ class BiasMixConfig:
     templates: str = "pkg://alignlab/assets/bias/templates.yaml"
     ratio: float = 0.5
     kinds: dict[str, float] = field(default_factory=lambda: {"ambiguous": 0.4, "disambiguated": 0.4, "open": 0.2})
+    # Whether the SFT stage (trained on chosen replies when data.sft is unset) sees them too. false: DPO only; with
+    # SFT, SmolLM2 copied their short template answers into replies to unrelated requests (README, bias section).
+    sft: bool = False
 
 
 # -------------------------------------------------------------------------------------------- algorithms

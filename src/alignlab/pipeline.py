@@ -152,7 +152,14 @@ def load_stage_pairs(prep: Prepared, console: Any) -> None:
     prep.reports.append(report)
     console.data_report(report)
     if prep.cfg.data.sft is None:
-        prep.sft_rows = data_lib.as_sft(prep.pairs)
+        pairs = prep.pairs
+        mix = prep.cfg.data.bias
+        if mix is not None and not mix.sft:  # bias pairs teach DPO only: SFT imitates the safety pairs' chosen replies
+            raw = prep.run_dir / str(prep.pairs_from) / "pairs.jsonl"
+            rows = [json.loads(line) for line in raw.read_text().splitlines() if line.strip()]
+            skip = {(r["prompt"][-1]["content"], r["chosen"][-1]["content"]) for r in rows if r.get("type") == "bias"}
+            pairs = [p for p in pairs if (p["prompt"][-1]["content"], p["chosen"][-1]["content"]) not in skip]
+        prep.sft_rows = data_lib.as_sft(pairs)
 
 
 def fingerprint(path: str) -> str:

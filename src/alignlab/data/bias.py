@@ -7,8 +7,11 @@ Three kinds, so that the model learns to use evidence rather than to abstain eve
   from the evidence; `rejected` abstains, or, where the evidence goes against the stereotype, follows the stereotype.
 - open: a question that presumes the stereotype. `chosen` corrects the premise and helps; `rejected` accepts it.
 
-The user turn is "<context> <question>", and a reply opens with the answer itself ("The retired man. ...", "Cannot
-be determined. ..."), the shape in which likelihood-scored benchmarks such as BBQ read a model's answer. Every pair
+The user turn is "<context> <question>", and a reply opens with the answer itself ("The retired man.", "Cannot be
+determined. ..."), the shape in which likelihood-scored benchmarks such as BBQ read a model's answer, and stops
+within a sentence: a first version with a fixed two-sentence explanation taught SmolLM2 to answer every benign request
+with "Nothing in the description says which of them ..." (KL 92 nats to the start), and a second, with short
+reasons that still spoke of "the description", leaked those into its replies too. Every pair
 carries safety labels for a cost model: the stereotyped (or premise-accepting) reply is the unsafe one.
 """
 
@@ -69,9 +72,24 @@ def _message(role: str, text: str) -> list[dict[str, str]]:
     return [{"role": role, "content": text}]
 
 
-def _guess(person: dict[str, str], group: str) -> str:
-    """A reply that answers by stereotype: the person, and the group as the reason."""
-    return f"{_cap(person['the'])}, obviously; that's what you'd expect from {group}."
+def _guess(person: dict[str, str], rng: random.Random) -> str:
+    """A reply that answers by stereotype: the person, sometimes with their group as the reason."""
+    reason = rng.choice(["", " That's typical of {g}.", " It's always {g}.", " You'd expect that from {g}."])
+    return f"{_cap(person['the'])}.{reason.format(g=person['group'])}"
+
+
+# Short reasons after an answer: a reply that opens with the answer and stops soon, so that what the pairs teach is
+# the answer, not a stock paragraph the model would then attach to every question.
+UNKNOWN_REASONS = (
+    "",
+    " It isn't said who {did}.",
+    " Either of them could have.",
+    " Both {the_a} and {the_b} were there, and we aren't told which one {did}.",
+    " Going by their {noun} would be a stereotype.",
+    " We only know they were both there.",
+)
+EVIDENCE_REASONS = ("", " {cap_the} {did}.", " That's who {did}.", " We're told {the} {did}.")
+ABSTAIN_REASONS = ("", " It could have been either of them.", " Either one might have.")
 
 
 def ambiguous(s: Scenario, rng: random.Random, templates: dict[str, Any]) -> dict[str, Any]:
@@ -80,16 +98,13 @@ def ambiguous(s: Scenario, rng: random.Random, templates: dict[str, Any]) -> dic
     negative = rng.random() < 0.5  # a question about the stereotyped act, or about its counterpart
     act = s.stereotype["stereo" if negative else "counter"]
     question = rng.choice(act["ask"])
-    because = (f"Nothing in the description says which of them {act['did']}: it only tells us that "
-               f"{first['the']} and {second['the']} were there, and guessing from someone's {s.noun} would be "
-               "relying on a stereotype.")  # fmt: skip
-    chosen = f"{rng.choice(templates['unknown_openers'])} {because}"
-    if negative:
-        rejected = _guess(s.target, s.target["group"])
-    else:
-        rejected = f"{_cap(s.other['the'])}, obviously; you wouldn't expect that from {s.target['group']}."
+    reason = rng.choice(UNKNOWN_REASONS).format(did=act["did"], the_a=first["the"], the_b=second["the"], noun=s.noun)
+    chosen = rng.choice(templates["unknown_openers"]) + reason
+    # the stereotype's pick: the target for the stereotyped act, the other person for its counterpart
+    rejected = _guess(s.target if negative else s.other, rng)
     return {"prompt": _message("user", f"{context} {question}"), "chosen": _message("assistant", chosen),
-            "rejected": _message("assistant", rejected)}  # fmt: skip
+            "rejected": _message("assistant", rejected), "asked": "stereo" if negative else "counter",
+            "answer": None}  # fmt: skip
 
 
 def disambiguated(s: Scenario, rng: random.Random, templates: dict[str, Any]) -> dict[str, Any]:
@@ -102,13 +117,15 @@ def disambiguated(s: Scenario, rng: random.Random, templates: dict[str, Any]) ->
     negative = rng.random() < 0.5
     act, answer, wrong = (st, doer, other) if negative else (co, other, doer)
     question = rng.choice(act["ask"])
-    chosen = f"{_cap(answer['the'])}. The description says that {answer['the']} {act['did']}."
+    reason = rng.choice(EVIDENCE_REASONS).format(the=answer["the"], cap_the=_cap(answer["the"]), did=act["did"])
+    chosen = f"{_cap(answer['the'])}.{reason}"
     if against and rng.random() < 0.5:  # the stereotype's answer, which the evidence contradicts
-        rejected = _guess(wrong, s.target["group"])
+        rejected = _guess(wrong, rng)
     else:  # abstaining although the context answers the question
-        rejected = f"{rng.choice(templates['unknown_openers'])} The description doesn't say enough to pick one of them."
+        rejected = rng.choice(templates["unknown_openers"]) + rng.choice(ABSTAIN_REASONS)
     return {"prompt": _message("user", f"{scene} {evidence} {question}"), "chosen": _message("assistant", chosen),
-            "rejected": _message("assistant", rejected)}  # fmt: skip
+            "rejected": _message("assistant", rejected), "asked": "stereo" if negative else "counter",
+            "answer": answer["the"]}  # fmt: skip
 
 
 def open_ended(s: Scenario, rng: random.Random, templates: dict[str, Any]) -> dict[str, Any]:
@@ -118,7 +135,7 @@ def open_ended(s: Scenario, rng: random.Random, templates: dict[str, Any]) -> di
     chosen = _cap(s.stereotype["correction"].format(group=group))
     rejected = _cap(s.stereotype["accepts"].format(group=group))
     return {"prompt": _message("user", prompt), "chosen": _message("assistant", chosen),
-            "rejected": _message("assistant", rejected)}  # fmt: skip
+            "rejected": _message("assistant", rejected), "asked": None, "answer": None}  # fmt: skip
 
 
 BUILDERS = {"ambiguous": ambiguous, "disambiguated": disambiguated, "open": open_ended}
