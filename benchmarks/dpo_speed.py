@@ -25,7 +25,8 @@ made once and cached), the first `steps x batch` of them, so every row trains on
 The first step is warm-up and not timed; `s / step` is the median of the others. `tokens/s` counts every prompt and
 reply token of both rows of a pair (the work, whatever an implementation pads or shares). `TFLOP/s` is the model's
 useful work (policy forward and backward, reference forward: 2 x matmul parameters x tokens per pass, plus attention
-scores; recomputation not credited) over the step time, against this machine's measured matrix-multiply rates.
+scores; recomputation not credited; a reference pass before the first step neither) over the step time; `% of peak`
+is that against this machine's measured matrix-multiply rate in the row's precision (the practical ceiling).
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads, the same for every row")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--table", type=Path, help="print the table of a --json file written earlier, run nothing")
+    p.add_argument("--profile", action="store_true",
+                   help="torch.profiler over steps 2-4 (or to the last) of each row: its top operators by self time")
     p.add_argument("--side", help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     return p.parse_args()
@@ -133,21 +137,31 @@ def sync(device: str) -> None:
 
 # ------------------------------------------------------------------------------------------------ one row (child)
 class StepTimer:
-    """A TrainerCallback that times each optimizer step (forward, backward, optimizer) and reads its loss."""
+    """A TrainerCallback that times each optimizer step (forward, backward, optimizer); with `profile`, it runs
+    torch.profiler over steps 2-4 (or to the last) and keeps the operator table (where a step's time goes)."""
 
-    def __init__(self, device: str):
+    def __init__(self, device: str, profile: bool = False):
+        import torch
         from transformers import TrainerCallback
 
         timer = self
+        self.profiler = torch.profiler.profile() if profile else None
+        self.table = ""
 
         class Callback(TrainerCallback):
             def on_step_begin(self, args, state, control, **kw):
+                if timer.profiler is not None and state.global_step == 1:
+                    timer.profiler.start()
                 sync(device)
                 timer.started = time.perf_counter()
 
             def on_step_end(self, args, state, control, **kw):
                 sync(device)
                 timer.seconds.append(time.perf_counter() - timer.started)
+                if timer.profiler is not None and state.global_step == min(4, state.max_steps):
+                    timer.profiler.stop()
+                    averages = timer.profiler.key_averages()
+                    timer.table = averages.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=48)
 
         self.seconds: list[float] = []
         self.callback = Callback()
@@ -175,7 +189,7 @@ def run_trl(args: argparse.Namespace, lora: bool) -> tuple[Any, StepTimer, float
                        max_steps=args.steps, learning_rate=args.learning_rate, logging_steps=1, save_strategy="no",
                        report_to=[], seed=0, data_seed=0, use_cpu=args.device == "cpu")  # fmt: skip
     peft = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
-    timer = StepTimer(args.device)
+    timer = StepTimer(args.device, args.profile)
     started = time.perf_counter()
     trainer = DPOTrainer(model=model, ref_model=ref, args=config, processing_class=tok,
                          train_dataset=Dataset.from_list(rows_of(args.pairs, args.steps * args.batch_size)),
@@ -210,7 +224,7 @@ def run_ours(args: argparse.Namespace, lora: bool, precision: str, grouped: bool
     ctx = StageContext(cfg, "dpo", work / "dpo", prep.base_model, prep.base_model, prep.tokenizer, prep.pairs, None,
                        Tracker(cfg, work))  # fmt: skip
     ctx.stage_dir.mkdir(parents=True)
-    timer = StepTimer(args.device)
+    timer = StepTimer(args.device, args.profile)
     started = time.perf_counter()
     trainer = dpo.build_trainer(ctx)  # the reference pass runs here (an empty cache: this row scores every pair)
     setup = time.perf_counter() - started
@@ -243,7 +257,7 @@ def child(args: argparse.Namespace) -> None:
         "ref_pass_seconds": ref_pass, "losses": losses, "peak_mib": peak,
         "precision": "bf16" if trainer.args.bf16 else "fp32",
         "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
-        "attention": trainer.model.config._attn_implementation,
+        "attention": trainer.model.config._attn_implementation, "profile": timer.table,
     }, indent=2))  # fmt: skip
 
 
@@ -287,7 +301,8 @@ def driver(args: argparse.Namespace) -> None:
         out.parent.mkdir(parents=True)
         cmd = [sys.executable, __file__, "--side", row, "--out", str(out), "--policy", str(args.policy),
                "--pairs", str(args.pairs), "--batch-size", str(args.batch_size), "--steps", str(args.steps),
-               "--learning-rate", str(args.learning_rate), "--device", args.device, "--threads", str(args.threads)]
+               "--learning-rate", str(args.learning_rate), "--device", args.device, "--threads", str(args.threads),
+               *(["--profile"] if args.profile else [])]
         env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "TQDM_DISABLE": "1", "WANDB_MODE": "disabled",
                "ALIGNLAB_CACHE": os.environ.get("ALIGNLAB_CACHE", str(Path.home() / ".cache" / "alignlab"))}
         print(f"[dpo_speed] {row} (series {repeat + 1} of {args.repeats}) ...", flush=True)
@@ -297,7 +312,9 @@ def driver(args: argparse.Namespace) -> None:
             results[row] = result
     print_table(args, load, peaks, results)
     if args.json:
-        args.json.write_text(json.dumps({"workload": load, "matmul_gflops": peaks, "rows": results}, indent=2))
+        saved = {"workload": load, "matmul_gflops": peaks, "rows": results, "policy": str(args.policy),
+                 **{k: getattr(args, k) for k in ("batch_size", "steps", "repeats", "threads", "device")}}
+        args.json.write_text(json.dumps(saved, indent=2))
 
 
 def print_table(args: argparse.Namespace, load: dict[str, float], peaks: dict[str, float], results: dict) -> None:
@@ -307,27 +324,40 @@ def print_table(args: argparse.Namespace, load: dict[str, float], peaks: dict[st
           f"matmul 2048^3: bf16 {peaks['bf16']:.0f} GFLOP/s, "
           f"fp32 {peaks['fp32']:.0f} GFLOP/s\n")  # fmt: skip
     head = ("| row | precision | ckpt | attention | s / step | tokens / s | ref pass (s) | peak MiB | final loss "
-            "| TFLOP/s | % bf16 peak | vs TRL |")
+            "| TFLOP/s | % of peak | vs TRL |")
     print(head)
     print("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for row, r in results.items():
         lora = "lora" in row
-        passes = (2 if lora else 3) + 1  # policy forward + backward (LoRA: no weight gradients of the base), reference
+        # policy forward + backward (LoRA: no weight gradients of the base), and the reference forward where the
+        # step runs it (ours precomputes it before the first step: the `ref pass` column, not credited here)
+        passes = (2 if lora else 3) + (r["ref_pass_seconds"] is None)
         flops = passes * load["forward_flops_per_token"] * tokens_per_step / r["seconds_per_step"] / 1e12
         base = results.get("trl-lora" if lora else "trl")
         ratio = f"{base['seconds_per_step'] / r['seconds_per_step']:.2f}x" if base else "-"
         ref = "-" if r["ref_pass_seconds"] is None else f"{r['ref_pass_seconds']:.1f}"
+        peak = peaks[r["precision"]]
         print(f"| {row} | {r['precision']} | {'on' if r['gradient_checkpointing'] else 'off'} | {r['attention']} "
               f"| {r['seconds_per_step']:.2f} | {tokens_per_step / r['seconds_per_step']:.0f} | {ref} "
-              f"| {r['peak_mib']:.0f} | {r['losses'][-1]:.4f} | {flops:.3f} | {100 * flops * 1e3 / peaks['bf16']:.1f} "
+              f"| {r['peak_mib']:.0f} | {r['losses'][-1]:.4f} | {flops:.3f} | {100 * flops * 1e3 / peak:.1f} "
               f"| {ratio} |")  # fmt: skip
     print("\nlosses per step:")
     for row, r in results.items():
         print(f"  {row}: " + ", ".join(f"{x:.4f}" for x in r["losses"]))
+    for row, r in results.items():
+        if r.get("profile"):
+            print(f"\n{row}: torch.profiler over steps 2-4, top operators by self CPU time\n{r['profile']}")
 
 
 def main() -> None:
     args = parse_args()
+    if args.table:
+        saved = json.loads(args.table.read_text())
+        for k in ("batch_size", "steps", "repeats", "threads", "device"):
+            setattr(args, k, saved[k])
+        args.policy = Path(saved["policy"])
+        print_table(args, saved["workload"], saved["matmul_gflops"], saved["rows"])
+        return
     if args.side:
         child(args)
         return

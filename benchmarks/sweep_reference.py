@@ -47,7 +47,9 @@ def main() -> None:
     for cache in (True, False):
         rows = sweep(work / f"cache-{cache}", policy, pairs, args.betas, cache)
         label = "cache on" if cache else "cache off"
+        shared = set.intersection(*(set(r["overrides"]) for r in rows))
         for r in rows:
+            r["overrides"] = [o for o in r["overrides"] if o not in shared]  # what tells the members apart
             seconds = r["ref_logps/seconds"]
             scored = r["ref_logps/computed_pairs"]
             print(f"| {label} | {' '.join(r['overrides'])} | {seconds if seconds is not None else '-'} "

@@ -48,6 +48,9 @@ def test_quick_default_on_real_smollm2(tmp_path, cache_dir):
     report = (run_dir / "report.md").read_text()
     assert "harmful_compliance_rate/bundled_harmful" in report and "over_refusal_rate/bundled_benign" in report
     assert "eval/kl_to_ref" in report and "Examples from the final evaluation" in report
+    # the default's goals, each with a verdict from this run's values
+    assert "| safety/over_refusal_rate/bundled_benign | x <= 0.1 |" in report
+    assert "targets met:" in out and " of 4" in out
 
     (wandb_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
     keys = history_keys(wandb_file)

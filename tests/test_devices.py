@@ -106,7 +106,8 @@ def test_bf16_autocast_keeps_the_dpo_loss_curve_of_fp32(tmp_path, cache_dir, mon
 @pytest.mark.slow
 def test_the_dpo_benchmark_runs_end_to_end_on_a_model_from_a_config(tmp_path, cache_dir, tiny_model):
     """benchmarks/dpo_speed.py on a random model of a config's shape (its GPU mode's path, here on the CPU) and the
-    tiny pairs: every row trains, and the table has a ratio for each of ours."""
+    tiny pairs: every row trains, the table has a ratio for each of ours, the profile prints its operators, and the
+    saved results print the same table again."""
     import subprocess
     import sys
     from pathlib import Path
@@ -120,7 +121,7 @@ def test_the_dpo_benchmark_runs_end_to_end_on_a_model_from_a_config(tmp_path, ca
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "dpo_speed.py"
     run = subprocess.run([sys.executable, str(script), "--policy", tiny_model, "--model-config", str(config),
                           "--pairs", str(TINY_CORPUS), "--steps", "3", "--batch-size", "2", "--threads", "1",
-                          "--rows", "trl", "ours", "trl-lora", "ours-lora", "--json", str(out)],
+                          "--rows", "trl", "ours", "trl-lora", "ours-lora", "--json", str(out), "--profile"],
                          capture_output=True, text=True, timeout=900)  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     table = [line for line in run.stdout.splitlines() if line.startswith("| ours")]
@@ -128,3 +129,6 @@ def test_the_dpo_benchmark_runs_end_to_end_on_a_model_from_a_config(tmp_path, ca
     rows = json.loads(out.read_text())["rows"]
     assert all(len(r["losses"]) == 3 and r["seconds_per_step"] > 0 for r in rows.values())
     assert rows["ours"]["ref_pass_seconds"] > 0 and rows["trl"]["ref_pass_seconds"] is None
+    assert run.stdout.count("top operators by self CPU time") == 4 and "aten::" in run.stdout
+    again = subprocess.run([sys.executable, str(script), "--table", str(out)], capture_output=True, text=True)
+    assert again.returncode == 0 and [x for x in again.stdout.splitlines() if x.startswith("| ours")] == table

@@ -360,6 +360,20 @@ class JudgeConfig:
 
 
 @dataclass
+class TargetConfig:
+    """A goal for one metric of the last evaluation stage, checked in report.md (evaluation/report.py).
+
+    `min` / `max`: a number, or `before` for the first evaluation's value ("not worse than the start"). With
+    `around`, distances from that value are compared instead: CrowS-Pairs' stereotype % around 50, a BBQ bias score
+    around 0."""
+
+    metric: str = MISSING  # as in metrics.json: safety/..., bias/..., eval/...
+    min: Any = None
+    max: Any = None
+    around: float | None = None
+
+
+@dataclass
 class EvalConfig:
     # name -> suite; `eval.suites.<name>=null` removes one. Optional[...]: OmegaConf reads no `X | None` here.
     suites: dict[str, Optional[SuiteConfig]] = field(default_factory=dict)  # noqa: UP045
@@ -377,6 +391,8 @@ class EvalConfig:
     win_rate_suite: str | None = None  # a refusal suite on which the reward model compares policy and reference
     dpo_beta: float = 0.1  # implicit reward beta * log(policy / reference) on preference suites
     examples: int = 3  # benign replies quoted in report.md
+    # goals report.md checks the last evaluation against (met / missed, with the values)
+    targets: list[TargetConfig] = field(default_factory=list)
 
 
 # -------------------------------------------------------------------------------------- pipeline, logging
@@ -750,6 +766,20 @@ def _validate_eval(e: DictConfig, in_pipeline: bool) -> None:
     if e.win_rate_suite is not None:
         _check(e.reward_model is not None, "eval.reward_model", "eval.win_rate_suite needs a reward model.")
     _check(e.dpo_beta > 0, "eval.dpo_beta", f"must be positive, got {e.dpo_beta}.")
+    for i, t in enumerate(e.targets):
+        _validate_target(f"eval.targets[{i}]", t)
+
+
+def _validate_target(key: str, t: DictConfig) -> None:
+    """A target names a metric and bounds it by numbers or `before`. One whose suite the run lacks (removed with
+    `eval.suites.<name>=null`, or its benchmark files absent) is reported as not measured, not refused."""
+    key = f"{key} ({t.metric})"
+    _check(t.metric.startswith(("safety/", "bias/", "eval/")), key, "expected a safety/, bias/ or eval/ metric.")
+    _check(t.min is not None or t.max is not None, key, "set min or max (a number or 'before').")
+    for bound in ("min", "max"):
+        v = t[bound]
+        _check(v is None or v == "before" or (isinstance(v, (int, float)) and not isinstance(v, bool)),
+               f"{key}.{bound}", f"expected a number or 'before', got {v!r}.")  # fmt: skip
 
 
 def _validate_algo(a: DictConfig, key: str, cfg: DictConfig) -> None:

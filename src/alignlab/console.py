@@ -52,6 +52,15 @@ class Console:
         self.out.print(table)
         self.out.print(f"report: {report}")
 
+    def targets(self, rows: list[dict]) -> None:
+        """One line: how many of eval.targets the run met, and the missed ones by name."""
+        if rows:
+            missed = [r["metric"] for r in rows if r["met"] is False]
+            unmeasured = [r["metric"] for r in rows if r["met"] is None]
+            self.out.print(f"targets met: {sum(r['met'] is True for r in rows)} of {len(rows)}"
+                           + (f"; missed: {', '.join(missed)}" if missed else "")
+                           + (f"; not measured: {', '.join(unmeasured)}" if unmeasured else ""))  # fmt: skip
+
     def model_comparison(self, rows: dict[str, dict[str, float]], report: Path) -> None:
         table = Table(title="alignlab eval: models compared (same suites)")
         table.add_column("metric", no_wrap=True)

@@ -340,6 +340,7 @@ def execute(prep: Prepared, console: Any = None) -> dict[str, Any]:
     console.summary(prep.run_dir, results)
     if comparison:
         console.comparison(comparison, prep.run_dir / "report.md")
+        console.targets(run_report.check_targets(prep.cfg, results))
     return results
 
 
@@ -353,6 +354,8 @@ def _write_summary(prep: Prepared, results: dict[str, Any], tracker: Tracker) ->
         summary.update({k: v for k, v in results[evals[-1]].items() if k.startswith(("safety/", "bias/", "eval/"))})
     if comparison:
         summary.update({f"{k}/{when}": v for k, row in comparison.items() for when, v in row.items()})
+        if targets := run_report.check_targets(cfg, results):  # how many goals met, for sweeps and W&B filters
+            summary.update({"targets/met": sum(t["met"] is True for t in targets), "targets/total": len(targets)})
         atomic_write_text(prep.run_dir / "report.md", run_report.markdown(cfg, prep.run_dir, results, comparison))
     tracker.summary(summary)
     atomic_write_json(prep.run_dir / "summary.json", results)

@@ -39,6 +39,38 @@ def compare(cfg: DictConfig, results: dict[str, dict[str, Any]]) -> dict[str, di
     return {m: {s: results[s][m] for s in columns if m in results.get(s, {})} for m in metrics}
 
 
+def check_targets(cfg: DictConfig, results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each of `eval.targets` against the first and last evaluation stages: {metric, goal, before, after, met}.
+    With `around`, the distance from it is bounded (a number bounds the distance itself). met is None where the run
+    did not measure the metric, or a `before` bound has no first evaluation."""
+    stages = eval_stages(cfg)
+    rows = []
+    for t in cfg.eval.targets:
+        metric = t.metric
+        before = results.get(stages[0], {}).get(metric) if len(stages) > 1 else None
+        after = results.get(stages[-1], {}).get(metric) if stages else None
+        c = t.around
+        shift = "" if not c else f" - {c:g}"
+        lhs, prior = ("x", "before") if c is None else (f"abs(x{shift})", f"abs(before{shift})")
+        goal, met = [], after is not None
+
+        def dist(v: float, c: float | None = c) -> float:
+            return abs(v - c) if c is not None else v
+
+        for bound, op in (("min", ">="), ("max", "<=")):
+            v = t[bound]
+            if v is None:
+                continue
+            goal.append(f"{lhs} {op} {prior if v == 'before' else f'{v:g}'}")
+            limit = (None if before is None else dist(before)) if v == "before" else float(v)
+            if limit is None or after is None:
+                met = None
+            elif met is not None:
+                met = met and (dist(after) >= limit if op == ">=" else dist(after) <= limit)
+        rows.append({"metric": metric, "goal": ", ".join(goal), "before": before, "after": after, "met": met})
+    return rows
+
+
 def markdown(cfg: DictConfig, run_dir: Path, results: dict[str, dict[str, Any]], comparison: dict) -> str:
     stages = eval_stages(cfg)
     columns = list(next(iter(comparison.values())).keys()) if comparison else []
@@ -63,6 +95,13 @@ def markdown(cfg: DictConfig, run_dir: Path, results: dict[str, dict[str, Any]],
         n = _suite_size(results, columns, metric)
         label = f"{metric} (n={n})" if n else metric
         lines.append(f"| {label} | " + " | ".join(_fmt(row.get(c)) for c in columns) + " |")
+    if cfg.eval.targets:
+        lines += ["", "## Targets", "",
+                  "x is the last evaluation's value; `before`, the first's.", "",
+                  "| metric | goal | before | after | met |", "| --- | --- | ---: | ---: | --- |"]  # fmt: skip
+        for t in check_targets(cfg, results):
+            met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
+            lines.append(f"| {t['metric']} | {t['goal']} | {_fmt(t['before'])} | {_fmt(t['after'])} | {met} |")
     lines += ["", "## Training", ""]
     for stage in cfg.pipeline.stages:
         m = results.get(stage, {})
