@@ -26,6 +26,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from dpo_speed import smollm2  # the default experiment's model, converted once
+
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = REPO / "src/alignlab/assets/safety/train_prompts.jsonl"
 OURS = {  # row label -> alignlab overrides
@@ -50,16 +52,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--label", help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     return p.parse_args()
-
-
-def smollm2() -> Path:
-    from omegaconf import OmegaConf
-
-    from alignlab.config import compose_config
-    from alignlab.models import cache_root, resolve_model_path
-
-    cfg = compose_config(["experiment=safety-smollm"])
-    return Path(resolve_model_path(OmegaConf.create(OmegaConf.to_container(cfg.model)), cache_root()))
 
 
 def make_reward(policy: Path, out: Path) -> None:
