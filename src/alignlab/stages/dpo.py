@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 import trl.trainer.dpo_trainer
 from datasets import Dataset, load_from_disk
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
@@ -164,10 +165,7 @@ def build_trainer(ctx: StageContext) -> AlignlabDPOTrainer:
 def reference_key(ctx: StageContext, args: DPOConfig, policy: Any, compact: bool, share: bool) -> dict[str, Any]:
     """Everything the reference log-probabilities depend on besides the pairs' tokens: the reference's files (a
     content hash), how it is loaded, and how the replies are scored."""
-    import torch
-    import transformers
-
-    from alignlab.pipeline import fingerprint
+    from alignlab.pipeline import fingerprint  # here: pipeline imports the stages
 
     a = ctx.algo
     reference = ctx.input_model if a.reference is None else reference_path(ctx)
