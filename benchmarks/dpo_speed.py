@@ -346,7 +346,8 @@ def print_table(args: argparse.Namespace, load: dict[str, float], peaks: dict[st
         print(f"  {row}: " + ", ".join(f"{x:.4f}" for x in r["losses"]))
     for row, r in results.items():
         if r.get("profile"):
-            print(f"\n{row}: torch.profiler over steps 2-4, top operators by self CPU time\n{r['profile']}")
+            print(f"\n{row}: torch.profiler over steps 2-4 (or to the last), top operators by self CPU time")
+            print(r["profile"])
 
 
 def main() -> None:

@@ -52,21 +52,22 @@ def check_targets(cfg: DictConfig, results: dict[str, dict[str, Any]]) -> list[d
         c = t.around
         shift = "" if not c else f" - {c:g}"
         lhs, prior = ("x", "before") if c is None else (f"abs(x{shift})", f"abs(before{shift})")
-        goal, met = [], after is not None
 
         def dist(v: float, c: float | None = c) -> float:
             return abs(v - c) if c is not None else v
 
+        goal, checks = [], []  # a check is None where a value it needs is missing
         for bound, op in (("min", ">="), ("max", "<=")):
             v = t[bound]
             if v is None:
                 continue
             goal.append(f"{lhs} {op} {prior if v == 'before' else f'{v:g}'}")
-            limit = (None if before is None else dist(before)) if v == "before" else float(v)
+            limit = float(v) if v != "before" else None if before is None else dist(before)
             if limit is None or after is None:
-                met = None
-            elif met is not None:
-                met = met and (dist(after) >= limit if op == ">=" else dist(after) <= limit)
+                checks.append(None)
+            else:
+                checks.append(dist(after) >= limit if op == ">=" else dist(after) <= limit)
+        met = None if None in checks else all(checks)
         rows.append({"metric": metric, "goal": ", ".join(goal), "before": before, "after": after, "met": met})
     return rows
 
