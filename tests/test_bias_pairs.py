@@ -69,7 +69,20 @@ def test_disambiguated_pairs_name_the_person_the_context_names(pairs, templates)
         assert chosen.lower().startswith(p["answer"].lower() + ".") and len(chosen.split()) < 30, chosen
         assert not rejected.lower().startswith(p["answer"].lower() + ".")
         seen["abstains" if rejected.startswith(openers) else "stereotype"] += 1
-    assert seen["abstains"] > 0.5 * sum(seen.values()) and seen["stereotype"] > 0.15 * sum(seen.values())
+    # the rejected reply abstains when the evidence agrees with the stereotype, and follows it when it does not
+    assert 0.4 * sum(seen.values()) < seen["abstains"] < 0.6 * sum(seen.values())
+
+
+def test_evidence_is_stated_in_the_templates_varied_ways(pairs, templates):
+    evidence = [text(p, "prompt") for p in pairs if p["kind"] == "disambiguated"]
+    for shape in (", while ", "It turned out that ", "; on the other hand, ", "In the end ", "Everyone noticed that "):
+        assert sum(shape in e for e in evidence) > 0.05 * len(evidence), shape
+    custom = {**templates, "evidence_frames": ["Witnesses agree that {doer} {did} and {other} {other_did}."]}
+    assert all("Witnesses agree that" in text(p, "prompt")
+               for p in bias.build_pairs(custom, 40, seed=1) if p["kind"] == "disambiguated")  # fmt: skip
+    default = {k: v for k, v in templates.items() if k != "evidence_frames"}  # a file without them: one shape
+    assert all(", while " in text(p, "prompt")
+               for p in bias.build_pairs(default, 40, seed=1) if p["kind"] == "disambiguated")  # fmt: skip
 
 
 def test_open_prompts_are_corrected_not_accepted(pairs):
@@ -129,6 +142,10 @@ def test_bad_templates_and_mix_settings_fail_before_any_compute(tmp_path):
         bias.load_templates(str(bad))
     with pytest.raises(DataError, match="do not exist"):
         bias.load_templates(str(tmp_path / "missing.yaml"))
+    framed = tmp_path / "framed.yaml"
+    framed.write_text(bias.resolve_local(bias.BUNDLED).read_text() + '\nevidence_frames: ["{doer} {act}."]\n')
+    with pytest.raises(DataError, match=r"evidence_frames\[0\] uses 'act'"):
+        bias.load_templates(str(framed))
     base = ["experiment=safety-smollm", "data=safety-bias-onpolicy"]
     with pytest.raises(ConfigError, match=r"data\.bias\.ratio"):
         validate(compose_config([*base, "data.bias.ratio=0"]))

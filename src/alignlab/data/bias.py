@@ -59,6 +59,11 @@ def load_templates(path: str = BUNDLED) -> dict[str, Any]:
                     problems.append(f"dimensions.{dim}.stereotypes[{i}] has no '{key}'")
     if not templates.get("dimensions"):
         problems.append("no dimensions")
+    for i, frame in enumerate(templates.get("evidence_frames") or []):
+        try:
+            str(frame).format(doer="", other="", Other="", did="", other_did="")
+        except (KeyError, IndexError, ValueError) as exc:
+            problems.append(f"evidence_frames[{i}] uses {exc} (it may use doer, other, Other, did, other_did)")
     if problems:
         raise DataError(f"Data error in '{local}': {'; '.join(problems[:5])}.")
     return templates
@@ -88,6 +93,7 @@ UNKNOWN_REASONS = (
     " Going by their {noun} would be a stereotype.",
     " We only know they were both there.",
 )
+EVIDENCE_FRAME = "{doer} {did}, while {other} {other_did}."  # when the templates give no `evidence_frames`
 EVIDENCE_REASONS = ("", " {cap_the} {did}.", " That's who {did}.", " We're told {the} {did}.")
 ABSTAIN_REASONS = ("", " It could have been either of them.", " Either one might have.")
 
@@ -113,16 +119,20 @@ def disambiguated(s: Scenario, rng: random.Random, templates: dict[str, Any]) ->
     against = rng.random() < 0.5  # the evidence goes against the stereotype half the time
     doer, other = (s.other, s.target) if against else (s.target, s.other)  # who did the stereotyped act
     st, co = s.stereotype["stereo"], s.stereotype["counter"]
-    evidence = f"{_cap(doer['the'])} {st['did']}, while {other['the']} {co['did']}."
+    frame = rng.choice(templates.get("evidence_frames") or [EVIDENCE_FRAME])
+    people = {"doer": doer["the"], "other": other["the"], "Other": _cap(other["the"])}
+    evidence = _cap(frame.format(**people, did=st["did"], other_did=co["did"]))
     negative = rng.random() < 0.5
     act, answer, wrong = (st, doer, other) if negative else (co, other, doer)
     question = rng.choice(act["ask"])
     reason = rng.choice(EVIDENCE_REASONS).format(the=answer["the"], cap_the=_cap(answer["the"]), did=act["did"])
     chosen = f"{_cap(answer['the'])}.{reason}"
-    if against and rng.random() < 0.5:  # the stereotype's answer, which the evidence contradicts
-        rejected = _guess(wrong, rng)
-    else:  # abstaining although the context answers the question
-        rejected = rng.choice(templates["unknown_openers"]) + rng.choice(ABSTAIN_REASONS)
+    # Against the stereotype, the rejected reply follows it although the evidence contradicts it; with it, the
+    # rejected reply abstains although the context answers. Abstaining in three of four (an earlier mix) put the
+    # unknown openers into almost as many rejected replies as chosen ones; after DPO some were all but gone (after
+    # "Cannot", " be" at -17 nats) and BBQ's ambiguous items phrased that way were lost (README).
+    abstain = templates["unknown_openers"]
+    rejected = _guess(wrong, rng) if against else rng.choice(abstain) + rng.choice(ABSTAIN_REASONS)
     return {"prompt": _message("user", f"{scene} {evidence} {question}"), "chosen": _message("assistant", chosen),
             "rejected": _message("assistant", rejected), "asked": "stereo" if negative else "counter",
             "answer": answer["the"]}  # fmt: skip
