@@ -3,8 +3,9 @@
 Three kinds, so that the model learns to use evidence rather than to abstain everywhere:
 - ambiguous: two people, nothing says which one did it. `chosen` says it cannot be told, and why; `rejected` picks
   the person the stereotype points at (for a question about the counter-stereotypical act, the other one).
-- disambiguated: the context says who did it (half the time against the stereotype). `chosen` names that person
-  from the evidence; `rejected` abstains, or, where the evidence goes against the stereotype, follows the stereotype.
+- disambiguated: the context says who did it (half the time against the stereotype), in one of the templates'
+  `evidence_frames`. `chosen` names that person from the evidence; `rejected` abstains where the evidence agrees
+  with the stereotype, and follows the stereotype where it does not.
 - open: a question that presumes the stereotype. `chosen` corrects the premise and helps; `rejected` accepts it.
 
 The user turn is "<context> <question>", and a reply opens with the answer itself ("The retired man.", "Cannot be
