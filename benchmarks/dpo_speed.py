@@ -32,9 +32,11 @@ is that against this machine's measured matrix-multiply rate in the row's precis
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -70,6 +72,14 @@ def parse_args() -> argparse.Namespace:
 
 
 # ------------------------------------------------------------------------------------------------ inputs (driver)
+def scratch(prefix: str) -> Path:
+    """A temporary folder removed when the script exits, however it exits short of a kill: one series writes GBs
+    (models, checkpoints), and a few benchmark runs left behind once filled this machine's disk."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)
+    return work
+
+
 def smollm2() -> Path:
     from omegaconf import OmegaConf
 
@@ -284,7 +294,7 @@ def workload(policy: Path, pairs: Path, n: int) -> dict[str, float]:
 
 
 def driver(args: argparse.Namespace) -> None:
-    work = Path(tempfile.mkdtemp(prefix="dpo-speed-"))
+    work = scratch("dpo-speed-")
     args.policy = args.policy or smollm2()
     if args.model_config:
         args.policy = random_model(args.model_config, args.policy, work / "model")

@@ -23,10 +23,9 @@ import os
 import resource
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from dpo_speed import smollm2  # the default experiment's model, converted once
+from dpo_speed import scratch, smollm2  # the default experiment's model, converted once
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = REPO / "src/alignlab/assets/safety/train_prompts.jsonl"
@@ -77,7 +76,7 @@ def run_ours(args: argparse.Namespace) -> None:
     from alignlab.tracking import Tracker
 
     torch.set_num_threads(args.threads)
-    work = Path(tempfile.mkdtemp(prefix="ppo-speed-"))
+    work = scratch("ppo-speed-")
     overrides = [
         "experiment=tiny", "logger=none", "model.source=local", f"model.path={args.policy}", f"run.root={work}",
         "pipeline=sft-rm-ppo", "pipeline.stages=[ppo]", f"algo.ppo.reward={args.reward}",
@@ -113,7 +112,7 @@ def main() -> None:
         return
     policy = args.policy or smollm2()
     subprocess.run(["bash", str(REPO / "benchmarks/trl112_env.sh"), str(args.trl_venv)], check=True)
-    work = Path(tempfile.mkdtemp(prefix="ppo-speed-"))
+    work = scratch("ppo-speed-")
     reward = work / "reward"
     make_reward(policy, reward)
     shared = ["--batch-size", str(args.batch_size), "--mini-batch-size", str(args.mini_batch_size),

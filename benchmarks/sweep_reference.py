@@ -13,10 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import tempfile
 from pathlib import Path
 
-from dpo_speed import REPO, default_pairs, smollm2
+from dpo_speed import REPO, default_pairs, scratch, smollm2
 
 
 def sweep(root: Path, policy: Path, pairs: Path, betas: str, cache: bool) -> list[dict]:
@@ -39,7 +38,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--betas", default="0.05,0.1,0.5")
     args = p.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="sweep-reference-"))
+    work = scratch("sweep-reference-")
     policy, pairs = smollm2(), default_pairs(work)
     print("| sweep | member | reference pass (s) | pairs scored | pairs from the cache |")
     print("| --- | --- | ---: | ---: | ---: |")

@@ -107,7 +107,8 @@ def test_bf16_autocast_keeps_the_dpo_loss_curve_of_fp32(tmp_path, cache_dir, mon
 def test_the_dpo_benchmark_runs_end_to_end_on_a_model_from_a_config(tmp_path, cache_dir, tiny_model):
     """benchmarks/dpo_speed.py on a random model of a config's shape (its GPU mode's path, here on the CPU) and the
     tiny pairs: every row trains, the table has a ratio for each of ours, the profile prints its operators, and the
-    saved results print the same table again."""
+    saved results print the same table again; its scratch folder (GBs on a real model) is gone afterwards."""
+    import os
     import subprocess
     import sys
     from pathlib import Path
@@ -117,13 +118,16 @@ def test_the_dpo_benchmark_runs_end_to_end_on_a_model_from_a_config(tmp_path, ca
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
                                   "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 384}))  # fmt: skip
-    out = tmp_path / "result.json"
+    out, scratch = tmp_path / "result.json", tmp_path / "tmp"
+    scratch.mkdir()
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "dpo_speed.py"
     run = subprocess.run([sys.executable, str(script), "--policy", tiny_model, "--model-config", str(config),
                           "--pairs", str(TINY_CORPUS), "--steps", "3", "--batch-size", "2", "--threads", "1",
                           "--rows", "trl", "ours", "trl-lora", "ours-lora", "--json", str(out), "--profile"],
-                         capture_output=True, text=True, timeout=900)  # fmt: skip
+                         capture_output=True, text=True, timeout=900,
+                         env={**os.environ, "TMPDIR": str(scratch)})  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
+    assert not list(scratch.glob("dpo-speed-*"))
     table = [line for line in run.stdout.splitlines() if line.startswith("| ours")]
     assert len(table) == 2 and all(line.rstrip(" |").endswith("x") for line in table), run.stdout
     rows = json.loads(out.read_text())["rows"]
