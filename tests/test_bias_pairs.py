@@ -42,11 +42,21 @@ def text(row, part):
 def test_every_dimension_and_kind_is_there_in_turn(pairs, templates):
     assert set(templates["dimensions"]) == DIMENSIONS
     dims = Counter(p["category"] for p in pairs)
-    assert set(dims) == DIMENSIONS and max(dims.values()) - min(dims.values()) == 0
-    kinds = Counter(p["kind"] for p in pairs)
-    assert kinds["ambiguous"] > 250 and kinds["disambiguated"] > 250 and kinds["open"] > 80
+    assert set(dims) == DIMENSIONS and max(dims.values()) - min(dims.values()) <= 4  # a scene gives up to four
+    assert Counter(p["kind"] for p in pairs) == {"ambiguous": 320, "disambiguated": 320, "open": 160}  # .4/.4/.2
     assert len({text(p, "prompt") for p in pairs}) > 0.9 * len(pairs)  # varied people, scenes and questions
     assert len({p["stereotype"] for p in pairs}) >= 24
+
+
+@pytest.mark.parametrize(("n", "kinds", "expected"), [
+    (214, {"ambiguous": 0.5, "disambiguated": 0.4, "open": 0.1}, {"ambiguous": 107, "disambiguated": 86, "open": 21}),
+    (5, {"ambiguous": 0.5, "disambiguated": 0.4, "open": 0.1}, {"ambiguous": 3, "disambiguated": 2}),
+    (31, {"disambiguated": 1.0}, {"disambiguated": 31}),  # an odd count: the last context is asked one way
+    (40, {"ambiguous": 2, "disambiguated": 0, "open": 2}, {"ambiguous": 20, "open": 20}),
+])  # fmt: skip
+def test_each_kind_gets_exactly_its_share(templates, n, kinds, expected):
+    pairs = bias.build_pairs(templates, n, seed=7, kinds=kinds)
+    assert len(pairs) == n and Counter(p["kind"] for p in pairs) == expected
 
 
 def test_ambiguous_pairs_decline_to_guess_and_reject_the_stereotyped_pick(pairs, templates):
@@ -71,6 +81,65 @@ def test_disambiguated_pairs_name_the_person_the_context_names(pairs, templates)
         seen["abstains" if rejected.startswith(openers) else "stereotype"] += 1
     # the rejected reply abstains when the evidence agrees with the stereotype, and follows it when it does not
     assert 0.4 * sum(seen.values()) < seen["abstains"] < 0.6 * sum(seen.values())
+
+
+def test_each_disambiguated_context_is_asked_both_ways_and_only_the_evidence_tells_the_replies_apart(pairs, templates):
+    """The two questions on one context name the two people; a wrong pick is the right reply with the people
+    swapped (same reason), so neither a prior for one person nor a reply's tail separates chosen from rejected."""
+    openers = tuple(templates["unknown_openers"])
+    disambiguated = [p for p in pairs if p["kind"] == "disambiguated"]
+    by_context = {}
+    for p in disambiguated:
+        by_context.setdefault(text(p, "prompt").rsplit(". ", 1)[0], []).append(p)
+    assert len(by_context) >= 0.45 * len(disambiguated)
+    swapped = 0
+    for context, siblings in by_context.items():
+        if len(siblings) != 2:  # the last scenario may be cut at n
+            continue
+        a, b = siblings
+        assert {a["asked"], b["asked"]} == {"stereo", "counter"} and a["answer"] != b["answer"], context
+        for p, q in ((a, b), (b, a)):
+            if text(p, "rejected").startswith(openers):
+                continue
+            chosen = text(p, "chosen").lower().replace(p["answer"].lower(), "\0")
+            assert chosen.replace("\0", q["answer"].lower()) == text(p, "rejected").lower()
+            swapped += 1
+    assert swapped > 0.3 * len(disambiguated)
+
+
+def test_a_scene_is_asked_without_and_with_its_evidence(pairs):
+    """As in BBQ, a scene's ambiguous pairs and its disambiguated ones come together: the same two people, both
+    questions, and only the evidence sentence turns "cannot be determined" into a name."""
+    def scene(p):
+        return text(p, "prompt").split(". ")[0]
+
+    ambiguous = [p for p in pairs if p["kind"] == "ambiguous"]
+    disambiguated = [p for p in pairs if p["kind"] == "disambiguated"]
+    asked = {}
+    for p in ambiguous:
+        asked.setdefault(scene(p), set()).add(p["asked"])
+    assert sum(scene(p) in asked for p in disambiguated) >= 0.95 * len(disambiguated)
+    assert sum(a == {"stereo", "counter"} for a in asked.values()) >= 0.95 * len(asked)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 42])
+def test_unknown_openers_and_evidence_against_the_stereotype_are_dealt_in_equal_shares(templates, seed):
+    """BBQ reads its own wordings of "unknown": drawn at random, their shares swung with the seed (README), so they
+    are dealt in turn, as is whether the evidence goes against the stereotype."""
+    pairs = bias.build_pairs(templates, 214, seed=seed, kinds={"ambiguous": 0.5, "disambiguated": 0.4, "open": 0.1})
+    openers = templates["unknown_openers"]
+
+    def opener(reply):
+        return next((o for o in openers if reply.startswith(o)), None)
+
+    chosen = Counter(opener(text(p, "chosen")) for p in pairs if p["kind"] == "ambiguous")
+    abstains = Counter(opener(text(p, "rejected")) for p in pairs if p["kind"] == "disambiguated")
+    abstains.pop(None)  # the rejected replies that name a person
+    for dealt in (chosen, abstains):
+        assert set(dealt) == set(openers) and max(dealt.values()) - min(dealt.values()) <= 1, dealt
+    assert abs(sum(abstains.values()) - sum(p["kind"] == "disambiguated" for p in pairs) / 2) <= 2
+    rng = bias.Draws(3)
+    assert [rng.turn("x", "abc") for _ in range(6)] == 2 * [rng.turn("x", "abc") for _ in range(3)]
 
 
 def test_evidence_is_stated_in_the_templates_varied_ways(pairs, templates):

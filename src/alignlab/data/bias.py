@@ -1,11 +1,13 @@
 """Bias preference pairs from the project's templates (assets/bias/templates.yaml), over eight social dimensions.
 
 Three kinds, so that the model learns to use evidence rather than to abstain everywhere:
-- ambiguous: two people, nothing says which one did it. `chosen` says it cannot be told, and why; `rejected` picks
-  the person the stereotype points at (for a question about the counter-stereotypical act, the other one).
-- disambiguated: the context says who did it (half the time against the stereotype), in one of the templates'
-  `evidence_frames`. `chosen` names that person from the evidence; `rejected` abstains where the evidence agrees
-  with the stereotype, and follows the stereotype where it does not.
+- ambiguous: two people in a scene, nothing says which one did it; asked both ways (about the stereotyped act and
+  about its counterpart: two pairs). `chosen` says it cannot be told, and why; `rejected` picks the person the
+  stereotype points at (for the counter-stereotypical act, the other one).
+- disambiguated: the same scene plus evidence of who did it (half the time against the stereotype), in one of the
+  templates' `evidence_frames`, asked both ways too. `chosen` names the person the evidence names; `rejected`
+  abstains where the evidence agrees with the stereotype, and names the stereotype's (wrong) pick, with the right
+  reply's reason, where it does not.
 - open: a question that presumes the stereotype. `chosen` corrects the premise and helps; `rejected` accepts it.
 
 The user turn is "<context> <question>", and a reply opens with the answer itself ("The retired man.", "Cannot be
@@ -33,13 +35,17 @@ BUNDLED = "pkg://alignlab/assets/bias/templates.yaml"
 
 @dataclass
 class Scenario:
-    """One filled template: the dimension and stereotype it came from, and its two people."""
+    """One filled template: the dimension and stereotype it came from, its two people, and the scene that puts
+    them together (`first` named first), which its ambiguous and disambiguated pairs share."""
 
     dimension: str
     noun: str
     stereotype: dict[str, Any]
     target: dict[str, str]
     other: dict[str, str]
+    first: dict[str, str]
+    second: dict[str, str]
+    scene: str
 
 
 def load_templates(path: str = BUNDLED) -> dict[str, Any]:
@@ -68,6 +74,25 @@ def load_templates(path: str = BUNDLED) -> dict[str, Any]:
     if problems:
         raise DataError(f"Data error in '{local}': {'; '.join(problems[:5])}.")
     return templates
+
+
+class Draws(random.Random):
+    """A seeded random.Random that can also deal options in turn (`turn`), for the choices whose balance BBQ reads.
+
+    Drawn at random, the 12 unknown openers' shares of about 107 ambiguous pairs changed with every draw, and with
+    them how BBQ's own wordings of "unknown" scored ("Not known" right in 9 of 16 items after one draw, 4 of 16
+    after another): with the experiment's settings unchanged, a new draw of the pairs moved ambiguous accuracy
+    from 0.78 to 0.60 (README). Dealt in turn from a shuffled order, every opener gets the same share.
+    """
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed)
+        self._dealt: dict[str, tuple[list[Any], int]] = {}
+
+    def turn(self, name: str, options: list[Any] | tuple[Any, ...]) -> Any:
+        order, n = self._dealt.get(name) or (self.sample(list(options), len(options)), 0)
+        self._dealt[name] = (order, n + 1)
+        return order[n % len(order)]
 
 
 def _cap(text: str) -> str:
@@ -99,82 +124,110 @@ EVIDENCE_REASONS = ("", " {cap_the} {did}.", " That's who {did}.", " We're told 
 ABSTAIN_REASONS = ("", " It could have been either of them.", " Either one might have.")
 
 
-def ambiguous(s: Scenario, rng: random.Random, templates: dict[str, Any]) -> dict[str, Any]:
-    first, second = (s.target, s.other) if rng.random() < 0.5 else (s.other, s.target)
-    context = _cap(rng.choice(s.stereotype["scenes"]).format(a=first["a"], b=second["a"]))
-    negative = rng.random() < 0.5  # a question about the stereotyped act, or about its counterpart
-    act = s.stereotype["stereo" if negative else "counter"]
-    question = rng.choice(act["ask"])
-    reason = rng.choice(UNKNOWN_REASONS).format(did=act["did"], the_a=first["the"], the_b=second["the"], noun=s.noun)
-    chosen = rng.choice(templates["unknown_openers"]) + reason
-    # the stereotype's pick: the target for the stereotyped act, the other person for its counterpart
-    rejected = _guess(s.target if negative else s.other, rng)
-    return {"prompt": _message("user", f"{context} {question}"), "chosen": _message("assistant", chosen),
-            "rejected": _message("assistant", rejected), "asked": "stereo" if negative else "counter",
-            "answer": None}  # fmt: skip
+def ambiguous(s: Scenario, rng: Draws, templates: dict[str, Any]) -> list[dict[str, Any]]:
+    """The scene alone, asked both ways (two pairs): nothing says who did either act."""
+    pairs = []
+    for asked in ("stereo", "counter"):
+        act = s.stereotype[asked]
+        question = rng.choice(act["ask"])
+        reason = rng.choice(UNKNOWN_REASONS).format(did=act["did"], the_a=s.first["the"], the_b=s.second["the"],
+                                                    noun=s.noun)  # fmt: skip
+        chosen = rng.turn("unknown", templates["unknown_openers"]) + reason
+        # the stereotype's pick: the target for the stereotyped act, the other person for its counterpart
+        rejected = _guess(s.target if asked == "stereo" else s.other, rng)
+        pairs.append({"prompt": _message("user", f"{s.scene} {question}"), "chosen": _message("assistant", chosen),
+                      "rejected": _message("assistant", rejected), "asked": asked, "answer": None})  # fmt: skip
+    return pairs
 
 
-def disambiguated(s: Scenario, rng: random.Random, templates: dict[str, Any]) -> dict[str, Any]:
-    first, second = (s.target, s.other) if rng.random() < 0.5 else (s.other, s.target)
-    scene = _cap(rng.choice(s.stereotype["scenes"]).format(a=first["a"], b=second["a"]))
-    against = rng.random() < 0.5  # the evidence goes against the stereotype half the time
+def disambiguated(s: Scenario, rng: Draws, templates: dict[str, Any]) -> list[dict[str, Any]]:
+    """One context with its evidence, asked both ways: about the stereotyped act and about its counterpart.
+
+    The two pairs share the context and swap (or, with the stereotype, keep) the people, and a wrong pick carries
+    the same reason as the right one, so that only the evidence tells chosen from rejected: no prior for one person
+    and no tail ("That's typical of ...") lowers the loss.
+    """
+    against = rng.turn("against", (False, True))  # the evidence goes against the stereotype half the time
     doer, other = (s.other, s.target) if against else (s.target, s.other)  # who did the stereotyped act
     st, co = s.stereotype["stereo"], s.stereotype["counter"]
     frame = rng.choice(templates.get("evidence_frames") or [EVIDENCE_FRAME])
     people = {"doer": doer["the"], "other": other["the"], "Other": _cap(other["the"])}
     evidence = _cap(frame.format(**people, did=st["did"], other_did=co["did"]))
-    negative = rng.random() < 0.5
-    act, answer, wrong = (st, doer, other) if negative else (co, other, doer)
-    question = rng.choice(act["ask"])
-    reason = rng.choice(EVIDENCE_REASONS).format(the=answer["the"], cap_the=_cap(answer["the"]), did=act["did"])
-    chosen = f"{_cap(answer['the'])}.{reason}"
-    # Against the stereotype, the rejected reply follows it although the evidence contradicts it; with it, the
-    # rejected reply abstains although the context answers. Abstaining in three of four (an earlier mix) put the
-    # unknown openers into almost as many rejected replies as chosen ones; after DPO some were all but gone (after
-    # "Cannot", " be" at -17 nats) and BBQ's ambiguous items phrased that way were lost (README).
-    abstain = templates["unknown_openers"]
-    rejected = _guess(wrong, rng) if against else rng.choice(abstain) + rng.choice(ABSTAIN_REASONS)
-    return {"prompt": _message("user", f"{scene} {evidence} {question}"), "chosen": _message("assistant", chosen),
-            "rejected": _message("assistant", rejected), "asked": "stereo" if negative else "counter",
-            "answer": answer["the"]}  # fmt: skip
+    pairs = []
+    for asked, act, answer, wrong in (("stereo", st, doer, other), ("counter", co, other, doer)):
+        question = rng.choice(act["ask"])
+        reason = rng.choice(EVIDENCE_REASONS)
+
+        def reply(person: dict[str, str], reason: str = reason, did: str = act["did"]) -> str:
+            the = person["the"]
+            return f"{_cap(the)}." + reason.format(the=the, cap_the=_cap(the), did=did)
+
+        # Against the stereotype, the rejected reply names the stereotype's pick although the evidence contradicts
+        # it; with it, the rejected reply abstains although the context answers. Abstaining in three of four (an
+        # earlier mix) put the unknown openers into almost as many rejected replies as chosen ones; after DPO some
+        # were all but gone (after "Cannot", " be" at -17 nats) and BBQ's ambiguous items phrased that way were lost.
+        if against:
+            rejected = reply(wrong)
+        else:
+            rejected = rng.turn("abstain", templates["unknown_openers"]) + rng.choice(ABSTAIN_REASONS)
+        pairs.append({"prompt": _message("user", f"{s.scene} {evidence} {question}"),
+                      "chosen": _message("assistant", reply(answer)), "rejected": _message("assistant", rejected),
+                      "asked": asked, "answer": answer["the"]})  # fmt: skip
+    return pairs
 
 
-def open_ended(s: Scenario, rng: random.Random, templates: dict[str, Any]) -> dict[str, Any]:
+def open_ended(s: Scenario, rng: Draws, templates: dict[str, Any]) -> list[dict[str, Any]]:
     group = s.target["group"]
     question = rng.choice(s.stereotype["premise"]).format(group=group)
     prompt = rng.choice(templates.get("open_frames") or ["{q}"]).format(q=question)
     chosen = _cap(s.stereotype["correction"].format(group=group))
     rejected = _cap(s.stereotype["accepts"].format(group=group))
-    return {"prompt": _message("user", prompt), "chosen": _message("assistant", chosen),
-            "rejected": _message("assistant", rejected), "asked": None, "answer": None}  # fmt: skip
+    return [{"prompt": _message("user", prompt), "chosen": _message("assistant", chosen),
+             "rejected": _message("assistant", rejected), "asked": None, "answer": None}]  # fmt: skip
 
 
 BUILDERS = {"ambiguous": ambiguous, "disambiguated": disambiguated, "open": open_ended}
 
 
 def build_pairs(templates: dict[str, Any], n: int, seed: int, kinds: dict[str, float] | None = None) -> list[dict]:
-    """`n` distinct pairs, dimensions in turn (so each gets its share), kinds drawn with the weights `kinds`."""
+    """`n` distinct pairs, each dimension in turn while it has the fewest (so each gets its share), and each kind
+    exactly its share of `kinds` (rounded): a random mix of 214 pairs had missed .5/.4/.1 by six pairs a kind.
+
+    A scene gives its ambiguous pairs and its disambiguated ones together (while both kinds are short of their
+    share), as BBQ's contexts come in both conditions: the same two people, and the evidence sentence alone decides
+    between "cannot be determined" and a name.
+    """
     kinds = kinds or {"ambiguous": 0.4, "disambiguated": 0.4, "open": 0.2}
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:
         raise DataError(f"Data error: unknown bias pair kinds {unknown}; expected some of {list(KINDS)}.")
-    rng = random.Random(seed)
-    dims = sorted(templates["dimensions"])
-    names, weights = zip(*sorted(kinds.items()))
+    rng = Draws(seed)
+    per_dim = dict.fromkeys(sorted(templates["dimensions"]), 0)
+    total = sum(kinds.values())
+    quota = {k: round(n * w / total) for k, w in sorted(kinds.items()) if w > 0}
+    quota[max(quota, key=quota.get)] += n - sum(quota.values())  # rounding: the largest kind takes the rest
+    have = dict.fromkeys(quota, 0)
     pairs, seen, tries = [], set(), 0
     while len(pairs) < n and tries < 50 * n + 100:
         tries += 1
-        dim = dims[len(pairs) % len(dims)]
+        dim = min(per_dim, key=per_dim.__getitem__)
+        kind = min(quota, key=lambda k: (have[k] / quota[k] if quota[k] else 1.0, rng.random()))
         spec = templates["dimensions"][dim]
         stereotype = rng.choice(spec["stereotypes"])
-        s = Scenario(dim, spec.get("noun", dim), stereotype, rng.choice(stereotype["target"]),
-                     rng.choice(stereotype["other"]))  # fmt: skip
-        kind = rng.choices(names, weights)[0]
-        pair = BUILDERS[kind](s, rng, templates)
-        key = (pair["prompt"][0]["content"], pair["chosen"][0]["content"])
-        if key in seen:
+        target, other = rng.choice(stereotype["target"]), rng.choice(stereotype["other"])
+        first, second = (target, other) if rng.random() < 0.5 else (other, target)
+        scene = _cap(rng.choice(stereotype["scenes"]).format(a=first["a"], b=second["a"]))
+        s = Scenario(dim, spec.get("noun", dim), stereotype, target, other, first, second, scene)
+        short = [k for k in ("ambiguous", "disambiguated") if have.get(k, 0) < quota.get(k, 0)]
+        together = [kind] if kind == "open" else short
+        drawn = [(k, p) for k in together for p in BUILDERS[k](s, rng, templates)[: quota[k] - have[k]]]
+        keys = {(p["prompt"][0]["content"], p["chosen"][0]["content"]) for _, p in drawn}
+        if keys & seen:
             continue
-        seen.add(key)
-        pairs.append({**pair, "type": "bias", "category": dim, "kind": kind, "stereotype": stereotype["name"],
-                      "chosen_safe": True, "rejected_safe": False})  # fmt: skip
+        seen |= keys
+        per_dim[dim] += len(drawn)
+        for k, p in drawn:
+            have[k] += 1
+            pairs.append({**p, "type": "bias", "category": dim, "kind": k, "stereotype": stereotype["name"],
+                          "chosen_safe": True, "rejected_safe": False})  # fmt: skip
     return pairs
