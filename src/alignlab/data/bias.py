@@ -124,6 +124,11 @@ EVIDENCE_REASONS = ("", " {cap_the} {did}.", " That's who {did}.", " We're told 
 ABSTAIN_REASONS = ("", " It could have been either of them.", " Either one might have.")
 
 
+def _named(person: dict[str, str], reason: str, did: str) -> str:
+    """A reply that names `person`, then one of EVIDENCE_REASONS about them."""
+    return f"{_cap(person['the'])}." + reason.format(the=person["the"], cap_the=_cap(person["the"]), did=did)
+
+
 def ambiguous(s: Scenario, rng: Draws, templates: dict[str, Any]) -> list[dict[str, Any]]:
     """The scene alone, asked both ways (two pairs): nothing says who did either act."""
     pairs = []
@@ -157,21 +162,17 @@ def disambiguated(s: Scenario, rng: Draws, templates: dict[str, Any]) -> list[di
     for asked, act, answer, wrong in (("stereo", st, doer, other), ("counter", co, other, doer)):
         question = rng.choice(act["ask"])
         reason = rng.choice(EVIDENCE_REASONS)
-
-        def reply(person: dict[str, str], reason: str = reason, did: str = act["did"]) -> str:
-            the = person["the"]
-            return f"{_cap(the)}." + reason.format(the=the, cap_the=_cap(the), did=did)
-
         # Against the stereotype, the rejected reply names the stereotype's pick although the evidence contradicts
         # it; with it, the rejected reply abstains although the context answers. Abstaining in three of four (an
         # earlier mix) put the unknown openers into almost as many rejected replies as chosen ones; after DPO some
         # were all but gone (after "Cannot", " be" at -17 nats) and BBQ's ambiguous items phrased that way were lost.
         if against:
-            rejected = reply(wrong)
+            rejected = _named(wrong, reason, act["did"])
         else:
             rejected = rng.turn("abstain", templates["unknown_openers"]) + rng.choice(ABSTAIN_REASONS)
         pairs.append({"prompt": _message("user", f"{s.scene} {evidence} {question}"),
-                      "chosen": _message("assistant", reply(answer)), "rejected": _message("assistant", rejected),
+                      "chosen": _message("assistant", _named(answer, reason, act["did"])),
+                      "rejected": _message("assistant", rejected),
                       "asked": asked, "answer": answer["the"]})  # fmt: skip
     return pairs
 
