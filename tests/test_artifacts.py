@@ -52,3 +52,19 @@ def test_redaction_targets_credentials_not_tokenizer_settings(monkeypatch):
            "nested": [{"password": "p", "group": "sk-123", "name": "ok"}]}  # fmt: skip
     assert redact(cfg) == {"hub_token": "***", "api_key": "***", "eos_token": "<|im_end|>", "max_new_tokens": 48,
                            "nested": [{"password": "***", "group": "***", "name": "ok"}]}  # fmt: skip
+
+
+def test_code_changed_warns_only_when_finished_stages_came_from_other_code(tmp_path):
+    from alignlab.pipeline import code_changed
+
+    run = tmp_path / "run"
+    (run / "sft").mkdir(parents=True)
+    (run / "run_info.json").write_text(json.dumps({"git": {"alignlab": "aaa"}}))
+    assert code_changed(run, ["sft", "dpo"], "bbb") is None  # nothing finished yet: nothing is reused
+    mark_done(run / "sft")
+    said = code_changed(run, ["sft", "dpo"], "bbb")
+    assert "commit aaa" in said and "now at bbb" in said and "(sft)" in said and "run.id=" in said
+    assert code_changed(run, ["sft", "dpo"], "aaa") is None
+    assert code_changed(run, ["sft", "dpo"], None) is None  # not a git checkout: nothing to compare
+    (run / "run_info.json").write_text(json.dumps({"git": {"alignlab": None}}))
+    assert code_changed(run, ["sft", "dpo"], "bbb") is None

@@ -42,7 +42,7 @@ def wandb_files(run: Path) -> list[Path]:
 
 def test_tiny_sft_dpo_end_to_end_then_skip(tmp_path, cache_dir, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_e2e_secret_value")  # reaches TRL through an interpolation, never the files
-    alignlab(tmp_path, cache_dir, "run.id=e2e", "+algo.dpo.extra.hub_token=${oc.env:HF_TOKEN}")
+    out = alignlab(tmp_path, cache_dir, "run.id=e2e", "+algo.dpo.extra.hub_token=${oc.env:HF_TOKEN}").stdout
     run = tmp_path / "runs" / "tiny" / "e2e"
     for stage in ("sft", "dpo"):
         assert (run / stage / "DONE").is_file() and (run / stage / "model" / "model.safetensors").is_file()
@@ -77,10 +77,20 @@ def test_tiny_sft_dpo_end_to_end_then_skip(tmp_path, cache_dir, monkeypatch):
     for path in (run / "config.yaml", first, run / "run_info.json"):
         assert b"hf_e2e_secret_value" not in path.read_bytes(), path
 
-    # The same command again: nothing is retrained, and W&B continues the same run id
+    # The same command again: nothing is retrained, and W&B continues the same run id; had the run started with
+    # other code, the reuse is said (the id hashes the config, not the code)
+    assert "reused as the old code made them" not in " ".join(out.split())
+    started = info["git"]["alignlab"]
+    info["git"]["alignlab"] = "0" * 40
+    (run / "run_info.json").write_text(json.dumps(info))
     before = (run / "dpo" / "metrics.json").stat().st_mtime_ns
     out = alignlab(tmp_path, cache_dir, "run.id=e2e", "+algo.dpo.extra.hub_token=${oc.env:HF_TOKEN}").stdout
     assert "sft: already done, skipped" in out and "dpo: already done, skipped" in out
+    if started:  # a git checkout (CI's editable install is one)
+        said = " ".join(out.split())
+        assert f"alignlab at commit {'0' * 40}" in said and "stages (sft, dpo) are reused" in said
+    attempts = [json.loads(line) for line in (run / "attempts.jsonl").read_text().splitlines()]
+    assert [a["git"] for a in attempts] == [started, started]
     assert (run / "dpo" / "metrics.json").stat().st_mtime_ns == before
     ids = {p.stem.removeprefix("run-") for p in wandb_files(run)}
     assert len(wandb_files(run)) == 2 and ids == {(run / "wandb_id").read_text().strip()}

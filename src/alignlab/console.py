@@ -33,6 +33,9 @@ class Console:
             self.data_report(r)
         self.out.print(f"  stages {' -> '.join(prep.cfg.pipeline.stages)}")
 
+    def warning(self, text: str) -> None:
+        self.out.print(f"[bold yellow]warning:[/bold yellow] {text}")
+
     def data_report(self, report: Any) -> None:
         s = report.summary()
         self.out.print(

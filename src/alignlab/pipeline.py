@@ -216,9 +216,30 @@ def _versions() -> dict[str, str | None]:
     return found
 
 
-def record_run(prep: Prepared) -> None:
+def code_changed(run_dir: Path, stages: list[str], commit: str | None) -> str | None:
+    """A warning when finished stages of `run_dir` were made by other code than `commit`, else None.
+
+    The run id hashes the config, not the code: after a change to alignlab, the same command resumes the old run
+    and reuses (and reports) what the old code made. Reusing it can be right (a fix to a later stage), so this
+    warns rather than refuses, and says how to start afresh."""
+    info = run_dir / "run_info.json"
+    done = [s for s in stages if is_done(run_dir / s)]
+    if not done or commit is None or not info.is_file():
+        return None
+    started = (json.loads(info.read_text()).get("git") or {}).get("alignlab")
+    if started is None or started == commit:
+        return None
+    return (f"this run started with alignlab at commit {started}, and alignlab is now at {commit}: its finished "
+            f"stages ({', '.join(done)}) are reused as the old code made them. To run them with this code, start a "
+            "separate run (run.id=<new name> or run.root=<another folder>).")  # fmt: skip
+
+
+def record_run(prep: Prepared, commit: str | None = None) -> None:
+    """Write the run's frozen config and run info (once) and append this invocation to attempts.jsonl, with the
+    alignlab commit it ran (`commit`, looked up when not given)."""
     d = prep.run_dir
     d.mkdir(parents=True, exist_ok=True)
+    commit = commit or _git_commit(Path(__file__).parent)
     snapshot = redact(OmegaConf.to_container(prep.cfg, resolve=True))
     if not (d / "config.yaml").is_file():
         atomic_write_text(d / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(snapshot)))
@@ -228,7 +249,7 @@ def record_run(prep: Prepared) -> None:
             {
                 "seed": prep.cfg.seed,
                 "versions": _versions(),
-                "git": {"alignlab": _git_commit(Path(__file__).parent), "cwd": _git_commit(Path.cwd())},
+                "git": {"alignlab": commit, "cwd": _git_commit(Path.cwd())},
                 "command": sys.argv,
                 "host": socket.gethostname(),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -239,9 +260,9 @@ def record_run(prep: Prepared) -> None:
     atomic_write_json(d / "inputs.json", prep.fingerprints)
     with open(d / "attempts.jsonl", "a", encoding="utf-8") as f:
         done = [s for s in prep.cfg.pipeline.stages if is_done(d / s)]
-        f.write(
-            json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": sys.argv, "done_before": done}) + "\n"
-        )
+        now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        attempt = {"time": now, "command": sys.argv, "done_before": done, "git": commit}
+        f.write(json.dumps(attempt) + "\n")
 
 
 def freeze(cfg: DictConfig) -> Prepared:
@@ -280,7 +301,11 @@ def run(cfg: DictConfig, console: Any = None, run_dir: Path | None = None) -> di
     console = console or Console()
     prep = prepare(cfg, run_dir)
     console.header(prep)
-    record_run(prep)
+    commit = _git_commit(Path(__file__).parent)
+    changed = code_changed(prep.run_dir, list(cfg.pipeline.stages), commit)
+    if changed:
+        console.warning(changed)
+    record_run(prep, commit)
     if distributed.planned_world_size(cfg) > 1:
         from alignlab import launch
 
