@@ -83,6 +83,30 @@ def test_disambiguated_pairs_name_the_person_the_context_names(pairs, templates)
     assert 0.4 * sum(seen.values()) < seen["abstains"] < 0.6 * sum(seen.values())
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_mixed_agreeing_rejected_names_the_other_person_in_half_the_agreeing_pairs(templates, pairs, seed):
+    """agreeing_rejected=mixed: where the evidence agrees with the stereotype, half the rejected replies name the
+    other person (the right reply with the people swapped) instead of abstaining, so three in four disambiguated
+    pairs contrast the two people; the default (abstain) stays as it was, and nothing else changes."""
+    openers = tuple(templates["unknown_openers"])
+    kinds = {"ambiguous": 0.5, "disambiguated": 0.4, "open": 0.1}
+    mixed = bias.build_pairs(templates, 400, seed, kinds, agreeing_rejected="mixed")
+    abstain = bias.build_pairs(templates, 400, seed, kinds)
+    assert abstain == bias.build_pairs(templates, 400, seed, kinds, agreeing_rejected="abstain")
+    dis = [p for p in mixed if p["kind"] == "disambiguated"]
+    abstains = sum(text(p, "rejected").startswith(openers) for p in dis)
+    assert abs(abstains - len(dis) / 4) <= 2, (abstains, len(dis))
+    for p in dis:
+        rejected = text(p, "rejected").lower()
+        if not rejected.startswith(tuple(o.lower() for o in openers)):  # a wrong pick: the right reply, swapped
+            wrong = rejected.split(".", 1)[0]
+            assert wrong != p["answer"].lower() and wrong in text(p, "prompt").lower(), (wrong, p)
+            assert text(p, "chosen").lower().replace(p["answer"].lower(), wrong) == rejected
+    assert Counter(p["kind"] for p in mixed) == Counter(p["kind"] for p in abstain)
+    with pytest.raises(DataError, match="agreeing_rejected"):
+        bias.build_pairs(templates, 10, seed, kinds, agreeing_rejected="sometimes")
+
+
 def test_each_disambiguated_context_is_asked_both_ways_and_only_the_evidence_tells_the_replies_apart(pairs, templates):
     """The two questions on one context name the two people; a wrong pick is the right reply with the people
     swapped (same reason), so neither a prior for one person nor a reply's tail separates chosen from rejected."""
@@ -220,6 +244,8 @@ def test_bad_templates_and_mix_settings_fail_before_any_compute(tmp_path):
         validate(compose_config([*base, "data.bias.ratio=0"]))
     with pytest.raises(ConfigError, match=r"data\.bias\.kinds"):
         validate(compose_config([*base, "+data.bias.kinds.sarcastic=1.0"]))
+    with pytest.raises(ConfigError, match=r"data\.bias\.agreeing_rejected"):
+        validate(compose_config([*base, "data.bias.agreeing_rejected=never"]))
     with pytest.raises(ConfigError, match="pairs stage"):
         validate(compose_config(["experiment=tiny", "+data.bias={ratio: 0.5}"]))
 

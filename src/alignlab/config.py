@@ -125,6 +125,9 @@ class BiasMixConfig:
     templates: str = "pkg://alignlab/assets/bias/templates.yaml"
     ratio: float = 0.5
     kinds: dict[str, float] = field(default_factory=lambda: {"ambiguous": 0.4, "disambiguated": 0.4, "open": 0.2})
+    # A disambiguated pair's rejected reply where the evidence agrees with the stereotype (data/bias.py): abstain |
+    # mixed (half of them abstain, half name the other person with the right reply's reason). README, run 15.
+    agreeing_rejected: str = "abstain"
     # Whether the SFT stage (trained on chosen replies when data.sft is unset) sees them too. false: DPO only; with
     # SFT, SmolLM2 copied their short template answers into replies to unrelated requests (README, bias section).
     sft: bool = False
@@ -920,13 +923,15 @@ def _validate_online(a: DictConfig, key: str, cfg: DictConfig) -> None:
 
 
 def _validate_bias_mix(cfg: DictConfig, stages: list[str]) -> None:
-    from alignlab.data.bias import KINDS
+    from alignlab.data.bias import AGREEING_REJECTED, KINDS
 
     mix = cfg.data.bias
     _check(mix.ratio > 0, "data.bias.ratio", f"must be positive (bias pairs per safety pair), got {mix.ratio}.")
     weights = dict(mix.kinds)
     _check(set(weights) <= set(KINDS) and all(w >= 0 for w in weights.values()) and sum(weights.values()) > 0,
            "data.bias.kinds", f"expected non-negative weights for some of {list(KINDS)}, got {weights}.")  # fmt: skip
+    _check(mix.agreeing_rejected in AGREEING_REJECTED, "data.bias.agreeing_rejected",
+           f"expected one of {list(AGREEING_REJECTED)}, got {mix.agreeing_rejected!r}.")  # fmt: skip
     _check(any(cfg.algo[s].kind == "pairs" for s in stages), "data.bias",
            f"bias pairs are mixed in by a pairs stage; this pipeline has none (stages: {stages}).")  # fmt: skip
 

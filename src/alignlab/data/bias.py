@@ -30,6 +30,7 @@ from alignlab.data.sources import resolve_local
 from alignlab.errors import DataError
 
 KINDS = ("ambiguous", "disambiguated", "open")
+AGREEING_REJECTED = ("abstain", "mixed")  # see `disambiguated`
 BUNDLED = "pkg://alignlab/assets/bias/templates.yaml"
 
 
@@ -145,12 +146,15 @@ def ambiguous(s: Scenario, rng: Draws, templates: dict[str, Any]) -> list[dict[s
     return pairs
 
 
-def disambiguated(s: Scenario, rng: Draws, templates: dict[str, Any]) -> list[dict[str, Any]]:
+def disambiguated(s: Scenario, rng: Draws, templates: dict[str, Any],
+                  agreeing_rejected: str = "abstain") -> list[dict[str, Any]]:  # fmt: skip
     """One context with its evidence, asked both ways: about the stereotyped act and about its counterpart.
 
     The two pairs share the context and swap (or, with the stereotype, keep) the people, and a wrong pick carries
     the same reason as the right one, so that only the evidence tells chosen from rejected: no prior for one person
-    and no tail ("That's typical of ...") lowers the loss.
+    and no tail ("That's typical of ...") lowers the loss. Where the evidence agrees with the stereotype, the
+    rejected reply abstains (`agreeing_rejected="abstain"`), or, dealt in turn, abstains in half of those pairs and
+    names the other person in the rest ("mixed": three in four rejected replies then contrast the two people).
     """
     against = rng.turn("against", (False, True))  # the evidence goes against the stereotype half the time
     doer, other = (s.other, s.target) if against else (s.target, s.other)  # who did the stereotyped act
@@ -166,7 +170,7 @@ def disambiguated(s: Scenario, rng: Draws, templates: dict[str, Any]) -> list[di
         # it; with it, the rejected reply abstains although the context answers. Abstaining in three of four (an
         # earlier mix) put the unknown openers into almost as many rejected replies as chosen ones; after DPO some
         # were all but gone (after "Cannot", " be" at -17 nats) and BBQ's ambiguous items phrased that way were lost.
-        if against:
+        if against or (agreeing_rejected == "mixed" and rng.turn("agreeing", ("abstain", "wrong")) == "wrong"):
             rejected = _named(wrong, reason, act["did"])
         else:
             rejected = rng.turn("abstain", templates["unknown_openers"]) + rng.choice(ABSTAIN_REASONS)
@@ -190,7 +194,8 @@ def open_ended(s: Scenario, rng: Draws, templates: dict[str, Any]) -> list[dict[
 BUILDERS = {"ambiguous": ambiguous, "disambiguated": disambiguated, "open": open_ended}
 
 
-def build_pairs(templates: dict[str, Any], n: int, seed: int, kinds: dict[str, float] | None = None) -> list[dict]:
+def build_pairs(templates: dict[str, Any], n: int, seed: int, kinds: dict[str, float] | None = None,
+                agreeing_rejected: str = "abstain") -> list[dict]:  # fmt: skip
     """`n` distinct pairs, each dimension in turn while it has the fewest (so each gets its share), and each kind
     exactly its share of `kinds` (rounded): a random mix of 214 pairs had missed .5/.4/.1 by six pairs a kind.
 
@@ -202,7 +207,16 @@ def build_pairs(templates: dict[str, Any], n: int, seed: int, kinds: dict[str, f
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:
         raise DataError(f"Data error: unknown bias pair kinds {unknown}; expected some of {list(KINDS)}.")
+    if agreeing_rejected not in AGREEING_REJECTED:
+        raise DataError(f"Data error: agreeing_rejected should be one of {list(AGREEING_REJECTED)}, got "
+                        f"{agreeing_rejected!r}.")  # fmt: skip
     rng = Draws(seed)
+
+    def built(kind: str, s: Scenario) -> list[dict[str, Any]]:
+        if kind == "disambiguated":
+            return disambiguated(s, rng, templates, agreeing_rejected)
+        return BUILDERS[kind](s, rng, templates)
+
     per_dim = dict.fromkeys(sorted(templates["dimensions"]), 0)
     total = sum(kinds.values())
     quota = {k: round(n * w / total) for k, w in sorted(kinds.items()) if w > 0}
@@ -221,7 +235,7 @@ def build_pairs(templates: dict[str, Any], n: int, seed: int, kinds: dict[str, f
         s = Scenario(dim, spec.get("noun", dim), stereotype, target, other, first, second, scene)
         short = [k for k in ("ambiguous", "disambiguated") if have.get(k, 0) < quota.get(k, 0)]
         together = [kind] if kind == "open" else short
-        drawn = [(k, p) for k in together for p in BUILDERS[k](s, rng, templates)[: quota[k] - have[k]]]
+        drawn = [(k, p) for k in together for p in built(k, s)[: quota[k] - have[k]]]
         keys = {(p["prompt"][0]["content"], p["chosen"][0]["content"]) for _, p in drawn}
         if keys & seen:
             continue

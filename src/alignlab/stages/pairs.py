@@ -44,7 +44,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     mix = ctx.cfg.data.bias
     if mix is not None:  # template bias pairs, `ratio` per safety pair (data/bias.py)
         extra = bias.build_pairs(bias.load_templates(mix.templates), round(mix.ratio * len(built.pairs)),
-                                 seed=ctx.cfg.seed, kinds=dict(mix.kinds))  # fmt: skip
+                                 seed=ctx.cfg.seed, kinds=dict(mix.kinds),
+                                 agreeing_rejected=mix.agreeing_rejected)  # fmt: skip
         built.pairs.extend(extra)
         for p in extra:
             built.counts[f"bias_{p['kind']}"] += 1
