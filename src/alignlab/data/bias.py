@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import yaml
@@ -211,12 +212,7 @@ def build_pairs(templates: dict[str, Any], n: int, seed: int, kinds: dict[str, f
         raise DataError(f"Data error: agreeing_rejected should be one of {list(AGREEING_REJECTED)}, got "
                         f"{agreeing_rejected!r}.")  # fmt: skip
     rng = Draws(seed)
-
-    def built(kind: str, s: Scenario) -> list[dict[str, Any]]:
-        if kind == "disambiguated":
-            return disambiguated(s, rng, templates, agreeing_rejected)
-        return BUILDERS[kind](s, rng, templates)
-
+    builders = {**BUILDERS, "disambiguated": partial(disambiguated, agreeing_rejected=agreeing_rejected)}
     per_dim = dict.fromkeys(sorted(templates["dimensions"]), 0)
     total = sum(kinds.values())
     quota = {k: round(n * w / total) for k, w in sorted(kinds.items()) if w > 0}
@@ -235,7 +231,7 @@ def build_pairs(templates: dict[str, Any], n: int, seed: int, kinds: dict[str, f
         s = Scenario(dim, spec.get("noun", dim), stereotype, target, other, first, second, scene)
         short = [k for k in ("ambiguous", "disambiguated") if have.get(k, 0) < quota.get(k, 0)]
         together = [kind] if kind == "open" else short
-        drawn = [(k, p) for k in together for p in built(k, s)[: quota[k] - have[k]]]
+        drawn = [(k, p) for k in together for p in builders[k](s, rng, templates)[: quota[k] - have[k]]]
         keys = {(p["prompt"][0]["content"], p["chosen"][0]["content"]) for _, p in drawn}
         if keys & seen:
             continue
