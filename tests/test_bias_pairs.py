@@ -107,6 +107,31 @@ def test_mixed_agreeing_rejected_names_the_other_person_in_half_the_agreeing_pai
         bias.build_pairs(templates, 10, seed, kinds, agreeing_rejected="sometimes")
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_named_agreeing_rejected_is_symmetric_in_the_direction_of_the_wrong_pick(templates, seed):
+    """agreeing_rejected=named: no disambiguated rejected reply abstains, each names the person the evidence does
+    not (the chosen reply with the people swapped), and that person is the stereotype's pick in half of the pairs
+    and the other person in the rest, so the pairs teach which person the evidence names, not a prior for one."""
+    openers = tuple(o.lower() for o in templates["unknown_openers"])
+    kinds = {"ambiguous": 0.5, "disambiguated": 0.4, "open": 0.1}
+    named = bias.build_pairs(templates, 400, seed, kinds, agreeing_rejected="named")
+    dis = [p for p in named if p["kind"] == "disambiguated"]
+    direction = Counter()
+    for p in dis:
+        chosen, rejected = text(p, "chosen").lower(), text(p, "rejected").lower()
+        assert not rejected.startswith(openers), p
+        wrong = rejected.split(".", 1)[0]
+        assert wrong != p["answer"].lower() and chosen.replace(p["answer"].lower(), wrong) == rejected
+        # the stereotype's pick: the target for the stereotyped act, the other person for its counterpart
+        spec = next(s for s in templates["dimensions"][p["category"]]["stereotypes"] if s["name"] == p["stereotype"])
+        targets = {t["the"].lower() for t in spec["target"]}
+        direction["stereotype's pick" if (wrong in targets) == (p["asked"] == "stereo") else "other"] += 1
+    # within 5%: a scene dropped as a repeat has used its turn of the evidence's direction
+    assert abs(direction["stereotype's pick"] - direction["other"]) <= 0.05 * len(dis), direction
+    default = bias.build_pairs(templates, 400, seed, kinds)
+    assert Counter(p["kind"] for p in named) == Counter(p["kind"] for p in default)
+
+
 def test_each_disambiguated_context_is_asked_both_ways_and_only_the_evidence_tells_the_replies_apart(pairs, templates):
     """The two questions on one context name the two people; a wrong pick is the right reply with the people
     swapped (same reason), so neither a prior for one person nor a reply's tail separates chosen from rejected."""
@@ -244,8 +269,11 @@ def test_bad_templates_and_mix_settings_fail_before_any_compute(tmp_path):
         validate(compose_config([*base, "data.bias.ratio=0"]))
     with pytest.raises(ConfigError, match=r"data\.bias\.kinds"):
         validate(compose_config([*base, "+data.bias.kinds.sarcastic=1.0"]))
-    with pytest.raises(ConfigError, match=r"data\.bias\.agreeing_rejected"):
+    with pytest.raises(ConfigError, match=r"data\.bias\.agreeing_rejected': expected one of"):
         validate(compose_config([*base, "data.bias.agreeing_rejected=never"]))
+    for value in bias.AGREEING_REJECTED:  # each documented value composes from the command line, no `+` needed
+        cfg = validate(compose_config([*base, f"data.bias.agreeing_rejected={value}"]))
+        assert cfg.data.bias.agreeing_rejected == value
     with pytest.raises(ConfigError, match="pairs stage"):
         validate(compose_config(["experiment=tiny", "+data.bias={ratio: 0.5}"]))
 

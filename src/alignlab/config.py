@@ -126,7 +126,8 @@ class BiasMixConfig:
     ratio: float = 0.5
     kinds: dict[str, float] = field(default_factory=lambda: {"ambiguous": 0.4, "disambiguated": 0.4, "open": 0.2})
     # A disambiguated pair's rejected reply where the evidence agrees with the stereotype (data/bias.py): abstain |
-    # mixed (half of them abstain, half name the other person with the right reply's reason). README, run 15.
+    # mixed (half of them abstain, half name the other person with the right reply's reason) | named (all of them name
+    # the other person). README, runs 15 and 16.
     agreeing_rejected: str = "abstain"
     # Whether the SFT stage (trained on chosen replies when data.sft is unset) sees them too. false: DPO only; with
     # SFT, SmolLM2 copied their short template answers into replies to unrelated requests (README, bias section).

@@ -31,7 +31,7 @@ from alignlab.data.sources import resolve_local
 from alignlab.errors import DataError
 
 KINDS = ("ambiguous", "disambiguated", "open")
-AGREEING_REJECTED = ("abstain", "mixed")  # see `disambiguated`
+AGREEING_REJECTED = ("abstain", "mixed", "named")  # see `disambiguated`
 BUNDLED = "pkg://alignlab/assets/bias/templates.yaml"
 
 
@@ -155,7 +155,11 @@ def disambiguated(s: Scenario, rng: Draws, templates: dict[str, Any],
     the same reason as the right one, so that only the evidence tells chosen from rejected: no prior for one person
     and no tail ("That's typical of ...") lowers the loss. Where the evidence agrees with the stereotype, the
     rejected reply abstains (`agreeing_rejected="abstain"`), or, dealt in turn, abstains in half of those pairs and
-    names the other person in the rest ("mixed": three in four rejected replies then contrast the two people).
+    names the other person in the rest ("mixed": three in four rejected replies then contrast the two people), or
+    always names the other person ("named"). Only "named" is symmetric: every rejected reply names a person, and
+    the stereotype's pick is the wrong one in as many pairs as the other person is, so the pairs add no prior for
+    either; "abstain" names only the stereotype's pick (the anti-stereotyped person is chosen in half of the pairs
+    and never rejected), "mixed" half as often.
     """
     against = rng.turn("against", (False, True))  # the evidence goes against the stereotype half the time
     doer, other = (s.other, s.target) if against else (s.target, s.other)  # who did the stereotyped act
@@ -171,7 +175,8 @@ def disambiguated(s: Scenario, rng: Draws, templates: dict[str, Any],
         # it; with it, the rejected reply abstains although the context answers. Abstaining in three of four (an
         # earlier mix) put the unknown openers into almost as many rejected replies as chosen ones; after DPO some
         # were all but gone (after "Cannot", " be" at -17 nats) and BBQ's ambiguous items phrased that way were lost.
-        if against or (agreeing_rejected == "mixed" and rng.turn("agreeing", ("abstain", "wrong")) == "wrong"):
+        mixed = agreeing_rejected == "mixed"  # short-circuits: "mixed" deals a turn only where the evidence agrees
+        if against or agreeing_rejected == "named" or (mixed and rng.turn("agreeing", ("abstain", "wrong")) == "wrong"):
             rejected = _named(wrong, reason, act["did"])
         else:
             rejected = rng.turn("abstain", templates["unknown_openers"]) + rng.choice(ABSTAIN_REASONS)
