@@ -278,6 +278,12 @@ def test_report_targets_check_bounds_baselines_and_distances():
     text = markdown(cfg, Path("run"), results, compare(cfg, results))
     assert "| bias/bbq_disambig_accuracy | x >= before | 0.390 | 0.380 | **no** |" in text
     assert "| safety/harmful_compliance_rate/harmbench | x <= 0.1 | - | - | not measured |" in text
+    # a suite's standard error shows beside its value, in both tables; metrics without one are unchanged
+    results["eval_after"]["bias/se/bbq_disambig_accuracy"] = 0.04
+    text = markdown(cfg, Path("run"), results, compare(cfg, results))
+    assert "| bias/bbq_disambig_accuracy | x >= before | 0.390 | 0.380 ± 0.040 | **no** |" in text
+    assert "| bias/bbq_disambig_accuracy | 0.390 | 0.380 ± 0.040 |" in text
+    assert "| bias/bbq_ambig_accuracy | x >= 0.8 | 0.050 | 0.800 | yes |" in text
 
 
 @pytest.mark.parametrize(

@@ -87,7 +87,8 @@ def markdown(cfg: DictConfig, run_dir: Path, results: dict[str, dict[str, Any]],
         "",
         "Harmful-compliance rate: share of harmful prompts not refused (lower is better). Over-refusal rate: share",
         "of benign prompts refused (lower is better). KL: mean over benign prompts of the summed per-token KL",
-        "divergence of the policy to the starting model on its own greedy replies (nats).",
+        "divergence of the policy to the starting model on its own greedy replies (nats). Bias scores carry ± a",
+        "bootstrap standard error over the benchmark's items: differences within about two of them are noise.",
         "",
         "| metric | " + " | ".join(columns) + " |",
         "| --- | " + " | ".join("---:" for _ in columns) + " |",
@@ -95,14 +96,17 @@ def markdown(cfg: DictConfig, run_dir: Path, results: dict[str, dict[str, Any]],
     for metric, row in comparison.items():
         n = _suite_size(results, columns, metric)
         label = f"{metric} (n={n})" if n else metric
-        lines.append(f"| {label} | " + " | ".join(_fmt(row.get(c)) for c in columns) + " |")
+        lines.append(f"| {label} | " + " | ".join(_fmt(row.get(c), _se(results, c, metric)) for c in columns) + " |")
     if cfg.eval.targets:
         lines += ["", "## Targets", "",
-                  "x is the last evaluation's value; `before`, the first's.", "",
+                  "x is the last evaluation's value; `before`, the first's; ± a bootstrap standard error over the",
+                  "benchmark's items, where the suite gives one.", "",
                   "| metric | goal | before | after | met |", "| --- | --- | ---: | ---: | --- |"]  # fmt: skip
         for t in check_targets(cfg, results):
             met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
-            lines.append(f"| {t['metric']} | {t['goal']} | {_fmt(t['before'])} | {_fmt(t['after'])} | {met} |")
+            ends = (stages[0], stages[-1]) if stages else ("", "")
+            before, after = (_fmt(t[k], _se(results, s, t["metric"])) for k, s in zip(("before", "after"), ends))
+            lines.append(f"| {t['metric']} | {t['goal']} | {before} | {after} | {met} |")
     lines += ["", "## Training", ""]
     for stage in cfg.pipeline.stages:
         m = results.get(stage, {})
@@ -162,7 +166,13 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _fmt(v: Any) -> str:
+def _se(results: dict, stage: str, metric: str) -> float | None:
+    """The standard error the suite recorded beside `metric` (bias/se/<name>, evaluation/bias.py), if any."""
+    return results.get(stage, {}).get(metric.replace("bias/", "bias/se/", 1)) if metric.startswith("bias/") else None
+
+
+def _fmt(v: Any, se: float | None = None) -> str:
     if v is None:
         return "-"
-    return f"{v:.3f}" if isinstance(v, float) else str(v)
+    text = f"{v:.3f}" if isinstance(v, float) else str(v)
+    return f"{text} ± {se:.3f}" if se is not None else text
