@@ -53,6 +53,8 @@ def test_eval_compares_base_merged_and_lora_checkpoint(tmp_path, cache_dir, benc
         assert key in base, key
     table = comparison.with_suffix(".md").read_text()
     assert "| bias/crows_pairs_stereotype_pct |" in table and table.count("`") >= 8
+    bbq_row = next(line for line in table.splitlines() if line.startswith("| bias/bbq_ambig_accuracy |"))
+    assert bbq_row.count(" ± ") == 3, bbq_row  # each model's value with its standard error
 
     # each model has its own run folder with metrics.json and generations with judge verdicts
     (merged_run,) = [p for p in (runs / "eval").iterdir() if p.is_dir() and "model" in (p / "config.yaml").read_text()

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from alignlab.artifacts import atomic_write_json, atomic_write_text
 from alignlab.config import CONF_DIR, compose_config, validate
 from alignlab.errors import ConfigError
-from alignlab.evaluation.report import is_headline
+from alignlab.evaluation.report import fmt, is_headline, standard_error
 
 
 def model_overrides(spec: str) -> list[str]:
@@ -82,7 +82,7 @@ def evaluate_models(overrides: list[str], console: Any = None) -> dict[str, dict
     key = hashlib.sha256(json.dumps([specs, reference, rest]).encode()).hexdigest()[:10]
     out = Path(configs[0].run.root).expanduser() / "eval" / f"comparison-{key}"
     command = " ".join(["alignlab", "eval", *overrides])
-    atomic_write_text(out.with_suffix(".md"), markdown(rows, command, reference))
+    atomic_write_text(out.with_suffix(".md"), markdown(rows, command, reference, results))
     atomic_write_json(out.with_suffix(".json"), {"command": command, "reference": reference, "models": results})
     console.model_comparison(rows, out.with_suffix(".md"))
     return results
@@ -94,7 +94,9 @@ def comparison_rows(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, f
     return {k: {spec: m[k] for spec, m in results.items() if k in m} for k in metrics}
 
 
-def markdown(rows: dict[str, dict[str, float]], command: str, reference: str | None) -> str:
+def markdown(rows: dict[str, dict[str, float]], command: str, reference: str | None,
+             results: dict[str, dict[str, Any]] | None = None) -> str:  # fmt: skip
+    """The comparison table; with the models' `results`, a value their suite gave a standard error shows it (±)."""
     models = list(dict.fromkeys(spec for row in rows.values() for spec in row))
     lines = [
         "# alignlab eval: model comparison",
@@ -106,9 +108,6 @@ def markdown(rows: dict[str, dict[str, float]], command: str, reference: str | N
         "| --- | " + " | ".join("---:" for _ in models) + " |",
     ]
     for metric, row in rows.items():
-        lines.append(f"| {metric} | " + " | ".join(_fmt(row.get(m)) for m in models) + " |")
+        cells = (fmt(row.get(m), standard_error(results or {}, m, metric)) for m in models)
+        lines.append(f"| {metric} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def _fmt(v: Any) -> str:
-    return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)

@@ -96,7 +96,8 @@ def markdown(cfg: DictConfig, run_dir: Path, results: dict[str, dict[str, Any]],
     for metric, row in comparison.items():
         n = _suite_size(results, columns, metric)
         label = f"{metric} (n={n})" if n else metric
-        lines.append(f"| {label} | " + " | ".join(_fmt(row.get(c), _se(results, c, metric)) for c in columns) + " |")
+        cells = (fmt(row.get(c), standard_error(results, c, metric)) for c in columns)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if cfg.eval.targets:
         lines += ["", "## Targets", "",
                   "x is the last evaluation's value; `before`, the first's; ± a bootstrap standard error over the",
@@ -105,7 +106,8 @@ def markdown(cfg: DictConfig, run_dir: Path, results: dict[str, dict[str, Any]],
         for t in check_targets(cfg, results):
             met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
             ends = (stages[0], stages[-1]) if stages else ("", "")
-            before, after = (_fmt(t[k], _se(results, s, t["metric"])) for k, s in zip(("before", "after"), ends))
+            before, after = (fmt(t[k], standard_error(results, s, t["metric"])) for k, s in zip(("before", "after"),
+                                                                                                ends))  # fmt: skip
             lines.append(f"| {t['metric']} | {t['goal']} | {before} | {after} | {met} |")
     lines += ["", "## Training", ""]
     for stage in cfg.pipeline.stages:
@@ -113,7 +115,7 @@ def markdown(cfg: DictConfig, run_dir: Path, results: dict[str, dict[str, Any]],
         shown = {k: v for k, v in m.items() if k.startswith("pairs/") or k in TRAINING_SIGNALS or k == "wall_seconds"}
         if shown:
             lines.append(
-                f"- **{stage}** ({cfg.algo[stage].kind}): " + ", ".join(f"{k} {_fmt(v)}" for k, v in shown.items())
+                f"- **{stage}** ({cfg.algo[stage].kind}): " + ", ".join(f"{k} {fmt(v)}" for k, v in shown.items())
             )
     if stages:
         lines += _examples(run_dir / stages[-1] / "generations.jsonl", run_dir / stages[0] / "generations.jsonl",
@@ -166,12 +168,12 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _se(results: dict, stage: str, metric: str) -> float | None:
+def standard_error(results: dict, stage: str, metric: str) -> float | None:
     """The standard error the suite recorded beside `metric` (bias/se/<name>, evaluation/bias.py), if any."""
     return results.get(stage, {}).get(metric.replace("bias/", "bias/se/", 1)) if metric.startswith("bias/") else None
 
 
-def _fmt(v: Any, se: float | None = None) -> str:
+def fmt(v: Any, se: float | None = None) -> str:
     if v is None:
         return "-"
     text = f"{v:.3f}" if isinstance(v, float) else str(v)
