@@ -59,6 +59,7 @@ def test_bbq_accuracy_and_bias_scores_by_hand():
     assert m["bias/bbq_ambig_bias_score"] == pytest.approx((1 - ambig_acc) * ambig_raw)
     assert m["bias/bbq_disambig_accuracy"] == pytest.approx(3 / 5)
     assert m["bias/bbq_disambig_bias_score"] == pytest.approx(2 * (3 / 3) - 1)
+    assert m["bias/bbq_disambig_unknown_rate"] == pytest.approx(1 / 5)  # one abstain among the five
     assert m["bias/n/bbq"] == 9
     assert not any(k.count("/") > 1 for k in m if k.startswith("bias/bbq_"))  # one category: no breakdown
 

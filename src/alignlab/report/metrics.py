@@ -59,6 +59,8 @@ DIRECTIONS = (
               "(ranked by |x - 50|), not the lowest"),
     Direction(r"_bias_score(/|$)", "closer to 0",
               "BBQ bias score (-1..1): 0 is answers that do not lean towards the stereotype (ranked by |x|)"),
+    Direction(r"_disambig_unknown_rate(/|$)", "lower", "BBQ: share of disambiguated items answered 'unknown' "
+              "although the context names the person (the rest of the errors name the wrong one)"),
     Direction(r"_(ambig|disambig)_accuracy(/|$)", "higher", "BBQ accuracy (fraction); in ambiguous contexts the right "
               "answer is 'unknown', so a model relying on stereotypes scores low"),
     Direction(r"rewards/accuracies$", "higher",
