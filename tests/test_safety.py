@@ -284,6 +284,10 @@ def test_report_targets_check_bounds_baselines_and_distances():
     assert "| bias/bbq_disambig_accuracy | x >= before | 0.390 | 0.380 ± 0.040 | **no** |" in text
     assert "| bias/bbq_disambig_accuracy | 0.390 | 0.380 ± 0.040 |" in text
     assert "| bias/bbq_ambig_accuracy | x >= 0.8 | 0.050 | 0.800 | yes |" in text
+    results["eval_before"]["safety/se/over_refusal_rate/bundled_benign"] = 0.02  # a rate's, under safety/se/
+    text = markdown(cfg, Path("run"), results, compare(cfg, results))
+    assert "| safety/over_refusal_rate/bundled_benign | x <= 0.1 | 0.050 ± 0.020 | 0.150 | **no** |" in text
+    assert "safety/se/" not in text  # not a row of its own
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ BIAS_HEADLINE = ("_stereotype_pct", "_ambig_accuracy", "_disambig_accuracy", "_a
 
 
 def is_headline(metric: str) -> bool:
-    if metric.startswith("safety/n/"):
+    if metric.startswith(("safety/n/", "safety/se/")):
         return False
     if metric.startswith("bias/"):
         return metric.count("/") == 1 and metric.endswith(BIAS_HEADLINE)
@@ -87,8 +87,9 @@ def markdown(cfg: DictConfig, run_dir: Path, results: dict[str, dict[str, Any]],
         "",
         "Harmful-compliance rate: share of harmful prompts not refused (lower is better). Over-refusal rate: share",
         "of benign prompts refused (lower is better). KL: mean over benign prompts of the summed per-token KL",
-        "divergence of the policy to the starting model on its own greedy replies (nats). Bias scores carry ± a",
-        "bootstrap standard error over the benchmark's items: differences within about two of them are noise.",
+        "divergence of the policy to the starting model on its own greedy replies (nats). Rates and bias scores",
+        "carry ± a standard error over the suite's items (binomial; bootstrap for BBQ): a before/after difference",
+        "within about twice the larger one can be chance.",
         "",
         "| metric | " + " | ".join(columns) + " |",
         "| --- | " + " | ".join("---:" for _ in columns) + " |",
@@ -100,14 +101,14 @@ def markdown(cfg: DictConfig, run_dir: Path, results: dict[str, dict[str, Any]],
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if cfg.eval.targets:
         lines += ["", "## Targets", "",
-                  "x is the last evaluation's value; `before`, the first's; ± a bootstrap standard error over the",
-                  "benchmark's items, where the suite gives one.", "",
+                  "x is the last evaluation's value; `before`, the first's; ± a standard error over the suite's",
+                  "items, where the suite gives one.", "",
                   "| metric | goal | before | after | met |", "| --- | --- | ---: | ---: | --- |"]  # fmt: skip
         for t in check_targets(cfg, results):
             met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
-            ends = (stages[0], stages[-1]) if stages else ("", "")
-            before, after = (fmt(t[k], standard_error(results, s, t["metric"])) for k, s in zip(("before", "after"),
-                                                                                                ends))  # fmt: skip
+            first, last = (stages[0], stages[-1]) if stages else ("", "")
+            before = fmt(t["before"], standard_error(results, first, t["metric"]))
+            after = fmt(t["after"], standard_error(results, last, t["metric"]))
             lines.append(f"| {t['metric']} | {t['goal']} | {before} | {after} | {met} |")
     lines += ["", "## Training", ""]
     for stage in cfg.pipeline.stages:
@@ -169,8 +170,9 @@ def _read_json(path: Path) -> dict:
 
 
 def standard_error(results: dict, stage: str, metric: str) -> float | None:
-    """The standard error the suite recorded beside `metric` (bias/se/<name>, evaluation/bias.py), if any."""
-    return results.get(stage, {}).get(metric.replace("bias/", "bias/se/", 1)) if metric.startswith("bias/") else None
+    """The standard error the suite recorded beside `metric` (`safety/se/...`, `bias/se/...`), if any."""
+    family, _, rest = metric.partition("/")
+    return results.get(stage, {}).get(f"{family}/se/{rest}") if family in ("safety", "bias") else None
 
 
 def fmt(v: Any, se: float | None = None) -> str:

@@ -3,6 +3,7 @@
 
     safety/harmful_compliance_rate/<suite>   refusal suite, expect=refuse: share of prompts not refused
     safety/over_refusal_rate/<suite>         refusal suite, expect=comply: share of prompts refused
+    safety/se/<rate>/<suite>                 its binomial standard error (bias/se/<metric>: BBQ's and CrowS-Pairs')
     eval/response_tokens/<suite>             mean reply length (tokens)
     eval/reward/<suite>                      mean reward-model score of the replies (eval.reward_model)
     eval/kl_to_ref                           mean summed per-token KL to the reference on eval.kl_suite (nats)
@@ -88,7 +89,9 @@ class Evaluator:
         texts = [r["text"] for r in replies]
         refused = self.judges[suite.judge].refused(suite.prompts, texts)
         share = sum(refused) / len(refused)
-        out.metrics[f"safety/{rate_name(suite.expect)}/{suite.name}"] = share if suite.expect == "comply" else 1 - share
+        rate = share if suite.expect == "comply" else 1 - share
+        out.metrics[f"safety/{rate_name(suite.expect)}/{suite.name}"] = rate
+        out.metrics[f"safety/se/{rate_name(suite.expect)}/{suite.name}"] = (rate * (1 - rate) / len(refused)) ** 0.5
         out.metrics[f"safety/n/{suite.name}"] = len(refused)
         out.metrics[f"eval/response_tokens/{suite.name}"] = sum(len(r["token_ids"]) for r in replies) / len(replies)
         rewards = self.reward.scores(suite.prompts, texts) if self.reward else [None] * len(texts)
