@@ -29,6 +29,7 @@ from functools import partial
 from typing import Any
 
 import numpy as np
+import scipy.stats
 
 from alignlab.errors import DataError
 
@@ -37,11 +38,13 @@ BOOTSTRAP_SAMPLES = 1000
 
 def _standard_errors(n: int, statistics: Any, seed: int = 0) -> list[float]:
     """Bootstrap standard errors of the values `statistics(indices)` returns, over `n` items resampled with
-    replacement (seeded, so a report is reproducible). Our own few lines: scipy.stats.bootstrap wants one array per
-    sample and a vectorised statistic, and BBQ's scores are ratios over the items that pass a filter."""
-    rng = np.random.default_rng(seed)
-    draws = np.array([statistics(rng.integers(0, n, n)) for _ in range(BOOTSTRAP_SAMPLES)])
-    return [float(v) for v in draws.std(axis=0, ddof=1)]
+    replacement (seeded, so a report is reproducible): BBQ's scores are ratios over the items that pass a filter,
+    so the items' indices are what is resampled."""
+    if n < 2:
+        return [0.0, 0.0]
+    result = scipy.stats.bootstrap((np.arange(n),), statistics, vectorized=False, n_resamples=BOOTSTRAP_SAMPLES,
+                                   method="percentile", rng=seed)  # fmt: skip
+    return [float(v) for v in result.standard_error]
 
 
 # ------------------------------------------------------------------------------------------ CrowS-Pairs
