@@ -95,8 +95,8 @@ def comparison_rows(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, f
 
 
 def markdown(rows: dict[str, dict[str, float]], command: str, reference: str | None,
-             results: dict[str, dict[str, Any]] | None = None) -> str:  # fmt: skip
-    """The comparison table; with the models' `results`, a value their suite gave a standard error shows it (±)."""
+             results: dict[str, dict[str, Any]]) -> str:  # fmt: skip
+    """The comparison table; a value whose suite gave a standard error (in the models' `results`) shows it (±)."""
     models = list(dict.fromkeys(spec for row in rows.values() for spec in row))
     lines = [
         "# alignlab eval: model comparison",
@@ -108,6 +108,6 @@ def markdown(rows: dict[str, dict[str, float]], command: str, reference: str | N
         "| --- | " + " | ".join("---:" for _ in models) + " |",
     ]
     for metric, row in rows.items():
-        cells = (fmt(row.get(m), standard_error(results or {}, m, metric)) for m in models)
+        cells = (fmt(row.get(m), standard_error(results, m, metric)) for m in models)
         lines.append(f"| {metric} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -104,9 +104,9 @@ def markdown(cfg: DictConfig, run_dir: Path, results: dict[str, dict[str, Any]],
                   "x is the last evaluation's value; `before`, the first's; ± a standard error over the suite's",
                   "items, where the suite gives one.", "",
                   "| metric | goal | before | after | met |", "| --- | --- | ---: | ---: | --- |"]  # fmt: skip
+        first, last = (stages[0], stages[-1]) if stages else ("", "")
         for t in check_targets(cfg, results):
             met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
-            first, last = (stages[0], stages[-1]) if stages else ("", "")
             before = fmt(t["before"], standard_error(results, first, t["metric"]))
             after = fmt(t["after"], standard_error(results, last, t["metric"]))
             lines.append(f"| {t['metric']} | {t['goal']} | {before} | {after} | {met} |")
