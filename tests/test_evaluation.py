@@ -16,7 +16,7 @@ from alignlab.config import EvalConfig, JudgeConfig, SuiteConfig
 from alignlab.errors import DataError, ModelError
 from alignlab.evaluation import bias
 from alignlab.evaluation.judges import ClassifierJudge, RewardJudge, build_judge
-from alignlab.evaluation.likelihood import score
+from alignlab.evaluation.likelihood import score, score_choices
 from alignlab.evaluation.runner import Evaluator
 from alignlab.evaluation.suites import load_suite
 
@@ -209,6 +209,27 @@ def test_likelihood_matches_a_manual_forward_pass(tiny_model, tiny_tokenizer):
         assert got.logprob == pytest.approx(want, abs=1e-3) and got.n_tokens == len(ids) - len(prefix)
     single = score(model, tiny_tokenizer, convs[1:], texts[1:], batch_size=1)
     assert single[0].logprob == pytest.approx(batched[1].logprob, abs=1e-3)  # padding changes nothing
+
+
+def test_choices_scored_from_one_context_pass_equal_whole_sequences(tiny_model, tiny_tokenizer):
+    """Contexts of different lengths in one batch (their padding hidden from the choices), choices of one token,
+    of many, of different counts per context, and an empty one: each equals scoring context + choice whole."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    contexts = [[{"role": "user", "content": "Two people met at the bus stop; one of them was late. Who was late?"}],
+                [{"role": "user", "content": "Who?"}], ""]  # fmt: skip
+    choices = [["The driver.", "The passenger who had come a long way.", "Can't be determined."],
+               ["Yes", ""], ["A plain sentence.", "Another, longer, plain sentence with more tokens."]]  # fmt: skip
+    for batch_size in (3, 1):
+        got = score_choices(model, tiny_tokenizer, contexts, choices, batch_size=batch_size)
+        for ctx, options, scored in zip(contexts, choices, got, strict=True):
+            want = score(model, tiny_tokenizer, [ctx] * len(options), options, batch_size=1)
+            assert [s.n_tokens for s in scored] == [w.n_tokens for w in want]
+            assert [s.logprob for s in scored] == pytest.approx([w.logprob for w in want], abs=1e-3)
+    assert got[1][1].n_tokens == 0 and got[1][1].logprob == 0.0
+    with pytest.raises(ValueError, match="2 contexts but 1 lists"):
+        score_choices(model, tiny_tokenizer, contexts[:2], choices[:1])
 
 
 # -------------------------------------------------------------------------------------------------- judges

@@ -1,6 +1,11 @@
 """Log-likelihood of given continuations under a causal LM, batched: what the bias benchmarks and the DPO
 implicit reward are computed from.
 
+`score` runs each (context, continuation) as one sequence. `score_choices` scores several continuations of one
+context (BBQ's three answers, a pair's chosen and rejected replies) from a single pass over the context, whose
+key/value cache the continuations then attend to: a BBQ item is ~120 tokens of context and ~5 of answer, so this
+does a third of the work. Neither transformers nor TRL has a helper for it, hence our own.
+
 A context is either a chat conversation (the continuation is then the assistant's reply, scored inside the
 model's chat template, as a chat model is used) or a plain string (an empty string: the continuation is scored
 as raw text after the BOS token, or EOS where the tokenizer has no BOS, so its first token is scored too).
@@ -71,3 +76,51 @@ def score(model: Any, tokenizer: Any, contexts: list[list[dict[str, str]] | str]
             targets = ids[row, prefix : len(full)].to(device)
             out[i] = Scored(picked.gather(-1, targets[:, None]).sum().item(), len(full) - prefix)
     return out  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def score_choices(model: Any, tokenizer: Any, contexts: list[list[dict[str, str]] | str], choices: list[list[str]],
+                  batch_size: int = 32) -> list[list[Scored]]:  # fmt: skip
+    """log p(choice | context) for every choice of every context, each context run once.
+
+    The contexts go through the model right-padded, with their cache; the cache is then repeated once per
+    choice, and the choices follow it with their true positions (`position_ids`: each context's own length) and
+    an attention mask that hides the contexts' padding, so each choice sees exactly its unpadded context. A
+    choice's first token is predicted by the context's last logits, the others by the choice pass.
+    """
+    tok = generation_tokenizer(tokenizer)
+    prefixes = [context_ids(tok, ctx) for ctx in contexts]
+    options = [[tok(c, add_special_tokens=False)["input_ids"] for c in cs] for cs in choices]
+    if len(options) != len(prefixes):
+        raise ValueError(f"score_choices: {len(prefixes)} contexts but {len(options)} lists of choices")
+    model.eval()
+    device = next(model.parameters()).device
+    order = sorted(range(len(prefixes)), key=lambda i: -len(prefixes[i]))
+    out: list[list[Scored]] = [[] for _ in prefixes]
+    for start in range(0, len(order), batch_size):
+        batch = [i for i in order[start : start + batch_size] if options[i]]
+        if not batch:
+            continue
+        ids, mask = right_padded([prefixes[i] for i in batch], tok.pad_token_id)
+        context = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=True)
+        lengths = torch.tensor([len(prefixes[i]) for i in batch])
+        first = torch.log_softmax(context.logits[torch.arange(len(batch)), lengths - 1].float(), -1)
+        rows = [(r, c) for r, i in enumerate(batch) for c in options[i]]  # (row of the context, choice ids)
+        of_context = torch.tensor([r for r, _ in rows])
+        cache = context.past_key_values
+        cache.reorder_cache(of_context.to(device))  # one copy of the context's keys and values per choice
+        cont, cont_mask = right_padded([c or [tok.pad_token_id] for _, c in rows], tok.pad_token_id)
+        positions = lengths[of_context][:, None] + torch.arange(cont.shape[1])
+        full_mask = torch.cat([mask[of_context], cont_mask], 1)
+        logits = model(input_ids=cont.to(device), position_ids=positions.to(device), past_key_values=cache,
+                       attention_mask=full_mask.to(device)).logits  # fmt: skip
+        for j, (r, c) in enumerate(rows):
+            if not c:
+                out[batch[r]].append(Scored(0.0, 0))
+                continue
+            total = first[r, c[0]].item()
+            if len(c) > 1:  # logits at choice position t predict its token t+1
+                rest = torch.log_softmax(logits[j, : len(c) - 1].float(), -1)
+                total += rest.gather(-1, torch.tensor(c[1:], device=device)[:, None]).sum().item()
+            out[batch[r]].append(Scored(total, len(c)))
+    return out

@@ -28,7 +28,7 @@ from omegaconf import DictConfig
 from alignlab.evaluation import bias
 from alignlab.evaluation.judges import Judge, SequenceScorer, build_judge
 from alignlab.evaluation.kl import sequence_kl
-from alignlab.evaluation.likelihood import score
+from alignlab.evaluation.likelihood import score, score_choices
 from alignlab.evaluation.suites import Suite, load_suite
 from alignlab.generation import generate
 
@@ -118,10 +118,10 @@ class Evaluator:
         out.metrics.update(bias.crows_pairs_metrics(suite.name, suite.rows, ll[:n], ll[n:]))
 
     def _bbq(self, suite: Suite, policy: Any, tokenizer: Any, out: Evaluation) -> None:
-        contexts = [bias.bbq_prompt(item) for item in suite.rows for _ in range(3)]
-        answers = [a for item in suite.rows for a in item.answers]
-        means = [s.mean for s in score(policy, tokenizer, contexts, answers, self.e.score_batch_size)]
-        picks = [max(range(3), key=lambda k, i=i: means[3 * i + k]) for i in range(len(suite.rows))]
+        contexts = [bias.bbq_prompt(item) for item in suite.rows]
+        scored = score_choices(policy, tokenizer, contexts, [list(item.answers) for item in suite.rows],
+                               self.e.score_batch_size)  # fmt: skip
+        picks = [max(range(3), key=lambda k, s=s: s[k].mean) for s in scored]
         out.metrics.update(bias.bbq_metrics(suite.name, suite.rows, picks))
 
     def _preference(self, suite: Suite, policy: Any, tokenizer: Any, out: Evaluation) -> None:
@@ -132,9 +132,9 @@ class Evaluator:
         reference = self.reference()
         if reference is not None:
             b, bs = self.e.dpo_beta, self.e.score_batch_size
-            contexts = [_context(p) for p in prompts]
-            pc, pr = (score(policy, tokenizer, contexts, texts, bs) for texts in (chosen, rejected))
-            rc, rr = (score(reference, tokenizer, contexts, texts, bs) for texts in (chosen, rejected))
+            contexts, both = [_context(p) for p in prompts], [list(pair) for pair in zip(chosen, rejected)]
+            pc, pr = zip(*score_choices(policy, tokenizer, contexts, both, bs))
+            rc, rr = zip(*score_choices(reference, tokenizer, contexts, both, bs))
             margins = [b * ((a.logprob - c.logprob) - (r.logprob - d.logprob)) for a, r, c, d in zip(pc, pr, rc, rr)]
             out.metrics[f"eval/dpo_reward_accuracy/{suite.name}"] = sum(m > 0 for m in margins) / len(margins)
             out.metrics[f"eval/dpo_reward_margin/{suite.name}"] = sum(margins) / len(margins)
