@@ -93,14 +93,14 @@ def score_choices(model: Any, tokenizer: Any, contexts: list[list[dict[str, str]
     options = [[tok(c, add_special_tokens=False)["input_ids"] for c in cs] for cs in choices]
     if len(options) != len(prefixes):
         raise ValueError(f"score_choices: {len(prefixes)} contexts but {len(options)} lists of choices")
+    if not all(options):
+        raise ValueError(f"score_choices: contexts {[i for i, o in enumerate(options) if not o]} have no choices")
     model.eval()
     device = next(model.parameters()).device
     order = sorted(range(len(prefixes)), key=lambda i: -len(prefixes[i]))
     out: list[list[Scored]] = [[] for _ in prefixes]
     for start in range(0, len(order), batch_size):
-        batch = [i for i in order[start : start + batch_size] if options[i]]
-        if not batch:
-            continue
+        batch = order[start : start + batch_size]
         ids, mask = right_padded([prefixes[i] for i in batch], tok.pad_token_id)
         context = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=True)
         lengths = torch.tensor([len(prefixes[i]) for i in batch])
