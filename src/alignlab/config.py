@@ -179,6 +179,9 @@ class SFTAlgoConfig(TRLTrainConfig):
     learning_rate: float = 2e-5
     packing: bool = False
     completion_only_loss: bool = True
+    # rows of like length in a batch (stages/sampling.py), as DPO's; off by default: TRL's uniformly random batches,
+    # with which the experiments' figures in the README were measured
+    group_by_length: bool = False
 
 
 @dataclass

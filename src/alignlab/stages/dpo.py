@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,6 @@ import torch
 import transformers
 import trl.trainer.dpo_trainer
 from datasets import Dataset, load_from_disk
-from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 from trl import DPOConfig, DPOTrainer
 
 from alignlab import data as data_lib
@@ -38,6 +36,7 @@ from alignlab.stages.common import (
     trl_args,
 )
 from alignlab.stages.ref_cache import RefLogpCache
+from alignlab.stages.sampling import length_grouped
 
 
 class AlignlabDPOTrainer(DPOTrainer):
@@ -78,27 +77,7 @@ class AlignlabDPOTrainer(DPOTrainer):
             lengths = [len(p) + len(c) + len(r) for p, c, r in parts]
         else:
             lengths = [len(p) + max(len(c), len(r)) for p, c, r in parts]
-        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-        # grouped by the global batch: each rank takes its share of consecutive indices, so one process and N ranks
-        # with the same global batch see the same pairs at every step
-        a = self.args
-        batch = a.train_batch_size * a.gradient_accumulation_steps * max(1, a.world_size)
-        return SeededLengthGroupedSampler(batch, lengths, seed=seed, epoch=lambda: int(self.state.epoch + 1e-6))
-
-
-class SeededLengthGroupedSampler(LengthGroupedSampler):
-    """transformers' sampler draws its permutation from the global RNG when it is iterated, whose state a resumed run
-    does not share: this one seeds its own generator with the seed and the epoch the Trainer's state is in when the
-    epoch's batches are drawn (`set_epoch` does not reach a sampler nested in accelerate's shard and skip wrappers),
-    so a run resumed mid-epoch, on one rank or several, sees the batches an uninterrupted one saw."""
-
-    def __init__(self, batch_size: int, lengths: list[int], seed: int, epoch: Callable[[], int]) -> None:
-        super().__init__(batch_size, lengths=lengths)
-        self.seed, self.epoch = seed, epoch
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 1000 + self.epoch())
-        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+        return length_grouped(self, lengths)
 
 
 def build_trainer(ctx: StageContext) -> AlignlabDPOTrainer:

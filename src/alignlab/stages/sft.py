@@ -16,9 +16,25 @@ from alignlab import devices
 from alignlab.models import lora_config
 from alignlab.stages import lm_head
 from alignlab.stages.common import StageContext, save_final, train, training_model, trl_args
+from alignlab.stages.sampling import length_grouped
 
 
-def build_trainer(ctx: StageContext) -> SFTTrainer:
+class AlignlabSFTTrainer(SFTTrainer):
+    """TRL's SFTTrainer with batches of rows of like length (`algo.<stage>.group_by_length`), which TRL 1.16 and
+    transformers 5 no longer offer: the rows here are prompt and reply tokenized, so a row's length is exact."""
+
+    def __init__(self, *args: Any, group_by_length: bool = False, **kwargs: Any) -> None:
+        self.group_by_length = group_by_length
+        super().__init__(*args, **kwargs)
+
+    def _get_train_sampler(self, train_dataset: Dataset | None = None) -> Any:
+        if not self.group_by_length:
+            return super()._get_train_sampler(train_dataset)
+        ds = train_dataset if train_dataset is not None else self.train_dataset
+        return length_grouped(self, [len(ids) for ids in ds["input_ids"]])
+
+
+def build_trainer(ctx: StageContext) -> AlignlabSFTTrainer:
     a = ctx.algo
     args = trl_args(
         SFTConfig,
@@ -30,12 +46,13 @@ def build_trainer(ctx: StageContext) -> SFTTrainer:
     model = training_model(ctx)
     compact = lm_head.use_compact(a.lm_head, model, devices.training_device())
     with lm_head.replacing_trl_head(trl.trainer.sft_trainer, compact):
-        return SFTTrainer(
+        return AlignlabSFTTrainer(
             model=model,
             args=args,
             train_dataset=Dataset.from_list(ctx.sft_rows),
             processing_class=ctx.tokenizer,
             peft_config=lora_config(ctx.cfg.model, model),
+            group_by_length=a.group_by_length,
         )
 
 
