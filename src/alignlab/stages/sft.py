@@ -20,8 +20,9 @@ from alignlab.stages.sampling import length_grouped
 
 
 class AlignlabSFTTrainer(SFTTrainer):
-    """TRL's SFTTrainer with batches of rows of like length (`algo.<stage>.group_by_length`), which TRL 1.16 and
-    transformers 5 no longer offer: the rows here are prompt and reply tokenized, so a row's length is exact."""
+    """TRL's SFTTrainer with batches of rows of like length (`algo.<stage>.group_by_length`) from the seeded sampler
+    DPO uses: transformers' own `train_sampling_strategy="group_by_length"` draws its order from the global RNG,
+    which a resumed run does not share (stages/sampling.py)."""
 
     def __init__(self, *args: Any, group_by_length: bool = False, **kwargs: Any) -> None:
         self.group_by_length = group_by_length
