@@ -132,6 +132,47 @@ def test_named_agreeing_rejected_is_symmetric_in_the_direction_of_the_wrong_pick
     assert Counter(p["kind"] for p in named) == Counter(p["kind"] for p in default)
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_balanced_rejected_abstains_once_per_context_whichever_way_the_evidence_goes(templates, seed):
+    """agreeing_rejected=balanced: of a disambiguated context's two pairs, one rejected reply abstains and the
+    other names the wrong person, in contexts whose evidence agrees with the stereotype and in those against it
+    alike, so that abstaining is rejected as often where the evidence contradicts the stereotype as where it
+    agrees, and the wrong pick is the stereotype's in half of the naming ones, and of its target group in half (no prior
+    for either person)."""
+    openers = tuple(o.lower() for o in templates["unknown_openers"])
+    kinds = {"ambiguous": 0.5, "disambiguated": 0.4, "open": 0.1}
+    balanced = bias.build_pairs(templates, 400, seed, kinds, agreeing_rejected="balanced")
+    dis = [p for p in balanced if p["kind"] == "disambiguated"]
+    seen, contexts = Counter(), Counter()
+    for first, second in zip(dis[::2], dis[1::2], strict=False):  # a context's two pairs come together
+        assert (first["asked"], second["asked"]) == ("stereo", "counter")
+        abstains = [text(p, "rejected").lower().startswith(openers) for p in (first, second)]
+        contexts[tuple(abstains)] += 1
+        for p, abstained in zip((first, second), abstains, strict=True):
+            spec = next(s for s in templates["dimensions"][p["category"]]["stereotypes"]
+                        if s["name"] == p["stereotype"])  # fmt: skip
+            targets = {t["the"].lower() for t in spec["target"]}
+            agrees = (p["answer"].lower() in targets) == (p["asked"] == "stereo")  # the answer is the stereotype's
+            if not abstained:
+                chosen, rejected = text(p, "chosen").lower(), text(p, "rejected").lower()
+                wrong = rejected.split(".", 1)[0]
+                assert chosen.replace(p["answer"].lower(), wrong) == rejected  # the right reply, people swapped
+                seen["names the target group"] += wrong in targets
+            seen[("agrees" if agrees else "against", "abstains" if abstained else "names")] += 1
+    assert set(contexts) <= {(True, False), (False, True)}, contexts  # exactly one abstains in each context
+    assert abs(contexts[(True, False)] - contexts[(False, True)]) <= 2, contexts  # on either question in turn
+    for direction in ("agrees", "against"):
+        n = seen[(direction, "abstains")] + seen[(direction, "names")]
+        assert abs(seen[(direction, "abstains")] - n / 2) <= 0.05 * len(dis), seen
+    # the wrong pick is the stereotype's where the evidence is against it: in half of the naming rejected replies
+    assert abs(seen[("against", "names")] - seen[("agrees", "names")]) <= 0.05 * len(dis), seen
+    # and the person named is of the stereotype's target group in half of them too, whichever act was asked
+    names = seen[("against", "names")] + seen[("agrees", "names")]
+    assert abs(seen["names the target group"] - names / 2) <= 0.05 * len(dis), seen
+    default = bias.build_pairs(templates, 400, seed, kinds)
+    assert Counter(p["kind"] for p in balanced) == Counter(p["kind"] for p in default)
+
+
 def test_each_disambiguated_context_is_asked_both_ways_and_only_the_evidence_tells_the_replies_apart(pairs, templates):
     """The two questions on one context name the two people; a wrong pick is the right reply with the people
     swapped (same reason), so neither a prior for one person nor a reply's tail separates chosen from rejected."""

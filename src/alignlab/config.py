@@ -127,7 +127,8 @@ class BiasMixConfig:
     kinds: dict[str, float] = field(default_factory=lambda: {"ambiguous": 0.4, "disambiguated": 0.4, "open": 0.2})
     # A disambiguated pair's rejected reply where the evidence agrees with the stereotype (data/bias.py): abstain |
     # mixed (half of them abstain, half name the other person with the right reply's reason) | named (all of them name
-    # the other person). README, runs 15 and 16.
+    # the other person) | balanced (in every context, whichever way its evidence goes, one of its two pairs' rejected
+    # replies abstains and the other names the wrong person). README, runs 15, 16 and 19.
     agreeing_rejected: str = "abstain"
     # Whether the SFT stage (trained on chosen replies when data.sft is unset) sees them too. false: DPO only; with
     # SFT, SmolLM2 copied their short template answers into replies to unrelated requests (README, bias section).

@@ -31,7 +31,7 @@ from alignlab.data.sources import resolve_local
 from alignlab.errors import DataError
 
 KINDS = ("ambiguous", "disambiguated", "open")
-AGREEING_REJECTED = ("abstain", "mixed", "named")  # see `disambiguated`
+AGREEING_REJECTED = ("abstain", "mixed", "named", "balanced")  # see `disambiguated`
 BUNDLED = "pkg://alignlab/assets/bias/templates.yaml"
 
 
@@ -156,10 +156,13 @@ def disambiguated(s: Scenario, rng: Draws, templates: dict[str, Any],
     and no tail ("That's typical of ...") lowers the loss. Where the evidence agrees with the stereotype, the
     rejected reply abstains (`agreeing_rejected="abstain"`), or, dealt in turn, abstains in half of those pairs and
     names the other person in the rest ("mixed": three in four rejected replies then contrast the two people), or
-    always names the other person ("named"). Only "named" is symmetric: every rejected reply names a person, and
+    always names the other person ("named"). "named" is symmetric: every rejected reply names a person, and
     the stereotype's pick is the wrong one in as many pairs as the other person is, so the pairs add no prior for
     either; "abstain" names only the stereotype's pick (the anti-stereotyped person is chosen in half of the pairs
-    and never rejected), "mixed" half as often.
+    and never rejected), "mixed" half as often. But "abstain" and "mixed" reject abstaining only where the evidence
+    agrees with the stereotype, and "named" nowhere, so nothing holds the model back from abstaining where the
+    evidence contradicts it. "balanced" is symmetric in both: in every context, whichever way its evidence goes,
+    one of its two rejected replies abstains and the other names the wrong person.
     """
     against = rng.turn("against", (False, True))  # the evidence goes against the stereotype half the time
     doer, other = (s.other, s.target) if against else (s.target, s.other)  # who did the stereotyped act
@@ -167,6 +170,10 @@ def disambiguated(s: Scenario, rng: Draws, templates: dict[str, Any],
     frame = rng.choice(templates.get("evidence_frames") or [EVIDENCE_FRAME])
     people = {"doer": doer["the"], "other": other["the"], "Other": _cap(other["the"])}
     evidence = _cap(frame.format(**people, did=st["did"], other_did=co["did"]))
+    # "balanced": the context's pair whose rejected reply abstains, dealt in turn apart for each direction of the
+    # evidence, so that each direction gets as many abstaining as naming rejected replies, and the wrong pick is
+    # the stereotyped person in half of them (one deal for both would lock the two cycles together)
+    abstains_on = rng.turn(f"balanced-{against}", ("stereo", "counter")) if agreeing_rejected == "balanced" else None
     pairs = []
     for asked, act, answer, wrong in (("stereo", st, doer, other), ("counter", co, other, doer)):
         question = rng.choice(act["ask"])
@@ -175,8 +182,13 @@ def disambiguated(s: Scenario, rng: Draws, templates: dict[str, Any],
         # it; with it, the rejected reply abstains although the context answers. Abstaining in three of four (an
         # earlier mix) put the unknown openers into almost as many rejected replies as chosen ones; after DPO some
         # were all but gone (after "Cannot", " be" at -17 nats) and BBQ's ambiguous items phrased that way were lost.
-        mixed = agreeing_rejected == "mixed"  # short-circuits: "mixed" deals a turn only where the evidence agrees
-        if against or agreeing_rejected == "named" or (mixed and rng.turn("agreeing", ("abstain", "wrong")) == "wrong"):
+        if agreeing_rejected == "balanced":
+            names_wrong = asked != abstains_on
+        else:  # "mixed" deals a turn only where the evidence agrees (short-circuits)
+            mixed = agreeing_rejected == "mixed"
+            names_wrong = (against or agreeing_rejected == "named"
+                           or (mixed and rng.turn("agreeing", ("abstain", "wrong")) == "wrong"))  # fmt: skip
+        if names_wrong:
             rejected = _named(wrong, reason, act["did"])
         else:
             rejected = rng.turn("abstain", templates["unknown_openers"]) + rng.choice(ABSTAIN_REASONS)
