@@ -39,6 +39,12 @@ def text(row, part):
     return row[part][0]["content"]
 
 
+def target_people(templates, pair):
+    """The people ("the older man", ...) of the stereotype's target group in the pair's stereotype, lower-cased."""
+    spec = next(s for s in templates["dimensions"][pair["category"]]["stereotypes"] if s["name"] == pair["stereotype"])
+    return {t["the"].lower() for t in spec["target"]}
+
+
 def test_every_dimension_and_kind_is_there_in_turn(pairs, templates):
     assert set(templates["dimensions"]) == DIMENSIONS
     dims = Counter(p["category"] for p in pairs)
@@ -123,8 +129,7 @@ def test_named_agreeing_rejected_is_symmetric_in_the_direction_of_the_wrong_pick
         wrong = rejected.split(".", 1)[0]
         assert wrong != p["answer"].lower() and chosen.replace(p["answer"].lower(), wrong) == rejected
         # the stereotype's pick: the target for the stereotyped act, the other person for its counterpart
-        spec = next(s for s in templates["dimensions"][p["category"]]["stereotypes"] if s["name"] == p["stereotype"])
-        targets = {t["the"].lower() for t in spec["target"]}
+        targets = target_people(templates, p)
         direction["stereotype's pick" if (wrong in targets) == (p["asked"] == "stereo") else "other"] += 1
     # within 5%: a scene dropped as a repeat has used its turn of the evidence's direction
     assert abs(direction["stereotype's pick"] - direction["other"]) <= 0.05 * len(dis), direction
@@ -137,8 +142,8 @@ def test_balanced_rejected_abstains_once_per_context_whichever_way_the_evidence_
     """agreeing_rejected=balanced: of a disambiguated context's two pairs, one rejected reply abstains and the
     other names the wrong person, in contexts whose evidence agrees with the stereotype and in those against it
     alike, so that abstaining is rejected as often where the evidence contradicts the stereotype as where it
-    agrees, and the wrong pick is the stereotype's in half of the naming ones, and of its target group in half (no prior
-    for either person)."""
+    agrees, and the wrong pick is the stereotype's in half of the naming ones, and of its target group in half
+    (no prior for either person)."""
     openers = tuple(o.lower() for o in templates["unknown_openers"])
     kinds = {"ambiguous": 0.5, "disambiguated": 0.4, "open": 0.1}
     balanced = bias.build_pairs(templates, 400, seed, kinds, agreeing_rejected="balanced")
@@ -149,9 +154,7 @@ def test_balanced_rejected_abstains_once_per_context_whichever_way_the_evidence_
         abstains = [text(p, "rejected").lower().startswith(openers) for p in (first, second)]
         contexts[tuple(abstains)] += 1
         for p, abstained in zip((first, second), abstains, strict=True):
-            spec = next(s for s in templates["dimensions"][p["category"]]["stereotypes"]
-                        if s["name"] == p["stereotype"])  # fmt: skip
-            targets = {t["the"].lower() for t in spec["target"]}
+            targets = target_people(templates, p)
             agrees = (p["answer"].lower() in targets) == (p["asked"] == "stereo")  # the answer is the stereotype's
             if not abstained:
                 chosen, rejected = text(p, "chosen").lower(), text(p, "rejected").lower()
