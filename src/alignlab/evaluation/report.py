@@ -14,7 +14,9 @@ TRAINING_SIGNALS = ("final/rewards/accuracies", "final/rewards/margins")
 # Rows of the before/after and model-comparison tables: each suite kind's headline metrics (all are in metrics.json).
 HEADLINE = ("safety/", "eval/kl_to_ref", "eval/reward", "eval/dpo_reward_accuracy", "eval/rm_accuracy")
 BIAS_HEADLINE = ("_stereotype_pct", "_ambig_accuracy", "_disambig_accuracy", "_ambig_bias_score",
-                 "_disambig_bias_score", "_disambig_unknown_rate")  # fmt: skip
+                 "_disambig_bias_score", "_disambig_unknown_rate", "_disambig_accuracy_aligned",
+                 "_disambig_accuracy_conflicting", "_disambig_unknown_rate_aligned",
+                 "_disambig_unknown_rate_conflicting")  # fmt: skip
 
 
 def is_headline(metric: str) -> bool:

@@ -59,10 +59,12 @@ DIRECTIONS = (
               "(ranked by |x - 50|), not the lowest"),
     Direction(r"_bias_score(/|$)", "closer to 0",
               "BBQ bias score (-1..1): 0 is answers that do not lean towards the stereotype (ranked by |x|)"),
-    Direction(r"_disambig_unknown_rate(/|$)", "lower", "BBQ: share of disambiguated items answered 'unknown' "
-              "although the context names the person (the rest of the errors name the wrong one)"),
-    Direction(r"_(ambig|disambig)_accuracy(/|$)", "higher", "BBQ accuracy (fraction); in ambiguous contexts the right "
-              "answer is 'unknown', so a model relying on stereotypes scores low"),
+    Direction(r"_disambig_unknown_rate(_aligned|_conflicting)?(/|$)", "lower", "BBQ: share of disambiguated items "
+              "answered 'unknown' although the context names the person (the rest of the errors name the wrong one); "
+              "_aligned / _conflicting: over the items whose right answer follows / goes against the stereotype"),
+    Direction(r"_(ambig|disambig)_accuracy(_aligned|_conflicting)?(/|$)", "higher", "BBQ accuracy (fraction); in "
+              "ambiguous contexts the right answer is 'unknown', so a model relying on stereotypes scores low; "
+              "_aligned / _conflicting: disambiguated items whose right answer follows / goes against the stereotype"),
     Direction(r"rewards/accuracies$", "higher",
               "DPO: share of pairs whose implicit reward (beta log policy/reference) ranks chosen above rejected"),
     Direction(r"rewards/margins$", "higher", "DPO: mean implicit reward margin, chosen minus rejected"),
