@@ -318,6 +318,14 @@ def test_bad_templates_and_mix_settings_fail_before_any_compute(tmp_path):
     for value in bias.AGREEING_REJECTED:  # each documented value composes from the command line, no `+` needed
         cfg = validate(compose_config([*base, f"data.bias.agreeing_rejected={value}"]))
         assert cfg.data.bias.agreeing_rejected == value
+    with pytest.raises(ConfigError, match=r"data\.bias\.sft_kinds': expected some of the mixed kinds"):
+        validate(compose_config([*base, "data.bias.sft_kinds=[ambiguous,sarcastic]"]))
+    with pytest.raises(ConfigError, match=r"data\.bias\.sft_kinds': expected some"):  # a kind the mix leaves out
+        validate(compose_config([*base, "data.bias.kinds.disambiguated=0", "data.bias.sft_kinds=[open,disambiguated]"]))
+    with pytest.raises(ConfigError, match=r"data\.bias\.sft_kinds': is set but data\.bias\.sft is false"):
+        validate(compose_config([*base, "data.bias.sft=false", "data.bias.sft_kinds=[open]"]))
+    cfg = validate(compose_config([*base, "data.bias.sft_kinds=[disambiguated,open]"]))
+    assert list(cfg.data.bias.sft_kinds) == ["disambiguated", "open"]
     with pytest.raises(ConfigError, match="pairs stage"):
         validate(compose_config(["experiment=tiny", "+data.bias={ratio: 0.5}"]))
 
@@ -340,10 +348,21 @@ def test_the_pairs_stage_mixes_bias_pairs_at_the_ratio(tmp_path, cache_dir, tiny
     assert metrics["pairs/bias"] == len(mixed) and metrics["pairs/total"] == len(rows)
     assert (run / "dpo" / "DONE").is_file()
     assert Path(run / "inputs.json").read_text().count("templates.yaml") == 1
-    # DPO trains on every pair; SFT (on chosen replies) only on the safety ones unless data.bias.sft=true
-    for sft, expected in ((False, len(safety)), (True, len(rows))):
+    # DPO trains on every pair; SFT (on chosen replies) only on the safety ones unless data.bias.sft=true, and then
+    # on the bias pairs of data.bias.sft_kinds (all kinds when unset)
+    kinds = Counter(r["kind"] for r in mixed)
+    assert set(kinds) == {"ambiguous", "disambiguated", "open"}, kinds
+    named = len(safety) + kinds["disambiguated"] + kinds["open"]
+    for sft, sft_kinds, expected in ((False, "null", len(safety)), (True, "null", len(rows)),
+                                     (True, "[disambiguated,open]", named),
+                                     (True, "[ambiguous]", len(safety) + kinds["ambiguous"])):  # fmt: skip
         cfg = validate(compose_config([a for a in args[1:] if not a.startswith("run.root")]
-                                      + [f"run.root={tmp_path}", f"data.bias.sft={str(sft).lower()}"]))  # fmt: skip
+                                      + [f"run.root={tmp_path}", f"data.bias.sft={str(sft).lower()}",
+                                         f"data.bias.sft_kinds={sft_kinds}"]))  # fmt: skip
         prep = pipeline.prepare(cfg, run)
         pipeline.load_stage_pairs(prep, Console(quiet=True))
-        assert len(prep.pairs) == len(rows) and len(prep.sft_rows) == expected, sft
+        assert len(prep.pairs) == len(rows) and len(prep.sft_rows) == expected, (sft, sft_kinds)
+        seen = {r["prompt"][-1]["content"] for r in prep.sft_rows}
+        wanted = kinds if sft_kinds == "null" else sft_kinds.strip("[]").split(",")
+        assert seen == {r["prompt"][-1]["content"] for r in rows
+                        if r["type"] != "bias" or (sft and r["kind"] in wanted)}, (sft, sft_kinds)  # fmt: skip

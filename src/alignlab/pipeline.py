@@ -34,6 +34,7 @@ from alignlab import data as data_lib
 from alignlab import devices, distributed, preemption
 from alignlab.artifacts import atomic_write_json, atomic_write_text, is_done, mark_done
 from alignlab.config import POLICY_KINDS, TRAINING_KINDS
+from alignlab.data.bias import KINDS
 from alignlab.data.sources import resolve_local
 from alignlab.errors import ConfigError, RunStateError, UserError
 from alignlab.evaluation import report as run_report
@@ -154,10 +155,13 @@ def load_stage_pairs(prep: Prepared, console: Any) -> None:
     if prep.cfg.data.sft is None:
         pairs = prep.pairs
         mix = prep.cfg.data.bias
-        if mix is not None and not mix.sft:  # bias pairs teach DPO only: SFT imitates the safety pairs' chosen replies
+        # bias pairs of the kinds SFT leaves out teach DPO only (all of them without data.bias.sft)
+        kept = set() if mix is None or not mix.sft else set(mix.sft_kinds or KINDS)
+        if mix is not None and kept != set(KINDS):
             raw = prep.run_dir / str(prep.pairs_from) / "pairs.jsonl"
             rows = [json.loads(line) for line in raw.read_text().splitlines() if line.strip()]
-            skip = {(r["prompt"][-1]["content"], r["chosen"][-1]["content"]) for r in rows if r.get("type") == "bias"}
+            skip = {(r["prompt"][-1]["content"], r["chosen"][-1]["content"]) for r in rows
+                    if r.get("type") == "bias" and r.get("kind") not in kept}  # fmt: skip
             pairs = [p for p in pairs if (p["prompt"][-1]["content"], p["chosen"][-1]["content"]) not in skip]
         prep.sft_rows = data_lib.as_sft(pairs)
 
