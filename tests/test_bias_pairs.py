@@ -5,7 +5,9 @@ their mixing into the on-policy pairs at the configured ratio."""
 from __future__ import annotations
 
 import csv
+import itertools
 import json
+import math
 import re
 from collections import Counter
 from pathlib import Path
@@ -318,14 +320,20 @@ def test_bad_templates_and_mix_settings_fail_before_any_compute(tmp_path):
     for value in bias.AGREEING_REJECTED:  # each documented value composes from the command line, no `+` needed
         cfg = validate(compose_config([*base, f"data.bias.agreeing_rejected={value}"]))
         assert cfg.data.bias.agreeing_rejected == value
-    with pytest.raises(ConfigError, match=r"data\.bias\.sft_kinds': expected some of the mixed kinds"):
-        validate(compose_config([*base, "data.bias.sft_kinds=[ambiguous,sarcastic]"]))
-    with pytest.raises(ConfigError, match=r"data\.bias\.sft_kinds': expected some"):  # a kind the mix leaves out
-        validate(compose_config([*base, "data.bias.kinds.disambiguated=0", "data.bias.sft_kinds=[open,disambiguated]"]))
-    with pytest.raises(ConfigError, match=r"data\.bias\.sft_kinds': is set but data\.bias\.sft is false"):
-        validate(compose_config([*base, "data.bias.sft=false", "data.bias.sft_kinds=[open]"]))
-    cfg = validate(compose_config([*base, "data.bias.sft_kinds=[disambiguated,open]"]))
-    assert list(cfg.data.bias.sft_kinds) == ["disambiguated", "open"]
+    with pytest.raises(ConfigError, match=r"unknown key 'data\.bias\.sft_share\.sarcastic'"):
+        validate(compose_config([*base, "data.bias.sft_share.sarcastic=0.5"]))
+    with pytest.raises(ConfigError, match=r"data\.bias\.sft_share': expected shares in \[0, 1\] for some of"):
+        validate(compose_config([*base, "+data.bias.sft_share.sarcastic=0.5"]))
+    with pytest.raises(ConfigError, match=r"data\.bias\.sft_share': expected shares"):
+        validate(compose_config([*base, "data.bias.sft_share.ambiguous=1.5"]))
+    with pytest.raises(ConfigError, match=r"data\.bias\.sft_share': is below 1 but data\.bias\.sft is false"):
+        validate(compose_config([*base, "data.bias.sft=false", "data.bias.sft_share.open=0.5"]))
+    with pytest.raises(ConfigError, match=r"data\.bias\.sft_share': .* leaves every mixed kind out of SFT"):
+        validate(compose_config([*base, "data.bias.kinds.open=0", "data.bias.sft_share.ambiguous=0",
+                                 "data.bias.sft_share.disambiguated=0"]))
+    validate(compose_config([*base, "data.bias.sft=false"]))  # the default shares need no SFT
+    cfg = validate(compose_config([*base, "data.bias.sft_share.ambiguous=0.5"]))  # no `+` needed either
+    assert dict(cfg.data.bias.sft_share) == {"ambiguous": 0.5, "disambiguated": 1.0, "open": 1.0}
     with pytest.raises(ConfigError, match="pairs stage"):
         validate(compose_config(["experiment=tiny", "+data.bias={ratio: 0.5}"]))
 
@@ -349,20 +357,26 @@ def test_the_pairs_stage_mixes_bias_pairs_at_the_ratio(tmp_path, cache_dir, tiny
     assert (run / "dpo" / "DONE").is_file()
     assert Path(run / "inputs.json").read_text().count("templates.yaml") == 1
     # DPO trains on every pair; SFT (on chosen replies) only on the safety ones unless data.bias.sft=true, and then
-    # on the bias pairs of data.bias.sft_kinds (all kinds when unset)
+    # on data.bias.sft_share of each kind's bias pairs (all when unset), whole scenes dealt in turn
     kinds = Counter(r["kind"] for r in mixed)
     assert set(kinds) == {"ambiguous", "disambiguated", "open"}, kinds
-    named = len(safety) + kinds["disambiguated"] + kinds["open"]
-    for sft, sft_kinds, expected in ((False, "null", len(safety)), (True, "null", len(rows)),
-                                     (True, "[disambiguated,open]", named),
-                                     (True, "[ambiguous]", len(safety) + kinds["ambiguous"])):  # fmt: skip
+    for sft, share in ((False, {}), (True, {}), (True, {"ambiguous": 0}), (True, {"disambiguated": 0, "open": 0}),
+                       (True, {"ambiguous": 0.5}), (True, {"ambiguous": 0.25, "open": 0.5})):  # fmt: skip
+        shares = ", ".join(f"{k}: {v}" for k, v in share.items())
         cfg = validate(compose_config([a for a in args[1:] if not a.startswith("run.root")]
                                       + [f"run.root={tmp_path}", f"data.bias.sft={str(sft).lower()}",
-                                         f"data.bias.sft_kinds={sft_kinds}"]))  # fmt: skip
+                                         f"data.bias.sft_share={{{shares}}}"]))  # fmt: skip
         prep = pipeline.prepare(cfg, run)
         pipeline.load_stage_pairs(prep, Console(quiet=True))
-        assert len(prep.pairs) == len(rows) and len(prep.sft_rows) == expected, (sft, sft_kinds)
-        seen = {r["prompt"][-1]["content"] for r in prep.sft_rows}
-        wanted = kinds if sft_kinds == "null" else sft_kinds.strip("[]").split(",")
-        assert seen == {r["prompt"][-1]["content"] for r in rows
-                        if r["type"] != "bias" or (sft and r["kind"] in wanted)}, (sft, sft_kinds)  # fmt: skip
+        seen = Counter(r["prompt"][-1]["content"] for r in prep.sft_rows)
+        kept = [r for r in mixed if r["prompt"][-1]["content"] in seen]
+        assert len(prep.pairs) == len(rows) and len(prep.sft_rows) == len(safety) + len(kept), (sft, share)
+        assert set(seen.values()) == {1}, (sft, share)  # no pair's prompt twice
+        groups = Counter((r["kind"], r["category"], r.get("asked")) for r in mixed)
+        for group, m in groups.items():  # each kind's share in every dimension and question direction, rounded
+            want = math.floor(m * (share.get(group[0], 1) if sft else 0) + 0.5)
+            assert sum((r["kind"], r["category"], r.get("asked")) == group for r in kept) == want, (sft, share, group)
+        # a scene's two ambiguous questions are kept or left out together
+        pairs_of = [(a, b) for a, b in itertools.pairwise(mixed) if a["kind"] == b["kind"] == "ambiguous"
+                    and (a["asked"], b["asked"]) == ("stereo", "counter")]  # fmt: skip
+        assert pairs_of and all((a in kept) == (b in kept) for a, b in pairs_of), (sft, share)

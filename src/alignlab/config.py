@@ -133,10 +133,11 @@ class BiasMixConfig:
     # Whether the SFT stage (trained on chosen replies when data.sft is unset) sees them too. false: DPO only; with
     # SFT, SmolLM2 copied their short template answers into replies to unrelated requests (README, bias section).
     sft: bool = False
-    # With sft, the kinds whose chosen replies SFT sees (null: all). SFT imitates them with nothing to contrast: on
-    # the ambiguous kind's "cannot be determined", SmolLM2 learned to abstain where BBQ's context names the person
-    # too (README, "Which stage adds the abstention"). DPO, which contrasts each with its rejected reply, sees all.
-    sft_kinds: list[str] | None = None
+    # With sft, the share of each kind's pairs whose chosen replies SFT sees, whole scenes dealt in turn; 0 leaves the
+    # kind out. SFT imitates them with nothing to contrast: on the ambiguous kind's
+    # "cannot be determined", SmolLM2 learned to abstain where BBQ's context names the person too (README, "Which
+    # stage adds the abstention"). DPO, which contrasts each with its rejected reply, sees all of them.
+    sft_share: dict[str, float] = field(default_factory=lambda: {"ambiguous": 1.0, "disambiguated": 1.0, "open": 1.0})
 
 
 # -------------------------------------------------------------------------------------------- algorithms
@@ -941,11 +942,14 @@ def _validate_bias_mix(cfg: DictConfig, stages: list[str]) -> None:
            "data.bias.kinds", f"expected non-negative weights for some of {list(KINDS)}, got {weights}.")  # fmt: skip
     _check(mix.agreeing_rejected in AGREEING_REJECTED, "data.bias.agreeing_rejected",
            f"expected one of {list(AGREEING_REJECTED)}, got {mix.agreeing_rejected!r}.")  # fmt: skip
-    if mix.sft_kinds is not None:
-        mixed = sorted(k for k, w in weights.items() if w > 0)
-        _check(len(mix.sft_kinds) > 0 and set(mix.sft_kinds) <= set(mixed), "data.bias.sft_kinds",
-               f"expected some of the mixed kinds {mixed}, got {list(mix.sft_kinds)}.")  # fmt: skip
-        _check(mix.sft, "data.bias.sft_kinds", "is set but data.bias.sft is false, so SFT sees no bias pairs.")
+    share = dict(mix.sft_share)
+    _check(set(share) <= set(KINDS) and all(0 <= s <= 1 for s in share.values()), "data.bias.sft_share",
+           f"expected shares in [0, 1] for some of {list(KINDS)}, got {share}.")  # fmt: skip
+    if any(s < 1 for s in share.values()):
+        _check(mix.sft, "data.bias.sft_share", "is below 1 but data.bias.sft is false, so SFT sees no bias pairs.")
+        mixed = [k for k, w in weights.items() if w > 0]
+        _check(any(share.get(k, 1) > 0 for k in mixed), "data.bias.sft_share",
+               f"{share} leaves every mixed kind out of SFT; say data.bias.sft=false for that.")  # fmt: skip
     _check(any(cfg.algo[s].kind == "pairs" for s in stages), "data.bias",
            f"bias pairs are mixed in by a pairs stage; this pipeline has none (stages: {stages}).")  # fmt: skip
 

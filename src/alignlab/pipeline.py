@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -153,17 +155,32 @@ def load_stage_pairs(prep: Prepared, console: Any) -> None:
     prep.reports.append(report)
     console.data_report(report)
     if prep.cfg.data.sft is None:
-        pairs = prep.pairs
-        mix = prep.cfg.data.bias
-        # bias pairs of the kinds SFT leaves out teach DPO only (all of them without data.bias.sft)
-        kept = set() if mix is None or not mix.sft else set(mix.sft_kinds or KINDS)
-        if mix is not None and kept != set(KINDS):
-            raw = prep.run_dir / str(prep.pairs_from) / "pairs.jsonl"
-            rows = [json.loads(line) for line in raw.read_text().splitlines() if line.strip()]
-            skip = {(r["prompt"][-1]["content"], r["chosen"][-1]["content"]) for r in rows
-                    if r.get("type") == "bias" and r.get("kind") not in kept}  # fmt: skip
-            pairs = [p for p in pairs if (p["prompt"][-1]["content"], p["chosen"][-1]["content"]) not in skip]
-        prep.sft_rows = data_lib.as_sft(pairs)
+        prep.sft_rows = data_lib.as_sft(_sft_pairs(prep))
+
+
+def _sft_pairs(prep: Prepared) -> list[dict[str, Any]]:
+    """The pairs whose chosen replies SFT trains on when data.sft is unset: the safety pairs, and the bias pairs only
+    with data.bias.sft, each kind's `sft_share` of them. Dealt in turn for each kind, dimension and question
+    direction, so that every dimension keeps its share and a scene's two questions stay together."""
+    mix = prep.cfg.data.bias
+    if mix is None:
+        return prep.pairs
+    share = {k: float(mix.sft_share.get(k, 1.0)) if mix.sft else 0.0 for k in KINDS}
+    if all(s == 1 for s in share.values()):
+        return prep.pairs
+    raw = prep.run_dir / str(prep.pairs_from) / "pairs.jsonl"
+    rows = [json.loads(line) for line in raw.read_text().splitlines() if line.strip()]
+    dealt: Counter[tuple[str, str, str | None]] = Counter()
+    skip = set()
+    for r in rows:
+        if r.get("type") != "bias":
+            continue
+        group = (r["kind"], r["category"], r.get("asked"))
+        i, s = dealt[group], share[r["kind"]]
+        dealt[group] += 1
+        if math.floor((i + 1) * s + 0.5) == math.floor(i * s + 0.5):  # keeps round(s x the group's size) of it
+            skip.add((r["prompt"][-1]["content"], r["chosen"][-1]["content"]))
+    return [p for p in prep.pairs if (p["prompt"][-1]["content"], p["chosen"][-1]["content"]) not in skip]
 
 
 def fingerprint(path: str) -> str:
