@@ -5,7 +5,6 @@ their mixing into the on-policy pairs at the configured ratio."""
 from __future__ import annotations
 
 import csv
-import itertools
 import json
 import math
 import re
@@ -361,7 +360,8 @@ def test_the_pairs_stage_mixes_bias_pairs_at_the_ratio(tmp_path, cache_dir, tiny
     kinds = Counter(r["kind"] for r in mixed)
     assert set(kinds) == {"ambiguous", "disambiguated", "open"}, kinds
     for sft, share in ((False, {}), (True, {}), (True, {"ambiguous": 0}), (True, {"disambiguated": 0, "open": 0}),
-                       (True, {"ambiguous": 0.5}), (True, {"ambiguous": 0.25, "open": 0.5})):  # fmt: skip
+                       (True, {"ambiguous": 0.5}),
+                       (True, {"ambiguous": 0.1, "disambiguated": 0.3, "open": 0.5})):  # fmt: skip
         shares = ", ".join(f"{k}: {v}" for k, v in share.items())
         cfg = validate(compose_config([a for a in args[1:] if not a.startswith("run.root")]
                                       + [f"run.root={tmp_path}", f"data.bias.sft={str(sft).lower()}",
@@ -372,11 +372,19 @@ def test_the_pairs_stage_mixes_bias_pairs_at_the_ratio(tmp_path, cache_dir, tiny
         kept = [r for r in mixed if r["prompt"][-1]["content"] in seen]
         assert len(prep.pairs) == len(rows) and len(prep.sft_rows) == len(safety) + len(kept), (sft, share)
         assert set(seen.values()) == {1}, (sft, share)  # no pair's prompt twice
-        groups = Counter((r["kind"], r["category"], r.get("asked")) for r in mixed)
-        for group, m in groups.items():  # each kind's share in every dimension and question direction, rounded
-            want = math.floor(m * (share.get(group[0], 1) if sft else 0) + 0.5)
-            assert sum((r["kind"], r["category"], r.get("asked")) == group for r in kept) == want, (sft, share, group)
-        # a scene's two ambiguous questions are kept or left out together
-        pairs_of = [(a, b) for a, b in itertools.pairwise(mixed) if a["kind"] == b["kind"] == "ambiguous"
-                    and (a["asked"], b["asked"]) == ("stereo", "counter")]  # fmt: skip
-        assert pairs_of and all((a in kept) == (b in kept) for a, b in pairs_of), (sft, share)
+        # a scene is a kind's, dimension's and position's questions (one per direction): whole, in or out
+        scenes: dict[tuple, list[bool]] = {}
+        position: Counter[tuple] = Counter()
+        for r in mixed:
+            way = (r["kind"], r["category"], r.get("asked"))
+            scenes.setdefault((*way[:2], position[way]), []).append(r in kept)
+            position[way] += 1
+        assert all(len(set(fate)) == 1 for fate in scenes.values()), (sft, share)
+        for kind in kinds:  # round(share x scenes) of the kind's scenes, each dimension within one of its share
+            s = share.get(kind, 1) if sft else 0
+            ins = [key for key, fate in scenes.items() if key[0] == kind and fate[0]]
+            assert len(ins) == math.floor(s * sum(key[0] == kind for key in scenes) + 0.5), (sft, share, kind)
+            for dim in {key[1] for key in scenes if key[0] == kind}:
+                n = sum(key[:2] == (kind, dim) for key in scenes)
+                assert abs(sum(key[1] == dim for key in ins) - s * n) < 1, (sft, share, kind, dim)
+        assert any(len(fate) == 2 for fate in scenes.values())  # the ambiguous and disambiguated kinds ask both ways

@@ -160,8 +160,7 @@ def load_stage_pairs(prep: Prepared, console: Any) -> None:
 
 def _sft_pairs(prep: Prepared) -> list[dict[str, Any]]:
     """The pairs whose chosen replies SFT trains on when data.sft is unset: the safety pairs, and the bias pairs only
-    with data.bias.sft, each kind's `sft_share` of them. Dealt in turn for each kind, dimension and question
-    direction, so that every dimension keeps its share and a scene's two questions stay together."""
+    with data.bias.sft, each kind's `sft_share` of them (`_kept_scenes`)."""
     mix = prep.cfg.data.bias
     if mix is None:
         return prep.pairs
@@ -170,17 +169,35 @@ def _sft_pairs(prep: Prepared) -> list[dict[str, Any]]:
         return prep.pairs
     raw = prep.run_dir / str(prep.pairs_from) / "pairs.jsonl"
     rows = [json.loads(line) for line in raw.read_text().splitlines() if line.strip()]
-    dealt: Counter[tuple[str, str, str | None]] = Counter()
-    skip = set()
-    for r in rows:
-        if r.get("type") != "bias":
-            continue
-        group = (r["kind"], r["category"], r.get("asked"))
-        i, s = dealt[group], share[r["kind"]]
-        dealt[group] += 1
-        if math.floor((i + 1) * s + 0.5) == math.floor(i * s + 0.5):  # keeps round(s x the group's size) of it
-            skip.add((r["prompt"][-1]["content"], r["chosen"][-1]["content"]))
+    bias_rows = [r for r in rows if r.get("type") == "bias"]
+    kept = _kept_scenes(bias_rows, share)
+    skip = {(r["prompt"][-1]["content"], r["chosen"][-1]["content"]) for r, keep in zip(bias_rows, kept) if not keep}
     return [p for p in prep.pairs if (p["prompt"][-1]["content"], p["chosen"][-1]["content"]) not in skip]
+
+
+def _kept_scenes(rows: list[dict[str, Any]], share: dict[str, float]) -> list[bool]:
+    """Whether each bias row goes to SFT: round(share x scenes) of each kind's scenes, apportioned over the
+    dimensions by largest remainder and dealt evenly within each, so that every dimension keeps its share however
+    small the kind, and a scene's questions (its rows of one kind, dimension and position) go in or out together.
+    Rows of a kind and dimension are numbered per question direction, which the builder writes in step."""
+    position: Counter[tuple[str, str, str | None]] = Counter()
+    scene = []
+    for r in rows:
+        way = (r["kind"], r["category"], r.get("asked"))
+        scene.append(((r["kind"], r["category"]), position[way]))
+        position[way] += 1
+    scenes: Counter[tuple[str, str]] = Counter()
+    for (kind, category, _), n in position.items():
+        scenes[kind, category] = max(scenes[kind, category], n)
+    quota: dict[tuple[str, str], int] = {}
+    for kind, s in share.items():
+        dims = sorted(d for d in scenes if d[0] == kind)
+        exact = {d: s * scenes[d] for d in dims}
+        quota.update({d: math.floor(exact[d]) for d in dims})
+        spare = math.floor(sum(exact.values()) + 0.5) - sum(quota[d] for d in dims)
+        for d in sorted(dims, key=lambda d: quota[d] - exact[d])[:spare]:  # largest remainders first
+            quota[d] += 1
+    return [math.floor((j + 1) * quota[d] / scenes[d]) > math.floor(j * quota[d] / scenes[d]) for d, j in scene]
 
 
 def fingerprint(path: str) -> str:
