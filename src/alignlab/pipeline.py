@@ -181,7 +181,7 @@ def _kept_scenes(rows: list[dict[str, Any]], share: dict[str, float]) -> list[bo
     small the kind, and a scene's questions (its rows of one kind, dimension and position) go in or out together.
     Rows of a kind and dimension are numbered per question direction, which the builder writes in step."""
     position: Counter[tuple[str, str, str | None]] = Counter()
-    scene = []
+    scene: list[tuple[tuple[str, str], int]] = []
     for r in rows:
         way = (r["kind"], r["category"], r.get("asked"))
         scene.append(((r["kind"], r["category"]), position[way]))
