@@ -133,10 +133,10 @@ class BiasMixConfig:
     # Whether the SFT stage (trained on chosen replies when data.sft is unset) sees them too. false: DPO only; with
     # SFT, SmolLM2 copied their short template answers into replies to unrelated requests (README, bias section).
     sft: bool = False
-    # With sft, the share of each kind's pairs whose chosen replies SFT sees, whole scenes dealt in turn; 0 leaves the
-    # kind out. SFT imitates them with nothing to contrast: on the ambiguous kind's
-    # "cannot be determined", SmolLM2 learned to abstain where BBQ's context names the person too (README, "Which
-    # stage adds the abstention"). DPO, which contrasts each with its rejected reply, sees all of them.
+    # With sft, the share of each kind's pairs whose chosen replies SFT sees, in whole scenes spread over the
+    # dimensions (pipeline._kept_scenes); 0 leaves the kind out. SFT imitates them with nothing to contrast: on the
+    # ambiguous kind's "cannot be determined", SmolLM2 learned to abstain where BBQ's context names the person too
+    # (README, "Which stage adds the abstention"). DPO, which contrasts each with its rejected reply, sees all of them.
     sft_share: dict[str, float] = field(default_factory=lambda: {"ambiguous": 1.0, "disambiguated": 1.0, "open": 1.0})
 
 
