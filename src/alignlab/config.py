@@ -314,6 +314,10 @@ class PairsStageConfig:
     max_new_tokens: int = 64
     batch_size: int = 64
     benign_resamples: int = 2  # a benign prompt the model refuses is re-sampled (T=0.8) for a helpful reply
+    # A later round: the name of an earlier pairs stage. This one asks the current policy (e.g. the SFT model) the
+    # next max_harmful / max_benign prompts that stage did not use, rejects its own refusals of benign ones, adds no
+    # bias pairs, and writes the earlier pairs plus its own; the training stages after it read these (README).
+    after: str | None = None
 
 
 @dataclass
@@ -700,6 +704,11 @@ def validate(cfg: DictConfig) -> DictConfig:
         if typed.algo[stage].kind in TRAINING_KINDS:
             _validate_algo(typed.algo[stage], f"algo.{stage}", typed)
     kinds = [typed.algo[s].kind for s in stages]
+    for i, stage in enumerate(stages):
+        earlier = typed.algo[stage].get("after") if kinds[i] == "pairs" else None
+        if earlier is not None:
+            _check(earlier in stages[:i] and typed.algo[earlier].kind == "pairs", f"algo.{stage}.after",
+                   f"'{earlier}' must name a pairs stage that runs before '{stage}' (stages: {stages}).")  # fmt: skip
     for i, stage in enumerate(stages):
         if kinds[i] in TRAINING_KINDS and _from_stage(typed.data.preference):
             producer = _from_stage(typed.data.preference)

@@ -90,8 +90,10 @@ def refusal_for(row: PromptRow, pool: dict[str, list[str]]) -> str:
 
 
 def build_pairs(rows: list[PromptRow], replies: list[list[str]], is_refusal: Callable[[str], bool],
-                refusals: dict[str, list[str]]) -> PairBuild:  # fmt: skip
-    """`replies[i]` holds the model's attempts for `rows[i]`: the greedy reply first, then any re-samples."""
+                refusals: dict[str, list[str]], own_refusals: bool = False) -> PairBuild:  # fmt: skip
+    """`replies[i]` holds the model's attempts for `rows[i]`: the greedy reply first, then any re-samples.
+    With `own_refusals`, a benign prompt the model refused greedily rejects that refusal, not a bundled one: a later
+    round's policy (after SFT on refusals) over-refuses in its own words, and DPO should push down what it says."""
     out = PairBuild()
     for row, attempts in zip(rows, replies, strict=True):
         judged = [(text, is_refusal(text)) for text in attempts]
@@ -120,18 +122,21 @@ def build_pairs(rows: list[PromptRow], replies: list[list[str]], is_refusal: Cal
             if helpful is None:
                 record["outcome"] = "refuses on every try: no pair"
             else:
-                record["outcome"] = "pair: helpful reply > refusal"
+                own = own_refusals and judged[0][1] and attempts[0].strip()
+                record["outcome"] = "pair: helpful reply > own refusal" if own else "pair: helpful reply > refusal"
                 out.pairs.append(
                     {
                         "prompt": user,
                         "chosen": [_assistant(helpful)],
-                        "rejected": [_assistant(refusal_for(row, refusals))],
+                        "rejected": [_assistant(attempts[0] if own else refusal_for(row, refusals))],
                         "chosen_safe": True,
                         "rejected_safe": True,
                         "type": row.type,
                         "category": row.category,
                     }
                 )
+                if own:
+                    out.counts["benign/own_refusal_rejected"] += 1
         out.counts[f"{row.type}/{record['outcome'].split(':')[0].replace(' ', '_')}"] += 1
         out.records.append(record)
     return out

@@ -1,13 +1,20 @@
 """On-policy pair stage: the current policy replies to the training prompts, a judge routes each reply, and the
 pairs (with template bias pairs mixed in when `data.bias` is set; cached in `<stage>/pairs.jsonl`, logged as a W&B
-table) feed the SFT and DPO stages that follow (`data.preference.path: stage:<this stage>`)."""
+table) feed the SFT and DPO stages that follow (`data.preference.path: stage:<this stage>`).
+
+A later round (`after: <earlier pairs stage>`) asks the policy it is given, typically the SFT model, prompts the
+earlier round did not use, so that DPO also learns from the replies of the model it starts from (the DPO paper
+samples its pairs from the SFT model) on prompts SFT never saw; its output is the earlier pairs plus the new ones."""
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 from typing import Any
 
 from alignlab.data import bias, onpolicy
+from alignlab.errors import DataError
 from alignlab.evaluation.refusal import is_refusal
 from alignlab.generation import generate, trim_to_sentence
 from alignlab.models import load_model
@@ -25,6 +32,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
     benign = [r for r in rows if r.type == "benign"]
     rng.shuffle(harmful)
     rng.shuffle(benign)
+    earlier: list[dict[str, Any]] = []
+    if a.after is not None:  # the earlier round's pairs are kept; its prompts are not asked again
+        earlier_dir = ctx.stage_dir.parent / a.after
+        earlier = _read_jsonl(earlier_dir / PAIRS_FILE)
+        used = {r["prompt"] for r in _read_jsonl(earlier_dir / "generations.jsonl")}
+        harmful = [r for r in harmful if r.prompt not in used]
+        benign = [r for r in benign if r.prompt not in used]
     rows = harmful[: a.max_harmful] + benign[: a.max_benign]
 
     model = load_model(ctx.input_model, ctx.cfg.model, for_generation=True)
@@ -40,9 +54,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
         for i, g in zip(retry, sampled):
             attempts[i].append(_clean(g))
 
-    built = onpolicy.build_pairs(rows, attempts, is_refusal, refusals)
+    built = onpolicy.build_pairs(rows, attempts, is_refusal, refusals, own_refusals=a.after is not None)
     mix = ctx.cfg.data.bias
-    if mix is not None:  # template bias pairs, `ratio` per safety pair (data/bias.py)
+    if mix is not None and a.after is None:  # template bias pairs, `ratio` per safety pair (data/bias.py)
         extra = bias.build_pairs(bias.load_templates(mix.templates), round(mix.ratio * len(built.pairs)),
                                  seed=ctx.cfg.seed, kinds=dict(mix.kinds),
                                  agreeing_rejected=mix.agreeing_rejected)  # fmt: skip
@@ -50,7 +64,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         for p in extra:
             built.counts[f"bias_{p['kind']}"] += 1
     onpolicy.write_jsonl(ctx.stage_dir / "generations.jsonl", built.records)
-    onpolicy.write_jsonl(ctx.stage_dir / PAIRS_FILE, built.pairs)
+    onpolicy.write_jsonl(ctx.stage_dir / PAIRS_FILE, earlier + built.pairs)
     ctx.tracker.table(f"{ctx.name}/pairs", ["prompt", "type", "category", "reply", "refused", "outcome"],
                       [[r[k] for k in ("prompt", "type", "category", "reply", "refused", "outcome")]
                        for r in built.records])  # fmt: skip
@@ -59,7 +73,16 @@ def run(ctx: StageContext) -> dict[str, Any]:
     metrics["pairs/harmful"] = sum(p["type"] == "harmful" for p in built.pairs)
     metrics["pairs/benign"] = sum(p["type"] == "benign" for p in built.pairs)
     metrics["pairs/bias"] = sum(p["type"] == "bias" for p in built.pairs)
+    if a.after is not None:
+        metrics["pairs/earlier"] = len(earlier)
+        metrics["pairs/written"] = len(earlier) + len(built.pairs)  # what the stages after this one train on
     return metrics
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():  # the pipeline runs the earlier stage first; a run folder edited since may lack it
+        raise DataError(f"Data error: '{path}' is missing; the later pairs round reads the earlier round's files.")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _clean(generation: dict[str, Any]) -> str:
