@@ -96,3 +96,20 @@ def test_the_second_round_asks_the_sft_model_new_prompts_and_dpo_trains_on_both(
     # SFT trained on the first round's chosen replies before the second round ran; DPO on both rounds' pairs
     assert json.loads((run / "dpo" / "metrics.json").read_text())["ref_logps/cached_pairs"] == len(written)
     assert cli.main(["resume", str(run)]) == 0  # a finished run skips every stage
+
+
+@pytest.mark.slow
+def test_a_third_round_asks_prompts_neither_earlier_round_used(tmp_path, cache_dir, tiny_model, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    args = ["run", "experiment=safety-smollm-quick", "model=tiny", "pipeline=safety-2round",
+            "pipeline.stages=[pairs,sft,pairs_sft,pairs_3,dpo]", "algo.pairs_sft.max_harmful=6",
+            "algo.pairs_sft.max_benign=6", "logger=none", f"run.root={tmp_path}", "model.lora.enabled=false",
+            "+algo.pairs_3={kind: pairs, after: pairs_sft, max_harmful: 6, max_benign: 6, max_new_tokens: 24}",
+            "model.generation_dtype=null"]  # fmt: skip
+    assert cli.main(args) == 0
+    (run,) = (tmp_path / "safety-smollm-quick").iterdir()
+    asked = [{r["prompt"] for r in _read(run / s / "generations.jsonl")} for s in ("pairs", "pairs_sft", "pairs_3")]
+    assert [len(a) for a in asked] == [12, 12, 12] and len(set.union(*asked)) == 36
+    second, third = _read(run / "pairs_sft" / "pairs.jsonl"), _read(run / "pairs_3" / "pairs.jsonl")
+    assert third[: len(second)] == second
+    assert json.loads((run / "dpo" / "metrics.json").read_text())["ref_logps/cached_pairs"] == len(third)

@@ -315,7 +315,7 @@ class PairsStageConfig:
     batch_size: int = 64
     benign_resamples: int = 2  # a benign prompt the model refuses is re-sampled (T=0.8) for a helpful reply
     # A later round: the name of an earlier pairs stage. This one asks the current policy (e.g. the SFT model) the
-    # next max_harmful / max_benign prompts that stage did not use, rejects its own refusals of benign ones, adds no
+    # next max_harmful / max_benign prompts no earlier round used, rejects its own refusals of benign ones, adds no
     # bias pairs, and writes the earlier pairs plus its own; the training stages after it read these (README).
     after: str | None = None
 

@@ -33,10 +33,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
     rng.shuffle(harmful)
     rng.shuffle(benign)
     earlier: list[dict[str, Any]] = []
-    if a.after is not None:  # the earlier round's pairs are kept; its prompts are not asked again
-        earlier_dir = ctx.stage_dir.parent / a.after
-        earlier = _read_jsonl(earlier_dir / PAIRS_FILE)
-        used = {r["prompt"] for r in _read_jsonl(earlier_dir / "generations.jsonl")}
+    if a.after is not None:  # the earlier round's pairs are kept; no earlier round's prompts are asked again
+        earlier = _read_jsonl(ctx.stage_dir.parent / a.after / PAIRS_FILE)
+        used: set[str] = set()
+        stage = a.after
+        while stage is not None:
+            used |= {r["prompt"] for r in _read_jsonl(ctx.stage_dir.parent / stage / "generations.jsonl")}
+            stage = ctx.cfg.algo[stage].after
         harmful = [r for r in harmful if r.prompt not in used]
         benign = [r for r in benign if r.prompt not in used]
     rows = harmful[: a.max_harmful] + benign[: a.max_benign]
