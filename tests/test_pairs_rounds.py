@@ -12,6 +12,7 @@ import pytest
 from alignlab import cli
 from alignlab.config import compose_config, validate
 from alignlab.data import onpolicy
+from alignlab.data.sources import resolve_local
 from alignlab.errors import ConfigError
 from alignlab.evaluation.refusal import is_refusal
 from alignlab.generation import generate
@@ -113,3 +114,16 @@ def test_a_third_round_asks_prompts_neither_earlier_round_used(tmp_path, cache_d
     second, third = _read(run / "pairs_sft" / "pairs.jsonl"), _read(run / "pairs_3" / "pairs.jsonl")
     assert third[: len(second)] == second
     assert json.loads((run / "dpo" / "metrics.json").read_text())["ref_logps/cached_pairs"] == len(third)
+
+
+@pytest.mark.slow
+def test_a_first_round_beside_pairs_from_a_file_leaves_the_training_data_alone(tmp_path, cache_dir, tiny_model):
+    """Only a later round takes over the training data: a pairs stage in a run whose DPO reads a file writes its own
+    pairs (for a look), and DPO still trains on the file's."""
+    args = ["run", "experiment=tiny", "pipeline.stages=[pairs,dpo]", "algo.dpo.max_steps=1", "logger=none",
+            "+algo.pairs={kind: pairs, max_harmful: 2, max_benign: 2, max_new_tokens: 8}", f"run.root={tmp_path}"]
+    assert cli.main(args) == 0
+    (run,) = (tmp_path / "tiny").iterdir()
+    file_pairs = _read(Path(str(resolve_local("pkg://alignlab/assets/tiny/prefs.jsonl"))))
+    assert json.loads((run / "dpo" / "metrics.json").read_text())["ref_logps/cached_pairs"] == len(file_pairs)
+    assert len(_read(run / "pairs" / "pairs.jsonl")) != len(file_pairs)

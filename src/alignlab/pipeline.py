@@ -394,7 +394,8 @@ def execute(prep: Prepared, console: Any = None) -> dict[str, Any]:
                 results[stage] = {**metrics, "status": "done"}
             if kind in POLICY_KINDS:  # evaluation, pair, reward and cost stages leave it as it was
                 policy = str(stage_dir / "model")
-            if kind == "pairs" and cfg.algo[stage].after == prep.pairs_from:  # a later round: its pairs from now on
+            later = cfg.algo[stage].after if kind == "pairs" else None
+            if later is not None and later == prep.pairs_from:  # a later round: its pairs from now on
                 prep.pairs_from, prep.pairs = stage, None
         if main:
             comparison = _write_summary(prep, results, tracker)
