@@ -394,10 +394,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
                                                                     a.max_grad_norm, precision))  # fmt: skip
         # What transformers' TrainingArguments does for a DeepSpeed Trainer (on GPUs and on the CPU alike): the
         # process state becomes DeepSpeed's, on the run's backend.
-        # A Trainer stage before this one left its own plugin in accelerate's process-wide state: start afresh, as
-        # transformers does for each Trainer.
         os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
-        AcceleratorState._reset_state()
+    # A Trainer stage (or run) before this one left its plugin and mixed precision in accelerate's process-wide
+    # state, which an Accelerator with other settings refuses: start afresh, as transformers does for each Trainer.
+    AcceleratorState._reset_state()
+    if ds is not None:
         PartialState(backend=distributed.backend(ctx.cfg))
     acc = Accelerator(mixed_precision={"bf16": "bf16", "fp16": "fp16"}.get(precision, "no"),
                       cpu=not torch.cuda.is_available() and plugin is None,
