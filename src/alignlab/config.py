@@ -705,7 +705,7 @@ def validate(cfg: DictConfig) -> DictConfig:
             _validate_algo(typed.algo[stage], f"algo.{stage}", typed)
     kinds = [typed.algo[s].kind for s in stages]
     for i, stage in enumerate(stages):
-        earlier = typed.algo[stage].get("after") if kinds[i] == "pairs" else None
+        earlier = typed.algo[stage].after if kinds[i] == "pairs" else None
         if earlier is not None:
             _check(earlier in stages[:i] and typed.algo[earlier].kind == "pairs", f"algo.{stage}.after",
                    f"'{earlier}' must name a pairs stage that runs before '{stage}' (stages: {stages}).")  # fmt: skip

@@ -36,6 +36,7 @@ from alignlab import data as data_lib
 from alignlab import devices, distributed, preemption
 from alignlab.artifacts import atomic_write_json, atomic_write_text, is_done, mark_done
 from alignlab.config import POLICY_KINDS, TRAINING_KINDS
+from alignlab.data import onpolicy
 from alignlab.data.bias import KINDS
 from alignlab.data.sources import resolve_local
 from alignlab.errors import ConfigError, RunStateError, UserError
@@ -167,8 +168,7 @@ def _sft_pairs(prep: Prepared) -> list[dict[str, Any]]:
     share = {k: float(mix.sft_share.get(k, 1.0)) if mix.sft else 0.0 for k in KINDS}
     if all(s == 1 for s in share.values()):
         return prep.pairs
-    raw = prep.run_dir / str(prep.pairs_from) / "pairs.jsonl"
-    rows = [json.loads(line) for line in raw.read_text().splitlines() if line.strip()]
+    rows = onpolicy.read_jsonl(prep.run_dir / str(prep.pairs_from) / "pairs.jsonl")
     bias_rows = [r for r in rows if r.get("type") == "bias"]
     kept = _kept_scenes(bias_rows, share)
     skip = {(r["prompt"][-1]["content"], r["chosen"][-1]["content"]) for r, keep in zip(bias_rows, kept) if not keep}

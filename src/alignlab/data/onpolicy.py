@@ -146,6 +146,11 @@ def _assistant(text: str) -> dict[str, str]:
     return {"role": "assistant", "content": text}
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows `write_jsonl` wrote (blank lines skipped): the stages' pairs and generations files."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     from alignlab.artifacts import atomic_write_text
 

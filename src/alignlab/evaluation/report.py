@@ -10,6 +10,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from alignlab.data.onpolicy import read_jsonl
+
 TRAINING_SIGNALS = ("final/rewards/accuracies", "final/rewards/margins")
 # Rows of the before/after and model-comparison tables: each suite kind's headline metrics (all are in metrics.json).
 HEADLINE = ("safety/", "eval/kl_to_ref", "eval/reward", "eval/dpo_reward_accuracy", "eval/rm_accuracy")
@@ -149,9 +151,7 @@ def _examples(path: Path, before_path: Path, n: int) -> list[str]:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_jsonl(path) if path.is_file() else []
 
 
 def _quote(text: str) -> str:

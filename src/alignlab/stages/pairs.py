@@ -8,7 +8,6 @@ samples its pairs from the SFT model) on prompts SFT never saw; its output is th
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Any
@@ -85,7 +84,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():  # the pipeline runs the earlier stage first; a run folder edited since may lack it
         raise DataError(f"Data error: '{path}' is missing; the later pairs round reads the earlier round's files.")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return onpolicy.read_jsonl(path)
 
 
 def _clean(generation: dict[str, Any]) -> str:
