@@ -288,6 +288,18 @@ def test_interrupted_ppo_resumes_to_the_same_result(tmp_path, cache_dir, monkeyp
 
 
 @pytest.mark.slow
+def test_fp32_ppo_runs_after_a_bf16_accelerator_in_the_same_process(tmp_path, cache_dir):
+    """A bf16 Trainer stage (or run) earlier in the process leaves its mixed precision in accelerate's process-wide
+    state; an fp32 PPO after it once failed ('AcceleratorState has already been initialized')."""
+    from accelerate import Accelerator
+
+    Accelerator(mixed_precision="bf16", cpu=True)
+    m, run_dir = _run(tmp_path, "algo.ppo.max_steps=1", "algo.ppo.batch_size=4", "algo.ppo.mini_batch_size=4",
+                      "algo.ppo.precision=fp32")  # fmt: skip
+    assert m["global_step"] == 1 and (run_dir / "ppo" / "DONE").is_file()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "variant",
     [

@@ -389,16 +389,15 @@ def run(ctx: StageContext) -> dict[str, Any]:
     precision = stage_precision(ctx.cfg, a)
     ds = distributed.deepspeed_config(ctx.cfg)
     plugin = None
+    # A Trainer stage (or run) before this one left its plugin and mixed precision in accelerate's process-wide
+    # state, which an Accelerator with other settings refuses: start afresh, as transformers does for each Trainer.
+    AcceleratorState._reset_state()
     if ds is not None:  # a Trainer fills DeepSpeed's "auto" values itself; this loop resolves them here
         plugin = DeepSpeedPlugin(hf_ds_config=distributed.fill_auto(ds, a.mini_batch_size, a.grad_accum,
                                                                     a.max_grad_norm, precision))  # fmt: skip
         # What transformers' TrainingArguments does for a DeepSpeed Trainer (on GPUs and on the CPU alike): the
         # process state becomes DeepSpeed's, on the run's backend.
         os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
-    # A Trainer stage (or run) before this one left its plugin and mixed precision in accelerate's process-wide
-    # state, which an Accelerator with other settings refuses: start afresh, as transformers does for each Trainer.
-    AcceleratorState._reset_state()
-    if ds is not None:
         PartialState(backend=distributed.backend(ctx.cfg))
     acc = Accelerator(mixed_precision={"bf16": "bf16", "fp16": "fp16"}.get(precision, "no"),
                       cpu=not torch.cuda.is_available() and plugin is None,
