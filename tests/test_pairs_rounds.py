@@ -1,5 +1,6 @@
 """A second on-policy round (`algo.<stage>.after`): the SFT model answers prompts the first round did not use, its own
-refusals of benign prompts become rejected replies, and DPO trains on both rounds' pairs."""
+refusals of benign prompts become rejected replies, its own wrong answers to fresh bias questions too
+(`bias_prompts`), and DPO trains on both rounds' pairs."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import pytest
 
 from alignlab import cli
 from alignlab.config import compose_config, validate
-from alignlab.data import onpolicy
+from alignlab.data import bias, onpolicy
 from alignlab.data.sources import resolve_local
-from alignlab.errors import ConfigError
+from alignlab.errors import ConfigError, DataError
 from alignlab.evaluation.refusal import is_refusal
 from alignlab.generation import generate
 
@@ -46,6 +47,84 @@ def test_own_refusals_are_rejected_where_the_model_refused_greedily():
     assert later.records[0]["outcome"] == "pair: helpful reply > own refusal"
 
 
+@pytest.fixture(scope="module")
+def questions():
+    return bias.build_pairs(bias.load_templates(), 300, seed=5, kinds={"ambiguous": 0.5, "disambiguated": 0.5})
+
+
+def test_answers_are_read_from_the_first_sentence_of_a_reply():
+    people = ["the older woman", "the college student"]
+    assert bias.answer_of("The older woman. She had it all working.", people) == "the older woman"
+    assert bias.answer_of("the college student", people) == "the college student"
+    assert bias.answer_of("It was the college student who set it up.", people) == "the college student"
+    for reply in ("Cannot be determined. Either of them could have.", "It's impossible to say.", "Unknown.",
+                  "We can't tell which one.", "Either one might have."):  # fmt: skip
+        assert bias.answer_of(reply, people) == "unknown", reply
+    for reply in ("", "The older woman and the college student.", "The woman.", "Sure! Here is a poem."):
+        assert bias.answer_of(reply, people) == "unclear", reply
+    # a person named only after the first sentence does not count, and neither does a word inside another word
+    assert bias.answer_of("Hard to say. The older woman, maybe.", people) == "unclear"
+    assert bias.answer_of("The man.", ["the young man", "the man"]) == "the man"
+    assert bias.answer_of("The young man.", ["the young man", "the man"]) == "the young man"  # the longer phrase
+    assert bias.answer_of("The woman.", ["the man", "the older person"]) == "unclear"  # "man" is not in "woman"
+
+
+def test_the_templates_own_replies_read_as_their_answers(questions):
+    """Every template reply reads as what it says: chosen ones as "unknown" (ambiguous) or the evidence's person,
+    rejected ones as the stereotype's pick or an abstention, so the judge agrees with the pairs it was built from."""
+    openers = bias.load_templates()["unknown_openers"]
+    assert all(bias.answer_of(o, ["the older woman", "the college student"]) == "unknown" for o in openers)
+    for q in questions:
+        chosen, rejected = (bias.answer_of(q[side][0]["content"], q["people"]) for side in ("chosen", "rejected"))
+        assert q["answer"] in q["people"] if q["kind"] == "disambiguated" else q["answer"] is None
+        assert chosen == (q["answer"] or "unknown"), q
+        assert rejected != chosen and rejected != "unclear", q
+        assert q["kind"] == "disambiguated" or rejected in q["people"]  # an ambiguous pair rejects a guess
+
+
+def test_own_wrong_bias_answers_become_rejected_replies(questions):
+    right = [q["chosen"][0]["content"] for q in questions]
+    pairs, records, counts = bias.onpolicy_pairs(questions, right)
+    assert pairs == [] and [r["outcome"].endswith("no pair") for r in records] == [True] * len(questions)
+    amb = sum(q["kind"] == "ambiguous" for q in questions)
+    assert counts == {"bias_ambiguous/abstains": amb, "bias_disambiguated/right_person": len(questions) - amb}
+
+    def wrong(q):  # a guess where nothing says who; where the evidence does, alternately the other person or
+        other = next(p for p in q["people"] if p != q["answer"])  # an abstention
+        return {"ambiguous": f"{q['people'][0].capitalize()}.", "disambiguated": f"{other.capitalize()}."}[q["kind"]]
+
+    replies = [wrong(q) if i % 3 else "Cannot be determined." if q["kind"] == "disambiguated" else "Hmm."
+               for i, q in enumerate(questions)]  # fmt: skip
+    pairs, records, counts = bias.onpolicy_pairs(questions, replies)
+    expected = [i for i, q in enumerate(questions) if i % 3 or q["kind"] == "disambiguated"]  # "Hmm." is unclear
+    assert [p["prompt"] for p in pairs] == [questions[i]["prompt"] for i in expected]
+    for p, i in zip(pairs, expected):
+        assert p["rejected"][0]["content"] == replies[i] and p["chosen"] == questions[i]["chosen"] and p["own_reply"]
+        assert (p["type"], p["chosen_safe"], p["rejected_safe"]) == ("bias", True, False)
+    assert sum(counts.values()) == len(questions) == len(records)
+    unclear = sum(i % 3 == 0 for i, q in enumerate(questions) if q["kind"] == "ambiguous")
+    assert counts["bias_ambiguous/unclear"] == unclear
+    assert counts["bias_disambiguated/abstains"] and counts["bias_disambiguated/wrong_person"]
+    assert {r["answer"] for r in records} >= {"unknown", "unclear"}
+    with pytest.raises(DataError, match="ambiguous or disambiguated, got 'open'"):
+        bias.onpolicy_pairs([{**questions[0], "kind": "open"}], ["Sure."])
+
+
+def test_bias_questions_need_a_later_round_and_bias_templates():
+    base = ["experiment=safety-bias-smollm", "pipeline=safety-2round"]
+    assert validate(compose_config([*base, "algo.pairs_sft.bias_prompts=40"])).algo.pairs_sft.bias_prompts == 40
+    first_round = r"algo\.pairs\.bias_prompts': asks the policy bias questions in a later round"
+    for extra, message in [
+        ([*base, "algo.pairs.bias_prompts=40"], first_round),
+        ([*base, "algo.pairs_sft.bias_prompts=-1"], "must be a positive number of questions"),
+        (["experiment=safety-smollm", "pipeline=safety-2round", "algo.pairs_sft.bias_prompts=40"], r"needs data\.bias"),
+        ([*base, "algo.pairs_sft.bias_prompts=40", "data.bias.kinds={ambiguous: 0, disambiguated: 0, open: 1}"],
+         "gives both no weight"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            validate(compose_config(extra))
+
+
 def test_a_later_round_must_follow_a_pairs_stage():
     base = ["experiment=safety-smollm-quick", "pipeline=safety-2round"]
     cfg = validate(compose_config(base))
@@ -68,7 +147,7 @@ def test_the_second_round_asks_the_sft_model_new_prompts_and_dpo_trains_on_both(
     monkeypatch.setattr("alignlab.stages.pairs.generate",
                         lambda *a, **k: generate(*a, **{**k, "do_sample": True, "temperature": 1.0}))  # fmt: skip
     args = ["run", "experiment=safety-smollm-quick", "model=tiny", "pipeline=safety-2round",
-            "data=safety-bias-onpolicy",
+            "data=safety-bias-onpolicy", "algo.pairs_sft.bias_prompts=6",
             "algo.pairs_sft.max_harmful=8", "algo.pairs_sft.max_benign=8", "algo.pairs_sft.benign_resamples=4",
             "eval=safety", "eval.suites.harmbench=null", "eval.suites.xstest_safe=null", "logger=none",
             f"run.root={tmp_path}", "model.lora.enabled=false", "model.generation_dtype=null"]  # fmt: skip
@@ -79,13 +158,18 @@ def test_the_second_round_asks_the_sft_model_new_prompts_and_dpo_trains_on_both(
     new = written[len(first):]
     assert written[: len(first)] == first and new  # the first round's pairs, then this round's
     assert not {r["prompt"] for r in asked} & {r["prompt"] for r in asked_first}  # prompts the first round did not use
-    assert Counter(r["type"] for r in asked) == {"harmful": 8, "benign": 8}
-    assert not [p for p in new if p["type"] == "bias"] and [p for p in first if p["type"] == "bias"]
-    # every new pair comes from the SFT model's replies: its compliance rejected, or its own refusal of a benign one
+    assert Counter(r["type"] for r in asked) == {"harmful": 8, "benign": 8, "bias": 6}
+    assert {r["kind"] for r in asked if r["type"] == "bias"} == {"ambiguous", "disambiguated"}
+    assert [p for p in first if p["type"] == "bias"] and not [p for p in new if p["type"] == "bias" and
+                                                              not p.get("own_reply")]  # no template pairs again
+    # every new pair comes from the SFT model's replies: its compliance rejected, its own refusal of a benign one, or
+    # its own wrong answer to a bias question (the tiny model's noise names no one: a pair where there is evidence)
     replies = {r["prompt"]: r for r in asked}
     for p in new:
         record = replies[p["prompt"][0]["content"]]
-        if p["type"] == "harmful":
+        if p["type"] == "bias":
+            assert p["rejected"][0]["content"] == record["reply"] and record["outcome"].startswith("pair: ")
+        elif p["type"] == "harmful":
             assert not record["refused"] and p["rejected"][0]["content"] == record["reply"]
         elif record["refused"] and record["reply"].strip():  # an empty reply is no refusal to learn from
             assert p["rejected"][0]["content"] == record["reply"]
@@ -93,6 +177,8 @@ def test_the_second_round_asks_the_sft_model_new_prompts_and_dpo_trains_on_both(
     metrics = json.loads((run / "pairs_sft" / "metrics.json").read_text())
     own = sum(r["outcome"].endswith("own refusal") for r in asked)
     assert own > 0 and metrics["pairs/benign/own_refusal_rejected"] == own
+    assert sum(v for k, v in metrics.items() if k.startswith("pairs/bias_")) == 6  # every question's outcome
+    assert metrics["pairs/bias"] == sum(p["type"] == "bias" for p in new) > 0
     assert metrics["pairs/earlier"] == len(first) and metrics["pairs/written"] == len(written)
     # SFT trained on the first round's chosen replies before the second round ran; DPO on both rounds' pairs
     assert json.loads((run / "dpo" / "metrics.json").read_text())["ref_logps/cached_pairs"] == len(written)

@@ -316,8 +316,12 @@ class PairsStageConfig:
     benign_resamples: int = 2  # a benign prompt the model refuses is re-sampled (T=0.8) for a helpful reply
     # A later round: the name of an earlier pairs stage. This one asks the current policy (e.g. the SFT model) the
     # next max_harmful / max_benign prompts no earlier round used, rejects its own refusals of benign ones, adds no
-    # bias pairs, and writes the earlier pairs plus its own; the training stages after it read these (README).
+    # template bias pairs, and writes the earlier pairs plus its own; the training stages after it read these (README).
     after: str | None = None
+    # A later round in a run with data.bias: also ask this many fresh template bias questions (ambiguous and
+    # disambiguated) and reject the policy's own wrong answers: a person named where nothing says who, or anything
+    # but the person the evidence names (data/bias.py, onpolicy_pairs; README).
+    bias_prompts: int = 0
 
 
 @dataclass
@@ -709,6 +713,8 @@ def validate(cfg: DictConfig) -> DictConfig:
         if earlier is not None:
             _check(earlier in stages[:i] and typed.algo[earlier].kind == "pairs", f"algo.{stage}.after",
                    f"'{earlier}' must name a pairs stage that runs before '{stage}' (stages: {stages}).")  # fmt: skip
+        if kinds[i] == "pairs" and typed.algo[stage].bias_prompts:
+            _validate_bias_prompts(typed, stage)
     for i, stage in enumerate(stages):
         if kinds[i] in TRAINING_KINDS and _from_stage(typed.data.preference):
             producer = _from_stage(typed.data.preference)
@@ -939,6 +945,18 @@ def _validate_online(a: DictConfig, key: str, cfg: DictConfig) -> None:
         _check(a.lambda_lr > 0, f"{key}.lambda_lr", f"must be positive, got {a.lambda_lr}.")
         if a.lambda_max is not None:
             _check(a.lambda_max >= a.lambda_init, f"{key}.lambda_max", "must be at least lambda_init.")
+
+
+def _validate_bias_prompts(cfg: DictConfig, stage: str) -> None:
+    a, key = cfg.algo[stage], f"algo.{stage}.bias_prompts"
+    _check(a.bias_prompts > 0, key, f"must be a positive number of questions (or 0 for none), got {a.bias_prompts}.")
+    _check(a.after is not None, key, "asks the policy bias questions in a later round; set after: <earlier pairs "
+           "stage> too (the first round mixes in template pairs instead).")  # fmt: skip
+    _check(cfg.data.get("bias") is not None, key, "needs data.bias (its templates give the questions), e.g. "
+           "data=safety-bias-onpolicy.")  # fmt: skip
+    kinds = cfg.data.bias.kinds
+    _check(any(kinds.get(k, 0) > 0 for k in ("ambiguous", "disambiguated")), key,
+           f"asks ambiguous and disambiguated questions, but data.bias.kinds gives both no weight: {dict(kinds)}.")
 
 
 def _validate_bias_mix(cfg: DictConfig, stages: list[str]) -> None:

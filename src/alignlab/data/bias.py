@@ -21,6 +21,8 @@ carries safety labels for a cost model: the stereotyped (or premise-accepting) r
 from __future__ import annotations
 
 import random
+import re
+from collections import Counter
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -143,7 +145,8 @@ def ambiguous(s: Scenario, rng: Draws, templates: dict[str, Any]) -> list[dict[s
         # the stereotype's pick: the target for the stereotyped act, the other person for its counterpart
         rejected = _guess(s.target if asked == "stereo" else s.other, rng)
         pairs.append({"prompt": _message("user", f"{s.scene} {question}"), "chosen": _message("assistant", chosen),
-                      "rejected": _message("assistant", rejected), "asked": asked, "answer": None})  # fmt: skip
+                      "rejected": _message("assistant", rejected), "asked": asked, "answer": None,
+                      "people": [s.first["the"], s.second["the"]]})  # fmt: skip
     return pairs
 
 
@@ -195,7 +198,8 @@ def disambiguated(s: Scenario, rng: Draws, templates: dict[str, Any],
         pairs.append({"prompt": _message("user", f"{s.scene} {evidence} {question}"),
                       "chosen": _message("assistant", _named(answer, reason, act["did"])),
                       "rejected": _message("assistant", rejected),
-                      "asked": asked, "answer": answer["the"]})  # fmt: skip
+                      "asked": asked, "answer": answer["the"],
+                      "people": [s.first["the"], s.second["the"]]})  # fmt: skip
     return pairs
 
 
@@ -259,3 +263,56 @@ def build_pairs(templates: dict[str, Any], n: int, seed: int, kinds: dict[str, f
             pairs.append({**p, "type": "bias", "category": dim, "kind": k, "stereotype": stereotype["name"],
                           "chosen_safe": True, "rejected_safe": False})  # fmt: skip
     return pairs
+
+
+# Words that open or carry an abstention in a model's own reply: the templates' unknown openers say it in these
+# words, and so do the usual paraphrases ("It's impossible to say", "No way to know").
+ABSTAIN_WORDS = re.compile(r"\b(cannot|can't|can not|not enough|undetermined|unknown|not known|not answerable|"
+                           r"impossible|not possible|no way|unclear|either (of them|one))\b")  # fmt: skip
+
+
+def answer_of(reply: str, people: list[str]) -> str:
+    """Which answer a model's own reply to a two-person question gives: one of `people` ("the older woman"), "unknown"
+    when its first sentence abstains, or "unclear" (both people, neither, or an empty reply).
+
+    The replies this reads come from a model trained on the templates' answer shape ("The older woman.", "Cannot be
+    determined."), so the first sentence carries the answer; a person counts when their phrase, without its article,
+    appears there as whole words, and the longer phrase wins where one contains the other ("man" in "young man")."""
+    first = re.split(r"(?<=[.!?])\s", reply.strip(), maxsplit=1)[0].lower()
+    if ABSTAIN_WORDS.search(first):
+        return "unknown"
+    phrases = {person: person.lower().removeprefix("the ").strip() for person in people}
+    named = [p for p, phrase in phrases.items() if re.search(rf"\b{re.escape(phrase)}\b", first)]
+    named = [p for p in named if not any(phrases[p] != phrases[q] and phrases[p] in phrases[q] for q in named)]
+    return named[0] if len(named) == 1 else "unclear"
+
+
+def onpolicy_pairs(questions: list[dict[str, Any]], replies: list[str]) -> tuple[list[dict], list[dict], Counter]:
+    """Pairs that reject a model's own wrong answers to template bias questions (`questions`: ambiguous and
+    disambiguated pairs of `build_pairs`, `replies[i]` the model's reply to question i), with the template's chosen
+    reply: in an ambiguous context a reply that names a person, in a disambiguated one any reply but the person the
+    evidence names (an abstention, the other person, or no clear answer). An ambiguous reply that names no one clearly
+    gives no pair: it may be an abstention in other words.
+
+    Template pairs reject a stock reply; these reject what the model itself says after SFT, in its own words, which
+    is where DPO's log-ratios move the most (the DPO paper samples its pairs from the SFT model). Returns the pairs,
+    one record per question (its reply, the answer read from it, the outcome) and counts per kind and outcome."""
+    pairs, records, counts = [], [], Counter()
+    for q, reply in zip(questions, replies, strict=True):
+        got = answer_of(reply, q["people"])
+        if q["kind"] == "ambiguous":
+            outcome = "abstains" if got == "unknown" else "unclear" if got == "unclear" else "names_a_person"
+            wrong = outcome == "names_a_person"
+        elif q["kind"] == "disambiguated":
+            read = {q["answer"]: "right_person", "unknown": "abstains", "unclear": "unclear"}
+            outcome = read.get(got, "wrong_person")
+            wrong = outcome != "right_person"
+        else:
+            raise DataError(f"Data error: on-policy bias questions are ambiguous or disambiguated, got {q['kind']!r}.")
+        counts[f"bias_{q['kind']}/{outcome}"] += 1
+        records.append({"prompt": q["prompt"][0]["content"], "type": "bias", "category": q["category"],
+                        "kind": q["kind"], "reply": reply, "refused": got == "unknown", "answer": got,
+                        "outcome": f"pair: chosen > own reply ({outcome})" if wrong else f"{outcome}: no pair"})
+        if wrong:
+            pairs.append({**q, "rejected": _message("assistant", reply), "own_reply": True})
+    return pairs, records, counts

@@ -4,10 +4,13 @@ table) feed the SFT and DPO stages that follow (`data.preference.path: stage:<th
 
 A later round (`after: <earlier pairs stage>`) asks the policy it is given, typically the SFT model, prompts the
 earlier round did not use, so that DPO also learns from the replies of the model it starts from (the DPO paper
-samples its pairs from the SFT model) on prompts SFT never saw; its output is the earlier pairs plus the new ones."""
+samples its pairs from the SFT model) on prompts SFT never saw; its output is the earlier pairs plus the new ones.
+With `bias_prompts`, it also asks fresh template bias questions and rejects the policy's own wrong answers
+(data/bias.py, `onpolicy_pairs`)."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 from pathlib import Path
 from typing import Any
@@ -32,9 +35,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     rng.shuffle(harmful)
     rng.shuffle(benign)
     earlier: list[dict[str, Any]] = []
+    used: set[str] = set()
     if a.after is not None:  # the earlier round's pairs are kept; no earlier round's prompts are asked again
         earlier = _read_jsonl(ctx.stage_dir.parent / a.after / PAIRS_FILE)
-        used: set[str] = set()
         stage = a.after
         while stage is not None:
             used |= {r["prompt"] for r in _read_jsonl(ctx.stage_dir.parent / stage / "generations.jsonl")}
@@ -65,6 +68,15 @@ def run(ctx: StageContext) -> dict[str, Any]:
         built.pairs.extend(extra)
         for p in extra:
             built.counts[f"bias_{p['kind']}"] += 1
+    if a.bias_prompts:  # a later round in a run with data.bias (config.validate): the policy's own bias answers
+        questions = _bias_questions(ctx, a.bias_prompts, used | {p["prompt"][0]["content"] for p in earlier})
+        print(f"[alignlab] {ctx.name}: asking {len(questions)} bias questions")
+        answers = generate(model, ctx.tokenizer, [q["prompt"] for q in questions], a.max_new_tokens, a.batch_size,
+                           seed=ctx.cfg.seed)  # fmt: skip
+        extra, records, counts = bias.onpolicy_pairs(questions, [_clean(g) for g in answers])
+        built.pairs.extend(extra)
+        built.records.extend(records)
+        built.counts.update(counts)
     onpolicy.write_jsonl(ctx.stage_dir / "generations.jsonl", built.records)
     onpolicy.write_jsonl(ctx.stage_dir / PAIRS_FILE, earlier + built.pairs)
     ctx.tracker.table(f"{ctx.name}/pairs", ["prompt", "type", "category", "reply", "refused", "outcome"],
@@ -79,6 +91,17 @@ def run(ctx: StageContext) -> dict[str, Any]:
         metrics["pairs/earlier"] = len(earlier)
         metrics["pairs/written"] = len(earlier) + len(built.pairs)  # what the stages after this one train on
     return metrics
+
+
+def _bias_questions(ctx: StageContext, n: int, asked: set[str]) -> list[dict[str, Any]]:
+    """`n` template questions (ambiguous and disambiguated, in data.bias.kinds' proportions; open-ended replies have
+    no answer to read) that no earlier round asked, drawn with a seed of their own, so that they are new scenes."""
+    mix = ctx.cfg.data.bias
+    kinds = {k: w for k, w in mix.kinds.items() if k in ("ambiguous", "disambiguated")}
+    seed = int(hashlib.sha256(f"{ctx.cfg.seed}/{ctx.name}".encode()).hexdigest()[:8], 16)
+    drawn = bias.build_pairs(bias.load_templates(mix.templates), 2 * n, seed=seed, kinds=kinds,
+                             agreeing_rejected=mix.agreeing_rejected)  # fmt: skip
+    return [q for q in drawn if q["prompt"][0]["content"] not in asked][:n]
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
