@@ -292,8 +292,13 @@ def test_fp32_ppo_runs_after_a_bf16_accelerator_in_the_same_process(tmp_path, ca
     """A bf16 Trainer stage (or run) earlier in the process leaves its mixed precision in accelerate's process-wide
     state; an fp32 PPO after it once failed ('AcceleratorState has already been initialized')."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
+    # Earlier tests in this process may have left a state of their own (an fp32 one refuses bf16 here): start from
+    # none, as a fresh `alignlab run` process does, then leave bf16 behind as a bf16 Trainer stage would.
+    AcceleratorState._reset_state(reset_partial_state=True)
     Accelerator(mixed_precision="bf16", cpu=True)
+    assert AcceleratorState().mixed_precision == "bf16"
     m, run_dir = _run(tmp_path, "algo.ppo.max_steps=1", "algo.ppo.batch_size=4", "algo.ppo.mini_batch_size=4",
                       "algo.ppo.precision=fp32")  # fmt: skip
     assert m["global_step"] == 1 and (run_dir / "ppo" / "DONE").is_file()
