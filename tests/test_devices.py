@@ -4,6 +4,9 @@ memory estimate, the training attention kernel; and bf16 autocast's loss curve a
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -82,6 +85,38 @@ def test_freed_memory_setting_is_harmless(monkeypatch):
     monkeypatch.setenv("ALIGNLAB_KEEP_FREED_MEMORY", "0")
     devices.keep_freed_memory()
     assert torch.ones(64 << 20, dtype=torch.uint8).sum().item() == 64 << 20  # large blocks still allocate
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and glibc's malloc_trim are Linux's")
+def test_a_stage_reports_its_own_peak_and_hands_freed_heap_back():
+    """In a fresh process (the tests' own has other memory around): with keep_freed_memory on, as in every run, 512
+    MiB freed below a live block stays resident until release_freed_memory; a stage's peak counts what that stage
+    allocated, not what an earlier one did."""
+    script = textwrap.dedent("""
+        import json, psutil, torch
+        from alignlab import devices
+        devices.keep_freed_memory()
+        rss = lambda: psutil.Process().memory_info().rss / 2**20
+        first = devices.PeakMemory()
+        base = rss()
+        blocks = [torch.ones(4 << 20) for _ in range(32)]  # 32 x 16 MiB from the heap
+        top = torch.ones(1 << 10)  # allocated after them: the freed blocks are not at the heap's top
+        del blocks
+        held = rss()
+        peak_first = first.metrics()["memory/peak_rss_mib"]
+        devices.release_freed_memory()
+        released = rss()
+        second = devices.PeakMemory()
+        small = torch.ones(1 << 20)
+        print(json.dumps({"base": base, "held": held, "released": released, "peak_first": peak_first,
+                          "peak_second": second.metrics()["memory/peak_rss_mib"]}))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    m = json.loads(out.stdout.strip().splitlines()[-1])
+    assert m["held"] - m["base"] > 400  # freed, but kept for a next training step
+    assert m["released"] - m["base"] < 100  # handed back between stages
+    assert m["peak_first"] - m["base"] > 500
+    assert m["peak_second"] < m["peak_first"] - 400  # the second stage's peak is its own
 
 
 @pytest.mark.slow

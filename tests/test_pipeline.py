@@ -49,6 +49,10 @@ def test_tiny_sft_dpo_end_to_end_then_skip(tmp_path, cache_dir, monkeypatch):
     dpo = json.loads((run / "dpo" / "metrics.json").read_text())
     assert dpo["final/rewards/accuracies"] > 0.9, dpo
     assert losses(run, "dpo")[-1] < 0.5 * losses(run, "dpo")[0]
+    if sys.platform.startswith("linux"):  # each stage's own peak resident memory (devices.PeakMemory)
+        sft = json.loads((run / "sft" / "metrics.json").read_text())
+        assert 100 < sft["memory/peak_rss_mib"] < 16384 and 100 < dpo["memory/peak_rss_mib"] < 16384
+        assert "memory/peak_rss_mib" in (run / "summary.json").read_text()
 
     info = json.loads((run / "run_info.json").read_text())
     assert info["seed"] == 42 and info["versions"]["trl"] and "run.id=e2e" in info["command"]

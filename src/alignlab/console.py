@@ -18,6 +18,7 @@ SHOWN = {
     "reward margin": ("final/rewards/margins", "final/margin"),
     "reward": ("final/objective/scores", "final/reward"),
     "seconds": ("wall_seconds",),
+    "peak MiB": ("memory/peak_cuda_mib", "memory/peak_rss_mib"),
 }
 
 

@@ -9,7 +9,8 @@ activation (gradient) checkpointing, and the attention kernel used while trainin
   the device has free; recomputing activations costs a third more compute for memory a small model does not need.
 - the CPU allocator: glibc returns every freed block over 32 MiB (its largest mmap threshold) to the kernel and
   faults it in again at the next step (activations, logits, gradients); `keep_freed_memory` keeps such blocks in
-  the heap, which made a SmolLM2 DPO step 18% faster here (2.84 s to 2.30 s, median of 6 steps).
+  the heap, which made a SmolLM2 DPO step 18% faster here (2.84 s to 2.30 s, median of 6 steps);
+  `release_freed_memory` hands them back between stages, and `PeakMemory` records each stage's own peak.
 - attention `auto` (training only): eager attention on a CPU, where SDPA's CPU backward took 0.68 s of a 3.9 s
   SmolLM2 DPO step and eager's 0.1 s (benchmarks/dpo_speed.py); the model's own (`model.attn_implementation`) on
   GPUs. Generation keeps the model's own: SDPA generates faster on a CPU (10.3 s against 13.0 s for 48 prompts).
@@ -90,6 +91,67 @@ def keep_freed_memory() -> None:
     m_trim_threshold, m_mmap_threshold = -1, -3
     libc.mallopt(m_mmap_threshold, 1 << 30)  # blocks under 1 GiB from the heap (glibc's default: 128 KiB to 32 MiB)
     libc.mallopt(m_trim_threshold, 1 << 31)  # and keep up to 2 GiB of freed heap for the next allocation
+
+
+def release_freed_memory() -> None:
+    """Between stages: collect Python's reference cycles (a Trainer, its accelerator and its callbacks hold one
+    another, and with them the stage's model and optimizer) and hand the heap's free pages back to the kernel
+    (glibc's malloc_trim). `keep_freed_memory` keeps freed blocks for the next training step, but the next stage
+    allocates other shapes, so what the last stage freed would stay resident beside what the next one needs."""
+    import contextlib
+    import ctypes
+    import gc
+    import sys
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+class PeakMemory:
+    """The peak memory of one stage in this process: resident memory (the kernel's high-water mark, reset through
+    /proc/self/clear_refs when the stage starts) and, on CUDA, the allocator's peak. `metrics()` leaves out what
+    cannot be read as the stage's own (no reset outside Linux), so that a stage never reports an earlier one's peak."""
+
+    def __init__(self) -> None:
+        self.rss = _reset_peak_rss()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+
+    def metrics(self) -> dict[str, float]:
+        out = {}
+        if self.rss:
+            out["memory/peak_rss_mib"] = round(peak_rss_bytes() / 2**20, 1)
+        if torch.cuda.is_available():
+            out["memory/peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        return out
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory since it started or since the last reset (PeakMemory). On Linux, VmHWM:
+    getrusage's ru_maxrss also counts the process this one was exec'ed from (a launcher's, pytest's), a floor under
+    every later reading; elsewhere ru_maxrss (KiB on Linux and BSD, bytes on macOS)."""
+    import resource
+    import sys
+
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets the peak resident set size (proc(5))
+        return True
+    except OSError:  # not Linux, or not allowed
+        return False
 
 
 @dataclass

@@ -382,9 +382,11 @@ def execute(prep: Prepared, console: Any = None) -> dict[str, Any]:
                                    prep.sft_rows, tracker)  # fmt: skip
                 stage_dir.mkdir(parents=True, exist_ok=True)
                 console.stage_start(stage, kind)
-                started = time.time()
+                started, peak = time.time(), devices.PeakMemory()
                 metrics = STAGES[kind](ctx)
                 metrics["wall_seconds"] = round(time.time() - started, 2)
+                metrics.update(peak.metrics())
+                devices.release_freed_memory()  # what this stage freed is not kept for the next one
                 if main:
                     tracker.stage_result(stage, metrics)
                     atomic_write_json(stage_dir / "metrics.json", metrics)

@@ -117,7 +117,8 @@ def markdown(cfg: DictConfig, run_dir: Path, results: dict[str, dict[str, Any]],
     lines += ["", "## Training", ""]
     for stage in cfg.pipeline.stages:
         m = results.get(stage, {})
-        shown = {k: v for k, v in m.items() if k.startswith("pairs/") or k in TRAINING_SIGNALS or k == "wall_seconds"}
+        shown = {k: v for k, v in m.items() if k.startswith(("pairs/", "memory/")) or k in TRAINING_SIGNALS
+                 or k == "wall_seconds"}  # fmt: skip
         if shown:
             lines.append(
                 f"- **{stage}** ({cfg.algo[stage].kind}): " + ", ".join(f"{k} {fmt(v)}" for k, v in shown.items())

@@ -201,13 +201,10 @@ def train(trainer: Trainer, ctx: StageContext) -> dict[str, Any]:
 
 def memory_per_rank(model: torch.nn.Module, optimizer: Any) -> dict[str, float]:
     """MiB of parameters, master weights and optimizer moments each rank holds (what ZeRO shards), and each rank's
-    peak RSS: one collective, so every rank calls it."""
-    import resource
-
+    peak RSS in this stage (the pipeline resets it at every stage's start): one collective, so every rank calls it."""
     import torch.distributed as dist
 
-    mine = {**distributed.held_bytes(model, optimizer),
-            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}  # fmt: skip
+    mine = {**distributed.held_bytes(model, optimizer), "peak_rss_bytes": devices.peak_rss_bytes()}
     ranks = [mine]
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         ranks = [None] * dist.get_world_size()
