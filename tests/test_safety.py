@@ -132,6 +132,17 @@ def test_generate_and_kl(tiny_model, tiny_tokenizer):
             p.add_(0.05 * torch.randn_like(p))
     kls = sequence_kl(other, model, tiny_tokenizer, convs, replies)
     assert all(k > 0 for k in kls)
+    # by hand, one unpadded sequence at a time: sum over the reply's tokens of sum_v p (log p - log q)
+    from alignlab.evaluation.likelihood import context_ids
+    from alignlab.generation import generation_tokenizer
+
+    for conv, reply, kl in zip(convs, replies, kls):
+        prompt = context_ids(generation_tokenizer(tiny_tokenizer), conv)
+        ids = torch.tensor([prompt + reply])
+        with torch.no_grad():
+            p, q = (torch.log_softmax(m(input_ids=ids).logits[0].double(), -1) for m in (other, model))
+        by_hand = sum((p[t].exp() * (p[t] - q[t])).sum().item() for t in range(len(prompt) - 1, ids.shape[1] - 1))
+        assert kl == pytest.approx(by_hand, rel=1e-4)
 
 
 # ------------------------------------------------------------------------------------------ suites

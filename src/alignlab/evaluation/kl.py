@@ -27,10 +27,14 @@ def sequence_kl(policy: Any, ref: Any, tokenizer: Any, prompts: list[list[dict]]
             seqs.append(prompt_ids + reply)
             reply_spans.append((len(prompt_ids), len(reply)))
         ids, mask = right_padded(seqs, tok.pad_token_id)
-        logp = torch.log_softmax(policy(input_ids=ids, attention_mask=mask).logits.float(), -1)
-        logq = torch.log_softmax(ref(input_ids=ids, attention_mask=mask).logits.float(), -1)
-        per_position = (logp.exp() * (logp - logq)).sum(-1)  # [batch, width]
+        policy_logits = policy(input_ids=ids, attention_mask=mask).logits
+        ref_logits = ref(input_ids=ids, attention_mask=mask).logits
         for i, (p_len, r_len) in enumerate(reply_spans):
-            # logits at position t predict token t+1: reply tokens are predicted from p_len-1 .. p_len+r_len-2
-            out.append(per_position[i, p_len - 1 : p_len - 1 + r_len].sum().item() if r_len else 0.0)
+            # logits at position t predict token t+1: reply tokens are predicted from p_len-1 .. p_len+r_len-2.
+            # Only those positions go through the vocabulary-wide softmax, one reply at a time: over the whole batch
+            # (prompts and padding included) its fp32 temporaries took about 5 GB in SmolLM2's final evaluation.
+            span = slice(p_len - 1, p_len - 1 + r_len)
+            logp = torch.log_softmax(policy_logits[i, span].float(), -1)
+            logq = torch.log_softmax(ref_logits[i, span].float(), -1)
+            out.append((logp.exp() * (logp - logq)).sum().item() if r_len else 0.0)
     return out
