@@ -52,6 +52,7 @@ def test_tiny_sft_dpo_end_to_end_then_skip(tmp_path, cache_dir, monkeypatch):
     if sys.platform.startswith("linux"):  # each stage's own peak resident memory (devices.PeakMemory)
         sft = json.loads((run / "sft" / "metrics.json").read_text())
         assert 100 < sft["memory/peak_rss_mib"] < 16384 and 100 < dpo["memory/peak_rss_mib"] < 16384
+        assert 50 < dpo["memory/start_rss_mib"] <= sft["memory/peak_rss_mib"] + 64  # what SFT left, not more
         assert "memory/peak_rss_mib" in (run / "summary.json").read_text()
 
     info = json.loads((run / "run_info.json").read_text())

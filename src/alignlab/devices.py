@@ -112,17 +112,21 @@ def release_freed_memory() -> None:
 
 
 class PeakMemory:
-    """The peak memory of one stage in this process: resident memory (the kernel's high-water mark, reset through
-    /proc/self/clear_refs when the stage starts) and, on CUDA, the allocator's peak. `metrics()` leaves out what
+    """The memory of one stage in this process: resident memory when it starts (what earlier stages left behind)
+    and at its peak (the kernel's high-water mark, reset through /proc/self/clear_refs when the stage starts), and on
+    CUDA the allocator's peak. `metrics()` leaves out what
     cannot be read as the stage's own (no reset outside Linux), so that a stage never reports an earlier one's peak."""
 
     def __init__(self) -> None:
+        import psutil
+
+        self.start = psutil.Process().memory_info().rss  # what the stage inherits from the stages before it
         self.rss = _reset_peak_rss()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
 
     def metrics(self) -> dict[str, float]:
-        out = {}
+        out = {"memory/start_rss_mib": round(self.start / 2**20, 1)}
         if self.rss:
             out["memory/peak_rss_mib"] = round(peak_rss_bytes() / 2**20, 1)
         if torch.cuda.is_available():
