@@ -114,8 +114,8 @@ def release_freed_memory() -> None:
 class PeakMemory:
     """The memory of one stage in this process: resident memory when it starts (what earlier stages left behind)
     and at its peak (the kernel's high-water mark, reset through /proc/self/clear_refs when the stage starts), and on
-    CUDA the allocator's peak. `metrics()` leaves out what
-    cannot be read as the stage's own (no reset outside Linux), so that a stage never reports an earlier one's peak."""
+    CUDA the allocator's peak. `metrics()` leaves out a peak that cannot be read as the stage's own (no reset
+    outside Linux), so that a stage never reports an earlier one's."""
 
     def __init__(self) -> None:
         import psutil
