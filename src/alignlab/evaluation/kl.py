@@ -32,8 +32,8 @@ def sequence_kl(policy: Any, ref: Any, tokenizer: Any, prompts: list[list[dict]]
         for i, (p_len, r_len) in enumerate(reply_spans):
             # logits at position t predict token t+1: reply tokens are predicted from p_len-1 .. p_len+r_len-2.
             # Only those positions go through the vocabulary-wide softmax, one reply at a time: over the whole batch
-            # (prompts and padding included) its fp32 temporaries cost 3.6 GB of SmolLM2's final evaluation (7.0 GB
-            # peak against 3.4, run alone).
+            # (prompts and padding included) its fp32 temporaries made SmolLM2's final evaluation peak at 6.7 GiB
+            # (3.3 GiB this way, run alone).
             span = slice(p_len - 1, p_len - 1 + r_len)
             logp = torch.log_softmax(policy_logits[i, span].float(), -1)
             logq = torch.log_softmax(ref_logits[i, span].float(), -1)
