@@ -74,19 +74,26 @@ def resolve_attention(requested: str, model_default: str, device: torch.device |
     return "eager" if (device or training_device()).type == "cpu" else model_default
 
 
-def keep_freed_memory() -> None:
-    """On Linux with glibc: serve large tensors from the heap and keep freed ones there (mallopt M_MMAP_THRESHOLD
-    and M_TRIM_THRESHOLD), so a training step reuses the memory of the last one instead of page-faulting it in again.
-    Peak memory is unchanged; memory is returned when the process ends. Elsewhere, and when
-    ALIGNLAB_KEEP_FREED_MEMORY=0, nothing is done."""
+def _glibc() -> Any:
+    """glibc's C library, for its allocator's settings; None off Linux or on another C library (musl)."""
     import ctypes
     import sys
 
-    if not sys.platform.startswith("linux") or os.environ.get("ALIGNLAB_KEEP_FREED_MEMORY") == "0":
-        return
+    if not sys.platform.startswith("linux"):
+        return None
     try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc (musl)
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def keep_freed_memory() -> None:
+    """On Linux with glibc: serve large tensors from the heap and keep freed ones there (mallopt M_MMAP_THRESHOLD
+    and M_TRIM_THRESHOLD), so a training step reuses the memory of the last one instead of page-faulting it in again.
+    Peak memory is unchanged; the pipeline hands the freed memory back between stages (`release_freed_memory`).
+    Elsewhere, and when ALIGNLAB_KEEP_FREED_MEMORY=0, nothing is done."""
+    libc = _glibc()
+    if libc is None or os.environ.get("ALIGNLAB_KEEP_FREED_MEMORY") == "0":
         return
     m_trim_threshold, m_mmap_threshold = -1, -3
     libc.mallopt(m_mmap_threshold, 1 << 30)  # blocks under 1 GiB from the heap (glibc's default: 128 KiB to 32 MiB)
@@ -98,17 +105,13 @@ def release_freed_memory() -> None:
     another, and with them the stage's model and optimizer) and hand the heap's free pages back to the kernel
     (glibc's malloc_trim). `keep_freed_memory` keeps freed blocks for the next training step, but the next stage
     allocates other shapes, so what the last stage freed would stay resident beside what the next one needs."""
-    import contextlib
-    import ctypes
     import gc
-    import sys
 
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):  # not glibc (musl has no malloc_trim)
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
+    if (libc := _glibc()) is not None:
+        libc.malloc_trim(0)
 
 
 class PeakMemory:
@@ -121,13 +124,13 @@ class PeakMemory:
         import psutil
 
         self.start = psutil.Process().memory_info().rss  # what the stage inherits from the stages before it
-        self.rss = _reset_peak_rss()
+        self.own_peak = _reset_peak_rss()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
 
     def metrics(self) -> dict[str, float]:
         out = {"memory/start_rss_mib": round(self.start / 2**20, 1)}
-        if self.rss:
+        if self.own_peak:
             out["memory/peak_rss_mib"] = round(peak_rss_bytes() / 2**20, 1)
         if torch.cuda.is_available():
             out["memory/peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)

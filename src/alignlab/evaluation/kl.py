@@ -34,8 +34,8 @@ def sequence_kl(policy: Any, ref: Any, tokenizer: Any, prompts: list[list[dict]]
             # Only those positions go through the vocabulary-wide softmax, one reply at a time: over the whole batch
             # (prompts and padding included) its fp32 temporaries made SmolLM2's final evaluation peak at 6.7 GiB
             # (3.3 GiB this way, run alone).
-            span = slice(p_len - 1, p_len - 1 + r_len)
+            span = slice(p_len - 1, p_len - 1 + r_len)  # empty for an empty reply: a KL of 0
             logp = torch.log_softmax(policy_logits[i, span].float(), -1)
             logq = torch.log_softmax(ref_logits[i, span].float(), -1)
-            out.append((logp.exp() * (logp - logq)).sum().item() if r_len else 0.0)
+            out.append((logp.exp() * (logp - logq)).sum().item())
     return out
