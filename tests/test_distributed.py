@@ -234,6 +234,20 @@ def test_zero3_holds_about_half_the_parameters_and_optimizer_state_of_zero0(runs
 
 
 @pytest.mark.slow
+def test_deepspeed_checkpoints_pass_the_safe_load_check(runs):
+    """Resume checks every pickle in a checkpoint under torch's weights-only unpickler (safe_load.py): the files that
+    DeepSpeed's ZeRO-2 and ZeRO-3 engines and transformers write must pass it, or no DeepSpeed run could resume."""
+    from alignlab.safe_load import pickle_files, verify_checkpoint
+
+    for name in ("zero2", "zero3"):
+        checkpoints = sorted(runs[name].glob("*/checkpoints/checkpoint-*"))
+        assert checkpoints, f"{name} saved no checkpoint"
+        for ckpt in checkpoints:
+            assert any("global_step" in str(p) for p in pickle_files(ckpt)), ckpt
+            verify_checkpoint(ckpt)
+
+
+@pytest.mark.slow
 def test_precomputed_reference_logps_and_lora_under_zero3(tmp_path, cache_dir, tiny_model):
     """TRL issues 1497/2985: precomputed reference log-probabilities under ZeRO-2/3; LoRA's adapter gathered and
     merged on save."""

@@ -19,6 +19,7 @@ from alignlab import devices, distributed, preemption
 from alignlab.artifacts import CompleteMarker, atomic_write_json, last_complete_checkpoint
 from alignlab.errors import ConfigError
 from alignlab.models import cache_root, load_model, resolve_model_path, save_merged
+from alignlab.safe_load import verify_checkpoint
 from alignlab.tracking import StageLogger, Tracker
 
 
@@ -181,6 +182,7 @@ def train(trainer: Trainer, ctx: StageContext) -> dict[str, Any]:
         trainer.add_callback(EvalCallback(ctx))
     resume = last_complete_checkpoint(ctx.checkpoint_dir)
     if resume is not None:
+        verify_checkpoint(resume)  # before transformers / DeepSpeed unpickle anything in it
         print(f"[alignlab] {ctx.name}: resuming from {resume.name}")
     with preemption.training_loop():
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)

@@ -37,6 +37,7 @@ from alignlab.generation import generation_tokenizer, stop_ids
 from alignlab.models import load_model, lora_config
 from alignlab.rl import ppo_core as core
 from alignlab.rl.scorers import ModelScorer, Scorer, build_scorer
+from alignlab.safe_load import load_state, verify_checkpoint
 from alignlab.stages.common import StageContext, full_state_model, gradient_checkpointing, load_reference, save_model
 
 STATE_FILE = "ppo_state.pt"
@@ -446,9 +447,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     start = 0
     resume = last_complete_checkpoint(ctx.checkpoint_dir)
     if resume is not None:
+        verify_checkpoint(resume)  # accelerate unpickles its custom-object files (the scheduler) unrestricted
         print(f"[alignlab] {ctx.name}: resuming from {resume.name}")
         acc.load_state(str(resume))
-        state = torch.load(resume / STATE_FILE, weights_only=False)
+        state = load_state(resume / STATE_FILE)
         start, history, kl_ctl.value = state["iteration"], state["history"], state["kl_coef"]
         generator.set_state(state["generator"])
         if lagrange is not None:
