@@ -20,6 +20,9 @@ from typing import Any
 from alignlab.errors import DataError
 
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+MAX_SHOWN = 10  # bad lines named in one error; the rest are counted
+CSV_CELL_LIMIT = 1_000_000  # characters: a longer cell is a broken file, not a prompt
 
 
 @dataclass
@@ -56,50 +59,164 @@ def read_rows(
 
 def _decode(raw: bytes, where: Path) -> str:
     try:
-        return raw.decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise DataError(
             f"Data error in '{where}' line {line}: bytes that are not UTF-8 at byte {exc.start} "
             f"({raw[exc.start : exc.start + 4]!r}). Re-save the file as UTF-8."
         ) from None
+    return text.removeprefix("\ufeff")  # a byte-order mark is an encoding detail, not part of the first field
+
+
+class _BadValue(ValueError):
+    """A JSON value that parses but must not train: the message says what and where inside the object."""
+
+
+class JSONProblem(ValueError):
+    """Why a JSON text is refused, and on which line of it when the parser knows."""
+
+    def __init__(self, why: str, lineno: int | None = None) -> None:
+        super().__init__(why)
+        self.lineno = lineno
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    dup = next((k for k in keys if keys.count(k) > 1), None)
+    if dup is not None:  # json keeps the last value silently: the row would train on half of what it says
+        raise _BadValue(f"the key {dup!r} appears twice in one object")
+    return dict(pairs)
+
+
+def _no_constant(name: str) -> Any:
+    raise _BadValue(f"{name} is not a number JSON allows (non-finite values are refused)")
+
+
+def _lone_surrogate(obj: Any) -> bool:
+    if isinstance(obj, str):
+        return _SURROGATE.search(obj) is not None
+    if isinstance(obj, dict):
+        return any(_lone_surrogate(k) or _lone_surrogate(v) for k, v in obj.items())
+    if isinstance(obj, list):
+        return any(_lone_surrogate(v) for v in obj)
+    return False
+
+
+def parse_json(text: str) -> Any:
+    """`json.loads` that refuses what the standard module lets through silently or turns into a traceback:
+    duplicate keys (the last would win), NaN / Infinity, lone UTF-16 surrogates (they cannot be encoded back),
+    nesting too deep to parse and integers too long to convert. Raises `JSONProblem` with the reason."""
+    try:
+        obj = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        raise JSONProblem(f"not valid JSON ({exc.msg} at column {exc.colno})", exc.lineno) from None
+    except RecursionError:
+        raise JSONProblem("JSON nested too deeply to read") from None
+    except _BadValue as exc:
+        raise JSONProblem(str(exc)) from None
+    except ValueError as exc:  # int digits over sys.get_int_max_str_digits()
+        raise JSONProblem(f"a value JSON cannot hold here ({' '.join(str(exc).split())[:120]})") from None
+    if _lone_surrogate(obj):
+        raise JSONProblem("text with a lone UTF-16 surrogate (an escape like \\ud800 without its pair)")
+    return obj
+
+
+def _raise_bad_lines(file: Path, bad: list[tuple[int, str]]) -> None:
+    """One error for every bad line of a file, so that one pass shows everything to fix."""
+    if len(bad) == 1:
+        n, why = bad[0]
+        raise DataError(f"Data error in '{file}' line {n}: {why}.")
+    shown = "; ".join(f"line {n}: {why}" for n, why in bad[:MAX_SHOWN])
+    more = f"; and {len(bad) - MAX_SHOWN} more" if len(bad) > MAX_SHOWN else ""
+    raise DataError(f"Data error in '{file}': {len(bad)} bad lines: {shown}{more}.")
+
+
+def _read_jsonl(file: Path) -> Iterator[RawRow]:
+    text = _decode(file.read_bytes(), file)
+    rows, bad = [], []
+    # Split on "\n" only: `str.splitlines` also breaks at U+2028 and other characters valid inside JSON strings.
+    for n, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
+        if not line.strip():
+            continue
+        try:
+            obj = parse_json(line)
+        except JSONProblem as exc:
+            bad.append((n, str(exc)))
+            continue
+        if not isinstance(obj, dict):
+            bad.append((n, f"expected a JSON object, got {type(obj).__name__}"))
+            continue
+        rows.append(RawRow(f"{file.name} line {n}", obj))
+    if bad:
+        _raise_bad_lines(file, bad)
+    yield from rows
+
+
+def _read_json(file: Path) -> Iterator[RawRow]:
+    text = _decode(file.read_bytes(), file)
+    try:
+        obj = parse_json(text)
+    except JSONProblem as exc:
+        at = f" line {exc.lineno}" if exc.lineno else ""
+        raise DataError(f"Data error in '{file}'{at}: {exc}.") from None
+    if isinstance(obj, dict):  # {"data": [...]} or {"train": [...]} layouts
+        obj = obj.get("data", obj.get("train", obj))
+    if not isinstance(obj, list):
+        raise DataError(f"Data error in '{file}': expected a list of objects (or JSON lines in a .jsonl file).")
+    for n, item in enumerate(obj, start=1):
+        if not isinstance(item, dict):
+            raise DataError(f"Data error in '{file}' item {n}: expected a JSON object, got {type(item).__name__}.")
+        yield RawRow(f"{file.name} item {n}", item)
+
+
+def _read_csv(file: Path) -> Iterator[RawRow]:
+    """Strict CSV: a quote left open (which would swallow the rows after it), a row with more or fewer fields than
+    the header and a cell over `CSV_CELL_LIMIT` are errors naming the line, never rows that train."""
+    text = _decode(file.read_bytes(), file)
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    rows, bad = [], []
+    limit = csv.field_size_limit(CSV_CELL_LIMIT)
+    try:
+        header = next(reader, None)
+        if header is None:
+            return
+        while True:
+            start = reader.line_num + 1
+            try:
+                cells = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                reason = str(exc)
+                if "field larger than field limit" in reason:
+                    reason = f"a cell over {CSV_CELL_LIMIT} characters"
+                elif "unexpected end of data" in reason or "EOF" in reason:
+                    reason = "a quoted cell is never closed (it would swallow every line after it)"
+                bad.append((start, f"not valid CSV: {reason}"))
+                break  # the reader cannot find the next row's start after a broken one
+            if not any(c.strip() for c in cells):
+                continue
+            if len(cells) != len(header):
+                bad.append((start, f"{len(cells)} fields where the header has {len(header)}"))
+                continue
+            rows.append(RawRow(f"{file.name} line {start}", {k: _maybe_json(v) for k, v in zip(header, cells)}))
+    finally:
+        csv.field_size_limit(limit)
+    if bad:
+        _raise_bad_lines(file, bad)
+    yield from rows
 
 
 def _read_file(file: Path) -> Iterator[RawRow]:
     suffix = "".join(file.suffixes[-1:]).lower()
     if suffix in (".jsonl", ".ndjson"):
-        text = _decode(file.read_bytes(), file)
-        for n, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(
-                    f"Data error in '{file}' line {n}: not valid JSON ({exc.msg} at column {exc.colno})."
-                ) from None
-            if not isinstance(obj, dict):
-                raise DataError(f"Data error in '{file}' line {n}: expected a JSON object, got {type(obj).__name__}.")
-            yield RawRow(f"{file.name} line {n}", obj)
+        yield from _read_jsonl(file)
     elif suffix == ".json":
-        text = _decode(file.read_bytes(), file)
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"Data error in '{file}' line {exc.lineno}: not valid JSON ({exc.msg}).") from None
-        if isinstance(obj, dict):  # {"data": [...]} or {"train": [...]} layouts
-            obj = obj.get("data", obj.get("train", obj))
-        if not isinstance(obj, list):
-            raise DataError(f"Data error in '{file}': expected a list of objects (or JSON lines in a .jsonl file).")
-        for n, item in enumerate(obj, start=1):
-            if not isinstance(item, dict):
-                raise DataError(f"Data error in '{file}' item {n}: expected a JSON object, got {type(item).__name__}.")
-            yield RawRow(f"{file.name} item {n}", item)
+        yield from _read_json(file)
     elif suffix == ".csv":
-        text = _decode(file.read_bytes(), file)
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        for item in reader:
-            yield RawRow(f"{file.name} line {reader.line_num}", {k: _maybe_json(v) for k, v in item.items()})
+        yield from _read_csv(file)
     elif suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -117,8 +234,8 @@ def _maybe_json(cell: str | None) -> Any:
     """CSV cells holding message lists are JSON text; plain strings stay strings."""
     if cell and cell.lstrip().startswith("[{"):
         try:
-            return json.loads(cell)
-        except json.JSONDecodeError:
+            return parse_json(cell)
+        except JSONProblem:
             return cell
     return cell
 
