@@ -11,8 +11,9 @@ calls. A file planted in (or swapped into) a checkpoint folder would therefore r
   transformers' Trainer files, DeepSpeed's engine states, some of which those libraries unpickle unrestricted)
   is checked by `verify_checkpoint` before any library opens the folder: every pickle in it must load under
   torch's weights-only unpickler, which builds tensors, containers and a short allow-list of plain classes and
-  refuses every other global. The allow-list (`LIBRARY_GLOBALS`) names the few data classes those libraries
-  put in their checkpoints (numpy arrays in RNG states, DeepSpeed's loss scaler, ZeRO stage enum and parameter-slice addresses).
+  refuses every other global. The allow-list (`_library_globals`) names the few data classes those libraries
+  put in their checkpoints (numpy arrays in RNG states; DeepSpeed's loss scaler, ZeRO stage enum and
+  parameter-slice addresses).
 
 A refused file stops the run before anything is loaded, with one paragraph naming the file and what it holds.
 """
