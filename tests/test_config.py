@@ -145,3 +145,37 @@ def test_ablation_members_start_from_one_sft_base_with_the_defaults_settings():
 def test_an_ablation_member_without_its_pairs_names_the_missing_key():
     with pytest.raises(ConfigError, match=r"data\.preference\.path"):
         validate(compose_config(["experiment=safety-smollm-dpo-on-sft", "model.path=/runs/base/sft/model"]))
+
+
+def test_eval_dpo_beta_follows_the_dpo_stage():
+    """eval.dpo_beta (the implicit reward's beta on preference suites) is derived from algo.dpo.beta."""
+    assert cfg().eval.dpo_beta == 0.1
+    assert cfg("algo.dpo.beta=0.3").eval.dpo_beta == 0.3
+    assert cfg("algo.dpo.beta=0.3", "eval.dpo_beta=0.5").eval.dpo_beta == 0.5  # an explicit value still wins
+    assert cfg("pipeline=sft", "~algo.dpo").eval.dpo_beta == 0.1  # no dpo stage: the default
+
+
+def test_allowed_values_error_names_the_key_and_the_values():
+    with pytest.raises(ConfigError) as err:
+        cfg("model.dtype=float8")
+    assert str(err.value) == (
+        "Config error at 'model.dtype': got 'float8', expected one of float32, bfloat16, float16, auto."
+    )
+    c = cfg("model.dtype=bfloat16", "model.attn_implementation=flash_attention_3", "algo.sft.precision=bf16")
+    assert c.model.dtype == "bfloat16" and c.algo.sft.precision == "bf16"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["+algo.sft.foo=1"], "Config error at 'algo.sft.foo': Key 'foo' not in 'SFTAlgoConfig'."),
+        (["data.sft=5"], "Config error at 'data.sft': expected a source like {path: pairs.jsonl}, got 5."),
+        (["+data.bias.foo=1"], "Config error at 'data.bias.foo': Key 'foo' not in 'BiasMixConfig'."),
+        (["+eval.judges.g=5"], "Config error at 'eval.judges.g': expected a mapping like {kind: rules}, got 5."),
+        (["+eval.judges.g={kind: x}"], "Config error at 'eval.judges.g.kind': got 'x', expected one of rules,"),
+    ],
+)
+def test_nodes_typed_in_validate_name_the_full_key(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        cfg(*overrides)
+    assert str(err.value).startswith(message), str(err.value)

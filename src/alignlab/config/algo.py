@@ -1,0 +1,352 @@
+"""`algo`: one entry per pipeline stage, typed by its `kind` (ALGO_SCHEMAS). Group files: conf/algo/<kind>.yaml,
+placed at `algo.<stage>` by the pipeline files (e.g. `/algo@algo.dpo: dpo` in conf/pipeline/sft-dpo.yaml).
+
+This module holds the offline training stages (SFT, DPO, reward and cost models), the stages that train nothing
+(pairs, eval), the registry and the per-stage checks; the online RL stages are in config/online.py, the fields
+every training stage shares in config/train.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+from omegaconf import DictConfig
+
+from alignlab.config.checks import check, choice, flag_or_auto, one_of, positive, typed
+from alignlab.config.online import GRPOAlgoConfig, PPOAlgoConfig, PPOLagAlgoConfig, check_online
+from alignlab.config.train import TRAINING_KINDS, FlagOrAuto, TrainConfig, TRLTrainConfig, check_train
+
+# TRL 1.16 DPOTrainer loss types (trl/trainer/dpo_trainer.py `_compute_loss`); tests/test_config.py checks this
+# list against TRL's own DPOConfig help text so an upgrade that adds or removes one is noticed.
+DpoLossType = Literal[
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "exo_pair",
+    "nca_pair",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sft",
+    "sigmoid_norm",
+]
+FDivergence = Literal["reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"]
+DPO_LOSS_TYPES = get_args(DpoLossType)
+F_DIVERGENCES = get_args(FDivergence)
+
+
+@dataclass
+class SFTAlgoConfig(TRLTrainConfig):
+    """Supervised fine-tuning on prompt/completion rows (stages/sft.py -> trl.SFTTrainer, its SFTConfig built by
+    `trl_args` in training/trainer.py). Rows: `data.sft`, or the chosen replies of `data.preference`."""
+
+    kind: str = field(default="sft", metadata={"help": "The kind of stage (selects this schema): sft."})
+    learning_rate: float = field(default=2e-5, metadata={"help": "Peak learning rate."})
+    packing: bool = field(default=False, metadata={"help": "SFTConfig.packing: several rows per sequence."})
+    completion_only_loss: bool = field(
+        default=True, metadata={"help": "SFTConfig.completion_only_loss: the loss on the reply's tokens only."}
+    )
+    group_by_length: bool = field(
+        default=False,
+        metadata={
+            "help": "Rows of like length in a batch (training/sampling.py), as DPO's; off by default: TRL's uniformly "
+            "random batches, with which the experiments' published figures were measured."
+        },
+    )
+
+
+@dataclass
+class DPOAlgoConfig(TRLTrainConfig):
+    """Direct preference optimisation on `data.preference` (stages/dpo.py -> trl.DPOTrainer).
+
+    How a knob reaches TRL, e.g. `alignlab run algo.dpo.beta=0.3`: Hydra composes conf/config.yaml, whose pipeline
+    file puts conf/algo/dpo.yaml (which extends this schema, `dpo_schema`) at `algo.dpo`, and applies the override;
+    `validate` types `algo.dpo` as this class (by its `kind`) and freezes the config into the run's config.yaml.
+    pipeline.py runs each stage through `stages.STAGES[<its kind>]`, for `dpo` the `run` of stages/dpo.py, whose
+    `build_trainer` passes `beta=a.beta` and the other DPO fields below to `trl_args(DPOConfig, ctx, ...)`
+    (training/trainer.py); that maps the shared TrainConfig fields (epochs -> num_train_epochs, batch_size ->
+    per_device_train_batch_size, ...), applies `extra` last, and builds the `trl.DPOConfig` the DPOTrainer trains
+    with. All paths are under src/alignlab/."""
+
+    kind: str = field(default="dpo", metadata={"help": "The kind of stage (selects this schema): dpo."})
+    learning_rate: float = field(default=5e-7, metadata={"help": "Peak learning rate."})
+    beta: float = field(
+        default=0.1,
+        metadata={
+            "help": "DPOConfig.beta: the strength of the implicit KL penalty to the reference (higher: the policy "
+            "stays closer to it). `eval.dpo_beta` follows it unless set."
+        },
+    )
+    loss_type: Any = field(
+        default="sigmoid",
+        metadata={
+            "help": "DPOConfig.loss_type: one name, or a list of names whose losses are summed with `loss_weights` "
+            "(e.g. [sigmoid, sft]: RPO, the chosen replies' NLL added).",
+            "choices": DpoLossType,
+            "type": "str | list[str]",
+        },
+    )
+    loss_weights: list[float] | None = field(
+        default=None, metadata={"help": "DPOConfig.loss_weights: one weight per loss type; None: all 1."}
+    )
+    label_smoothing: float = field(
+        default=0.0,
+        metadata={
+            "help": "DPOConfig.label_smoothing, in [0, 0.5]: the assumed probability that a pair's labels are "
+            "flipped (robust, cDPO); exo_pair's epsilon. The robust loss needs it above 0: at 0 it is the sigmoid "
+            "loss exactly."
+        },
+    )
+    ld_alpha: float | None = field(
+        default=None, metadata={"help": "DPOConfig.ld_alpha, in [0, 1]: LD-DPO's weight of the verbose part."}
+    )
+    f_divergence_type: str = field(
+        default="reverse_kl",
+        metadata={"help": "DPOConfig.f_divergence_type: the divergence of f-DPO.", "choices": FDivergence},
+    )
+    f_alpha_divergence_coef: float = field(
+        default=0.5, metadata={"help": "DPOConfig.f_alpha_divergence_coef: alpha of the alpha divergence."}
+    )
+    use_weighting: bool = field(default=False, metadata={"help": "DPOConfig.use_weighting (WPO's pair weights)."})
+    discopop_tau: float = field(default=0.05, metadata={"help": "DPOConfig.discopop_tau: the discopop loss's tau."})
+    reference: str | None = field(
+        default=None, metadata={"help": "Reference model path or Hub id; None: the policy this stage starts from."}
+    )
+    precompute_ref_log_probs: Any = field(
+        default="auto",
+        metadata={
+            "help": "Compute the reference log-probabilities before training (auto: yes, unless TR-DPO syncs the "
+            "reference); with ref_cache, kept in `<run.root>/.cache/ref_logps` for every later run with the same "
+            "reference and pairs.",
+            "choices": FlagOrAuto,
+            "type": "bool | str",
+        },
+    )
+    ref_cache: bool = field(
+        default=True, metadata={"help": "Share precomputed reference log-probabilities across runs (see above)."}
+    )
+    share_prompt: Any = field(
+        default="auto",
+        metadata={
+            "help": "One row per pair, prompt + chosen + rejected, the prompt computed once (training/lm_head.py); "
+            "auto: with our LM head.",
+            "choices": FlagOrAuto,
+            "type": "bool | str",
+        },
+    )
+    group_by_length: bool = field(
+        default=True,
+        metadata={
+            "help": "transformers' LengthGroupedSampler: random megabatches of batches, sorted by length within (less "
+            "padding: a SmolLM2 DPO step 26% faster, benchmarks/dpo_speed.py); false: uniformly random batches, as "
+            "TRL's default."
+        },
+    )
+    sync_ref_model: bool = field(
+        default=False, metadata={"help": "DPOConfig.sync_ref_model: TR-DPO, the reference mixed towards the policy."}
+    )
+    ref_model_mixup_alpha: float = field(
+        default=0.6, metadata={"help": "DPOConfig.ref_model_mixup_alpha: TR-DPO's mixing weight."}
+    )
+    ref_model_sync_steps: int = field(
+        default=512, metadata={"help": "DPOConfig.ref_model_sync_steps: TR-DPO's steps between syncs."}
+    )
+    final_eval: bool = field(
+        default=True, metadata={"help": "Reward accuracy and margins of the final policy on its training pairs."}
+    )
+    final_eval_max_pairs: int | None = field(
+        default=None, metadata={"help": "Score a seeded sample of that many pairs; None: all of them."}
+    )
+
+
+@dataclass
+class RewardAlgoConfig(TrainConfig):
+    """Bradley-Terry reward model on preference pairs (stages/reward.py -> trl.RewardTrainer), initialised from
+    the policy this stage starts from (the SFT model) and saved as a one-output sequence-classification model."""
+
+    kind: str = field(default="rm", metadata={"help": "The kind of stage (selects this schema): rm."})
+    learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate."})
+    eval_fraction: float = field(
+        default=0.1, metadata={"help": "Held-out share of the pairs for pairwise accuracy (a seeded split), in [0, 1)."}
+    )
+    center_rewards_coefficient: float | None = field(
+        default=None,
+        metadata={"help": "RewardConfig.center_rewards_coefficient: TRL's penalty keeping rewards near 0."},
+    )
+
+
+@dataclass
+class CostAlgoConfig(RewardAlgoConfig):
+    """Cost model on safety labels (stages/reward.py): pairwise loss (the less safe reply costs more) plus safe-rlhf's
+    sign loss, so that unsafe replies score > 0 and safe ones < 0."""
+
+    kind: str = field(default="cm", metadata={"help": "The kind of stage (selects this schema): cm."})
+    sign_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the sign loss."})
+
+
+@dataclass
+class PairsStageConfig:
+    """On-policy preference pairs from the current policy's own replies (stages/pairs.py)."""
+
+    kind: str = field(default="pairs", metadata={"help": "The kind of stage (selects this schema): pairs."})
+    prompts: str = field(
+        default="pkg://alignlab/assets/safety/train_prompts.jsonl",
+        metadata={"help": "Prompts file; rows: prompt, type (harmful | benign), category."},
+    )
+    refusals: str = field(
+        default="pkg://alignlab/assets/safety/refusals.jsonl",
+        metadata={"help": "Refusals file (the chosen replies to harmful prompts); rows: category (or any), text."},
+    )
+    max_harmful: int | None = field(default=None, metadata={"help": "Harmful prompts asked; None: all of them."})
+    max_benign: int | None = field(default=None, metadata={"help": "Benign prompts asked; None: all of them."})
+    max_new_tokens: int = field(default=64, metadata={"help": "Longest reply generated."})
+    batch_size: int = field(default=64, metadata={"help": "Prompts generated at once."})
+    benign_resamples: int = field(
+        default=2,
+        metadata={"help": "A benign prompt the model refuses is re-sampled (T=0.8) this often for a helpful reply."},
+    )
+    after: str | None = field(
+        default=None,
+        metadata={
+            "help": "A later round: the name of an earlier pairs stage. This one asks the current policy (e.g. the "
+            "SFT model) the next max_harmful / max_benign prompts no earlier round used, rejects its own refusals "
+            "of benign ones, adds no template bias pairs, and writes the earlier pairs plus its own; the training "
+            "stages after it read these."
+        },
+    )
+    bias_prompts: int = field(
+        default=0,
+        metadata={
+            "help": "A later round in a run with data.bias: also ask this many fresh template bias questions "
+            "(ambiguous and disambiguated) and reject the policy's own wrong answers: a person named where nothing "
+            "says who, or anything but the person the evidence names (data/bias.py, onpolicy_pairs)."
+        },
+    )
+
+
+@dataclass
+class EvalStageConfig:
+    """A safety evaluation of the current policy with the suites of the top-level `eval` config
+    (stages/evaluate.py)."""
+
+    kind: str = field(default="eval", metadata={"help": "The kind of stage (selects this schema): eval."})
+
+
+ALGO_SCHEMAS: dict[str, type] = {
+    "sft": SFTAlgoConfig,
+    "dpo": DPOAlgoConfig,
+    "rm": RewardAlgoConfig,
+    "cm": CostAlgoConfig,
+    "ppo": PPOAlgoConfig,
+    "ppo-lag": PPOLagAlgoConfig,
+    "grpo": GRPOAlgoConfig,
+    "rloo": GRPOAlgoConfig,
+    "pairs": PairsStageConfig,
+    "eval": EvalStageConfig,
+}
+
+
+def type_algo(algo: DictConfig) -> None:
+    """Type each `algo.<stage>` against the schema of its `kind`, in place."""
+    for name, node in list(algo.items()):
+        kind = node.get("kind") if isinstance(node, DictConfig) else None
+        check(kind in ALGO_SCHEMAS, f"algo.{name}.kind", f"got {kind!r}, expected one of {', '.join(ALGO_SCHEMAS)}.")
+        algo[name] = typed(node, ALGO_SCHEMAS[kind], f"algo.{name}")
+
+
+def dpo_loss_types(a: DictConfig) -> list[str]:
+    """`loss_type` accepts one name or a list (combined with `loss_weights`, as TRL does)."""
+    value = a.loss_type
+    return [value] if isinstance(value, str) else [str(v) for v in value]
+
+
+def check_stage(a: DictConfig, key: str, cfg: DictConfig) -> None:
+    """A training stage's settings (`key` is algo.<stage>), some against the rest of the config."""
+    if a.kind not in TRAINING_KINDS:
+        return
+    check_train(a, key, cfg)
+    _KIND_CHECKS[a.kind](a, key, cfg)
+
+
+def check_sft(a: DictConfig, key: str, cfg: DictConfig) -> None:
+    check(
+        cfg.data.sft is not None or cfg.data.preference is not None,
+        "data",
+        "the SFT stage needs data.sft or data.preference (whose chosen replies it trains on).",
+    )
+
+
+def check_reward(a: DictConfig, key: str, cfg: DictConfig) -> None:
+    check(cfg.data.preference is not None, "data.preference", f"the {a.kind} stage needs preference pairs.")
+    check(0 <= a.eval_fraction < 1, f"{key}.eval_fraction", f"must lie in [0, 1), got {a.eval_fraction}.")
+    check(
+        a.eval_every is None,
+        f"{key}.eval_every",
+        "a reward or cost model does not generate replies to evaluate; its held-out accuracy (eval_fraction) is "
+        "reported when it finishes.",
+    )
+
+
+def check_dpo(a: DictConfig, key: str, cfg: DictConfig) -> None:
+    check(cfg.data.preference is not None, "data.preference", "the DPO stage needs preference pairs.")
+    losses = dpo_loss_types(a)
+    for loss in losses:
+        one_of(loss, DPO_LOSS_TYPES, f"{key}.loss_type")
+    if a.loss_weights is not None:
+        check(
+            len(a.loss_weights) == len(losses),
+            f"{key}.loss_weights",
+            f"{len(a.loss_weights)} weights for {len(losses)} loss types {losses}.",
+        )
+    positive(a, "beta", key)
+    if a.final_eval_max_pairs is not None:
+        check(a.final_eval_max_pairs > 0, f"{key}.final_eval_max_pairs", "must be positive or null.")
+    choice(a, "f_divergence_type", key)
+    _check_label_smoothing(a, key, losses)
+    if a.ld_alpha is not None:
+        check(0 <= a.ld_alpha <= 1, f"{key}.ld_alpha", f"must lie in [0, 1], got {a.ld_alpha}.")
+    if a.sync_ref_model:
+        check(
+            not cfg.model.lora.enabled,
+            f"{key}.sync_ref_model",
+            "TR-DPO reference syncing needs full fine-tuning (model.lora.enabled=false).",
+        )
+        check(
+            a.precompute_ref_log_probs in (False, "auto"),
+            f"{key}.sync_ref_model",
+            "cannot be combined with precompute_ref_log_probs=true (a synced reference changes during training).",
+        )
+    flag_or_auto(a, "precompute_ref_log_probs", key)
+    flag_or_auto(a, "share_prompt", key)
+
+
+def _check_label_smoothing(a: DictConfig, key: str, losses: list[str]) -> None:
+    ls, at = a.label_smoothing, f"{key}.label_smoothing"
+    if "robust" in losses:  # found by experiments/dpo-loss-beta: at 0 its runs matched sigmoid's to the last digit
+        check(
+            0 < ls < 0.5,
+            at,
+            f"the robust loss needs a label-flip probability in (0, 0.5), got {ls}; at 0 it is the sigmoid loss "
+            "exactly (e.g. algo.dpo.label_smoothing=0.1).",
+        )
+    if "exo_pair" in losses:
+        check(ls > 0, at, "the exo_pair loss needs label_smoothing > 0.")
+    check(0 <= ls <= 0.5, at, f"must lie in [0, 0.5], got {ls}.")
+
+
+_KIND_CHECKS = {
+    "sft": check_sft,
+    "dpo": check_dpo,
+    "rm": check_reward,
+    "cm": check_reward,
+    "ppo": check_online,
+    "ppo-lag": check_online,
+    "grpo": check_online,
+    "rloo": check_online,
+}

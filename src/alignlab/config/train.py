@@ -1,0 +1,156 @@
+"""What every training stage shares (`TrainConfig`, the base of each `algo.<stage>` schema) and its checks.
+
+The shared fields are mapped onto TRL's config classes by `trl_args` in training/trainer.py (PPO, alignlab's own
+trainer, reads them in stages/ppo.py); `extra` passes any other field of the TRL class through as is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+from omegaconf import MISSING, DictConfig
+
+from alignlab.config.checks import check, choice, flag_or_auto, positive
+from alignlab.config.model import Attention
+
+Precision = Literal["fp32", "bf16", "fp16", "auto"]
+FlagOrAuto = Literal[True, False, "auto"]
+LmHead = Literal["auto", "trl", "compact"]
+TrainAttention = Literal["auto", Attention]
+PRECISIONS = tuple(p for p in get_args(Precision) if p != "auto")
+
+TRAINING_KINDS = ("sft", "dpo", "rm", "cm", "ppo", "ppo-lag", "grpo", "rloo")
+POLICY_KINDS = ("sft", "dpo", "ppo", "ppo-lag", "grpo", "rloo")  # stages whose model/ is the next stage's policy
+SCORER_KINDS = ("rm", "cm")  # stages whose model/ is a reward or cost model
+
+
+@dataclass
+class TrainConfig:
+    """Settings shared by every training stage; `trl_args` in training/trainer.py maps them onto TRL's config classes
+    (the TrainingArguments name is given where it differs)."""
+
+    kind: str = field(default=MISSING, metadata={"help": "The algorithm; selects the schema and the stage module."})
+    epochs: float = field(default=1.0, metadata={"help": "Passes over the data (num_train_epochs)."})
+    max_steps: int = field(default=-1, metadata={"help": "Optimizer steps; overrides epochs when > 0."})
+    batch_size: int = field(
+        default=8, metadata={"help": "Rows per device and micro-batch (per_device_train_batch_size)."}
+    )
+    grad_accum: int = field(
+        default=1, metadata={"help": "Micro-batches per optimizer step (gradient_accumulation_steps)."}
+    )
+    learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate."})
+    lr_scheduler: str = field(default="linear", metadata={"help": "transformers scheduler name (lr_scheduler_type)."})
+    warmup_ratio: float = field(
+        default=0.0, metadata={"help": "Share of the steps spent warming up, in [0, 1) (passed as warmup_steps)."}
+    )
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
+    optim: str = field(
+        default="adamw_torch_fused",
+        metadata={
+            "help": "TrainingArguments.optim. The fused AdamW is one kernel over all tensors: on a CPU, 0.1 s a "
+            "SmolLM2 step against 1.0 s for adamw_torch's loop over them (benchmarks/dpo_speed.py)."
+        },
+    )
+    precision: str = field(
+        default="fp32",
+        metadata={
+            "help": "Training precision (bf16 / fp16 mixed precision); auto: bf16 autocast where the device has bf16 "
+            "units (devices.py). `distributed.precision`, when set, overrides it.",
+            "choices": Precision,
+        },
+    )
+    gradient_checkpointing: Any = field(
+        default="auto",
+        metadata={
+            "help": "Recompute activations in the backward pass; auto: on where the estimated peak memory would not "
+            "fit (training/trainer.py). `distributed.gradient_checkpointing`, when set, overrides it.",
+            "choices": FlagOrAuto,
+            "type": "bool | str",
+        },
+    )
+    logging_steps: int = field(default=1, metadata={"help": "Log metrics every N optimizer steps."})
+    save_steps: int = field(default=50, metadata={"help": "Checkpoint every N optimizer steps (resume point)."})
+    save_total_limit: int | None = field(
+        default=2, metadata={"help": "Checkpoints kept (older ones deleted); None: all of them."}
+    )
+    eval_every: int | None = field(
+        default=None, metadata={"help": "Run the eval suites every N optimizer steps (evaluation/callback.py)."}
+    )
+    eval_suites: list[str] | None = field(
+        default=None, metadata={"help": "The suites of eval.suites to run then; None: all of them."}
+    )
+    extra: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Any other field of the stage's TRL config class (or transformers.TrainingArguments), passed "
+            "through as is, after the fields above; add one with `+algo.<stage>.extra.<name>=VALUE`."
+        },
+    )
+
+
+@dataclass
+class TRLTrainConfig(TrainConfig):
+    """Stages on TRL's SFT and DPO trainers: the LM head and the attention kernel they train with."""
+
+    lm_head: str = field(
+        default="auto",
+        metadata={
+            "help": "The LM head and loss: ours (compact, training/lm_head.py) or TRL's fused one (trl); auto: ours "
+            "where TRL's has no Triton kernel (a CPU), TRL's elsewhere.",
+            "choices": LmHead,
+        },
+    )
+    attn_implementation: str = field(
+        default="auto",
+        metadata={
+            "help": "Attention while training; auto: eager on a CPU, `model.attn_implementation` on GPUs (devices.py).",
+            "choices": TrainAttention,
+        },
+    )
+
+
+def check_train(a: DictConfig, key: str, cfg: DictConfig) -> None:
+    """The fields every training stage has."""
+    choice(a, "precision", key)
+    flag_or_auto(a, "gradient_checkpointing", key)
+    if a.kind in ("sft", "dpo"):
+        choice(a, "lm_head", key)
+        choice(a, "attn_implementation", key)
+    for name in ("batch_size", "grad_accum", "learning_rate"):
+        positive(a, name, key)
+    check(a.epochs > 0 or a.max_steps > 0, f"{key}.epochs", "set epochs > 0 or max_steps > 0.")
+    positive(a, "save_steps", key)
+    check(0 <= a.warmup_ratio < 1, f"{key}.warmup_ratio", f"must lie in [0, 1), got {a.warmup_ratio}.")
+    check_extra(a, key)
+    if a.eval_every is not None:
+        check(a.eval_every > 0, f"{key}.eval_every", f"must be positive or null, got {a.eval_every}.")
+        unknown = sorted(set(a.eval_suites or []) - set(cfg.eval.suites))
+        check(not unknown, f"{key}.eval_suites", f"{unknown} are not in eval.suites ({', '.join(cfg.eval.suites)}).")
+
+
+def check_extra(a: DictConfig, key: str) -> None:
+    """`extra` passes fields straight to TRL's config class: check the names now, not after the run started."""
+    from trl import DPOConfig, GRPOConfig, RewardConfig, RLOOConfig, SFTConfig
+
+    if a.kind in ("ppo", "ppo-lag"):
+        check(not a.extra, f"{key}.extra", "PPO is alignlab's own trainer (stages/ppo.py): set its fields directly.")
+        return
+    config_cls = {
+        "sft": SFTConfig,
+        "dpo": DPOConfig,
+        "rm": RewardConfig,
+        "cm": RewardConfig,
+        "grpo": GRPOConfig,
+        "rloo": RLOOConfig,
+    }[a.kind]
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(a.extra) - known)
+    check(
+        not unknown,
+        f"{key}.extra",
+        f"{', '.join(unknown)} {'is not a field' if len(unknown) == 1 else 'are not fields'} "
+        f"of trl.{config_cls.__name__}.",
+    )
