@@ -34,6 +34,26 @@ CONFIGS = [
     (["pipeline.stages=[]"], "pipeline.stages"),
     (["+model.hub_tokn=abc"], "model.hub_tokn"),
     (["model.lora.enabled=true", "model.lora.top_layers=9"], "model.lora.top_layers"),  # the tiny model has 2
+    # Values that leave the config: into paths, scripts, W&B, the trainers (issue: hostile inputs).
+    (["name=../../outside"], "Config error at 'name': '../../outside' must be one folder name"),
+    (["run.id=../../outside"], "Config error at 'run.id'"),
+    (["run.id=/tmp/absolute"], "Config error at 'run.id'"),
+    (["name=.hidden"], "Config error at 'name'"),
+    (["logger.project=team/project"], "Config error at 'logger.project'"),
+    (["algo.dpo.learning_rate=inf"], "Config error at 'algo.dpo.learning_rate': got inf"),
+    (["algo.dpo.beta=nan"], "Config error at 'algo.dpo.beta': got nan"),
+    (["algo.sft.weight_decay=-inf"], "Config error at 'algo.sft.weight_decay': got -inf"),
+    (["seed=-1"], "Config error at 'seed'"),
+    (["algo.dpo.batch_size=1e11"], "Config error at 'algo.dpo.batch_size'"),
+    (["algo.dpo.loss_type=[]"], "Config error at 'algo.dpo.loss_type'"),
+    (["algo.dpo.logging_steps=0"], "Config error at 'algo.dpo.logging_steps'"),
+    (["algo.dpo.lr_scheduler=bogus"], "Config error at 'algo.dpo.lr_scheduler'"),
+    (["algo.dpo.optim=bogus"], "Config error at 'algo.dpo.optim'"),
+    (["+algo.dpo.extra.output_dir=/tmp/elsewhere"], "Config error at 'algo.dpo.extra.output_dir'"),
+    (["+algo.sft.extra.resume_from_checkpoint=/tmp/x"], "Config error at 'algo.sft.extra.resume_from_checkpoint'"),
+    (["+algo.dpo.extra.num_train_epochs=3"], "set algo.dpo.epochs instead"),
+    (["data=local", "data.preference.path=x.jsonl", "data.preference.max_rows=0"], "data.preference.max_rows"),
+    (["data=local", "data.preference.path=x.jsonl", "data.preference.max_rows=-1"], "data.preference.max_rows"),
 ]
 
 
@@ -90,6 +110,28 @@ def test_corpus_of_bad_inputs(tmp_path, capsys, cache_dir):
         assert "Traceback" not in err, err
         written = [p for p in runs.rglob("*") if p.is_file()] if runs.exists() else []
         assert all(p.name == "error.log" for p in written), written
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("slurm.partition", "gpu\n#SBATCH --wrap=evil"),
+        ("slurm.extra", ["--constraint=a100\rx"]),
+        ("slurm.mem", "1G\x00"),
+    ],
+)
+def test_values_rendered_into_sbatch_are_single_lines(key, value):
+    """Hydra's override grammar refuses a newline on the command line, but a YAML file (an experiment, a user's
+    config folder) can hold one: it would become a line of its own in job.sbatch."""
+    from omegaconf import OmegaConf
+
+    from alignlab.config import compose_config, validate
+    from alignlab.errors import ConfigError
+
+    cfg = compose_config(["experiment=tiny"])
+    OmegaConf.update(cfg, key, value, force_add=True)
+    with pytest.raises(ConfigError, match=rf"Config error at '{key}(\[0\])?': .* control character"):
+        validate(cfg)
 
 
 def test_row_level_errors_name_the_line(tmp_path, capsys, cache_dir):

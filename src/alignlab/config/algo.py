@@ -296,6 +296,7 @@ def check_reward(a: DictConfig, key: str, cfg: DictConfig) -> None:
 def check_dpo(a: DictConfig, key: str, cfg: DictConfig) -> None:
     check(cfg.data.preference is not None, "data.preference", "the DPO stage needs preference pairs.")
     losses = dpo_loss_types(a)
+    check(bool(losses), f"{key}.loss_type", "name at least one loss type (a name or a list of names).")
     for loss in losses:
         one_of(loss, DPO_LOSS_TYPES, f"{key}.loss_type")
     if a.loss_weights is not None:

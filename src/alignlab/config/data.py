@@ -157,6 +157,8 @@ def check_data(cfg: DictConfig, stages: list[str]) -> None:
         if d[part] is not None:
             choice(d[part], "format", f"data.{part}")
             choice(d[part], "pku_choose_by", f"data.{part}")
+            rows = d[part].max_rows
+            check(rows is None or rows > 0, f"data.{part}.max_rows", f"must be positive or null (all), got {rows}.")
 
 
 def check_bias_mix(cfg: DictConfig, stages: list[str]) -> None:

@@ -12,7 +12,7 @@ from typing import Any, Literal, get_args
 
 from omegaconf import MISSING, DictConfig
 
-from alignlab.config.checks import check, choice, flag_or_auto, positive
+from alignlab.config.checks import check, choice, flag_or_auto, one_of, positive
 from alignlab.config.model import Attention
 
 Precision = Literal["fp32", "bf16", "fp16", "auto"]
@@ -123,12 +123,56 @@ def check_train(a: DictConfig, key: str, cfg: DictConfig) -> None:
         positive(a, name, key)
     check(a.epochs > 0 or a.max_steps > 0, f"{key}.epochs", "set epochs > 0 or max_steps > 0.")
     positive(a, "save_steps", key)
+    positive(a, "logging_steps", key)
+    _check_trainer_names(a, key)
     check(0 <= a.warmup_ratio < 1, f"{key}.warmup_ratio", f"must lie in [0, 1), got {a.warmup_ratio}.")
     check_extra(a, key)
     if a.eval_every is not None:
         check(a.eval_every > 0, f"{key}.eval_every", f"must be positive or null, got {a.eval_every}.")
         unknown = sorted(set(a.eval_suites or []) - set(cfg.eval.suites))
         check(not unknown, f"{key}.eval_suites", f"{unknown} are not in eval.suites ({', '.join(cfg.eval.suites)}).")
+
+
+# TRL / TrainingArguments fields that alignlab sets itself (training/trainer.py, trl_args): through `extra` they
+# would send checkpoints where resume never looks, or silently override a knob of the stage's own. Value: the
+# `algo.<stage>` field to set instead, or None where the run decides it.
+OWNED_BY_ALIGNLAB: dict[str, str | None] = {
+    "output_dir": None,
+    "logging_dir": None,
+    "overwrite_output_dir": None,
+    "resume_from_checkpoint": None,
+    "save_strategy": None,
+    "save_only_model": None,
+    "report_to": None,
+    "use_cpu": None,
+    "deepspeed": None,
+    "ddp_backend": None,
+    "data_seed": None,
+    "seed": None,
+    "num_train_epochs": "epochs",
+    "max_steps": "max_steps",
+    "per_device_train_batch_size": "batch_size",
+    "gradient_accumulation_steps": "grad_accum",
+    "learning_rate": "learning_rate",
+    "lr_scheduler_type": "lr_scheduler",
+    "save_steps": "save_steps",
+    "save_total_limit": "save_total_limit",
+    "logging_steps": "logging_steps",
+    "optim": "optim",
+}
+
+
+def _check_trainer_names(a: DictConfig, key: str) -> None:
+    """The scheduler and optimizer names transformers accepts, checked now rather than when the stage starts
+    (after the stages before it have trained). alignlab's own PPO loop builds the same two by name."""
+    from transformers.trainer_utils import SchedulerType
+    from transformers.training_args import OptimizerNames
+
+    one_of(a.lr_scheduler, tuple(s.value for s in SchedulerType), f"{key}.lr_scheduler")
+    if a.kind in ("ppo", "ppo-lag"):
+        one_of(a.optim, ("adamw_torch", "adamw_torch_fused"), f"{key}.optim")
+    else:
+        one_of(a.optim, tuple(o.value for o in OptimizerNames), f"{key}.optim")
 
 
 def check_extra(a: DictConfig, key: str) -> None:
@@ -154,3 +198,8 @@ def check_extra(a: DictConfig, key: str) -> None:
         f"{', '.join(unknown)} {'is not a field' if len(unknown) == 1 else 'are not fields'} "
         f"of trl.{config_cls.__name__}.",
     )
+    for name in a.extra:
+        if name in OWNED_BY_ALIGNLAB:
+            own = OWNED_BY_ALIGNLAB[name]
+            instead = f"set {key}.{own} instead" if own else "alignlab sets it from the run's folder and settings"
+            check(False, f"{key}.extra.{name}", f"{name} is not passed through: {instead}.")

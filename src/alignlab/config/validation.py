@@ -11,6 +11,7 @@ from alignlab.config.compose import suggest
 from alignlab.config.data import check_data, type_data
 from alignlab.config.distributed import check_distributed
 from alignlab.config.eval import check_eval, type_eval
+from alignlab.config.inputs import check_inputs
 from alignlab.config.model import check_model
 from alignlab.config.root import AlignlabConfig, check_logger, check_pipeline
 from alignlab.errors import ConfigError
@@ -30,6 +31,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     type_algo(cfg.algo)
     type_data(cfg.data)
     root = typed(cfg, AlignlabConfig, "", hint=suggest)
+    check_inputs(root)
     check_model(root.model)
     check_data(root, stages)
     check_pipeline(root, stages)
