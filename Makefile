@@ -1,11 +1,12 @@
 # Fresh-machine entry points: each target sets up its own virtual environment first.
 #   make run   [ARGS="experiment=tiny algo.dpo.beta=0.3"]   run the default experiment
-#   make test                                               lint + the whole test suite (slow tests included)
+#   make check                                              the inner loop: lint, format check, fast tests (minutes)
+#   make test                                               lint + the whole test suite (slow tests included; CI)
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test lint
+.PHONY: setup run test check lint format
 
 $(BIN)/alignlab: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,7 +25,15 @@ run: setup
 	$(BIN)/alignlab run $(ARGS)
 
 lint: setup
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+format: setup
+	$(BIN)/ruff format src tests benchmarks
+
+# The fast tier: every test not marked slow, spread over the cores (pytest-xdist).
+check: lint
+	$(BIN)/python -m pytest -q -m "not slow" -n auto
 
 test: lint
 	$(BIN)/python -m pytest -q

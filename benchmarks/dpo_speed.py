@@ -14,8 +14,8 @@ Rows:
   layer (reference = adapter off), the same learning rate, batch, steps and seed as ours.
 - `ours` / `ours-lora`: alignlab's DPO stage (stages/dpo.py) with its defaults: precision, checkpointing and
   training attention `auto` (devices.py: at TRL's default learning rate of 1e-6, full fine-tuning stays fp32, which
-  bf16 cannot follow; LoRA takes bf16), our LM head and prompt sharing on a CPU (stages/lm_head.py), and reference
-  log-probabilities precomputed through the run-tree cache (stages/ref_cache.py), which starts empty in each row
+  bf16 cannot follow; LoRA takes bf16), our LM head and prompt sharing on a CPU (training/lm_head.py), and reference
+  log-probabilities precomputed through the run-tree cache (training/ref_cache.py), which starts empty in each row
   (the `ref pass` column; a later run with the same reference and pairs skips it).
 - `ours-bf16`: `ours` in bf16 autocast, TRL's precision. `ours-same-batches` / `ours-lora-same-batches`: bf16 with
   `algo.dpo.group_by_length=false`, so that every step sees the pairs TRL's step sees (the like-for-like loss
@@ -214,8 +214,9 @@ def run_ours(args: argparse.Namespace, lora: bool, precision: str, grouped: bool
     from alignlab.config import compose_config, validate
     from alignlab.pipeline import prepare
     from alignlab.stages import dpo
-    from alignlab.stages.common import StageContext, train
     from alignlab.tracking import Tracker
+    from alignlab.training.context import StageContext
+    from alignlab.training.trainer import train
 
     work = args.out.parent
     pairs = work / "pairs.jsonl"

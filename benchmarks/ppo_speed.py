@@ -72,8 +72,8 @@ def run_ours(args: argparse.Namespace) -> None:
     from alignlab.config import compose_config, validate
     from alignlab.models import load_tokenizer
     from alignlab.stages import ppo
-    from alignlab.stages.common import StageContext
     from alignlab.tracking import Tracker
+    from alignlab.training.context import StageContext
 
     torch.set_num_threads(args.threads)
     work = scratch("ppo-speed-")

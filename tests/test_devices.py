@@ -14,7 +14,7 @@ from test_stages import context
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
 
 from alignlab import cli, devices
-from alignlab.stages import common
+from alignlab.training import trainer
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)
 
@@ -53,17 +53,17 @@ def test_parameter_count_from_a_config_matches_the_model(tied):
 
 def test_checkpointing_turns_on_only_when_the_estimate_does_not_fit(tmp_path, cache_dir, monkeypatch, capsys):
     ctx = context(tmp_path, "dpo", "pipeline=dpo")
-    assert common.gradient_checkpointing(ctx, "fp32") is False
+    assert trainer.gradient_checkpointing(ctx, "fp32") is False
     assert "gradient checkpointing off" in capsys.readouterr().out
     needed = devices.estimate_training_memory(AutoConfig.from_pretrained(ctx.input_model), rows=16,
-                                              tokens_per_row=common.longest_row(ctx), precision="fp32",
+                                              tokens_per_row=trainer.longest_row(ctx), precision="fp32",
                                               full_finetune=True, reference_copy=False)  # fmt: skip
     monkeypatch.setattr(devices, "available_bytes",
                         lambda device: (needed.states + needed.activations + needed.logits) // 2)  # fmt: skip
-    assert common.gradient_checkpointing(ctx, "fp32") is True
+    assert trainer.gradient_checkpointing(ctx, "fp32") is True
     assert "gradient checkpointing on" in capsys.readouterr().out
     explicit = context(tmp_path / "b", "dpo", "pipeline=dpo", "algo.dpo.gradient_checkpointing=false")
-    assert common.gradient_checkpointing(explicit, "fp32") is False
+    assert trainer.gradient_checkpointing(explicit, "fp32") is False
 
 
 def test_the_estimate_counts_what_zero_shards_and_lora_does_not_train():

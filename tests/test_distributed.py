@@ -66,7 +66,7 @@ def test_run_wide_precision_and_checkpointing_override_the_stages():
     assert distributed.stage_checkpointing(cfg, cfg.algo.sft) is True
     plain = cfg_of("algo.dpo.precision=fp16")
     assert distributed.stage_precision(plain, plain.algo.dpo) == "fp16"
-    assert distributed.stage_checkpointing(plain, plain.algo.dpo) == "auto"  # resolved by the stage (common.py)
+    assert distributed.stage_checkpointing(plain, plain.algo.dpo) == "auto"  # resolved in training/trainer.py
 
 
 def test_fill_auto_resolves_what_a_trainer_would():
@@ -103,7 +103,7 @@ def test_local_launch_uses_torch_distributed_run(monkeypatch, tmp_path):
                          tmp_path)  # fmt: skip
     assert cmd == [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=4", "--nnodes=1",
                    "--master_addr=127.0.0.1", "--master_port=29411",
-                   "-m", "alignlab.launch", str(tmp_path)]  # fmt: skip
+                   "-m", "alignlab.rank", str(tmp_path)]  # fmt: skip
     with pytest.raises(ConfigError, match=r"launcher\.nnodes.*Slurm allocation"):
         launch.command(cfg_of("distributed=zero3", "launcher.nnodes=2"), tmp_path)
 
@@ -113,7 +113,7 @@ def test_inside_slurm_the_ranks_are_srun_tasks(monkeypatch, tmp_path):
     monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
     cmd = launch.command(cfg_of("distributed=zero3", "launcher.nnodes=2", "launcher.nproc_per_node=8"), tmp_path)
     assert cmd == ["srun", "--nodes=2", "--ntasks=16", "--ntasks-per-node=8", "--kill-on-bad-exit=1", "--export=ALL",
-                   sys.executable, "-m", "alignlab.launch", str(tmp_path)]  # fmt: skip
+                   sys.executable, "-m", "alignlab.rank", str(tmp_path)]  # fmt: skip
 
 
 @pytest.mark.parametrize(("nodelist", "first"), [

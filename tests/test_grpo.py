@@ -19,8 +19,9 @@ from alignlab.models import load_model
 from alignlab.pipeline import prepare
 from alignlab.pipeline import run as run_pipeline
 from alignlab.stages import grpo
-from alignlab.stages.common import StageContext, train
 from alignlab.tracking import Tracker
+from alignlab.training.context import StageContext
+from alignlab.training.trainer import train
 
 # The tiny random model samples a reply containing "7" about 7% of the time (16 tokens at temperature 1):
 # rare enough to leave room to learn, common enough that most groups of 8 replies hold one.

@@ -1,4 +1,4 @@
-"""Our LM head (stages/lm_head.py) against TRL's fused head, and prompt sharing against the unpacked rows: the same
+"""Our LM head (training/lm_head.py) against TRL's fused head, and prompt sharing against the unpacked rows: the same
 per-token log-probabilities, statistics and gradients, on a tiny model in fp32."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import add_fused_lm_head
 
-from alignlab.stages import lm_head
+from alignlab.training import lm_head
 
 OUTPUTS = ("log_probs", "entropy", "mean_logits", "is_top1", "log_sum_sq_probs")
 

@@ -1,4 +1,4 @@
-"""PPO pieces against hand computations (rl/ppo_core.py, stages/ppo.py helpers), PPO/PPO-Lagrangian config
+"""PPO pieces against hand computations (rl/ppo_core.py, rl/rollout.py), PPO/PPO-Lagrangian config
 checks, and (slow) toy tasks with a known rule reward on the tiny model."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from alignlab.config import compose_config, validate
 from alignlab.errors import ConfigError
 from alignlab.rl import ppo_core as core
-from alignlab.stages.ppo import prompt_batch, response_mask
+from alignlab.rl.rollout import prompt_batch, response_mask
 
 ONES = torch.ones(1, 3)
 

@@ -1,4 +1,4 @@
-"""The reference log-probability cache (stages/ref_cache.py): computed once per reference model and pairs, reused by
+"""The reference log-probability cache (training/ref_cache.py): computed once per reference model and pairs, reused by
 later runs (other betas, seeds, LoRA or not), recomputed for another reference, and shared by a sweep's members."""
 
 from __future__ import annotations

@@ -25,8 +25,10 @@ from alignlab.pipeline import prepare
 from alignlab.pipeline import run as run_pipeline
 from alignlab.rl.scorers import ModelScorer
 from alignlab.stages import reward
-from alignlab.stages.common import StageContext, save_final
 from alignlab.tracking import Tracker
+from alignlab.training import reward_models
+from alignlab.training.context import StageContext
+from alignlab.training.saving import save_final
 
 U = lambda text: [{"role": "user", "content": text}]  # noqa: E731
 A = lambda text: [{"role": "assistant", "content": text}]  # noqa: E731
@@ -66,7 +68,7 @@ def test_cost_loss_matches_hand_computation():
     # pair 3: chosen safe, rejected unlabelled
     chosen_sign = torch.tensor([-1.0, 1.0, -1.0, -1.0])
     rejected_sign = torch.tensor([1.0, -1.0, -1.0, 0.0])
-    loss = reward.cost_loss(chosen, rejected, chosen_sign, rejected_sign, sign_weight=0.5)
+    loss = reward_models.cost_loss(chosen, rejected, chosen_sign, rejected_sign, sign_weight=0.5)
 
     # -log sigmoid(c_unsafer - c_safer) = softplus(c_safer - c_unsafer), only on pairs 0 and 1
     pairwise = softplus(0.5 - 1.5) + softplus(0.2 - (-1.0))
@@ -91,7 +93,7 @@ def test_cost_loss_is_safe_rlhf_sequence_wise_loss_when_every_pair_differs():
     higher, lower = torch.where(chosen_unsafe, chosen, rejected), torch.where(chosen_unsafe, rejected, chosen)
     logsig = torch.nn.functional.logsigmoid
     expected = (-logsig(higher - lower) - logsig(-lower) - logsig(higher)).mean()
-    assert reward.cost_loss(chosen, rejected, chosen_sign, -chosen_sign, 1.0).total.item() == pytest.approx(
+    assert reward_models.cost_loss(chosen, rejected, chosen_sign, -chosen_sign, 1.0).total.item() == pytest.approx(
         expected.item(), rel=1e-6
     )
 
@@ -99,11 +101,12 @@ def test_cost_loss_is_safe_rlhf_sequence_wise_loss_when_every_pair_differs():
 def test_safety_metrics_count_only_what_they_can_measure():
     chosen, rejected = torch.tensor([-1.0, 2.0, -0.5]), torch.tensor([1.0, 3.0, 0.5])
     chosen_sign, rejected_sign = torch.tensor([-1.0, -1.0, 1.0]), torch.tensor([1.0, -1.0, -1.0])
-    m = reward.safety_metrics(chosen, rejected, chosen_sign, rejected_sign)
+    m = reward_models.safety_metrics(chosen, rejected, chosen_sign, rejected_sign)
     assert m["accuracy"] == 0.5  # pair 0 right (unsafe 1.0 > safe -1.0), pair 2 wrong; pair 1 does not differ
     assert m["sign_accuracy"] == pytest.approx(2 / 6)  # right: safe -1.0 and unsafe 1.0; wrong: 2, -0.5, 3, 0.5
     assert m["cost_unsafe"] == pytest.approx((-0.5 + 1.0) / 2) and m["cost_safe"] == pytest.approx(4.5 / 4)
-    assert "accuracy" not in reward.safety_metrics(chosen[1:2], rejected[1:2], chosen_sign[1:2], rejected_sign[1:2])
+    one = reward_models.safety_metrics(chosen[1:2], rejected[1:2], chosen_sign[1:2], rejected_sign[1:2])
+    assert "accuracy" not in one
 
 
 def test_held_out_split_is_seeded_disjoint_and_optional():
@@ -187,7 +190,7 @@ def test_cm_refuses_data_without_usable_labels_before_loading_a_model(tmp_path, 
     assert str(path) in str(exc.value)
     # pairs a stage of the run writes are checked when the cm stage starts, still before any model is loaded
     with pytest.raises(DataError, match=f"{message}.*"):
-        reward.check_safety_labels(reward.labelled_pairs(load_rows(path)), str(path), "cm")
+        data_lib.check_safety_labels(data_lib.labelled_pairs(load_rows(path)), str(path), "cm")
 
 
 # ---------------------------------------------------------------------------------- model, LoRA, saving
@@ -267,7 +270,7 @@ def test_sft_rm_learns_held_out_pairs_saves_a_judge_and_is_skipped_when_done(tmp
     ctx = context(tmp_path / "baseline", "rm", *RM_ARGS, input_model=str(run / "sft" / "model"))
     train_rows, held_out = reward.split_pairs(data_lib.without_labels(ctx.pairs), 0.25, cfg.seed)
     untrained = reward.build_trainer(reward.RewardTrainer, ctx, train_rows, held_out)
-    before = reward.score_pairs(untrained, untrained.eval_dataset)
+    before = reward_models.score_pairs(untrained, untrained.eval_dataset)
     before_margins = before["chosen"] - before["rejected"]
 
     # model/ is a plain one-output classifier: RL scorers and judges load it, and it ranks as the stage measured

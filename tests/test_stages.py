@@ -14,8 +14,8 @@ from alignlab import data as data_lib
 from alignlab.config import compose_config, validate
 from alignlab.pipeline import prepare
 from alignlab.stages import dpo, sft
-from alignlab.stages.common import StageContext
 from alignlab.tracking import Tracker
+from alignlab.training.context import StageContext
 
 
 def context(tmp_path: Path, stage: str, *overrides: str) -> StageContext:

@@ -69,7 +69,7 @@ def _slurm_submit(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from alignlab.evaluation.command import evaluate_models
+    from alignlab.eval_command import evaluate_models
 
     evaluate_models(args.overrides)
     return 0
@@ -78,8 +78,14 @@ def _eval(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from alignlab.report import make_report
 
-    make_report(args.sources, out=args.out, interval=args.interval, metrics=args.metrics, archive_to=args.archive,
-                label=args.label)
+    make_report(
+        args.sources,
+        out=args.out,
+        interval=args.interval,
+        metrics=args.metrics,
+        archive_to=args.archive,
+        label=args.label,
+    )
     return 0
 
 
@@ -117,7 +123,12 @@ def _data_check(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alignlab", description="Preference alignment: SFT -> DPO on TRL.")
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_run, _add_resume, _add_slurm, _add_eval, _add_report, _add_data):
+        add(sub)
+    return parser
 
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser(
         "run",
         help="run (or resume) a pipeline",
@@ -128,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
     run.set_defaults(func=_run)
 
+
+def _add_resume(sub: argparse._SubParsersAction) -> None:
     resume = sub.add_parser(
         "resume",
         help="run or resume a run from its frozen config",
@@ -137,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("run_dir", help="runs/<name>/<id>")
     resume.set_defaults(func=_resume)
 
+
+def _add_slurm(sub: argparse._SubParsersAction) -> None:
     slurm = sub.add_parser("slurm", help="Slurm jobs")
     slurm_sub = slurm.add_subparsers(dest="slurm_command", required=True)
     submit = slurm_sub.add_parser(
@@ -150,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
     submit.set_defaults(func=_slurm_submit)
 
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser(
         "eval",
         help="evaluate one or more models on the eval suites",
@@ -159,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("overrides", nargs="*", help="model=... reference=... eval=... and Hydra overrides key=value")
     ev.set_defaults(func=_eval)
 
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
     report = sub.add_parser(
         "report",
         help="ablation tables and plots from a sweep, run folders or a W&B group",
@@ -166,19 +185,37 @@ def build_parser() -> argparse.ArgumentParser:
         "(Student's t) or the std. Writes table.md, table.tex, runs.csv, plots and README.md into --out.",
     )
     report.add_argument(
-        "sources", nargs="+", metavar="SOURCE",
+        "sources",
+        nargs="+",
+        metavar="SOURCE",
         help="a sweep folder (manifest.json), run folders, a folder of runs, or wandb:<entity>/<project>/<group>",
-    )  # fmt: skip
+    )
     report.add_argument("--out", type=Path, help="output folder (default: <sweep dir>/report, else ./report)")
     report.add_argument("--interval", choices=["ci95", "std"], default="ci95", help="the ± of each cell")
-    report.add_argument("--metrics", nargs="+", metavar="KEY", help="the columns (default: safety, bias, KL, DPO "
-                        "reward accuracy where present); after the sources")  # fmt: skip
-    report.add_argument("--label", nargs="+", metavar="KEY", help="the settings that name the table's rows, e.g. "
-                        "algo.dpo.loss_type algo.dpo.beta (default: a few that tell the groups apart)")  # fmt: skip
-    report.add_argument("--archive", type=Path, metavar="DIR", help="copy the runs' records (config.yaml, "
-                        "summary.json, log histories; no models) to DIR, read by `alignlab report DIR`")  # fmt: skip
+    report.add_argument(
+        "--metrics",
+        nargs="+",
+        metavar="KEY",
+        help="the columns (default: safety, bias, KL, DPO reward accuracy where present); after the sources",
+    )
+    report.add_argument(
+        "--label",
+        nargs="+",
+        metavar="KEY",
+        help="the settings that name the table's rows, e.g. algo.dpo.loss_type algo.dpo.beta (default: a few that "
+        "tell the groups apart)",
+    )
+    report.add_argument(
+        "--archive",
+        type=Path,
+        metavar="DIR",
+        help="copy the runs' records (config.yaml, summary.json, log histories; no models) to DIR, read by "
+        "`alignlab report DIR`",
+    )
     report.set_defaults(func=_report)
 
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="data tools")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     check = data_sub.add_parser("check", help="validate a data source and print a summary")
@@ -193,7 +230,6 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--on-duplicate", choices=["drop", "keep", "error"], default="drop")
     check.add_argument("--json", action="store_true", help="print the summary as JSON")
     check.set_defaults(func=_data_check)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> Any:

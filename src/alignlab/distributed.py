@@ -57,7 +57,7 @@ def stage_precision(cfg: DictConfig, algo: DictConfig) -> str:
 
 def stage_checkpointing(cfg: DictConfig, algo: DictConfig) -> bool | str:
     """`distributed.gradient_checkpointing` when set, else the stage's own: true, false or "auto" (resolved by the
-    stage from its memory estimate, stages/common.py)."""
+    stage from its memory estimate, training/trainer.py)."""
     flag = cfg.distributed.gradient_checkpointing
     return algo.gradient_checkpointing if flag is None else bool(flag)
 

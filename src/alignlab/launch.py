@@ -1,14 +1,15 @@
-"""Spawning the ranks of a run, and a rank's entry point.
+"""Spawning the ranks of a run, and what a rank needs from its launcher (Slurm's environment, the process group).
 
     alignlab run ... distributed=zero3 launcher.nproc_per_node=N
       -> the launching process composes, validates and freezes the config (runs/<name>/<id>/config.yaml), then
-         starts N x nnodes ranks running `python -m alignlab.launch <run dir>`, which read only that file:
+         starts N x nnodes ranks running `python -m alignlab.rank <run dir>` (rank.py), which read only that file:
            locally:        torch.distributed.run (what `accelerate launch` runs underneath), rendezvous on
                            127.0.0.1 at launcher.master_port (a free port when unset);
            in a Slurm job: srun, one task per rank (the job asks for --nodes and --ntasks-per-node); each task
                            takes RANK / LOCAL_RANK / WORLD_SIZE from SLURM_PROCID / SLURM_LOCALID / SLURM_NTASKS
                            and rendezvouses on the first node of the allocation.
-Every rank runs the pipeline; training stages use all of them (TRL / accelerate / DeepSpeed inside the stage,
+This module knows nothing of the pipeline: pipeline.run calls `spawn`, and rank.py, the rank's entry point, runs
+the pipeline. Every rank runs it; training stages use all of them (TRL / accelerate / DeepSpeed inside the stage,
 configured from `distributed`), other stages run on rank 0 while the rest wait (pipeline.execute). Only rank 0
 writes run files and logs.
 
@@ -29,7 +30,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ import psutil
 from omegaconf import DictConfig
 
 from alignlab import distributed
-from alignlab.errors import ConfigError, Preempted, RunStateError, UserError
+from alignlab.errors import ConfigError, Preempted, RunStateError
 
 PREEMPTED_FILE = "preempted.json"  # rank 0 writes it when a signal stopped the ranks with a checkpoint
 
@@ -53,18 +53,34 @@ def in_slurm_allocation() -> bool:
 def command(cfg: DictConfig, run_dir: Path) -> list[str]:
     """The command line that starts every rank of the run."""
     n, world = cfg.launcher, distributed.planned_world_size(cfg)
-    entry = ["-m", "alignlab.launch", str(run_dir)]
+    entry = ["-m", "alignlab.rank", str(run_dir)]
     if in_slurm_allocation():
-        return ["srun", f"--nodes={n.nnodes}", f"--ntasks={world}", f"--ntasks-per-node={n.nproc_per_node}",
-                "--kill-on-bad-exit=1", "--export=ALL", sys.executable, *entry]  # fmt: skip
+        return [
+            "srun",
+            f"--nodes={n.nnodes}",
+            f"--ntasks={world}",
+            f"--ntasks-per-node={n.nproc_per_node}",
+            "--kill-on-bad-exit=1",
+            "--export=ALL",
+            sys.executable,
+            *entry,
+        ]
     if n.nnodes > 1:
         raise ConfigError(
             f"Config error at 'launcher.nnodes': {n.nnodes} nodes need a Slurm allocation (srun starts the ranks on "
             "each node): submit with `alignlab slurm submit ...`, or run inside `salloc`/`sbatch`."
         )
     port = n.master_port or _free_port()
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n.nproc_per_node}", "--nnodes=1",
-            "--master_addr=127.0.0.1", f"--master_port={port}", *entry]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={n.nproc_per_node}",
+        "--nnodes=1",
+        "--master_addr=127.0.0.1",
+        f"--master_port={port}",
+        *entry,
+    ]
 
 
 def spawn(cfg: DictConfig, run_dir: Path) -> None:
@@ -159,33 +175,3 @@ def init_process_group(cfg: DictConfig) -> None:
         import deepspeed
 
         deepspeed.init_distributed(dist_backend=distributed.backend(cfg), timeout=timeout)
-
-
-def rank_main(run_dir: Path) -> int:
-    """One rank: read the frozen config, join the process group, run the pipeline's share of this rank."""
-    import warnings
-
-    from alignlab import pipeline, preemption
-    from alignlab.artifacts import atomic_write_json
-
-    warnings.filterwarnings("ignore", category=FutureWarning)  # as in cli.main: the pinned stack is tested
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    try:
-        cfg = pipeline.load_frozen(run_dir)
-        env_from_slurm(cfg)
-        init_process_group(cfg)
-        with preemption.handled():
-            pipeline.execute(pipeline.prepare(cfg, run_dir))
-    except Preempted as exc:
-        if distributed.is_main():
-            atomic_write_json(run_dir / PREEMPTED_FILE, {"message": str(exc), "time": time.time()})
-        print(f"alignlab (rank {distributed.rank()}): {exc}", file=sys.stderr)
-        return exc.exit_code
-    except UserError as exc:
-        print(f"alignlab (rank {distributed.rank()}): {exc}", file=sys.stderr)
-        return exc.exit_code
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(rank_main(Path(sys.argv[1])))

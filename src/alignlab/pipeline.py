@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import platform
 import socket
 import subprocess
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -33,18 +31,18 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from alignlab import data as data_lib
-from alignlab import devices, distributed, preemption
+from alignlab import devices, distributed, launch, preemption
 from alignlab.artifacts import atomic_write_json, atomic_write_text, is_done, mark_done
-from alignlab.config import POLICY_KINDS, TRAINING_KINDS
-from alignlab.data import onpolicy
-from alignlab.data.bias import KINDS
-from alignlab.data.sources import resolve_local
+from alignlab.config import POLICY_KINDS, TRAINING_KINDS, validate
+from alignlab.console import Console
+from alignlab.data import mix
+from alignlab.data.sources import fingerprint
 from alignlab.errors import ConfigError, RunStateError, UserError
 from alignlab.evaluation import report as run_report
 from alignlab.models import cache_root, load_tokenizer, resolve_model_path
 from alignlab.stages import STAGES
-from alignlab.stages.common import StageContext
 from alignlab.tracking import Tracker, redact
+from alignlab.training.context import StageContext
 
 PAIR_KINDS = {"dpo", "rm", "cm", "ppo", "ppo-lag", "grpo", "rloo"}  # stages that read data.preference (pairs, prompts)
 LIBRARIES = (
@@ -114,20 +112,15 @@ def prepare(cfg: DictConfig, run_dir: Path | None = None) -> Prepared:
             prep.reports.append(report)
             prep.fingerprints[str(pref.path)] = fingerprint(str(pref.path))
         for stage in (s for s in cfg.pipeline.stages if cfg.algo[s].kind == "cm" and prep.pairs is not None):
-            from alignlab.stages.reward import check_safety_labels, labelled_pairs
-
-            check_safety_labels(labelled_pairs(prep.pairs), str(pref.path), stage)
+            data_lib.check_safety_labels(data_lib.labelled_pairs(prep.pairs), str(pref.path), stage)
         if "sft" in kinds and cfg.data.sft is not None:
             prep.sft_rows, report = data_lib.load(cfg.data.sft, "sft", cfg.data, tokenizer)
             prep.reports.append(report)
             prep.fingerprints[str(cfg.data.sft.path)] = fingerprint(str(cfg.data.sft.path))
         elif "sft" in kinds and prep.pairs is not None:
             prep.sft_rows = data_lib.as_sft(prep.pairs)
-        if cfg.data.bias is not None:  # the pairs stage reads them later: a bad file fails before any compute
-            from alignlab.data.bias import load_templates
-
-            load_templates(cfg.data.bias.templates)
-            prep.fingerprints[str(cfg.data.bias.templates)] = fingerprint(str(cfg.data.bias.templates))
+        if cfg.data.bias is not None:
+            prep.fingerprints.update(mix.check_templates(cfg.data.bias))
         _check_inputs_unchanged(run_dir, prep.fingerprints)
     except UserError as exc:
         if run_dir.is_dir():  # an existing run keeps its files; only the error is added
@@ -156,63 +149,8 @@ def load_stage_pairs(prep: Prepared, console: Any) -> None:
     prep.reports.append(report)
     console.data_report(report)
     if prep.cfg.data.sft is None:
-        prep.sft_rows = data_lib.as_sft(_sft_pairs(prep))
-
-
-def _sft_pairs(prep: Prepared) -> list[dict[str, Any]]:
-    """The pairs whose chosen replies SFT trains on when data.sft is unset: the safety pairs, and the bias pairs only
-    with data.bias.sft, each kind's `sft_share` of them (`_kept_scenes`)."""
-    mix = prep.cfg.data.bias
-    if mix is None:
-        return prep.pairs
-    share = {k: float(mix.sft_share.get(k, 1.0)) if mix.sft else 0.0 for k in KINDS}
-    if all(s == 1 for s in share.values()):
-        return prep.pairs
-    rows = onpolicy.read_jsonl(prep.run_dir / str(prep.pairs_from) / "pairs.jsonl")
-    bias_rows = [r for r in rows if r.get("type") == "bias"]
-    kept = _kept_scenes(bias_rows, share)
-    skip = {(r["prompt"][-1]["content"], r["chosen"][-1]["content"]) for r, keep in zip(bias_rows, kept) if not keep}
-    return [p for p in prep.pairs if (p["prompt"][-1]["content"], p["chosen"][-1]["content"]) not in skip]
-
-
-def _kept_scenes(rows: list[dict[str, Any]], share: dict[str, float]) -> list[bool]:
-    """Whether each bias row goes to SFT: round(share x scenes) of each kind's scenes, apportioned over the
-    dimensions by largest remainder and dealt evenly within each, so that every dimension keeps its share however
-    small the kind, and a scene's questions (its rows of one kind, dimension and position) go in or out together.
-    Rows of a kind and dimension are numbered per question direction, which the builder writes in step."""
-    position: Counter[tuple[str, str, str | None]] = Counter()
-    scene: list[tuple[tuple[str, str], int]] = []
-    for r in rows:
-        way = (r["kind"], r["category"], r.get("asked"))
-        scene.append(((r["kind"], r["category"]), position[way]))
-        position[way] += 1
-    scenes: Counter[tuple[str, str]] = Counter()
-    for (kind, category, _), n in position.items():
-        scenes[kind, category] = max(scenes[kind, category], n)
-    quota: dict[tuple[str, str], int] = {}
-    for kind, s in share.items():
-        dims = sorted(d for d in scenes if d[0] == kind)
-        exact = {d: s * scenes[d] for d in dims}
-        quota.update({d: math.floor(exact[d]) for d in dims})
-        spare = math.floor(sum(exact.values()) + 0.5) - sum(quota[d] for d in dims)
-        for d in sorted(dims, key=lambda d: quota[d] - exact[d])[:spare]:  # largest remainders first
-            quota[d] += 1
-    return [math.floor((j + 1) * quota[d] / scenes[d]) > math.floor(j * quota[d] / scenes[d]) for d, j in scene]
-
-
-def fingerprint(path: str) -> str:
-    """sha256 of a local file or folder's files; Hub ids are recorded as given (their revision is in the config)."""
-    local = resolve_local(path)
-    if local is None:
-        return f"hub:{path}"  # a Hub id (its revision is in the config)
-    h = hashlib.sha256()
-    files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file())
-    for f in files:
-        h.update(str(f.relative_to(local) if f != local else f.name).encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
+        written = prep.run_dir / str(prep.pairs_from) / "pairs.jsonl"
+        prep.sft_rows = data_lib.as_sft(mix.sft_pairs(prep.cfg.data.bias, prep.pairs, written))
 
 
 def _check_inputs_unchanged(run_dir: Path, fingerprints: dict[str, str]) -> None:
@@ -267,9 +205,11 @@ def code_changed(run_dir: Path, stages: list[str], commit: str | None) -> str | 
     started = (json.loads(info.read_text()).get("git") or {}).get("alignlab")
     if started is None or started == commit:
         return None
-    return (f"this run started with alignlab at commit {started}, and alignlab is now at {commit}: its finished "
-            f"stages ({', '.join(done)}) are reused as the old code made them. To run them with this code, start a "
-            "separate run (run.id=<new name> or run.root=<another folder>).")  # fmt: skip
+    return (
+        f"this run started with alignlab at commit {started}, and alignlab is now at {commit}: its finished "
+        f"stages ({', '.join(done)}) are reused as the old code made them. To run them with this code, start a "
+        "separate run (run.id=<new name> or run.root=<another folder>)."
+    )
 
 
 def record_run(prep: Prepared, commit: str | None = None) -> None:
@@ -313,12 +253,12 @@ def freeze(cfg: DictConfig) -> Prepared:
 
 def load_frozen(run_dir: str | Path) -> DictConfig:
     """A run's frozen `config.yaml`, validated again (types and rules), never re-composed."""
-    from alignlab.config import validate
-
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
-        raise RunStateError(f"Run error: '{path}' does not exist; `alignlab resume` needs a run directory "
-                            "written by `alignlab run` or `alignlab slurm submit` (runs/<name>/<id>).")  # fmt: skip
+        raise RunStateError(
+            f"Run error: '{path}' does not exist; `alignlab resume` needs a run directory "
+            "written by `alignlab run` or `alignlab slurm submit` (runs/<name>/<id>)."
+        )
     try:
         cfg = OmegaConf.load(path)
     except Exception as exc:  # yaml and OmegaConf raise several types for a damaged file
@@ -334,8 +274,6 @@ def resume(run_dir: str | Path) -> dict[str, Any]:
 def run(cfg: DictConfig, console: Any = None, run_dir: Path | None = None) -> dict[str, Any]:
     """Run (or resume) the pipeline described by a validated config; returns per-stage metrics. With several ranks
     (launcher.nproc_per_node x launcher.nnodes) this process freezes the run and starts them (launch.py)."""
-    from alignlab.console import Console
-
     console = console or Console()
     prep = prepare(cfg, run_dir)
     console.header(prep)
@@ -345,8 +283,6 @@ def run(cfg: DictConfig, console: Any = None, run_dir: Path | None = None) -> di
         console.warning(changed)
     record_run(prep, commit)
     if distributed.planned_world_size(cfg) > 1:
-        from alignlab import launch
-
         launch.spawn(cfg, prep.run_dir)  # rank 0 prints the summary
         return json.loads((prep.run_dir / "summary.json").read_text())
     with preemption.handled():
@@ -356,8 +292,6 @@ def run(cfg: DictConfig, console: Any = None, run_dir: Path | None = None) -> di
 def execute(prep: Prepared, console: Any = None) -> dict[str, Any]:
     """The stages, in order, in this process: every stage in a one-process run; in a rank, the training stages
     (with all ranks), while the others run on rank 0 and the rest wait for their DONE marker."""
-    from alignlab.console import Console
-
     cfg = prep.cfg
     main = distributed.is_main()
     devices.keep_freed_memory()  # every stage allocates and frees large tensors step after step
@@ -378,8 +312,9 @@ def execute(prep: Prepared, console: Any = None) -> dict[str, Any]:
             else:
                 if kind in TRAINING_KINDS and prep.pairs_from and prep.pairs is None:
                     load_stage_pairs(prep, console)
-                ctx = StageContext(cfg, stage, stage_dir, policy, prep.base_model, prep.tokenizer, prep.pairs,
-                                   prep.sft_rows, tracker)  # fmt: skip
+                ctx = StageContext(
+                    cfg, stage, stage_dir, policy, prep.base_model, prep.tokenizer, prep.pairs, prep.sft_rows, tracker
+                )
                 stage_dir.mkdir(parents=True, exist_ok=True)
                 console.stage_start(stage, kind)
                 started, peak = time.time(), devices.PeakMemory()

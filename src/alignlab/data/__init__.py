@@ -173,6 +173,45 @@ def without_labels(pairs: list[dict]) -> list[dict]:
     return [formats.pair_only(p) for p in pairs]
 
 
+SIGN_COLUMNS = ("chosen_sign", "rejected_sign")  # a cost model's targets: +1 unsafe, -1 safe, 0 unlabelled
+
+
+def safety_sign(label: bool | None) -> int:
+    """A reply's cost sign target: +1 unsafe, -1 safe, 0 unlabelled (no sign term, no pairwise term)."""
+    return 0 if label is None else (-1 if label else 1)
+
+
+def labelled_pairs(pairs: list[dict]) -> list[dict]:
+    """The pairs with at least one safety label, with the labels as sign columns; unlabelled pairs teach a cost
+    model nothing."""
+    return [
+        {
+            **formats.pair_only(p),
+            **{col: safety_sign(p.get(key)) for col, key in zip(SIGN_COLUMNS, formats.SAFETY_KEYS)},
+        }
+        for p in pairs
+        if any(key in p for key in formats.SAFETY_KEYS)
+    ]
+
+
+def check_safety_labels(rows: list[dict], source: str, stage: str) -> None:
+    """Fail before any compute when the labels cannot train a cost model whose sign means something (called by
+    pipeline.prepare for data files, and by the cm stage for pairs a stage of the run wrote)."""
+    if not rows:
+        raise DataError(
+            f"Data error: the {stage} stage trains on safety labels, but no pair of '{source}' "
+            "(data.preference) has any: add boolean chosen_safe / rejected_safe columns, or use PKU-SafeRLHF "
+            "(is_response_0_safe / is_response_1_safe) or on-policy pairs (stage:<pairs stage>)."
+        )
+    signs = {row[col] for row in rows for col in SIGN_COLUMNS} - {0}
+    if len(signs) == 1:
+        which = "safe" if signs == {-1} else "unsafe"
+        raise DataError(
+            f"Data error: every labelled reply of '{source}' (data.preference) is {which}, so the {stage} stage "
+            "cannot learn where safe ends: it needs both safe and unsafe replies."
+        )
+
+
 def unique_prompts(pairs: list[dict]) -> list[list[dict[str, str]]]:
     """Each prompt of the preference pairs once, in first-seen order: what online RL stages (PPO, GRPO, RLOO)
     sample from (several pairs often share a prompt)."""

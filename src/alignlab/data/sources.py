@@ -8,6 +8,7 @@ the line; folders written by `save_to_disk`, data folders laid out like a Hub re
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import re
@@ -38,6 +39,22 @@ def resolve_local(path: str) -> Path | None:
         return Path(str(resources.files(package).joinpath(rel)))
     local = Path(path).expanduser()
     return local if local.exists() else None
+
+
+def fingerprint(path: str) -> str:
+    """sha256 of a local file or folder's files; Hub ids are recorded as given (their revision is in the config).
+    A run's data files and a cached reference's model files are identified by it."""
+    local = resolve_local(path)
+    if local is None:
+        return f"hub:{path}"  # a Hub id (its revision is in the config)
+    h = hashlib.sha256()
+    files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file())
+    for f in files:
+        h.update(str(f.relative_to(local) if f != local else f.name).encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
 
 
 def read_rows(

@@ -1,4 +1,10 @@
-"""One module per algorithm; `STAGES` maps an `algo.<stage>.kind` to the function that runs it."""
+"""Stage entry points, one module per algorithm; `STAGES` maps an `algo.<stage>.kind` to the function that runs it.
+
+A stage module holds its entry point and what only that stage uses (its Trainer subclass, its own steps); what
+stages share is a library below them: training/ (stage context, TRL Trainer runs, saving, our LM head, samplers,
+reference cache, reward and cost models), rl/ (PPO's models, rollouts and updates), data/ and evaluation/. Only
+this registry imports the stage modules, and only the pipeline (and tests) import the registry.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from alignlab.stages import dpo, evaluate, grpo, pairs, ppo, reward, sft
-from alignlab.stages.common import StageContext
+from alignlab.training.context import StageContext
 
 STAGES: dict[str, Callable[[StageContext], dict[str, Any]]] = {
     "sft": sft.run,

@@ -23,25 +23,19 @@ from trl import DPOConfig, DPOTrainer
 from alignlab import data as data_lib
 from alignlab import devices, distributed
 from alignlab.config import dpo_loss_types
+from alignlab.data.sources import fingerprint
 from alignlab.models import lora_config
-from alignlab.stages import lm_head
-from alignlab.stages.common import (
-    StageContext,
-    dpo_precomputes,
-    load_reference,
-    reference_path,
-    save_final,
-    train,
-    training_model,
-    trl_args,
-)
-from alignlab.stages.ref_cache import RefLogpCache
-from alignlab.stages.sampling import length_grouped
+from alignlab.training import lm_head
+from alignlab.training.context import StageContext, load_reference, reference_path, training_model
+from alignlab.training.ref_cache import RefLogpCache
+from alignlab.training.sampling import length_grouped
+from alignlab.training.saving import save_final
+from alignlab.training.trainer import dpo_precomputes, train, trl_args
 
 
 class AlignlabDPOTrainer(DPOTrainer):
     """TRL's DPOTrainer with two additions TRL does not have: reference log-probabilities from a cache shared across
-    runs (stages/ref_cache.py), and batches of pairs grouped by length."""
+    runs (training/ref_cache.py), and batches of pairs grouped by length."""
 
     def __init__(self, *args: Any, ref_cache: RefLogpCache | None = None, group_by_length: bool = False,
                  share_prompt: bool = False, **kwargs: Any) -> None:  # fmt: skip
@@ -106,13 +100,7 @@ def build_trainer(ctx: StageContext) -> AlignlabDPOTrainer:
     peft = lora_config(ctx.cfg.model, policy)
     compact = lm_head.use_compact(a.lm_head, policy, devices.training_device())
     share = compact and a.share_prompt in (True, "auto")
-    # A model object (not a path) needs an explicit reference unless LoRA (adapter off) or precomputed log-probs
-    # stand in for it; loading it ourselves also keeps dtype and attention the same as the policy's.
-    ref = None
-    if a.reference is not None:
-        ref = load_reference(ctx, policy.config._attn_implementation)
-    elif peft is None and not precompute:
-        ref = training_model(ctx)
+    ref = reference_model(ctx, policy, lora=peft is not None, precompute=precompute)
     pairs = Dataset.from_list(data_lib.without_labels(ctx.pairs))  # safety labels are the cost model's
     if precompute:
         pairs = on_disk(pairs, ctx.stage_dir / "pairs")
@@ -141,11 +129,20 @@ def build_trainer(ctx: StageContext) -> AlignlabDPOTrainer:
     return trainer
 
 
+def reference_model(ctx: StageContext, policy: Any, lora: bool, precompute: bool) -> Any:
+    """The reference to hand TRL. A model object (not a path) needs an explicit reference unless LoRA (adapter off)
+    or precomputed log-probs stand in for it; loading it ourselves also keeps dtype and attention the same as the
+    policy's."""
+    if ctx.algo.reference is not None:
+        return load_reference(ctx, policy.config._attn_implementation)
+    if not lora and not precompute:
+        return training_model(ctx)
+    return None
+
+
 def reference_key(ctx: StageContext, args: DPOConfig, policy: Any, compact: bool, share: bool) -> dict[str, Any]:
     """Everything the reference log-probabilities depend on besides the pairs' tokens: the reference's files (a
     content hash), how it is loaded, and how the replies are scored."""
-    from alignlab.pipeline import fingerprint  # here: pipeline imports the stages
-
     a = ctx.algo
     reference = ctx.input_model if a.reference is None else reference_path(ctx)
     return {

@@ -30,7 +30,9 @@ from alignlab.errors import ConfigError
 from alignlab.generation import stop_ids
 from alignlab.models import load_model, lora_config
 from alignlab.rl.scorers import ModelScorer, Scorer, build_scorer
-from alignlab.stages.common import StageContext, save_final, train, trl_args
+from alignlab.training.context import StageContext
+from alignlab.training.saving import save_final
+from alignlab.training.trainer import train, trl_args
 
 TRAINERS: dict[str, tuple[type, type]] = {"grpo": (GRPOConfig, GRPOTrainer), "rloo": (RLOOConfig, RLOOTrainer)}
 Messages = list[dict[str, str]]

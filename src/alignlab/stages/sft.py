@@ -14,15 +14,17 @@ from trl import SFTConfig, SFTTrainer
 
 from alignlab import devices
 from alignlab.models import lora_config
-from alignlab.stages import lm_head
-from alignlab.stages.common import StageContext, save_final, train, training_model, trl_args
-from alignlab.stages.sampling import length_grouped
+from alignlab.training import lm_head
+from alignlab.training.context import StageContext, training_model
+from alignlab.training.sampling import length_grouped
+from alignlab.training.saving import save_final
+from alignlab.training.trainer import train, trl_args
 
 
 class AlignlabSFTTrainer(SFTTrainer):
     """TRL's SFTTrainer with batches of rows of like length (`algo.<stage>.group_by_length`) from the seeded sampler
     DPO uses: transformers' own `train_sampling_strategy="group_by_length"` draws its order from the global RNG,
-    which a resumed run does not share (stages/sampling.py)."""
+    which a resumed run does not share (training/sampling.py)."""
 
     def __init__(self, *args: Any, group_by_length: bool = False, **kwargs: Any) -> None:
         self.group_by_length = group_by_length

@@ -17,10 +17,14 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from alignlab import pipeline
 from alignlab.artifacts import atomic_write_json, atomic_write_text
 from alignlab.config import CONF_DIR, compose_config, validate
+from alignlab.console import Console
+from alignlab.data.sources import fingerprint
 from alignlab.errors import ConfigError
 from alignlab.evaluation.report import fmt, is_headline, standard_error
+from alignlab.models import cache_root, resolve_model_path
 
 
 def model_overrides(spec: str) -> list[str]:
@@ -47,30 +51,27 @@ def split_specs(overrides: list[str]) -> tuple[list[str], str | None, list[str]]
 
 def resolve_spec(spec: str, rest: list[str]) -> str:
     """The local folder or Hub id a spec loads from (a wheel model is converted once, as in a run)."""
-    from alignlab.models import cache_root, resolve_model_path
-
     cfg = validate(compose_config([*model_overrides(spec), "pipeline=eval", *rest]))
     return resolve_model_path(cfg.model, cache_root(cfg))
 
 
 def config_for(spec: str, reference: str | None, rest: list[str]) -> DictConfig:
-    from alignlab.models import cache_root, resolve_model_path
-    from alignlab.pipeline import fingerprint, run_id
-
-    overrides = [*model_overrides(spec), "pipeline=eval", "name=eval",
-                 *([f"eval.reference={reference}"] if reference else []), *rest]  # fmt: skip
+    overrides = [
+        *model_overrides(spec),
+        "pipeline=eval",
+        "name=eval",
+        *([f"eval.reference={reference}"] if reference else []),
+        *rest,
+    ]
     cfg = validate(compose_config(overrides))
     if cfg.run.id is not None:
         return cfg
     # the run id (set once a config is validated, hence the second composition) also hashes the model's files
     files = fingerprint(resolve_model_path(cfg.model, cache_root(cfg)))
-    return validate(compose_config([*overrides, f"run.id={run_id(cfg)}-{files[:8]}"]))
+    return validate(compose_config([*overrides, f"run.id={pipeline.run_id(cfg)}-{files[:8]}"]))
 
 
 def evaluate_models(overrides: list[str], console: Any = None) -> dict[str, dict[str, Any]]:
-    from alignlab import pipeline
-    from alignlab.console import Console
-
     console = console or Console()
     specs, reference_spec, rest = split_specs(overrides)
     reference = resolve_spec(reference_spec, rest) if reference_spec else None
@@ -94,8 +95,9 @@ def comparison_rows(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, f
     return {k: {spec: m[k] for spec, m in results.items() if k in m} for k in metrics}
 
 
-def markdown(rows: dict[str, dict[str, float]], command: str, reference: str | None,
-             results: dict[str, dict[str, Any]]) -> str:  # fmt: skip
+def markdown(
+    rows: dict[str, dict[str, float]], command: str, reference: str | None, results: dict[str, dict[str, Any]]
+) -> str:
     """The comparison table; a value whose suite gave a standard error (in the models' `results`) shows it (±)."""
     models = list(dict.fromkeys(spec for row in rows.values() for spec in row))
     lines = [

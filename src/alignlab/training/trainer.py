@@ -1,13 +1,10 @@
-"""What every training stage shares: the stage context, TRL config from `algo.<stage>`, running a Trainer with
-resume from the last complete checkpoint, and saving the final model atomically."""
+"""Running a TRL Trainer the way every Trainer stage does: TRL config from `algo.<stage>`, gradient checkpointing
+decided from a memory estimate, resume from the last complete checkpoint, our callbacks (progress, COMPLETE markers,
+preemption, W&B, evaluation every N steps), and each rank's memory afterwards."""
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,40 +15,10 @@ from transformers.trainer_callback import ProgressCallback
 from alignlab import devices, distributed, preemption
 from alignlab.artifacts import CompleteMarker, atomic_write_json, last_complete_checkpoint
 from alignlab.errors import ConfigError
-from alignlab.models import cache_root, load_model, resolve_model_path, save_merged
+from alignlab.evaluation.callback import EvalCallback
 from alignlab.safe_load import verify_checkpoint
-from alignlab.tracking import StageLogger, Tracker
-
-
-@dataclass
-class StageContext:
-    cfg: DictConfig  # the frozen, validated run config
-    name: str  # the stage's key in `algo` and `pipeline.stages`
-    stage_dir: Path
-    input_model: str  # path or Hub id of the policy this stage starts from
-    base_model: str  # the pipeline's starting model (reference for KL)
-    tokenizer: Any
-    pairs: list[dict] | None  # normalized preference rows
-    sft_rows: list[dict] | None  # normalized prompt/completion rows
-    tracker: Tracker
-
-    @property
-    def algo(self) -> DictConfig:
-        return self.cfg.algo[self.name]
-
-    @property
-    def model_dir(self) -> Path:
-        return self.stage_dir / "model"
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.stage_dir / "checkpoints"
-
-    def stage_pairs(self, stage: str) -> list[dict]:
-        """The validated pairs another stage of this run wrote (an eval suite with `source: stage:<name>`)."""
-        from alignlab import data as data_lib
-
-        return data_lib.load_stage_pairs(self.stage_dir.parent, stage, self.cfg.data, self.tokenizer)[0]
+from alignlab.tracking import StageLogger
+from alignlab.training.context import StageContext, training_evaluator
 
 
 def trl_args(config_cls: type, ctx: StageContext, **specific: Any) -> Any:
@@ -141,8 +108,10 @@ def longest_row(ctx: StageContext, sample: int = 16) -> int:
         if not any(isinstance(row.get(k), list) for k in ("chosen", "rejected", "completion")):
             texts.append(list(row["prompt"]))
     texts.sort(key=lambda messages: -len(str(messages)))
-    longest = max((len(ctx.tokenizer.apply_chat_template(m, tokenize=True, return_dict=False)) for m in texts[:sample]),
-                  default=ctx.cfg.data.max_length)  # fmt: skip
+    longest = max(
+        (len(ctx.tokenizer.apply_chat_template(m, tokenize=True, return_dict=False)) for m in texts[:sample]),
+        default=ctx.cfg.data.max_length,
+    )
     new_tokens = ctx.algo.get("max_new_tokens") or 0  # online RL: the prompt plus what it samples
     return min(longest + new_tokens, ctx.cfg.data.max_length)
 
@@ -151,13 +120,6 @@ def dpo_precomputes(a: DictConfig) -> bool:
     """`precompute_ref_log_probs`, with `auto` meaning yes unless TR-DPO syncs the reference during training."""
     flag = a.precompute_ref_log_probs
     return (not a.sync_ref_model) if flag == "auto" else bool(flag)
-
-
-def training_model(ctx: StageContext, path: str | None = None) -> torch.nn.Module:
-    """The model a TRL-trained stage optimises, with the attention kernel it trains with (devices.py)."""
-    attn = devices.resolve_attention(ctx.algo.attn_implementation, ctx.cfg.model.attn_implementation)
-    devices.keep_freed_memory()
-    return load_model(path or ctx.input_model, ctx.cfg.model, attn_implementation=attn)
 
 
 class QuietProgress(ProgressCallback):
@@ -177,9 +139,7 @@ def train(trainer: Trainer, ctx: StageContext) -> dict[str, Any]:
     trainer.add_callback(stop)
     trainer.add_callback(StageLogger(ctx.tracker, ctx.name))
     if ctx.algo.eval_every:
-        from alignlab.evaluation.callback import EvalCallback
-
-        trainer.add_callback(EvalCallback(ctx))
+        trainer.add_callback(eval_callback(ctx))
     resume = last_complete_checkpoint(ctx.checkpoint_dir)
     if resume is not None:
         verify_checkpoint(resume)  # before transformers / DeepSpeed unpickle anything in it
@@ -201,6 +161,12 @@ def train(trainer: Trainer, ctx: StageContext) -> dict[str, Any]:
     return metrics
 
 
+def eval_callback(ctx: StageContext) -> EvalCallback:
+    """The stage's evaluation every `eval_every` steps, logged on its step axis and to `eval_history.jsonl`."""
+    history = ctx.stage_dir / "eval_history.jsonl"
+    return EvalCallback(training_evaluator(ctx), ctx.tokenizer, ctx.algo.eval_every, ctx.tracker, ctx.name, history)
+
+
 def memory_per_rank(model: torch.nn.Module, optimizer: Any) -> dict[str, float]:
     """MiB of parameters, master weights and optimizer moments each rank holds (what ZeRO shards), and each rank's
     peak RSS in this stage (the pipeline resets it at every stage's start): one collective, so every rank calls it."""
@@ -218,50 +184,3 @@ def memory_per_rank(model: torch.nn.Module, optimizer: Any) -> dict[str, float]:
             out[f"memory/rank{r}/{part}_mib"] = round(held[f"{part}_bytes"] / mib, 4)
         out[f"memory/rank{r}/peak_rss_mib"] = round(held["peak_rss_bytes"] / mib, 1)
     return out
-
-
-def save_final(trainer: Trainer, ctx: StageContext) -> None:
-    """Write the Trainer's policy to `model/` (rank 0). Under ZeRO-3 every rank holds a shard of each tensor: all
-    ranks gather the full state dict (a collective), and rank 0 loads it into a whole model to save."""
-    if trainer.is_deepspeed_enabled and ctx.cfg.distributed.zero_stage == 3:
-        state = trainer.accelerator.get_state_dict(trainer.model_wrapped)
-        if trainer.is_world_process_zero():
-            save_model(full_state_model(trainer.model, state), ctx)
-    elif trainer.is_world_process_zero():
-        save_model(trainer.accelerator.unwrap_model(trainer.model), ctx)
-
-
-def full_state_model(like: torch.nn.Module, state: dict[str, torch.Tensor]) -> torch.nn.Module:
-    """A whole copy of `like` (a ZeRO-3 sharded model, with its LoRA adapter if any) holding a gathered state dict:
-    the same class and config, so causal LMs, reward and cost models all come back as what they were."""
-    from peft import get_peft_model
-
-    base = like.get_base_model() if hasattr(like, "get_base_model") else like
-    with distributed.whole_models():  # rank 0 alone builds it
-        model = type(base)(base.config)
-    model.to(next(iter(state.values())).dtype)
-    if hasattr(like, "peft_config"):
-        model = get_peft_model(model, like.peft_config["default"])
-    model.load_state_dict(state, strict=True)
-    return model
-
-
-def save_model(model: torch.nn.Module, ctx: StageContext) -> None:
-    """Write a stage's final model (LoRA merged) to `model/` via a temporary folder, so `model/` is always whole."""
-    tmp = ctx.stage_dir / f".model.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_merged(model, ctx.tokenizer, tmp)
-    if ctx.model_dir.exists():  # a previous attempt died between rename and DONE: keep it aside, never delete
-        ctx.model_dir.rename(ctx.stage_dir / f"model.previous-{os.getpid()}")
-    os.replace(tmp, ctx.model_dir)
-
-
-def reference_path(ctx: StageContext) -> str:
-    """`algo.<stage>.reference` (a model/ option's path, a folder or a Hub id) as `from_pretrained` takes it."""
-    ref_cfg = OmegaConf.merge(ctx.cfg.model, {"source": "auto", "path": ctx.algo.reference})
-    return resolve_model_path(ref_cfg, cache_root(ctx.cfg))
-
-
-def load_reference(ctx: StageContext, attn_implementation: str | None = None) -> torch.nn.Module:
-    """The stage's reference loaded like the policy: same dtype and attention implementation."""
-    return load_model(reference_path(ctx), ctx.cfg.model, attn_implementation=attn_implementation)

@@ -1,0 +1,73 @@
+"""What a stage is given (`StageContext`) and what it loads from it: the policy it trains, its reference, and the
+evaluator it runs every `eval_every` steps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from alignlab import data as data_lib
+from alignlab import devices
+from alignlab.evaluation.reference import reference_loader
+from alignlab.evaluation.runner import Evaluator
+from alignlab.models import cache_root, load_model, resolve_model_path
+from alignlab.tracking import Tracker
+
+
+@dataclass
+class StageContext:
+    cfg: DictConfig  # the frozen, validated run config
+    name: str  # the stage's key in `algo` and `pipeline.stages`
+    stage_dir: Path
+    input_model: str  # path or Hub id of the policy this stage starts from
+    base_model: str  # the pipeline's starting model (reference for KL)
+    tokenizer: Any
+    pairs: list[dict] | None  # normalized preference rows
+    sft_rows: list[dict] | None  # normalized prompt/completion rows
+    tracker: Tracker
+
+    @property
+    def algo(self) -> DictConfig:
+        return self.cfg.algo[self.name]
+
+    @property
+    def model_dir(self) -> Path:
+        return self.stage_dir / "model"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.stage_dir / "checkpoints"
+
+    def stage_pairs(self, stage: str) -> list[dict]:
+        """The validated pairs another stage of this run wrote (an eval suite with `source: stage:<name>`)."""
+        return data_lib.load_stage_pairs(self.stage_dir.parent, stage, self.cfg.data, self.tokenizer)[0]
+
+
+def training_model(ctx: StageContext, path: str | None = None) -> torch.nn.Module:
+    """The model a TRL-trained stage optimises, with the attention kernel it trains with (devices.py)."""
+    attn = devices.resolve_attention(ctx.algo.attn_implementation, ctx.cfg.model.attn_implementation)
+    devices.keep_freed_memory()
+    return load_model(path or ctx.input_model, ctx.cfg.model, attn_implementation=attn)
+
+
+def reference_path(ctx: StageContext) -> str:
+    """`algo.<stage>.reference` (a model/ option's path, a folder or a Hub id) as `from_pretrained` takes it."""
+    ref_cfg = OmegaConf.merge(ctx.cfg.model, {"source": "auto", "path": ctx.algo.reference})
+    return resolve_model_path(ref_cfg, cache_root(ctx.cfg))
+
+
+def load_reference(ctx: StageContext, attn_implementation: str | None = None) -> torch.nn.Module:
+    """The stage's reference loaded like the policy: same dtype and attention implementation."""
+    return load_model(reference_path(ctx), ctx.cfg.model, attn_implementation=attn_implementation)
+
+
+def training_evaluator(ctx: StageContext) -> Evaluator:
+    """The evaluator a training stage runs every `eval_every` steps (Trainer stages through evaluation/callback.py,
+    PPO in its own loop): `algo.<stage>.eval_suites` of the `eval` config, against the eval reference."""
+    suites = list(ctx.algo.eval_suites) if ctx.algo.eval_suites is not None else None
+    reference = reference_loader(ctx.cfg, ctx.base_model, None)
+    return Evaluator(ctx.cfg.eval, reference, ctx.cfg.seed, stage_pairs=ctx.stage_pairs, only=suites)
