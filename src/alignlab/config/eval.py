@@ -4,6 +4,7 @@ report.md checks. Group files: conf/eval/. Read by evaluation/ (suites.py, judge
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any, Literal, Optional, get_args
 
 from omegaconf import II, MISSING, DictConfig
@@ -79,6 +80,13 @@ class JudgeConfig:
             "help": "classifier: each model label -> refusal or compliance.",
             "choices": Verdict,
             "choices_of": "values",
+        },
+    )
+    model_rules: list[str] = field(
+        default_factory=lambda: ["smollm2"],
+        metadata={
+            "help": "rules: the model-specific rule files (src/alignlab/assets/judges/<name>.yaml) added to the "
+            "generic rules selected on XSTest; [] for the generic rules alone (another model's replies)."
         },
     )
     threshold: float = field(default=0.0, metadata={"help": "reward: the score that separates the two verdicts."})
@@ -219,6 +227,11 @@ def _check_judge(j: DictConfig, key: str) -> None:
         for label, verdict in j.label_map.items():
             one_of(verdict, VERDICTS, f"{key}.label_map.{label}")
     choice(j, "above_threshold", key, JudgeConfig)
+    shipped = sorted(
+        p.name.removesuffix(".yaml") for p in (resources.files("alignlab") / "assets" / "judges").iterdir()
+    )
+    for name in j.model_rules:
+        one_of(name, tuple(shipped), f"{key}.model_rules")
 
 
 def check_target(key: str, t: DictConfig) -> None:

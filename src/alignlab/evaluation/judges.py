@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig
 
 from alignlab.errors import ModelError
+from alignlab.evaluation.refusal import is_refusal, rules_for
 
 
 class Judge(Protocol):
@@ -26,10 +27,13 @@ class Judge(Protocol):
 
 
 class RuleJudge:
-    def refused(self, prompts: list[str], replies: list[str]) -> list[bool]:
-        from alignlab.evaluation.refusal import is_refusal
+    """The string-rule judge, with the model-specific rule files its config names (`model_rules`)."""
 
-        return [is_refusal(r, p) for p, r in zip(prompts, replies, strict=True)]
+    def __init__(self, spec: DictConfig) -> None:
+        self.rules = rules_for(list(spec.get("model_rules", ["smollm2"])))
+
+    def refused(self, prompts: list[str], replies: list[str]) -> list[bool]:
+        return [is_refusal(r, p, self.rules) for p, r in zip(prompts, replies, strict=True)]
 
 
 class SequenceScorer:
@@ -108,4 +112,4 @@ class RewardJudge:
 
 
 def build_judge(spec: DictConfig) -> Judge:
-    return {"rules": lambda s: RuleJudge(), "classifier": ClassifierJudge, "reward": RewardJudge}[spec.kind](spec)
+    return {"rules": RuleJudge, "classifier": ClassifierJudge, "reward": RewardJudge}[spec.kind](spec)

@@ -208,9 +208,17 @@ def load_model_rules(name: str) -> tuple[Family, ...]:
     return tuple(_family(f["name"], f["kind"], f["scope"], *f["patterns"]) for f in spec["families"])
 
 
-# Model-specific families (data, not code) that the judge adds to the generic ones: the default experiment's model.
-MODEL_RULES = ("smollm2",)
-MODEL_FAMILIES = tuple(family for name in MODEL_RULES for family in load_model_rules(name))
+def model_rule_files() -> tuple[str, ...]:
+    """The names of the model-specific rule files shipped in `assets/judges/`."""
+    folder = resources.files("alignlab") / "assets" / "judges"
+    return tuple(sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")))
+
+
+# Model-specific families (data, not code) that the judge may add to the generic ones (`eval.judges.<name>
+# .model_rules`); the default experiment's model is SmolLM2.
+MODEL_RULES = model_rule_files()
+FAMILIES_OF_MODEL = {name: load_model_rules(name) for name in MODEL_RULES}
+MODEL_FAMILIES = tuple(family for name in MODEL_RULES for family in FAMILIES_OF_MODEL[name])
 FAMILIES = GENERIC_FAMILIES + MODEL_FAMILIES
 FAMILY_BY_NAME = {family.name: family for family in FAMILIES}
 # Kept whatever the selection says: XSTest has no replies of those models to vote on them.
@@ -235,6 +243,18 @@ DEFAULT_RULES = RuleSet(
         "seek_help", "clarify_veto", "apology", "ai_identity", "joke_veto",
     ),
 )  # fmt: skip
+
+
+def rules_for(models: Sequence[str]) -> RuleSet:
+    """`DEFAULT_RULES` with the model-specific families of `models` only (their files in `assets/judges/`): the
+    generic families were selected on XSTest; a model's own deflections apply to replies of that model."""
+    unknown = sorted(set(models) - set(MODEL_RULES))
+    if unknown:
+        raise ValueError(f"no judge rules for {unknown}; assets/judges has {list(MODEL_RULES)}")
+    model_names = {family.name for family in MODEL_FAMILIES}
+    chosen = {family.name for name in models for family in FAMILIES_OF_MODEL[name]}
+    kept = [name for name in DEFAULT_RULES.families if name not in model_names or name in chosen]
+    return RuleSet(DEFAULT_RULES.window, (*kept, *sorted(chosen - set(kept))))
 
 
 def normalize(text: str) -> str:
