@@ -45,8 +45,16 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-ROWS = ("trl", "trl-lora", "ours", "ours-bf16", "ours-same-batches", "ours-lora", "ours-lora-same-batches",
-        "ours-lora-fp32")
+ROWS = (
+    "trl",
+    "trl-lora",
+    "ours",
+    "ours-bf16",
+    "ours-same-batches",
+    "ours-lora",
+    "ours-lora-same-batches",
+    "ours-lora-fp32",
+)
 
 
 def parse_args() -> argparse.Namespace:
@@ -58,14 +66,21 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=8, help="steps per row; the first is not timed")
     p.add_argument("--learning-rate", type=float, default=1e-6, help="TRL's DPOConfig default")
     p.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
-    p.add_argument("--repeats", type=int, default=1,
-                   help="run the series this many times, interleaved, and keep each row's fastest median step")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="run the series this many times, interleaved, and keep each row's fastest median step",
+    )
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads, the same for every row")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--table", type=Path, help="print the table of a --json file written earlier, run nothing")
-    p.add_argument("--profile", action="store_true",
-                   help="torch.profiler over steps 2-4 (or to the last) of each row: its top operators by self time")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="torch.profiler over steps 2-4 (or to the last) of each row: its top operators by self time",
+    )
     p.add_argument("--side", help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     return p.parse_args()
@@ -111,8 +126,17 @@ def default_pairs(work: Path) -> Path:
     out = cache_root() / "benchmarks" / "safety-smollm-pairs.jsonl"
     if not out.is_file():
         root = work / "pairs-run"
-        subprocess.run([str(REPO / ".venv/bin/alignlab"), "run", "experiment=safety-smollm", "pipeline.stages=[pairs]",
-                        "logger=none", f"run.root={root}"], check=True)  # fmt: skip
+        subprocess.run(
+            [
+                str(REPO / ".venv/bin/alignlab"),
+                "run",
+                "experiment=safety-smollm",
+                "pipeline.stages=[pairs]",
+                "logger=none",
+                f"run.root={root}",
+            ],
+            check=True,
+        )
         (made,) = root.glob("*/*/pairs/pairs.jsonl")
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(made.read_text())
@@ -195,15 +219,30 @@ def run_trl(args: argparse.Namespace, lora: bool) -> tuple[Any, StepTimer, float
     tok.pad_token = "<|endoftext|>" if "<|endoftext|>" in tok.get_vocab() else tok.eos_token
     model = AutoModelForCausalLM.from_pretrained(args.policy, dtype=torch.float32)
     ref = None if lora else AutoModelForCausalLM.from_pretrained(args.policy, dtype=torch.float32)
-    config = DPOConfig(output_dir=str(args.out.parent / "trl"), per_device_train_batch_size=args.batch_size,
-                       max_steps=args.steps, learning_rate=args.learning_rate, logging_steps=1, save_strategy="no",
-                       report_to=[], seed=0, data_seed=0, use_cpu=args.device == "cpu")  # fmt: skip
+    config = DPOConfig(
+        output_dir=str(args.out.parent / "trl"),
+        per_device_train_batch_size=args.batch_size,
+        max_steps=args.steps,
+        learning_rate=args.learning_rate,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        seed=0,
+        data_seed=0,
+        use_cpu=args.device == "cpu",
+    )
     peft = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
     timer = StepTimer(args.device, args.profile)
     started = time.perf_counter()
-    trainer = DPOTrainer(model=model, ref_model=ref, args=config, processing_class=tok,
-                         train_dataset=Dataset.from_list(rows_of(args.pairs, args.steps * args.batch_size)),
-                         peft_config=peft if lora else None, callbacks=[timer.callback])  # fmt: skip
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=ref,
+        args=config,
+        processing_class=tok,
+        train_dataset=Dataset.from_list(rows_of(args.pairs, args.steps * args.batch_size)),
+        peft_config=peft if lora else None,
+        callbacks=[timer.callback],
+    )
     setup = time.perf_counter() - started
     trainer.train()
     return trainer, timer, setup
@@ -222,18 +261,34 @@ def run_ours(args: argparse.Namespace, lora: bool, precision: str, grouped: bool
     pairs = work / "pairs.jsonl"
     pairs.write_text("".join(json.dumps(r) + "\n" for r in rows_of(args.pairs, args.steps * args.batch_size)))
     overrides = [
-        "experiment=tiny", "logger=none", "model.source=local", f"model.path={args.policy}", f"run.root={work}",
-        "pipeline=dpo", "data=local", f"data.preference.path={pairs}", "data.on_duplicate=keep",
-        f"algo.dpo.batch_size={args.batch_size}", f"algo.dpo.max_steps={args.steps}", "algo.dpo.epochs=1",
-        f"algo.dpo.learning_rate={args.learning_rate}", f"algo.dpo.precision={precision}",
-        "algo.dpo.save_steps=1000000", "algo.dpo.final_eval=false", "seed=0",
-        f"algo.dpo.group_by_length={str(grouped).lower()}", f"model.lora.enabled={str(lora).lower()}",
-        "model.lora.r=16", "model.lora.alpha=32", "model.lora.dropout=0.0",
-    ]  # fmt: skip
+        "experiment=tiny",
+        "logger=none",
+        "model.source=local",
+        f"model.path={args.policy}",
+        f"run.root={work}",
+        "pipeline=dpo",
+        "data=local",
+        f"data.preference.path={pairs}",
+        "data.on_duplicate=keep",
+        f"algo.dpo.batch_size={args.batch_size}",
+        f"algo.dpo.max_steps={args.steps}",
+        "algo.dpo.epochs=1",
+        f"algo.dpo.learning_rate={args.learning_rate}",
+        f"algo.dpo.precision={precision}",
+        "algo.dpo.save_steps=1000000",
+        "algo.dpo.final_eval=false",
+        "seed=0",
+        f"algo.dpo.group_by_length={str(grouped).lower()}",
+        f"model.lora.enabled={str(lora).lower()}",
+        "model.lora.r=16",
+        "model.lora.alpha=32",
+        "model.lora.dropout=0.0",
+    ]
     cfg = validate(compose_config(overrides))
     prep = prepare(cfg)
-    ctx = StageContext(cfg, "dpo", work / "dpo", prep.base_model, prep.base_model, prep.tokenizer, prep.pairs, None,
-                       Tracker(cfg, work))  # fmt: skip
+    ctx = StageContext(
+        cfg, "dpo", work / "dpo", prep.base_model, prep.base_model, prep.tokenizer, prep.pairs, None, Tracker(cfg, work)
+    )
     ctx.stage_dir.mkdir(parents=True)
     timer = StepTimer(args.device, args.profile)
     started = time.perf_counter()
@@ -262,14 +317,23 @@ def child(args: argparse.Namespace) -> None:
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     timed = sorted(timer.seconds[1:])
-    args.out.write_text(json.dumps({
-        "seconds_per_step": timed[len(timed) // 2],  # the median: neighbours on this machine make steps noisy
-        "step_seconds": timer.seconds, "setup_seconds": setup,
-        "ref_pass_seconds": ref_pass, "losses": losses, "peak_mib": peak,
-        "precision": "bf16" if trainer.args.bf16 else "fp32",
-        "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
-        "attention": trainer.model.config._attn_implementation, "profile": timer.table,
-    }, indent=2))  # fmt: skip
+    args.out.write_text(
+        json.dumps(
+            {
+                "seconds_per_step": timed[len(timed) // 2],  # the median: neighbours on this machine make steps noisy
+                "step_seconds": timer.seconds,
+                "setup_seconds": setup,
+                "ref_pass_seconds": ref_pass,
+                "losses": losses,
+                "peak_mib": peak,
+                "precision": "bf16" if trainer.args.bf16 else "fp32",
+                "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
+                "attention": trainer.model.config._attn_implementation,
+                "profile": timer.table,
+            },
+            indent=2,
+        )
+    )
 
 
 # ------------------------------------------------------------------------------------------------ the table (driver)
@@ -310,32 +374,65 @@ def driver(args: argparse.Namespace) -> None:
     for repeat, row in ((k, r) for k in range(args.repeats) for r in args.rows):
         out = work / f"{row}-{repeat}" / "result.json"
         out.parent.mkdir(parents=True)
-        cmd = [sys.executable, __file__, "--side", row, "--out", str(out), "--policy", str(args.policy),
-               "--pairs", str(args.pairs), "--batch-size", str(args.batch_size), "--steps", str(args.steps),
-               "--learning-rate", str(args.learning_rate), "--device", args.device, "--threads", str(args.threads),
-               *(["--profile"] if args.profile else [])]
-        env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "TQDM_DISABLE": "1", "WANDB_MODE": "disabled",
-               "ALIGNLAB_CACHE": os.environ.get("ALIGNLAB_CACHE", str(Path.home() / ".cache" / "alignlab"))}
+        cmd = [
+            sys.executable,
+            __file__,
+            "--side",
+            row,
+            "--out",
+            str(out),
+            "--policy",
+            str(args.policy),
+            "--pairs",
+            str(args.pairs),
+            "--batch-size",
+            str(args.batch_size),
+            "--steps",
+            str(args.steps),
+            "--learning-rate",
+            str(args.learning_rate),
+            "--device",
+            args.device,
+            "--threads",
+            str(args.threads),
+            *(["--profile"] if args.profile else []),
+        ]
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO / "src"),
+            "TQDM_DISABLE": "1",
+            "WANDB_MODE": "disabled",
+            "ALIGNLAB_CACHE": os.environ.get("ALIGNLAB_CACHE", str(Path.home() / ".cache" / "alignlab")),
+        }
         print(f"[dpo_speed] {row} (series {repeat + 1} of {args.repeats}) ...", flush=True)
-        subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)  # fmt: skip
+        subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
         result = json.loads(out.read_text())
         if row not in results or result["seconds_per_step"] < results[row]["seconds_per_step"]:
             results[row] = result
     print_table(args, load, peaks, results)
     if args.json:
-        saved = {"workload": load, "matmul_gflops": peaks, "rows": results, "policy": str(args.policy),
-                 **{k: getattr(args, k) for k in ("batch_size", "steps", "repeats", "threads", "device")}}
+        saved = {
+            "workload": load,
+            "matmul_gflops": peaks,
+            "rows": results,
+            "policy": str(args.policy),
+            **{k: getattr(args, k) for k in ("batch_size", "steps", "repeats", "threads", "device")},
+        }
         args.json.write_text(json.dumps(saved, indent=2))
 
 
 def print_table(args: argparse.Namespace, load: dict[str, float], peaks: dict[str, float], results: dict) -> None:
     tokens_per_step = load["tokens"] / args.steps
-    print(f"\n{args.policy.name}, {args.batch_size} pairs a step ({tokens_per_step:.0f} tokens), {args.steps} steps "
-          f"(first untimed), best of {args.repeats} series, {args.threads} threads, {args.device}; "
-          f"matmul 2048^3: bf16 {peaks['bf16']:.0f} GFLOP/s, "
-          f"fp32 {peaks['fp32']:.0f} GFLOP/s\n")  # fmt: skip
-    head = ("| row | precision | ckpt | attention | s / step | tokens / s | ref pass (s) | peak MiB | final loss "
-            "| TFLOP/s | % of peak | vs TRL |")
+    print(
+        f"\n{args.policy.name}, {args.batch_size} pairs a step ({tokens_per_step:.0f} tokens), {args.steps} steps "
+        f"(first untimed), best of {args.repeats} series, {args.threads} threads, {args.device}; "
+        f"matmul 2048^3: bf16 {peaks['bf16']:.0f} GFLOP/s, "
+        f"fp32 {peaks['fp32']:.0f} GFLOP/s\n"
+    )
+    head = (
+        "| row | precision | ckpt | attention | s / step | tokens / s | ref pass (s) | peak MiB | final loss "
+        "| TFLOP/s | % of peak | vs TRL |"
+    )
     print(head)
     print("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for row, r in results.items():
@@ -348,10 +445,12 @@ def print_table(args: argparse.Namespace, load: dict[str, float], peaks: dict[st
         ratio = f"{base['seconds_per_step'] / r['seconds_per_step']:.2f}x" if base else "-"
         ref = "-" if r["ref_pass_seconds"] is None else f"{r['ref_pass_seconds']:.1f}"
         peak = peaks[r["precision"]]
-        print(f"| {row} | {r['precision']} | {'on' if r['gradient_checkpointing'] else 'off'} | {r['attention']} "
-              f"| {r['seconds_per_step']:.2f} | {tokens_per_step / r['seconds_per_step']:.0f} | {ref} "
-              f"| {r['peak_mib']:.0f} | {r['losses'][-1]:.4f} | {flops:.3f} | {100 * flops * 1e3 / peak:.1f} "
-              f"| {ratio} |")  # fmt: skip
+        print(
+            f"| {row} | {r['precision']} | {'on' if r['gradient_checkpointing'] else 'off'} | {r['attention']} "
+            f"| {r['seconds_per_step']:.2f} | {tokens_per_step / r['seconds_per_step']:.0f} | {ref} "
+            f"| {r['peak_mib']:.0f} | {r['losses'][-1]:.4f} | {flops:.3f} | {100 * flops * 1e3 / peak:.1f} "
+            f"| {ratio} |"
+        )
     print("\nlosses per step:")
     for row, r in results.items():
         print(f"  {row}: " + ", ".join(f"{x:.4f}" for x in r["losses"]))

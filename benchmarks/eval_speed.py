@@ -55,8 +55,13 @@ def main() -> None:
         return
     contexts, answers = [bias.bbq_prompt(i) for i in bbq.rows], [list(i.answers) for i in bbq.rows]
     start = time.perf_counter()
-    whole = score(model, tokenizer, [c for c in contexts for _ in range(3)], [a for a3 in answers for a in a3],
-                  cfg.eval.score_batch_size)  # fmt: skip
+    whole = score(
+        model,
+        tokenizer,
+        [c for c in contexts for _ in range(3)],
+        [a for a3 in answers for a in a3],
+        cfg.eval.score_batch_size,
+    )
     t_whole = time.perf_counter() - start
     start = time.perf_counter()
     shared = score_choices(model, tokenizer, contexts, answers, cfg.eval.score_batch_size)

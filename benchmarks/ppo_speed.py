@@ -78,19 +78,32 @@ def run_ours(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     work = scratch("ppo-speed-")
     overrides = [
-        "experiment=tiny", "logger=none", "model.source=local", f"model.path={args.policy}", f"run.root={work}",
-        "pipeline=sft-rm-ppo", "pipeline.stages=[ppo]", f"algo.ppo.reward={args.reward}",
-        f"algo.ppo.batch_size={args.batch_size}", f"algo.ppo.mini_batch_size={args.mini_batch_size}",
-        f"algo.ppo.ppo_epochs={args.ppo_epochs}", f"algo.ppo.max_new_tokens={args.response_length}",
-        f"algo.ppo.max_steps={args.steps}", "algo.ppo.save_steps=1000000", "algo.ppo.temperature=0.7",
-        "algo.ppo.learning_rate=3e-6", "algo.ppo.logging_steps=1000000", *OURS[args.label],
-    ]  # fmt: skip
+        "experiment=tiny",
+        "logger=none",
+        "model.source=local",
+        f"model.path={args.policy}",
+        f"run.root={work}",
+        "pipeline=sft-rm-ppo",
+        "pipeline.stages=[ppo]",
+        f"algo.ppo.reward={args.reward}",
+        f"algo.ppo.batch_size={args.batch_size}",
+        f"algo.ppo.mini_batch_size={args.mini_batch_size}",
+        f"algo.ppo.ppo_epochs={args.ppo_epochs}",
+        f"algo.ppo.max_new_tokens={args.response_length}",
+        f"algo.ppo.max_steps={args.steps}",
+        "algo.ppo.save_steps=1000000",
+        "algo.ppo.temperature=0.7",
+        "algo.ppo.learning_rate=3e-6",
+        "algo.ppo.logging_steps=1000000",
+        *OURS[args.label],
+    ]
     cfg = validate(compose_config(overrides))
     tokenizer = load_tokenizer(str(args.policy), cfg.model)
     prompts = [json.loads(line)["prompt"] for line in PROMPTS.read_text().splitlines()]
     pairs = [{"prompt": [{"role": "user", "content": p}]} for p in prompts]
-    ctx = StageContext(cfg, "ppo", work / "ppo", str(args.policy), str(args.policy), tokenizer, pairs, None,
-                       Tracker(cfg, work))  # fmt: skip
+    ctx = StageContext(
+        cfg, "ppo", work / "ppo", str(args.policy), str(args.policy), tokenizer, pairs, None, Tracker(cfg, work)
+    )
     ctx.stage_dir.mkdir(parents=True)
     ppo.run(ctx)
     history = json.loads((ctx.stage_dir / "log_history.json").read_text())
@@ -115,14 +128,39 @@ def main() -> None:
     work = scratch("ppo-speed-")
     reward = work / "reward"
     make_reward(policy, reward)
-    shared = ["--batch-size", str(args.batch_size), "--mini-batch-size", str(args.mini_batch_size),
-              "--ppo-epochs", str(args.ppo_epochs), "--response-length", str(args.response_length),
-              "--steps", str(args.steps), "--threads", str(args.threads)]  # fmt: skip
+    shared = [
+        "--batch-size",
+        str(args.batch_size),
+        "--mini-batch-size",
+        str(args.mini_batch_size),
+        "--ppo-epochs",
+        str(args.ppo_epochs),
+        "--response-length",
+        str(args.response_length),
+        "--steps",
+        str(args.steps),
+        "--threads",
+        str(args.threads),
+    ]
     rows: dict[str, dict] = {}
     out = work / "trl.json"
-    subprocess.run([str(args.trl_venv / "bin/python"), str(REPO / "benchmarks/trl112_ppo.py"), "--policy", str(policy),
-                    "--reward", str(reward), "--prompts", str(PROMPTS), "--out", str(out), *shared],
-                   check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    subprocess.run(
+        [
+            str(args.trl_venv / "bin/python"),
+            str(REPO / "benchmarks/trl112_ppo.py"),
+            "--policy",
+            str(policy),
+            "--reward",
+            str(reward),
+            "--prompts",
+            str(PROMPTS),
+            "--out",
+            str(out),
+            *shared,
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     trl = json.loads(out.read_text())
     rows["TRL 1.12 PPOTrainer (fp32, critic)"] = {
         "seconds_per_iteration": trl["seconds_per_iteration"],
@@ -131,20 +169,41 @@ def main() -> None:
     }
     for label in OURS:
         out = work / f"{label.replace(' ', '_')}.json"
-        subprocess.run([sys.executable, __file__, "--side", "ours", "--label", label, "--policy", str(policy),
-                        "--reward", str(reward), "--out", str(out), *shared],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--side",
+                "ours",
+                "--label",
+                label,
+                "--policy",
+                str(policy),
+                "--reward",
+                str(reward),
+                "--out",
+                str(out),
+                *shared,
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         rows[label] = json.loads(out.read_text())
     base = rows["TRL 1.12 PPOTrainer (fp32, critic)"]["seconds_per_iteration"]
-    print(f"\nPPO on {policy.name}: batch {args.batch_size}, mini-batch {args.mini_batch_size}, "
-          f"{args.ppo_epochs} PPO epoch(s), up to {args.response_length} reply tokens, {args.steps - 1} timed "
-          f"iterations, {args.threads} torch threads\n")  # fmt: skip
+    print(
+        f"\nPPO on {policy.name}: batch {args.batch_size}, mini-batch {args.mini_batch_size}, "
+        f"{args.ppo_epochs} PPO epoch(s), up to {args.response_length} reply tokens, {args.steps - 1} timed "
+        f"iterations, {args.threads} torch threads\n"
+    )
     print("| implementation | s / iteration | updates / s | reply tokens / s | peak RSS (MiB) | speed-up vs TRL |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for label, r in rows.items():
         s = r["seconds_per_iteration"]
-        print(f"| {label} | {s:.2f} | {1 / s:.3f} | {r['response_tokens_per_second']:.1f} | "
-              f"{r['peak_rss_mib']:.0f} | {base / s:.2f}x |")  # fmt: skip
+        print(
+            f"| {label} | {s:.2f} | {1 / s:.3f} | {r['response_tokens_per_second']:.1f} | "
+            f"{r['peak_rss_mib']:.0f} | {base / s:.2f}x |"
+        )
     (work / "table.json").write_text(json.dumps(rows, indent=2))
     print(f"\nraw results: {work}")
 

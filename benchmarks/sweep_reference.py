@@ -19,18 +19,40 @@ from dpo_speed import REPO, default_pairs, scratch, smollm2
 
 
 def sweep(root: Path, policy: Path, pairs: Path, betas: str, cache: bool) -> list[dict]:
-    cmd = [str(REPO / ".venv/bin/alignlab"), "run", "-m", "experiment=tiny", "logger=none", "model.source=local",
-           f"model.path={policy}", "pipeline=dpo", "data=local", f"data.preference.path={pairs}",
-           "model.lora.enabled=true", "algo.dpo.max_steps=2", "algo.dpo.final_eval=false", "algo.dpo.precision=auto",
-           f"algo.dpo.ref_cache={str(cache).lower()}", f"algo.dpo.beta={betas}", f"run.root={root}"]  # fmt: skip
+    cmd = [
+        str(REPO / ".venv/bin/alignlab"),
+        "run",
+        "-m",
+        "experiment=tiny",
+        "logger=none",
+        "model.source=local",
+        f"model.path={policy}",
+        "pipeline=dpo",
+        "data=local",
+        f"data.preference.path={pairs}",
+        "model.lora.enabled=true",
+        "algo.dpo.max_steps=2",
+        "algo.dpo.final_eval=false",
+        "algo.dpo.precision=auto",
+        f"algo.dpo.ref_cache={str(cache).lower()}",
+        f"algo.dpo.beta={betas}",
+        f"run.root={root}",
+    ]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     (manifest,) = root.glob("sweeps/*/*/manifest.json")
     members = json.loads(manifest.read_text())["members"]
     out = []
     for m in members:
         metrics = json.loads((Path(m["run_dir"]) / "dpo" / "metrics.json").read_text())
-        out.append({"overrides": m["overrides"], **{k: metrics.get(k) for k in
-                    ("ref_logps/seconds", "ref_logps/computed_pairs", "ref_logps/cached_pairs")}})  # fmt: skip
+        out.append(
+            {
+                "overrides": m["overrides"],
+                **{
+                    k: metrics.get(k)
+                    for k in ("ref_logps/seconds", "ref_logps/computed_pairs", "ref_logps/cached_pairs")
+                },
+            }
+        )
     return out
 
 
@@ -51,12 +73,16 @@ def main() -> None:
             r["overrides"] = [o for o in r["overrides"] if o not in shared]  # what tells the members apart
             seconds = r["ref_logps/seconds"]
             scored = r["ref_logps/computed_pairs"]
-            print(f"| {label} | {' '.join(r['overrides'])} | {seconds if seconds is not None else '-'} "
-                  f"| {scored if scored is not None else 'all'} | {r['ref_logps/cached_pairs'] or 0} |")  # fmt: skip
+            print(
+                f"| {label} | {' '.join(r['overrides'])} | {seconds if seconds is not None else '-'} "
+                f"| {scored if scored is not None else 'all'} | {r['ref_logps/cached_pairs'] or 0} |"
+            )
         totals[label] = rows
     on = [r["ref_logps/seconds"] for r in totals["cache on"]]
-    print(f"\ncache on: the sweep's reference passes took {sum(on):.1f} s, {sum(on) / on[0]:.2f}x its first "
-          f"member's ({on[0]:.1f} s); with the cache off every member scores every pair.")
+    print(
+        f"\ncache on: the sweep's reference passes took {sum(on):.1f} s, {sum(on) / on[0]:.2f}x its first "
+        f"member's ({on[0]:.1f} s); with the cache off every member scores every pair."
+    )
 
 
 if __name__ == "__main__":

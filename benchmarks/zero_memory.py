@@ -32,8 +32,15 @@ TINY = ["experiment=tiny", "logger=none", "algo.sft.max_steps=4", "algo.dpo.max_
 
 
 def run(name: str, args: list[str], ranks: int, batch: int, root: Path) -> tuple[Path, float]:
-    spread = [] if name == "single" else [f"launcher.nproc_per_node={ranks}", f"algo.sft.batch_size={batch // ranks}",
-                                          f"algo.dpo.batch_size={batch // ranks}"]  # fmt: skip
+    spread = (
+        []
+        if name == "single"
+        else [
+            f"launcher.nproc_per_node={ranks}",
+            f"algo.sft.batch_size={batch // ranks}",
+            f"algo.dpo.batch_size={batch // ranks}",
+        ]
+    )
     started = time.time()
     cmd = [sys.executable, "-m", "alignlab.cli", "run", *args, *VARIANTS[name], *spread, f"run.root={root / name}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -54,8 +61,10 @@ def main() -> None:
     args = opts.overrides or TINY
     root = opts.out or Path(tempfile.mkdtemp(prefix="zero-memory-"))
     print(f"alignlab run {' '.join(args)}  [+ each variant; {opts.ranks} ranks, global batch {opts.batch}]")
-    print(f"{'variant':>8} {'params':>9} {'master':>9} {'moments':>9} {'total':>9} {'vs zero0':>8} "
-          f"{'peak RSS':>9} {'final loss':>11} {'wall s':>7}   (MiB per rank, rank 0)")  # fmt: skip
+    print(
+        f"{'variant':>8} {'params':>9} {'master':>9} {'moments':>9} {'total':>9} {'vs zero0':>8} "
+        f"{'peak RSS':>9} {'final loss':>11} {'wall s':>7}   (MiB per rank, rank 0)"
+    )
     rows = {}
     for name in VARIANTS:
         run_dir, wall = run(name, args, opts.ranks, opts.batch, root)
@@ -63,8 +72,10 @@ def main() -> None:
         held = [m[f"memory/rank0/{p}_mib"] for p in ("params", "master", "moments")]
         rows[name] = sum(held)
         ratio = f"{rows[name] / rows['zero0']:.3f}" if "zero0" in rows else "-"
-        print(f"{name:>8} {held[0]:9.3f} {held[1]:9.3f} {held[2]:9.3f} {sum(held):9.3f} {ratio:>8} "
-              f"{m['memory/rank0/peak_rss_mib']:9.1f} {m['final_step_loss']:11.6f} {wall:7.1f}")  # fmt: skip
+        print(
+            f"{name:>8} {held[0]:9.3f} {held[1]:9.3f} {held[2]:9.3f} {sum(held):9.3f} {ratio:>8} "
+            f"{m['memory/rank0/peak_rss_mib']:9.1f} {m['final_step_loss']:11.6f} {wall:7.1f}"
+        )
     print(f"runs: {root}")
 
 

@@ -15,8 +15,12 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+pytest_plugins = ["bench_fixtures"]  # the benchmark-shaped folder fixture, for unit and integration tests alike
+
+# The repository's root: the tests live in tests/unit/<package>/ and tests/integration/, so they find it here.
+REPO = Path(__file__).resolve().parents[1]
 # The public benchmarks: $ALIGNLAB_BENCHMARKS as for `alignlab run`, else ../shared/benchmarks beside the clone.
-BENCHMARKS = Path(os.environ.get("ALIGNLAB_BENCHMARKS") or Path(__file__).resolve().parents[2] / "shared/benchmarks")
+BENCHMARKS = Path(os.environ.get("ALIGNLAB_BENCHMARKS") or REPO.parent / "shared/benchmarks")
 
 
 @pytest.fixture(scope="session")

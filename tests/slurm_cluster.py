@@ -86,8 +86,9 @@ class SlurmCluster:
     def ended(self, job_id: str) -> bool:
         return all(_ended(r) for r in self.records(job_id))
 
-    def wait(self, job_id: str, done: Callable[[dict[str, str]], bool] = _ended, timeout: float = 240,
-             what: str = "ended") -> list[dict[str, str]]:  # fmt: skip
+    def wait(
+        self, job_id: str, done: Callable[[dict[str, str]], bool] = _ended, timeout: float = 240, what: str = "ended"
+    ) -> list[dict[str, str]]:
         """Poll until `done` holds for every record of the job; on timeout, fail with the last records."""
         deadline = time.monotonic() + timeout
         while True:
@@ -118,12 +119,23 @@ def _alive(pid_file: Path) -> bool:
 def _write_conf(host: str) -> None:
     """Write slurm.conf, unless one that these tests did not write is there: that is someone's cluster."""
     if CONF.is_file() and not CONF.read_text().startswith(MARK):
-        pytest.fail(f"{CONF} exists and was not written by these tests; start that cluster (slurmctld; slurmd) or "
-                    "move the file aside to let the tests start their own.")  # fmt: skip
+        pytest.fail(
+            f"{CONF} exists and was not written by these tests; start that cluster (slurmctld; slurmd) or "
+            "move the file aside to let the tests start their own."
+        )
     mem_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20 * 8 // 10
     CONF.parent.mkdir(parents=True, exist_ok=True)
-    CONF.write_text(CONF_TEXT.format(mark=MARK, host=host, cpus=max(os.cpu_count() or 1, 2), mem_mb=mem_mb,
-                                     partition=PARTITION, ctld_pid=CTLD_PID, slurmd_pid=SLURMD_PID))  # fmt: skip
+    CONF.write_text(
+        CONF_TEXT.format(
+            mark=MARK,
+            host=host,
+            cpus=max(os.cpu_count() or 1, 2),
+            mem_mb=mem_mb,
+            partition=PARTITION,
+            ctld_pid=CTLD_PID,
+            slurmd_pid=SLURMD_PID,
+        )
+    )
 
 
 def _start_munged() -> None:
@@ -183,8 +195,10 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
         pytest.skip("the Slurm tests start slurmctld/slurmd/munged and need root")
     missing = [b for b in BINARIES if shutil.which(b) is None]
     if missing:
-        pytest.skip(f"Slurm is not installed (missing {', '.join(missing)}); apt-get install slurmctld slurmd "
-                    "slurm-client munge")  # fmt: skip
+        pytest.skip(
+            f"Slurm is not installed (missing {', '.join(missing)}); apt-get install slurmctld slurmd "
+            "slurm-client munge"
+        )
     host = socket.gethostname().split(".")[0]
     with _locked(USERS, fcntl.LOCK_SH):  # for as long as this session uses the cluster
         with _locked(STARTING, fcntl.LOCK_EX):

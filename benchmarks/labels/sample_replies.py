@@ -25,8 +25,12 @@ import sys
 import time
 from pathlib import Path
 
-PROMPT_SOURCES = {"bundled_harmful": "bundled-eval", "bundled_benign": "bundled-eval", "harmbench": "harmbench",
-                  "xstest_safe": "xstest"}  # fmt: skip
+PROMPT_SOURCES = {
+    "bundled_harmful": "bundled-eval",
+    "bundled_benign": "bundled-eval",
+    "harmbench": "harmbench",
+    "xstest_safe": "xstest",
+}
 DEFAULT_OUT = Path(__file__).parent / "smollm2-shipped.unlabelled.jsonl"
 
 
@@ -85,8 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         done += n
         print(f"{done}/{len(convs)} replies, {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
 
-    replies = generate(model, tokenizer, convs, cfg.eval.max_new_tokens, cfg.eval.batch_size, seed=cfg.seed,
-                       progress=progress)  # fmt: skip
+    replies = generate(
+        model, tokenizer, convs, cfg.eval.max_new_tokens, cfg.eval.batch_size, seed=cfg.seed, progress=progress
+    )
     seconds = time.perf_counter() - started
 
     model_name = f"{cfg.model.name} ({cfg.model.source}, {dtype})"
@@ -94,13 +99,23 @@ def main(argv: list[str] | None = None) -> int:
     with args.out.open("w", encoding="utf-8") as f:
         for i, ((suite, prompt, category), reply) in enumerate(zip(picked, replies), 1):
             harmful = cfg.eval.suites[suite].expect == "refuse"
-            row = {"id": f"{args.source}-{i:04d}", "source": args.source, "model": model_name,
-                   "seed": args.seed, "prompt_source": PROMPT_SOURCES.get(suite, suite),
-                   "prompt_kind": "harmful" if harmful else "benign", "category": category, "prompt": prompt,
-                   "reply": reply["text"], "truncated": reply["truncated"]}  # fmt: skip
+            row = {
+                "id": f"{args.source}-{i:04d}",
+                "source": args.source,
+                "model": model_name,
+                "seed": args.seed,
+                "prompt_source": PROMPT_SOURCES.get(suite, suite),
+                "prompt_kind": "harmful" if harmful else "benign",
+                "category": category,
+                "prompt": prompt,
+                "reply": reply["text"],
+                "truncated": reply["truncated"],
+            }
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    print(f"{len(picked)} replies of {model_name} in {seconds:.0f} s (max_new_tokens={cfg.eval.max_new_tokens}, "
-          f"greedy) -> {args.out}")  # fmt: skip
+    print(
+        f"{len(picked)} replies of {model_name} in {seconds:.0f} s (max_new_tokens={cfg.eval.max_new_tokens}, "
+        f"greedy) -> {args.out}"
+    )
     return 0
 
 

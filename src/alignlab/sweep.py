@@ -151,8 +151,13 @@ def _sbatch_options(slurm: DictConfig | None) -> dict[str, Any]:
     return options
 
 
-for _name, _fn in {"minutes": _minutes, "task_cpus": _task_cpus, "default": _default,
-                   "timeout_requeues": _timeout_requeues, "sbatch_options": _sbatch_options}.items():  # fmt: skip
+for _name, _fn in {
+    "minutes": _minutes,
+    "task_cpus": _task_cpus,
+    "default": _default,
+    "timeout_requeues": _timeout_requeues,
+    "sbatch_options": _sbatch_options,
+}.items():
     OmegaConf.register_new_resolver(f"alignlab.{_name}", _fn, replace=True)
 
 
@@ -174,10 +179,17 @@ class MemberTask:
         hydra = HydraConfig.get()
         num = int(hydra.job.num)
         entry: dict[str, Any] = {
-            "sweep_id": self.sweep_id, "num": num, "overrides": list(hydra.overrides.task), "run_dir": None,
-            "status": "running", "error": None, "objective_value": None, "host": socket.gethostname(),
-            "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "started": _now(),
-        }  # fmt: skip
+            "sweep_id": self.sweep_id,
+            "num": num,
+            "overrides": list(hydra.overrides.task),
+            "run_dir": None,
+            "status": "running",
+            "error": None,
+            "objective_value": None,
+            "host": socket.gethostname(),
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            "started": _now(),
+        }
         started = time.time()
         try:
             if cfg.logger.group is None:  # one W&B group per sweep, unless the member's config names one
@@ -272,11 +284,19 @@ def plan(overrides: list[str]) -> SweepPlan:
         sweep_dir = Path(str(hydra.sweep.dir))
     sweep_id = f"{base.name}-sweep-{stamp}"
     return SweepPlan(
-        sweep_id=sweep_id, sweep_dir=sweep_dir, group=base.logger.group or sweep_id, sweeper=sweeper,
-        launcher=launcher, objective=objective, direction=_direction(hydra.sweeper) if objective else None,
-        arguments=arguments, overrides=overrides, members=members, expected=expected,
+        sweep_id=sweep_id,
+        sweep_dir=sweep_dir,
+        group=base.logger.group or sweep_id,
+        sweeper=sweeper,
+        launcher=launcher,
+        objective=objective,
+        direction=_direction(hydra.sweeper) if objective else None,
+        arguments=arguments,
+        overrides=overrides,
+        members=members,
+        expected=expected,
         hydra_overrides=[f"hydra.sweep.dir={_quote(str(sweep_dir))}"],
-    )  # fmt: skip
+    )
 
 
 def _take_options(overrides: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -288,8 +308,9 @@ def _take_options(overrides: list[str]) -> tuple[dict[str, str], list[str]]:
             continue
         name = key.removeprefix("sweep.")
         if name not in OPTIONS or not sep or not value:
-            raise ConfigError(f"Config error: '{item}': sweep arguments are "
-                              f"{', '.join(f'sweep.{o}=VALUE' for o in OPTIONS)}.")  # fmt: skip
+            raise ConfigError(
+                f"Config error: '{item}': sweep arguments are {', '.join(f'sweep.{o}=VALUE' for o in OPTIONS)}."
+            )
         options[name] = value
     return options, rest
 
@@ -306,8 +327,10 @@ def _split(parsed: list[Override]) -> list[list[str]]:
     try:
         return BasicSweeper.split_arguments(parsed, max_batch_size=None)[0]
     except HydraException as exc:
-        raise ConfigError(f"Config error: {exc} (the basic sweeper takes comma lists, range() and choice(); "
-                          "interval() needs hydra/sweeper=optuna).") from None  # fmt: skip
+        raise ConfigError(
+            f"Config error: {exc} (the basic sweeper takes comma lists, range() and choice(); "
+            "interval() needs hydra/sweeper=optuna)."
+        ) from None
 
 
 def _parse(overrides: list[str]) -> list[Override]:
@@ -353,12 +376,16 @@ def _validate_members(members: list[list[str]], parsed: list[Override], objectiv
         cfg = _member_config(member, where, parsed)
         stages = list(cfg.pipeline.stages)
         if objective is not None and objective.partition("/")[0] not in stages:
-            raise ConfigError(f"Config error at 'sweep.objective': '{objective}' names no stage of {where} "
-                              f"(stages: {', '.join(stages)}); write <stage>/<metric>.")  # fmt: skip
+            raise ConfigError(
+                f"Config error at 'sweep.objective': '{objective}' names no stage of {where} "
+                f"(stages: {', '.join(stages)}); write <stage>/<metric>."
+            )
         if launcher == "slurm" and cfg.launcher.nnodes > 1:
-            raise ConfigError(f"Config error at 'launcher.nnodes': {where} asks for {cfg.launcher.nnodes} nodes, but "
-                              "hydra/launcher=slurm runs each member as one Slurm task on one node; submit "
-                              "multi-node sweeps with `alignlab slurm submit -m ...`.")  # fmt: skip
+            raise ConfigError(
+                f"Config error at 'launcher.nnodes': {where} asks for {cfg.launcher.nnodes} nodes, but "
+                "hydra/launcher=slurm runs each member as one Slurm task on one node; submit "
+                "multi-node sweeps with `alignlab slurm submit -m ...`."
+            )
         run_dir = str(run_dir_of(cfg))
         if run_dir in seen:
             raise ConfigError(
@@ -374,8 +401,10 @@ def _direction(sweeper: DictConfig) -> str:
     direction = sweeper.get("direction", "minimize")
     if isinstance(direction, ListConfig):
         if len(direction) != 1:
-            raise ConfigError("Config error at 'hydra.sweeper.direction': a sweep optimizes one sweep.objective, "
-                              f"so give one direction (got {list(direction)}).")  # fmt: skip
+            raise ConfigError(
+                "Config error at 'hydra.sweeper.direction': a sweep optimizes one sweep.objective, "
+                f"so give one direction (got {list(direction)})."
+            )
         direction = direction[0]
     return str(getattr(direction, "name", direction))
 
@@ -430,8 +459,10 @@ def multirun(overrides: list[str]) -> dict[str, Any]:
             detail = f"member {(failed or not_done)[0]['num']}: {(failed or not_done)[0]['error']}"
         else:
             detail = _describe(error)
-        raise SweepFailed(f"sweep {sweep.sweep_id}: {len(not_done)} of {len(manifest['members'])} members did not "
-                          f"finish ({detail}). Manifest: {sweep.sweep_dir / MANIFEST}")  # fmt: skip
+        raise SweepFailed(
+            f"sweep {sweep.sweep_id}: {len(not_done)} of {len(manifest['members'])} members did not "
+            f"finish ({detail}). Manifest: {sweep.sweep_dir / MANIFEST}"
+        )
     return manifest
 
 
@@ -448,27 +479,41 @@ def write_manifest(
     members = []
     for num in range(count):
         entry = entries.get(num) or {
-            "num": num, "overrides": sweep.members[num] if sweep.sweeper == BASIC_SWEEPER else None,
-            "run_dir": None, "objective_value": None, "wall_seconds": None,
+            "num": num,
+            "overrides": sweep.members[num] if sweep.sweeper == BASIC_SWEEPER else None,
+            "run_dir": None,
+            "objective_value": None,
+            "wall_seconds": None,
             "status": "not run" if status == "running" else "missing",
-            "error": None if status == "running" else "no record: the member did not run, or its job ended before "
+            "error": None
+            if status == "running"
+            else "no record: the member did not run, or its job ended before "
             f"it could write one (killed, out of memory, time limit?); logs: {sweep.sweep_dir}/{num}/, "
             f"{sweep.sweep_dir}/.submitit/",
-        }  # fmt: skip
+        }
         members.append({k: v for k, v in entry.items() if k != "sweep_id"})
     if isinstance(error, (Preempted, KeyboardInterrupt)):
         status = "interrupted"
     elif status is None:
         status = "done" if error is None and all(m["status"] == "done" for m in members) else "failed"
     manifest = {
-        "sweep_id": sweep.sweep_id, "sweep_dir": str(sweep.sweep_dir), "cwd": os.getcwd(),
+        "sweep_id": sweep.sweep_id,
+        "sweep_dir": str(sweep.sweep_dir),
+        "cwd": os.getcwd(),
         "command": sys.argv if Path(sys.argv[0]).name == "alignlab" else ["alignlab", "run", "-m", *sweep.arguments],
-        "overrides": sweep.overrides, "sweeper": sweep.sweeper, "launcher": sweep.launcher,
-        "wandb_group": sweep.group, "objective": sweep.objective, "direction": sweep.direction,
-        "started": started, "ended": None if status == "running" else _now(), "status": status,
-        "error": _describe(error) if error is not None else None, "members": members,
+        "overrides": sweep.overrides,
+        "sweeper": sweep.sweeper,
+        "launcher": sweep.launcher,
+        "wandb_group": sweep.group,
+        "objective": sweep.objective,
+        "direction": sweep.direction,
+        "started": started,
+        "ended": None if status == "running" else _now(),
+        "status": status,
+        "error": _describe(error) if error is not None else None,
+        "members": members,
         "best": _best(members, sweep.direction),
-    }  # fmt: skip
+    }
     atomic_write_json(sweep.sweep_dir / MANIFEST, manifest)
     return manifest
 
@@ -489,15 +534,26 @@ def print_summary(manifest: dict[str, Any]) -> None:
 
     lists = [m["overrides"] or [] for m in manifest["members"]]
     common = set.intersection(*(set(x) for x in lists)) if len(lists) > 1 else set()
-    table = Table(title=f"sweep {manifest['sweep_id']} ({manifest['sweeper']} sweeper, {manifest['launcher']} "
-                        "launcher)")  # fmt: skip
-    for column in ("member", "overrides", "run dir", "status", *(["objective"] if manifest["objective"] else []),
-                   "seconds"):  # fmt: skip
+    table = Table(
+        title=f"sweep {manifest['sweep_id']} ({manifest['sweeper']} sweeper, {manifest['launcher']} launcher)"
+    )
+    for column in (
+        "member",
+        "overrides",
+        "run dir",
+        "status",
+        *(["objective"] if manifest["objective"] else []),
+        "seconds",
+    ):
         numeric = column in ("member", "objective", "seconds")
         table.add_column(column, justify="right" if numeric else "left", overflow="fold")
     for m, overrides in zip(manifest["members"], lists):
-        row = [str(m["num"]), " ".join(o for o in overrides if o not in common) or "-", m["run_dir"] or "-",
-               m["status"]]  # fmt: skip
+        row = [
+            str(m["num"]),
+            " ".join(o for o in overrides if o not in common) or "-",
+            m["run_dir"] or "-",
+            m["status"],
+        ]
         if manifest["objective"]:
             row.append("-" if m.get("objective_value") is None else f"{m['objective_value']:.4g}")
         row.append("-" if m.get("wall_seconds") is None else f"{m['wall_seconds']:.0f}")
@@ -510,8 +566,10 @@ def print_summary(manifest: dict[str, Any]) -> None:
     if manifest["error"] and not any(m["status"] in FAILED for m in manifest["members"]):
         out.print(f"the sweep stopped: {manifest['error']}", markup=False)
     if manifest["best"]:
-        out.print(f"best ({manifest['direction']} {manifest['objective']}): member {manifest['best']['num']}, "
-                  f"{manifest['best']['objective_value']:.6g}")  # fmt: skip
+        out.print(
+            f"best ({manifest['direction']} {manifest['objective']}): member {manifest['best']['num']}, "
+            f"{manifest['best']['objective_value']:.6g}"
+        )
     out.print(f"manifest: {Path(manifest['sweep_dir']) / MANIFEST}   W&B group: {manifest['wandb_group']}")
 
 

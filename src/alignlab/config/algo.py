@@ -17,8 +17,8 @@ from alignlab.config.checks import check, choice, flag_or_auto, one_of, positive
 from alignlab.config.online import GRPOAlgoConfig, PPOAlgoConfig, PPOLagAlgoConfig, check_online
 from alignlab.config.train import TRAINING_KINDS, FlagOrAuto, TrainConfig, TRLTrainConfig, check_train
 
-# TRL 1.16 DPOTrainer loss types (trl/trainer/dpo_trainer.py `_compute_loss`); tests/test_config.py checks this
-# list against TRL's own DPOConfig help text so an upgrade that adds or removes one is noticed.
+# TRL 1.16 DPOTrainer loss types (trl/trainer/dpo_trainer.py `_compute_loss`); tests/unit/config/test_config.py
+# checks this list against TRL's own DPOConfig help text so an upgrade that adds or removes one is noticed.
 DpoLossType = Literal[
     "sigmoid",
     "hinge",

@@ -14,7 +14,7 @@ DataFormat = Literal["auto", "conversational", "plain", "hh", "pku", "prompt_com
 OnOverlength = Literal["truncate", "drop", "error"]
 OnDuplicate = Literal["drop", "keep", "error"]
 PkuChooseBy = Literal["better", "safer"]
-# data/bias.py's KINDS and AGREEING_REJECTED (tests/test_config_schema.py keeps them equal)
+# data/bias.py's KINDS and AGREEING_REJECTED (tests/unit/config/test_config_schema.py keeps them equal)
 BiasKind = Literal["ambiguous", "disambiguated", "open"]
 AgreeingRejected = Literal["abstain", "mixed", "named", "balanced"]
 DATA_FORMATS = get_args(DataFormat)

@@ -3,7 +3,7 @@ table per schema with each field's type, default, allowed values and help text.
 
     python -m alignlab.config.reference [PATH]    (from the repository root; PATH defaults to docs/configuration.md)
 
-tests/test_config_schema.py regenerates it in memory and compares it with the file, so it cannot drift.
+tests/unit/config/test_config_schema.py regenerates it in memory and compares it with the file, so it cannot drift.
 """
 
 from __future__ import annotations

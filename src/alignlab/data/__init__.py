@@ -101,8 +101,9 @@ def load_stage_pairs(run_dir: Path, stage: str, data_cfg: DictConfig, tokenizer:
     path = run_dir / stage / "pairs.jsonl"
     if not path.is_file():
         raise DataError(f"Data error: stage '{stage}' of run '{run_dir}' has written no pairs ({path} is missing).")
-    return load(OmegaConf.structured(SourceConfig(path=str(path), format="conversational")), "preference", data_cfg,
-                tokenizer)  # fmt: skip
+    return load(
+        OmegaConf.structured(SourceConfig(path=str(path), format="conversational")), "preference", data_cfg, tokenizer
+    )
 
 
 def _describe(report: DataReport) -> str:

@@ -139,19 +139,28 @@ def ambiguous(s: Scenario, rng: Draws, templates: dict[str, Any]) -> list[dict[s
     for asked in ("stereo", "counter"):
         act = s.stereotype[asked]
         question = rng.choice(act["ask"])
-        reason = rng.choice(UNKNOWN_REASONS).format(did=act["did"], the_a=s.first["the"], the_b=s.second["the"],
-                                                    noun=s.noun)  # fmt: skip
+        reason = rng.choice(UNKNOWN_REASONS).format(
+            did=act["did"], the_a=s.first["the"], the_b=s.second["the"], noun=s.noun
+        )
         chosen = rng.turn("unknown", templates["unknown_openers"]) + reason
         # the stereotype's pick: the target for the stereotyped act, the other person for its counterpart
         rejected = _guess(s.target if asked == "stereo" else s.other, rng)
-        pairs.append({"prompt": _message("user", f"{s.scene} {question}"), "chosen": _message("assistant", chosen),
-                      "rejected": _message("assistant", rejected), "asked": asked, "answer": None,
-                      "people": [s.first["the"], s.second["the"]]})  # fmt: skip
+        pairs.append(
+            {
+                "prompt": _message("user", f"{s.scene} {question}"),
+                "chosen": _message("assistant", chosen),
+                "rejected": _message("assistant", rejected),
+                "asked": asked,
+                "answer": None,
+                "people": [s.first["the"], s.second["the"]],
+            }
+        )
     return pairs
 
 
-def disambiguated(s: Scenario, rng: Draws, templates: dict[str, Any],
-                  agreeing_rejected: str = "abstain") -> list[dict[str, Any]]:  # fmt: skip
+def disambiguated(
+    s: Scenario, rng: Draws, templates: dict[str, Any], agreeing_rejected: str = "abstain"
+) -> list[dict[str, Any]]:
     """One context with its evidence, asked both ways: about the stereotyped act and about its counterpart.
 
     The two pairs share the context and swap (or, with the stereotype, keep) the people, and a wrong pick carries
@@ -189,17 +198,25 @@ def disambiguated(s: Scenario, rng: Draws, templates: dict[str, Any],
             names_wrong = asked != abstains_on
         else:  # "mixed" deals a turn only where the evidence agrees (short-circuits)
             mixed = agreeing_rejected == "mixed"
-            names_wrong = (against or agreeing_rejected == "named"
-                           or (mixed and rng.turn("agreeing", ("abstain", "wrong")) == "wrong"))  # fmt: skip
+            names_wrong = (
+                against
+                or agreeing_rejected == "named"
+                or (mixed and rng.turn("agreeing", ("abstain", "wrong")) == "wrong")
+            )
         if names_wrong:
             rejected = _named(wrong, reason, act["did"])
         else:
             rejected = rng.turn("abstain", templates["unknown_openers"]) + rng.choice(ABSTAIN_REASONS)
-        pairs.append({"prompt": _message("user", f"{s.scene} {evidence} {question}"),
-                      "chosen": _message("assistant", _named(answer, reason, act["did"])),
-                      "rejected": _message("assistant", rejected),
-                      "asked": asked, "answer": answer["the"],
-                      "people": [s.first["the"], s.second["the"]]})  # fmt: skip
+        pairs.append(
+            {
+                "prompt": _message("user", f"{s.scene} {evidence} {question}"),
+                "chosen": _message("assistant", _named(answer, reason, act["did"])),
+                "rejected": _message("assistant", rejected),
+                "asked": asked,
+                "answer": answer["the"],
+                "people": [s.first["the"], s.second["the"]],
+            }
+        )
     return pairs
 
 
@@ -209,15 +226,27 @@ def open_ended(s: Scenario, rng: Draws, templates: dict[str, Any]) -> list[dict[
     prompt = rng.choice(templates.get("open_frames") or ["{q}"]).format(q=question)
     chosen = _cap(s.stereotype["correction"].format(group=group))
     rejected = _cap(s.stereotype["accepts"].format(group=group))
-    return [{"prompt": _message("user", prompt), "chosen": _message("assistant", chosen),
-             "rejected": _message("assistant", rejected), "asked": None, "answer": None}]  # fmt: skip
+    return [
+        {
+            "prompt": _message("user", prompt),
+            "chosen": _message("assistant", chosen),
+            "rejected": _message("assistant", rejected),
+            "asked": None,
+            "answer": None,
+        }
+    ]
 
 
 BUILDERS = {"ambiguous": ambiguous, "disambiguated": disambiguated, "open": open_ended}
 
 
-def build_pairs(templates: dict[str, Any], n: int, seed: int, kinds: dict[str, float] | None = None,
-                agreeing_rejected: str = "abstain") -> list[dict]:  # fmt: skip
+def build_pairs(
+    templates: dict[str, Any],
+    n: int,
+    seed: int,
+    kinds: dict[str, float] | None = None,
+    agreeing_rejected: str = "abstain",
+) -> list[dict]:
     """`n` distinct pairs, each dimension in turn while it has the fewest (so each gets its share), and each kind
     exactly its share of `kinds` (rounded): a random mix of 214 pairs had missed .5/.4/.1 by six pairs a kind.
 
@@ -230,8 +259,9 @@ def build_pairs(templates: dict[str, Any], n: int, seed: int, kinds: dict[str, f
     if unknown:
         raise DataError(f"Data error: unknown bias pair kinds {unknown}; expected some of {list(KINDS)}.")
     if agreeing_rejected not in AGREEING_REJECTED:
-        raise DataError(f"Data error: agreeing_rejected should be one of {list(AGREEING_REJECTED)}, got "
-                        f"{agreeing_rejected!r}.")  # fmt: skip
+        raise DataError(
+            f"Data error: agreeing_rejected should be one of {list(AGREEING_REJECTED)}, got {agreeing_rejected!r}."
+        )
     rng = Draws(seed)
     builders = {**BUILDERS, "disambiguated": partial(disambiguated, agreeing_rejected=agreeing_rejected)}
     per_dim = dict.fromkeys(sorted(templates["dimensions"]), 0)
@@ -260,15 +290,26 @@ def build_pairs(templates: dict[str, Any], n: int, seed: int, kinds: dict[str, f
         per_dim[dim] += len(drawn)
         for k, p in drawn:
             have[k] += 1
-            pairs.append({**p, "type": "bias", "category": dim, "kind": k, "stereotype": stereotype["name"],
-                          "chosen_safe": True, "rejected_safe": False})  # fmt: skip
+            pairs.append(
+                {
+                    **p,
+                    "type": "bias",
+                    "category": dim,
+                    "kind": k,
+                    "stereotype": stereotype["name"],
+                    "chosen_safe": True,
+                    "rejected_safe": False,
+                }
+            )
     return pairs
 
 
 # Words that open or carry an abstention in a model's own reply: the templates' unknown openers say it in these
 # words, and so do the usual paraphrases ("It's impossible to say", "No way to know").
-ABSTAIN_WORDS = re.compile(r"\b(cannot|can't|can not|not enough|undetermined|unknown|not known|not answerable|"
-                           r"impossible|not possible|no way|unclear|either (of them|one))\b")  # fmt: skip
+ABSTAIN_WORDS = re.compile(
+    r"\b(cannot|can't|can not|not enough|undetermined|unknown|not known|not answerable|"
+    r"impossible|not possible|no way|unclear|either (of them|one))\b"
+)
 
 
 def answer_of(reply: str, people: list[str]) -> str:
@@ -310,9 +351,18 @@ def onpolicy_pairs(questions: list[dict[str, Any]], replies: list[str]) -> tuple
         else:
             raise DataError(f"Data error: on-policy bias questions are ambiguous or disambiguated, got {q['kind']!r}.")
         counts[f"bias_{q['kind']}/{outcome}"] += 1
-        records.append({"prompt": q["prompt"][0]["content"], "type": "bias", "category": q["category"],
-                        "kind": q["kind"], "reply": reply, "refused": got == "unknown", "answer": got,
-                        "outcome": f"pair: chosen > own reply ({outcome})" if wrong else f"{outcome}: no pair"})
+        records.append(
+            {
+                "prompt": q["prompt"][0]["content"],
+                "type": "bias",
+                "category": q["category"],
+                "kind": q["kind"],
+                "reply": reply,
+                "refused": got == "unknown",
+                "answer": got,
+                "outcome": f"pair: chosen > own reply ({outcome})" if wrong else f"{outcome}: no pair",
+            }
+        )
         if wrong:
             pairs.append({**q, "rejected": _message("assistant", reply), "own_reply": True})
     return pairs, records, counts

@@ -89,8 +89,13 @@ def refusal_for(row: PromptRow, pool: dict[str, list[str]]) -> str:
     return pick(options, row.prompt)
 
 
-def build_pairs(rows: list[PromptRow], replies: list[list[str]], is_refusal: Callable[[str], bool],
-                refusals: dict[str, list[str]], own_refusals: bool = False) -> PairBuild:  # fmt: skip
+def build_pairs(
+    rows: list[PromptRow],
+    replies: list[list[str]],
+    is_refusal: Callable[[str], bool],
+    refusals: dict[str, list[str]],
+    own_refusals: bool = False,
+) -> PairBuild:
     """`replies[i]` holds the model's attempts for `rows[i]`: the greedy reply first, then any re-samples.
     With `own_refusals`, a benign prompt the model refused greedily rejects that refusal, not a bundled one: a later
     round's policy (after SFT on refusals) over-refuses in its own words, and DPO should push down what it says."""
@@ -98,8 +103,13 @@ def build_pairs(rows: list[PromptRow], replies: list[list[str]], is_refusal: Cal
     for row, attempts in zip(rows, replies, strict=True):
         judged = [(text, is_refusal(text)) for text in attempts]
         user = [{"role": "user", "content": row.prompt}]
-        record = {"prompt": row.prompt, "type": row.type, "category": row.category, "reply": attempts[0],
-                  "refused": judged[0][1]}  # fmt: skip
+        record = {
+            "prompt": row.prompt,
+            "type": row.type,
+            "category": row.category,
+            "reply": attempts[0],
+            "refused": judged[0][1],
+        }
         if row.type == "harmful":
             compliant = next((t for t, refused in judged if not refused and t.strip()), None)
             if compliant is None:

@@ -67,8 +67,14 @@ class SequenceScorer:
         for i in range(0, len(prompts), self.batch_size):
             batch = zip(prompts[i : i + self.batch_size], replies[i : i + self.batch_size])
             texts = [self.text(p, r) for p, r in batch]
-            enc = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=self.max_length,
-                                 add_special_tokens=not self.tokenizer.chat_template)  # fmt: skip
+            enc = self.tokenizer(
+                texts,
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                add_special_tokens=not self.tokenizer.chat_template,
+            )
             out.append(self.model(**enc.to(self.model.device)).logits.float().cpu())
         return torch.cat(out) if out else torch.zeros(0, self.model.config.num_labels)
 

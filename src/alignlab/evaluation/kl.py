@@ -16,8 +16,9 @@ from alignlab.generation import generation_tokenizer
 
 
 @torch.no_grad()
-def sequence_kl(policy: Any, ref: Any, tokenizer: Any, prompts: list[list[dict]], replies: list[list[int]],
-                batch_size: int = 16) -> list[float]:  # fmt: skip
+def sequence_kl(
+    policy: Any, ref: Any, tokenizer: Any, prompts: list[list[dict]], replies: list[list[int]], batch_size: int = 16
+) -> list[float]:
     tok = generation_tokenizer(tokenizer)
     out: list[float] = []
     for start in range(0, len(prompts), batch_size):

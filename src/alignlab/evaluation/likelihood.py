@@ -52,8 +52,13 @@ def right_padded(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torc
 
 
 @torch.no_grad()
-def score(model: Any, tokenizer: Any, contexts: list[list[dict[str, str]] | str], continuations: list[str],
-          batch_size: int = 32) -> list[Scored]:  # fmt: skip
+def score(
+    model: Any,
+    tokenizer: Any,
+    contexts: list[list[dict[str, str]] | str],
+    continuations: list[str],
+    batch_size: int = 32,
+) -> list[Scored]:
     """log p(continuation | context) for each pair; longest first so batches share a length."""
     tok = generation_tokenizer(tokenizer)
     seqs: list[tuple[list[int], int]] = []
@@ -79,8 +84,13 @@ def score(model: Any, tokenizer: Any, contexts: list[list[dict[str, str]] | str]
 
 
 @torch.no_grad()
-def score_choices(model: Any, tokenizer: Any, contexts: list[list[dict[str, str]] | str], choices: list[list[str]],
-                  batch_size: int = 32) -> list[list[Scored]]:  # fmt: skip
+def score_choices(
+    model: Any,
+    tokenizer: Any,
+    contexts: list[list[dict[str, str]] | str],
+    choices: list[list[str]],
+    batch_size: int = 32,
+) -> list[list[Scored]]:
     """log p(choice | context) for every choice of every context, each context run once.
 
     The contexts go through the model right-padded, with their cache; the cache is then repeated once per
@@ -112,8 +122,12 @@ def score_choices(model: Any, tokenizer: Any, contexts: list[list[dict[str, str]
         cont, cont_mask = right_padded([c or [tok.pad_token_id] for _, c in rows], tok.pad_token_id)
         positions = lengths[of_context][:, None] + torch.arange(cont.shape[1])
         full_mask = torch.cat([mask[of_context], cont_mask], 1)
-        logits = model(input_ids=cont.to(device), position_ids=positions.to(device), past_key_values=cache,
-                       attention_mask=full_mask.to(device)).logits  # fmt: skip
+        logits = model(
+            input_ids=cont.to(device),
+            position_ids=positions.to(device),
+            past_key_values=cache,
+            attention_mask=full_mask.to(device),
+        ).logits
         for j, (r, c) in enumerate(rows):
             if not c:
                 out[batch[r]].append(Scored(0.0, 0))

@@ -15,10 +15,18 @@ from alignlab.data.onpolicy import read_jsonl
 TRAINING_SIGNALS = ("final/rewards/accuracies", "final/rewards/margins")
 # Rows of the before/after and model-comparison tables: each suite kind's headline metrics (all are in metrics.json).
 HEADLINE = ("safety/", "eval/kl_to_ref", "eval/reward", "eval/dpo_reward_accuracy", "eval/rm_accuracy")
-BIAS_HEADLINE = ("_stereotype_pct", "_ambig_accuracy", "_disambig_accuracy", "_ambig_bias_score",
-                 "_disambig_bias_score", "_disambig_unknown_rate", "_disambig_accuracy_aligned",
-                 "_disambig_accuracy_conflicting", "_disambig_unknown_rate_aligned",
-                 "_disambig_unknown_rate_conflicting")  # fmt: skip
+BIAS_HEADLINE = (
+    "_stereotype_pct",
+    "_ambig_accuracy",
+    "_disambig_accuracy",
+    "_ambig_bias_score",
+    "_disambig_bias_score",
+    "_disambig_unknown_rate",
+    "_disambig_accuracy_aligned",
+    "_disambig_accuracy_conflicting",
+    "_disambig_unknown_rate_aligned",
+    "_disambig_unknown_rate_conflicting",
+)
 
 
 def is_headline(metric: str) -> bool:
@@ -104,10 +112,16 @@ def markdown(cfg: DictConfig, run_dir: Path, results: dict[str, dict[str, Any]],
         cells = (fmt(row.get(c), standard_error(results, c, metric)) for c in columns)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if cfg.eval.targets:
-        lines += ["", "## Targets", "",
-                  "x is the last evaluation's value; `before`, the first's; ± a standard error over the suite's",
-                  "items, where the suite gives one.", "",
-                  "| metric | goal | before | after | met |", "| --- | --- | ---: | ---: | --- |"]  # fmt: skip
+        lines += [
+            "",
+            "## Targets",
+            "",
+            "x is the last evaluation's value; `before`, the first's; ± a standard error over the suite's",
+            "items, where the suite gives one.",
+            "",
+            "| metric | goal | before | after | met |",
+            "| --- | --- | ---: | ---: | --- |",
+        ]
         first, last = (stages[0], stages[-1]) if stages else ("", "")
         for t in check_targets(cfg, results):
             met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
@@ -117,15 +131,19 @@ def markdown(cfg: DictConfig, run_dir: Path, results: dict[str, dict[str, Any]],
     lines += ["", "## Training", ""]
     for stage in cfg.pipeline.stages:
         m = results.get(stage, {})
-        shown = {k: v for k, v in m.items() if k.startswith(("pairs/", "memory/")) or k in TRAINING_SIGNALS
-                 or k == "wall_seconds"}  # fmt: skip
+        shown = {
+            k: v
+            for k, v in m.items()
+            if k.startswith(("pairs/", "memory/")) or k in TRAINING_SIGNALS or k == "wall_seconds"
+        }
         if shown:
             lines.append(
                 f"- **{stage}** ({cfg.algo[stage].kind}): " + ", ".join(f"{k} {fmt(v)}" for k, v in shown.items())
             )
     if stages:
-        lines += _examples(run_dir / stages[-1] / "generations.jsonl", run_dir / stages[0] / "generations.jsonl",
-                           cfg.eval.examples)  # fmt: skip
+        lines += _examples(
+            run_dir / stages[-1] / "generations.jsonl", run_dir / stages[0] / "generations.jsonl", cfg.eval.examples
+        )
     return "\n".join(line for line in lines if line is not None) + "\n"
 
 

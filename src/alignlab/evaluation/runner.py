@@ -48,9 +48,15 @@ class Evaluator:
     """Holds what is loaded once (suites, judges, reward model, reference) across calls: the training callback
     evaluates the same suites many times."""
 
-    def __init__(self, e: DictConfig, reference: Callable[[], Any] | None, seed: int = 0,
-                 stage_pairs: Callable[[str], list] | None = None, only: list[str] | None = None,
-                 log: Callable[[str], None] = print) -> None:  # fmt: skip
+    def __init__(
+        self,
+        e: DictConfig,
+        reference: Callable[[], Any] | None,
+        seed: int = 0,
+        stage_pairs: Callable[[str], list] | None = None,
+        only: list[str] | None = None,
+        log: Callable[[str], None] = print,
+    ) -> None:
         self.e, self.seed, self.log = e, seed, log
         self._reference_loader, self._reference = reference, None
         self.suites: list[Suite] = []
@@ -77,8 +83,12 @@ class Evaluator:
         out = Evaluation(skipped=list(self.skipped))
         for suite in self.suites:
             self.log(f"[alignlab] eval: {suite.name} ({suite.kind}, {len(suite.prompts or suite.rows)} rows)")
-            {"refusal": self._refusal, "crows_pairs": self._crows_pairs, "bbq": self._bbq,
-             "preference": self._preference}[suite.kind](suite, policy, tokenizer, out)  # fmt: skip
+            {
+                "refusal": self._refusal,
+                "crows_pairs": self._crows_pairs,
+                "bbq": self._bbq,
+                "preference": self._preference,
+            }[suite.kind](suite, policy, tokenizer, out)
         return out
 
     # ---------------------------------------------------------------------------------------- suite kinds
@@ -98,12 +108,27 @@ class Evaluator:
         if self.reward:
             out.metrics[f"eval/reward/{suite.name}"] = sum(rewards) / len(rewards)
         for p, c, t, ref, rw in zip(suite.prompts, suite.categories, texts, refused, rewards):
-            out.records.append({"suite": suite.name, "expect": suite.expect, "category": c, "prompt": p, "reply": t,
-                                "refused": ref, "judge": suite.judge, "reward": rw})  # fmt: skip
+            out.records.append(
+                {
+                    "suite": suite.name,
+                    "expect": suite.expect,
+                    "category": c,
+                    "prompt": p,
+                    "reply": t,
+                    "refused": ref,
+                    "judge": suite.judge,
+                    "reward": rw,
+                }
+            )
         reference = self.reference() if suite.name in (e.kl_suite, e.win_rate_suite) else None
         if suite.name == e.kl_suite:
-            kls = [0.0] * len(convs) if reference is None else sequence_kl(
-                policy, reference, tokenizer, convs, [r["token_ids"] for r in replies], e.score_batch_size)  # fmt: skip
+            kls = (
+                [0.0] * len(convs)
+                if reference is None
+                else sequence_kl(
+                    policy, reference, tokenizer, convs, [r["token_ids"] for r in replies], e.score_batch_size
+                )
+            )
             out.metrics["eval/kl_to_ref"] = sum(kls) / len(kls)
         if suite.name == e.win_rate_suite and self.reward and reference is not None:
             theirs = generate(reference, tokenizer, convs, e.max_new_tokens, e.batch_size, seed=self.seed)
@@ -119,8 +144,9 @@ class Evaluator:
 
     def _bbq(self, suite: Suite, policy: Any, tokenizer: Any, out: Evaluation) -> None:
         contexts = [bias.bbq_prompt(item) for item in suite.rows]
-        scored = score_choices(policy, tokenizer, contexts, [list(item.answers) for item in suite.rows],
-                               self.e.score_batch_size)  # fmt: skip
+        scored = score_choices(
+            policy, tokenizer, contexts, [list(item.answers) for item in suite.rows], self.e.score_batch_size
+        )
         picks = [max(range(3), key=lambda k, s=s: s[k].mean) for s in scored]
         out.metrics.update(bias.bbq_metrics(suite.name, suite.rows, picks))
 

@@ -41,8 +41,9 @@ class Suite:
     rows: list[Any] = field(default_factory=list)  # CrowsPair | BBQItem | preference row
 
 
-def load_suite(name: str, spec: DictConfig, benchmarks_dir: Path, seed: int = 0,
-               stage_pairs: Any = None) -> Suite | None:  # fmt: skip
+def load_suite(
+    name: str, spec: DictConfig, benchmarks_dir: Path, seed: int = 0, stage_pairs: Any = None
+) -> Suite | None:
     """The suite's rows, or None when it names a public benchmark whose files are not in `benchmarks_dir`.
     `stage_pairs(name)` returns the normalized pairs a pipeline stage wrote (for `source: stage:<name>`)."""
     suite = Suite(name, spec.kind, spec.expect, spec.judge)

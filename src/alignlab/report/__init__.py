@@ -105,15 +105,31 @@ def _from_manifest(runs: list[RunRecord]) -> bool:
     return all(run.overrides is not None for run in runs)
 
 
-def _command(sources: Sequence[str], out: Path, interval: str, metrics: Sequence[str] | None,
-             archive_to: Path | None, label: Sequence[str] | None) -> str:  # fmt: skip
+def _command(
+    sources: Sequence[str],
+    out: Path,
+    interval: str,
+    metrics: Sequence[str] | None,
+    archive_to: Path | None,
+    label: Sequence[str] | None,
+) -> str:
     """The command line as typed when this process is `alignlab` (as sweep.py records it), else its equivalent."""
     if Path(sys.argv[0]).name == "alignlab":
         return shlex.join(["alignlab", *sys.argv[1:]])
-    return shlex.join(["alignlab", "report", *sources, "--out", str(out), "--interval", interval,
-                       *(["--metrics", *metrics] if metrics else []),
-                       *(["--archive", str(archive_to)] if archive_to else []),
-                       *(["--label", *label] if label else [])])  # fmt: skip
+    return shlex.join(
+        [
+            "alignlab",
+            "report",
+            *sources,
+            "--out",
+            str(out),
+            "--interval",
+            interval,
+            *(["--metrics", *metrics] if metrics else []),
+            *(["--archive", str(archive_to)] if archive_to else []),
+            *(["--label", *label] if label else []),
+        ]
+    )
 
 
 def readme(report: Report, command: str, keys: list[str], from_manifest: bool) -> str:

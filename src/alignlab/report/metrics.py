@@ -48,36 +48,69 @@ class Direction:
 
 # First match wins: the BBQ bias score before accuracies, PPO's objective/kl before losses.
 DIRECTIONS = (
-    Direction(r"safety/harmful_compliance_rate/", "lower",
-              "share of the suite's harmful prompts the model complied with (did not refuse), a fraction"),
-    Direction(r"safety/over_refusal_rate/", "lower",
-              "share of the suite's benign prompts the model refused, a fraction"),
-    Direction(r"kl_to_ref$", "lower", "mean over benign prompts of the summed per-token KL divergence of the policy to "
-              "the reference (starting) model on its own greedy replies, nats"),
-    Direction(r"_stereotype_pct(/|$)", "closer to 50", "CrowS-Pairs: % of sentence pairs where the model finds the "
-              "more stereotypical sentence more likely; 50 is no preference, so the best is the closest to 50 "
-              "(ranked by |x - 50|), not the lowest"),
-    Direction(r"_bias_score(/|$)", "closer to 0",
-              "BBQ bias score (-1..1): 0 is answers that do not lean towards the stereotype (ranked by |x|)"),
-    Direction(r"_disambig_unknown_rate(_aligned|_conflicting)?(/|$)", "lower", "BBQ: share of disambiguated items "
-              "answered 'unknown' although the context names the person (the rest of the errors name the wrong one); "
-              "_aligned / _conflicting: over the items whose right answer follows / goes against the stereotype"),
-    Direction(r"_(ambig|disambig)_accuracy(_aligned|_conflicting)?(/|$)", "higher", "BBQ accuracy (fraction); in "
-              "ambiguous contexts the right answer is 'unknown', so a model relying on stereotypes scores low; "
-              "_aligned / _conflicting: disambiguated items whose right answer follows / goes against the stereotype"),
-    Direction(r"rewards/accuracies$", "higher",
-              "DPO: share of pairs whose implicit reward (beta log policy/reference) ranks chosen above rejected"),
+    Direction(
+        r"safety/harmful_compliance_rate/",
+        "lower",
+        "share of the suite's harmful prompts the model complied with (did not refuse), a fraction",
+    ),
+    Direction(
+        r"safety/over_refusal_rate/", "lower", "share of the suite's benign prompts the model refused, a fraction"
+    ),
+    Direction(
+        r"kl_to_ref$",
+        "lower",
+        "mean over benign prompts of the summed per-token KL divergence of the policy to "
+        "the reference (starting) model on its own greedy replies, nats",
+    ),
+    Direction(
+        r"_stereotype_pct(/|$)",
+        "closer to 50",
+        "CrowS-Pairs: % of sentence pairs where the model finds the "
+        "more stereotypical sentence more likely; 50 is no preference, so the best is the closest to 50 "
+        "(ranked by |x - 50|), not the lowest",
+    ),
+    Direction(
+        r"_bias_score(/|$)",
+        "closer to 0",
+        "BBQ bias score (-1..1): 0 is answers that do not lean towards the stereotype (ranked by |x|)",
+    ),
+    Direction(
+        r"_disambig_unknown_rate(_aligned|_conflicting)?(/|$)",
+        "lower",
+        "BBQ: share of disambiguated items "
+        "answered 'unknown' although the context names the person (the rest of the errors name the wrong one); "
+        "_aligned / _conflicting: over the items whose right answer follows / goes against the stereotype",
+    ),
+    Direction(
+        r"_(ambig|disambig)_accuracy(_aligned|_conflicting)?(/|$)",
+        "higher",
+        "BBQ accuracy (fraction); in "
+        "ambiguous contexts the right answer is 'unknown', so a model relying on stereotypes scores low; "
+        "_aligned / _conflicting: disambiguated items whose right answer follows / goes against the stereotype",
+    ),
+    Direction(
+        r"rewards/accuracies$",
+        "higher",
+        "DPO: share of pairs whose implicit reward (beta log policy/reference) ranks chosen above rejected",
+    ),
     Direction(r"rewards/margins$", "higher", "DPO: mean implicit reward margin, chosen minus rejected"),
-    Direction(r"eval/(dpo_reward_accuracy|dpo_reward_margin|rm_accuracy)/", "higher",
-              "held-out preference pairs: accuracy or margin of the implicit DPO reward or the reward model"),
-    Direction(r"eval/reward(/|_win_rate$)", "higher",
-              "reward-model score of the replies, or the share of prompts where it prefers the policy's reply"),
-    Direction(r"objective/(scores|rlhf_reward)$", "higher",
-              "PPO: reward-model score (rlhf_reward: minus the KL penalty)"),
+    Direction(
+        r"eval/(dpo_reward_accuracy|dpo_reward_margin|rm_accuracy)/",
+        "higher",
+        "held-out preference pairs: accuracy or margin of the implicit DPO reward or the reward model",
+    ),
+    Direction(
+        r"eval/reward(/|_win_rate$)",
+        "higher",
+        "reward-model score of the replies, or the share of prompts where it prefers the policy's reply",
+    ),
+    Direction(
+        r"objective/(scores|rlhf_reward)$", "higher", "PPO: reward-model score (rlhf_reward: minus the KL penalty)"
+    ),
     Direction(r"objective/kl$", "lower", "PPO: KL of the policy to the reference on its own samples, nats"),
     Direction(r"final/(accuracy|margin)$", "higher", "reward or cost model: held-out pair accuracy or margin"),
     Direction(r"loss$", "lower", "training loss (last logged step, or the mean over training for train_loss)"),
-)  # fmt: skip
+)
 
 
 def direction_of(metric: str) -> Direction | None:

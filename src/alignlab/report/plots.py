@@ -77,8 +77,16 @@ def points_figure(groups: list[Group], x: str, y: str, interval: str, title: str
         if not (xs and ys):
             continue
         sx, sy = aggregate(xs, interval), aggregate(ys, interval)
-        ax.errorbar(sx.mean, sy.mean, xerr=sx.spread, yerr=sy.spread, fmt="o", capsize=3, color=f"C{index % 10}",
-                    label=f"{index + 1}: {g.label}")  # fmt: skip
+        ax.errorbar(
+            sx.mean,
+            sy.mean,
+            xerr=sx.spread,
+            yerr=sy.spread,
+            fmt="o",
+            capsize=3,
+            color=f"C{index % 10}",
+            label=f"{index + 1}: {g.label}",
+        )
         number = ax.annotate(str(index + 1), (sx.mean, sy.mean), textcoords="offset points", xytext=(5, 5))
         number.set_in_layout(False)  # near the plot's edge it must not shrink the axes
     ax.set_xlabel(axis_label(x))
@@ -126,8 +134,12 @@ def curves_figure(groups: list[Group], interval: str) -> Figure | None:
     """A panel per training stage and curve (loss; DPO's reward accuracy; PPO's score): per group the mean over
     its seeds, with a shaded band of the same interval as the table."""
     stages = dict.fromkeys(stage for g in groups for run in g.runs for stage in run.curves)
-    panels = [(stage, key) for stage in stages for key in CURVE_KEYS
-              if any(key in row for g in groups for run in g.runs for row in run.curves.get(stage, []))]  # fmt: skip
+    panels = [
+        (stage, key)
+        for stage in stages
+        for key in CURVE_KEYS
+        if any(key in row for g in groups for run in g.runs for row in run.curves.get(stage, []))
+    ]
     if not panels:
         return None
     cols = min(3, len(panels))
@@ -140,8 +152,13 @@ def curves_figure(groups: list[Group], interval: str) -> Figure | None:
             if steps:
                 color = f"C{number % 10}"
                 ax.plot(steps, means, color=color, label=g.label)
-                ax.fill_between(steps, [m - s for m, s in zip(means, spreads)],
-                                [m + s for m, s in zip(means, spreads)], color=color, alpha=0.2)  # fmt: skip
+                ax.fill_between(
+                    steps,
+                    [m - s for m, s in zip(means, spreads)],
+                    [m + s for m, s in zip(means, spreads)],
+                    color=color,
+                    alpha=0.2,
+                )
         ax.set_xlabel(f"{stage} training step (optimizer steps)")
         ax.set_ylabel(CURVE_KEYS[key])
         ax.set_title(f"{stage}: {key}")

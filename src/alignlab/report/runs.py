@@ -127,8 +127,11 @@ def read_sweep(sweep_dir: Path) -> tuple[list[RunRecord], list[str]]:
             f"Report error: the sweep '{sweep_dir}' has no finished member (members: {statuses}); its manifest.json "
             "gives each member's error. Re-run the sweep's command to finish them (finished stages are kept)."
         )
-    skipped = [f"member {m.get('num')} of the sweep '{sweep_dir}' is {m.get('status')} (see its manifest.json)"
-               for m in members if m not in done]  # fmt: skip
+    skipped = [
+        f"member {m.get('num')} of the sweep '{sweep_dir}' is {m.get('status')} (see its manifest.json)"
+        for m in members
+        if m not in done
+    ]
     runs = []
     for member in done:
         run_dir = Path(member["run_dir"])
@@ -189,8 +192,9 @@ def read_wandb_group(source: str) -> tuple[list[RunRecord], list[str]]:
     try:
         api = wandb.Api(timeout=WANDB_TIMEOUT)
         listed = list(api.runs(f"{entity}/{project}", filters={"group": group}))
-        finished = [_wandb_record(run, f"wandb:{entity}/{project}/{run.id}") for run in listed
-                    if run.state == "finished"]  # fmt: skip
+        finished = [
+            _wandb_record(run, f"wandb:{entity}/{project}/{run.id}") for run in listed if run.state == "finished"
+        ]
     except (wandb.errors.Error, OSError) as exc:  # no key (UsageError), no network (CommError, OSError)
         raise ReportError(
             f"Report error: cannot read the W&B group '{source}' ({' '.join(str(exc).split())}). Reading a group "
@@ -213,9 +217,14 @@ def _wandb_record(run: Any, source: str) -> RunRecord:
     curves = {}
     for stage in stages_of(config):
         prefix = f"{stage}/"
-        history = [{"step": row[f"{prefix}global_step"],
-                    **{k.removeprefix(prefix): v for k, v in row.items() if k.startswith(prefix) and v is not None}}
-                   for row in rows if row.get(f"{prefix}global_step") is not None]  # fmt: skip
+        history = [
+            {
+                "step": row[f"{prefix}global_step"],
+                **{k.removeprefix(prefix): v for k, v in row.items() if k.startswith(prefix) and v is not None},
+            }
+            for row in rows
+            if row.get(f"{prefix}global_step") is not None
+        ]
         if any(key in row for row in history for key in CURVE_KEYS):
             curves[stage] = history
     return RunRecord(source, config, metrics, curves)

@@ -64,8 +64,10 @@ def _checked_label(settings: list[dict[str, str]], keys: list[str], label: list[
     unknown = [k for k in label if k not in known]
     if unknown:
         close, differ = ", ".join(close_to(unknown, known, cutoff=0.6)) or "none", ", ".join(keys) or "none"
-        raise ReportError(f"Report error: --label {', '.join(unknown)}: no run sets it (close: {close}). The "
-                          f"settings that differ between the runs: {differ}.")  # fmt: skip
+        raise ReportError(
+            f"Report error: --label {', '.join(unknown)}: no run sets it (close: {close}). The "
+            f"settings that differ between the runs: {differ}."
+        )
     groups: dict[tuple[str, ...], set[tuple[str, ...]]] = {}
     for setting in settings:
         groups.setdefault(tuple(setting.get(k, UNSET) for k in label), set()).add(

@@ -93,13 +93,26 @@ def markdown_table(table: Table) -> str:
             text = _cell(cells[m], count, "±") if m in cells else "-"
             row.append(f"**{text}**" if i in best[m] else text)
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", f"Cells: mean ± {interval_text(table.interval)} over seeds; n: runs (seeds) per group; bold: best "
-                  "per column (↓ lower is better, ↑ higher, →50 closest to 50)."]  # fmt: skip
+    lines += [
+        "",
+        f"Cells: mean ± {interval_text(table.interval)} over seeds; n: runs (seeds) per group; bold: best "
+        "per column (↓ lower is better, ↑ higher, →50 closest to 50).",
+    ]
     return "\n".join(lines) + "\n"
 
 
-LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-                 "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"}  # fmt: skip
+LATEX_SPECIAL = {
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "\\": r"\textbackslash{}",
+}
 _LATEX_SPECIAL = re.compile("|".join(re.escape(c) for c in LATEX_SPECIAL))
 
 
@@ -137,6 +150,13 @@ def runs_csv(groups: list[Group]) -> str:
     writer.writerow(["run", "group", "seed", "overrides", *metrics])
     for g in groups:
         for run in g.runs:
-            writer.writerow([run.source, g.label, run.seed, " ".join(run.overrides or []),
-                             *(run.metrics.get(m, "") for m in metrics)])  # fmt: skip
+            writer.writerow(
+                [
+                    run.source,
+                    g.label,
+                    run.seed,
+                    " ".join(run.overrides or []),
+                    *(run.metrics.get(m, "") for m in metrics),
+                ]
+            )
     return out.getvalue()

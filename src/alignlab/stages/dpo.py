@@ -37,8 +37,14 @@ class AlignlabDPOTrainer(DPOTrainer):
     """TRL's DPOTrainer with two additions TRL does not have: reference log-probabilities from a cache shared across
     runs (training/ref_cache.py), and batches of pairs grouped by length."""
 
-    def __init__(self, *args: Any, ref_cache: RefLogpCache | None = None, group_by_length: bool = False,
-                 share_prompt: bool = False, **kwargs: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *args: Any,
+        ref_cache: RefLogpCache | None = None,
+        group_by_length: bool = False,
+        share_prompt: bool = False,
+        **kwargs: Any,
+    ) -> None:
         self.ref_cache = ref_cache
         self.group_by_length = group_by_length
         self.share_prompt = share_prompt
@@ -109,8 +115,9 @@ def build_trainer(ctx: StageContext) -> AlignlabDPOTrainer:
         scored = pairs.shuffle(seed=ctx.cfg.seed).select(range(a.final_eval_max_pairs))
     cache, started = None, time.perf_counter()
     if precompute and a.ref_cache:
-        cache = RefLogpCache(Path(ctx.cfg.run.root) / ".cache" / "ref_logps",
-                             reference_key(ctx, args, policy, compact, share))  # fmt: skip
+        cache = RefLogpCache(
+            Path(ctx.cfg.run.root) / ".cache" / "ref_logps", reference_key(ctx, args, policy, compact, share)
+        )
     key_seconds = time.perf_counter() - started  # hashing the reference's files is part of what the cache costs
     with lm_head.replacing_trl_head(trl.trainer.dpo_trainer, compact, share_prompt=share):
         trainer = AlignlabDPOTrainer(

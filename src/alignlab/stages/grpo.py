@@ -13,8 +13,8 @@ Pad and end-of-turn tokens. SmolLM2 ships `<|im_end|>` as both pad and EOS token
 prompts itself with attention masks built from the prompt lengths (not from the pad id), cuts each completion after
 its first EOS *inclusive*, and re-pads completions with masks built from their lengths. So the end-of-turn token is
 trained on and the `<|im_end|>` tokens inside prompts stay visible, with no second tokenizer
-(tests/test_grpo.py checks this on a tokenizer whose pad is its EOS). What TRL does not know is which tokens end
-a turn when the tokenizer's EOS is not the chat template's end-of-turn marker; we add those to the model's
+(tests/unit/stages/test_grpo.py checks this on a tokenizer whose pad is its EOS). What TRL does not know is which
+tokens end a turn when the tokenizer's EOS is not the chat template's end-of-turn marker; we add those to the model's
 generation config, which TRL reads both to stop generation and to build the completion mask.
 """
 
@@ -59,8 +59,9 @@ def reward_functions(ctx: StageContext) -> tuple[list[RewardFunction], list[floa
     a = ctx.algo
 
     def scorer(spec: str) -> Scorer:
-        return build_scorer(spec, run_dir=ctx.stage_dir.parent, batch_size=a.batch_size,
-                            max_length=ctx.cfg.data.max_length)  # fmt: skip
+        return build_scorer(
+            spec, run_dir=ctx.stage_dir.parent, batch_size=a.batch_size, max_length=ctx.cfg.data.max_length
+        )
 
     functions, weights = [RewardFunction("reward", scorer(a.reward))], [1.0]
     if a.cost is not None:

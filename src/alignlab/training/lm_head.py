@@ -30,8 +30,13 @@ from trl.trainer.utils import FusedCausalLMOutput
 
 HEADS = ("auto", "trl", "compact")
 # Models whose logits TRL's head scales or soft-caps: ours does not reproduce that, so they keep TRL's head.
-_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
-                     "logits_scaling")  # fmt: skip
+_LOGIT_TRANSFORMS = (
+    "final_logit_softcapping",
+    "logit_scale",
+    "output_multiplier",
+    "lm_head_multiplier",
+    "logits_scaling",
+)
 _MASKABLE_ATTENTION = ("eager", "sdpa")  # implementations that take a custom 4D mask (flash attention does not)
 
 
@@ -74,18 +79,29 @@ def replacing_trl_head(trainer_module: types.ModuleType, enabled: bool, share_pr
         trainer_module.add_fused_lm_head = original
 
 
-def install(model: Any, outputs: tuple[str, ...] = ("log_probs",), temperature: float = 1.0,
-            share_prompt: bool = False) -> None:  # fmt: skip
+def install(
+    model: Any, outputs: tuple[str, ...] = ("log_probs",), temperature: float = 1.0, share_prompt: bool = False
+) -> None:
     """Patch `model` (the base model under PEFT) so that `model(..., labels=labels, fused_lm_head=True)` returns a
     `FusedCausalLMOutput` with the fields of `outputs`, as TRL's head does; any other call is the original forward."""
     original_forward = model.forward
 
     @functools.wraps(type(model).forward)
-    def forward(self: Any, *args: Any, fused_lm_head: bool = False, labels: Any = None, shift_labels: Any = None,
-                num_items_in_batch: Any = None, **kwargs: Any) -> Any:  # fmt: skip
+    def forward(
+        self: Any,
+        *args: Any,
+        fused_lm_head: bool = False,
+        labels: Any = None,
+        shift_labels: Any = None,
+        num_items_in_batch: Any = None,
+        **kwargs: Any,
+    ) -> Any:
         if not fused_lm_head:
-            for name, value in (("labels", labels), ("shift_labels", shift_labels),
-                                ("num_items_in_batch", num_items_in_batch)):  # fmt: skip
+            for name, value in (
+                ("labels", labels),
+                ("shift_labels", shift_labels),
+                ("num_items_in_batch", num_items_in_batch),
+            ):
                 if value is not None:
                     kwargs[name] = value
             return original_forward(*args, **kwargs)
@@ -115,8 +131,9 @@ def install(model: Any, outputs: tuple[str, ...] = ("log_probs",), temperature: 
     model.forward = types.MethodType(forward, model)
 
 
-def token_log_probs(logits: torch.Tensor, targets: torch.Tensor, outputs: tuple[str, ...],
-                    temperature: float = 1.0) -> dict[str, torch.Tensor]:  # fmt: skip
+def token_log_probs(
+    logits: torch.Tensor, targets: torch.Tensor, outputs: tuple[str, ...], temperature: float = 1.0
+) -> dict[str, torch.Tensor]:
     """log p(target) for each row of `logits` (N, vocab), with gradient, and TRL's per-token statistics without."""
     z = logits if temperature == 1.0 else logits / temperature
     log_p = z.log_softmax(-1, dtype=torch.float32)  # reads 16-bit logits once, no fp32 copy of them
@@ -149,8 +166,15 @@ class SharedPrompt:
         """The packing of this batch, or None where it does not have that shape (then the rows run as they are)."""
         ids, am = kwargs.get("input_ids"), kwargs.get("attention_mask")
         given = {k for k, v in kwargs.items() if v is not None}  # PEFT passes inputs_embeds=None and the like
-        if (attn not in _MASKABLE_ATTENTION or labels is None or ids is None or am is None or am.dim() != 2
-                or given - {"input_ids", "attention_mask", "use_cache"} or ids.size(0) % 2):  # fmt: skip
+        if (
+            attn not in _MASKABLE_ATTENTION
+            or labels is None
+            or ids is None
+            or am is None
+            or am.dim() != 2
+            or given - {"input_ids", "attention_mask", "use_cache"}
+            or ids.size(0) % 2
+        ):
             return None
         b = ids.size(0) // 2
         lengths = am.sum(1).tolist()

@@ -75,8 +75,9 @@ class RefLogpCache:
     def attach(self, dataset: Dataset, compute: Callable[[Dataset], Dataset]) -> Dataset:
         """`dataset` (tokenised pairs) with the two reference columns, from the cache where it has them and from
         `compute` (a collective under several ranks: every rank calls it with the same rows) where it has not."""
-        keys = [row_key(p, c, r) for p, c, r in
-                zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"])]  # fmt: skip
+        keys = [
+            row_key(p, c, r) for p, c, r in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"])
+        ]
         with self.locked():
             stored = self.read() if distributed.is_main() else {}
             stored = _from_rank0(stored)

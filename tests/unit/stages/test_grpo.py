@@ -45,16 +45,26 @@ def one_thread():
 
 
 def config(tmp_path: Path, *overrides: str):
-    return validate(compose_config(["experiment=tiny", "logger=none", f"run.root={tmp_path}",
-                                    "pipeline=sft-rm-grpo", *overrides]))  # fmt: skip
+    return validate(
+        compose_config(["experiment=tiny", "logger=none", f"run.root={tmp_path}", "pipeline=sft-rm-grpo", *overrides])
+    )
 
 
 def context(tmp_path: Path, *overrides: str) -> StageContext:
     """The context of a pipeline whose only stage is `grpo`, starting from the tiny model."""
     cfg = config(tmp_path, "pipeline.stages=[grpo]", *overrides)
     prep = prepare(cfg)
-    return StageContext(cfg, "grpo", tmp_path / "grpo", prep.base_model, prep.base_model, prep.tokenizer, prep.pairs,
-                        prep.sft_rows, Tracker(cfg, tmp_path))  # fmt: skip
+    return StageContext(
+        cfg,
+        "grpo",
+        tmp_path / "grpo",
+        prep.base_model,
+        prep.base_model,
+        prep.tokenizer,
+        prep.pairs,
+        prep.sft_rows,
+        Tracker(cfg, tmp_path),
+    )
 
 
 # ---------------------------------------------------------------------------------------------- config errors
@@ -108,8 +118,15 @@ def test_reward_and_cost_functions_take_trls_conversational_arguments(tmp_path, 
 
 
 def test_trainer_gets_the_stage_settings(tmp_path, cache_dir):
-    trainer = grpo.build_trainer(context(tmp_path, "algo.grpo.reward=contains:a", "algo.grpo.cost=contains:b",
-                                         "algo.grpo.cost_weight=0.5", "algo.grpo.beta=0.2"))  # fmt: skip
+    trainer = grpo.build_trainer(
+        context(
+            tmp_path,
+            "algo.grpo.reward=contains:a",
+            "algo.grpo.cost=contains:b",
+            "algo.grpo.cost_weight=0.5",
+            "algo.grpo.beta=0.2",
+        )
+    )
     assert isinstance(trainer, grpo.GRPOTrainer) and trainer.reward_func_names == ["reward", "cost"]
     assert trainer.reward_weights.tolist() == [1.0, -0.5] and trainer.beta == 0.2 and trainer.ref_model is not None
     assert trainer.num_generations == 4 and trainer.max_completion_length == 48
@@ -119,8 +136,9 @@ def test_trainer_gets_the_stage_settings(tmp_path, cache_dir):
 
 
 def test_lora_policy_uses_the_disabled_adapter_as_reference(tmp_path, cache_dir):
-    trainer = grpo.build_trainer(context(tmp_path, "algo.grpo.reward=contains:a", "model.lora.enabled=true",
-                                         "model.lora.r=4"))  # fmt: skip
+    trainer = grpo.build_trainer(
+        context(tmp_path, "algo.grpo.reward=contains:a", "model.lora.enabled=true", "model.lora.r=4")
+    )
     assert trainer.ref_model is None
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     assert 0 < trainable < sum(p.numel() for p in trainer.model.parameters()) / 5
@@ -171,9 +189,17 @@ def test_grpo_learns_a_rule_reward(tmp_path, cache_dir):
 
 @pytest.mark.slow
 def test_rloo_stage_saves_a_loadable_model(tmp_path, cache_dir):
-    cfg = config(tmp_path, "+algo@algo.rloo=rloo", "pipeline.stages=[rloo]", f"algo.rloo.reward=contains:{TARGET}",
-                 "algo.rloo.max_steps=4", "algo.rloo.batch_size=8", "algo.rloo.max_new_tokens=12",
-                 "algo.rloo.learning_rate=1e-2", "run.id=rloo")  # fmt: skip
+    cfg = config(
+        tmp_path,
+        "+algo@algo.rloo=rloo",
+        "pipeline.stages=[rloo]",
+        f"algo.rloo.reward=contains:{TARGET}",
+        "algo.rloo.max_steps=4",
+        "algo.rloo.batch_size=8",
+        "algo.rloo.max_new_tokens=12",
+        "algo.rloo.learning_rate=1e-2",
+        "run.id=rloo",
+    )
     results = run_pipeline(cfg)
     stage = tmp_path / "tiny" / "rloo" / "rloo"
     assert (stage / "DONE").is_file() and results["rloo"]["global_step"] == 4
@@ -193,8 +219,16 @@ def test_pipeline_with_a_reward_model_folder_and_a_cost(tmp_path, cache_dir, tin
     rm_config = AutoConfig.from_pretrained(tiny_model, num_labels=1)
     AutoModelForSequenceClassification.from_config(rm_config).save_pretrained(rm_dir)
     tiny_tokenizer.save_pretrained(rm_dir)
-    cfg = config(tmp_path, "pipeline.stages=[sft,grpo]", "algo.sft.max_steps=3", f"algo.grpo.reward={rm_dir}",
-                 f"algo.grpo.cost=contains:{TARGET}", "algo.grpo.max_steps=3", "run.id=rm", *FAST_GRPO)  # fmt: skip
+    cfg = config(
+        tmp_path,
+        "pipeline.stages=[sft,grpo]",
+        "algo.sft.max_steps=3",
+        f"algo.grpo.reward={rm_dir}",
+        f"algo.grpo.cost=contains:{TARGET}",
+        "algo.grpo.max_steps=3",
+        "run.id=rm",
+        *FAST_GRPO,
+    )
     results = run_pipeline(cfg)
     run = tmp_path / "tiny" / "rm"
     assert (run / "sft" / "DONE").is_file() and (run / "grpo" / "DONE").is_file()

@@ -123,8 +123,9 @@ def test_ablation_members_start_from_one_sft_base_with_the_defaults_settings():
         assert base.algo[stage] == default.algo[stage]
     assert base.model == default.model
     paths = ["model.path=/runs/base/sft/model", "data.preference.path=/runs/base/pairs/pairs.jsonl"]
-    members = {m: validate(compose_config([f"experiment=safety-smollm-{m}-on-sft", *paths]))
-               for m in ("dpo", "ppo", "ppo-lag")}  # fmt: skip
+    members = {
+        m: validate(compose_config([f"experiment=safety-smollm-{m}-on-sft", *paths])) for m in ("dpo", "ppo", "ppo-lag")
+    }
     assert list(members["dpo"].pipeline.stages) == ["dpo", "eval_after"]
     assert list(members["ppo"].pipeline.stages) == ["rm", "ppo", "eval_after"]
     assert list(members["ppo-lag"].pipeline.stages) == ["rm", "cm", "ppo", "eval_after"]

@@ -22,8 +22,16 @@ from alignlab.console import Console
 from alignlab.data import bias
 from alignlab.errors import ConfigError, DataError
 
-DIMENSIONS = {"gender", "race_ethnicity", "religion", "age", "nationality", "disability", "socioeconomic",
-              "sexual_orientation"}  # fmt: skip
+DIMENSIONS = {
+    "gender",
+    "race_ethnicity",
+    "religion",
+    "age",
+    "nationality",
+    "disability",
+    "socioeconomic",
+    "sexual_orientation",
+}
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +63,19 @@ def test_every_dimension_and_kind_is_there_in_turn(pairs, templates):
     assert len({p["stereotype"] for p in pairs}) >= 24
 
 
-@pytest.mark.parametrize(("n", "kinds", "expected"), [
-    (214, {"ambiguous": 0.5, "disambiguated": 0.4, "open": 0.1}, {"ambiguous": 107, "disambiguated": 86, "open": 21}),
-    (5, {"ambiguous": 0.5, "disambiguated": 0.4, "open": 0.1}, {"ambiguous": 3, "disambiguated": 2}),
-    (31, {"disambiguated": 1.0}, {"disambiguated": 31}),  # an odd count: the last context is asked one way
-    (40, {"ambiguous": 2, "disambiguated": 0, "open": 2}, {"ambiguous": 20, "open": 20}),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("n", "kinds", "expected"),
+    [
+        (
+            214,
+            {"ambiguous": 0.5, "disambiguated": 0.4, "open": 0.1},
+            {"ambiguous": 107, "disambiguated": 86, "open": 21},
+        ),
+        (5, {"ambiguous": 0.5, "disambiguated": 0.4, "open": 0.1}, {"ambiguous": 3, "disambiguated": 2}),
+        (31, {"disambiguated": 1.0}, {"disambiguated": 31}),  # an odd count: the last context is asked one way
+        (40, {"ambiguous": 2, "disambiguated": 0, "open": 2}, {"ambiguous": 20, "open": 20}),
+    ],
+)
 def test_each_kind_gets_exactly_its_share(templates, n, kinds, expected):
     pairs = bias.build_pairs(templates, n, seed=7, kinds=kinds)
     assert len(pairs) == n and Counter(p["kind"] for p in pairs) == expected
@@ -204,6 +219,7 @@ def test_each_disambiguated_context_is_asked_both_ways_and_only_the_evidence_tel
 def test_a_scene_is_asked_without_and_with_its_evidence(pairs):
     """As in BBQ, a scene's ambiguous pairs and its disambiguated ones come together: the same two people, both
     questions, and only the evidence sentence turns "cannot be determined" into a name."""
+
     def scene(p):
         return text(p, "prompt").split(". ")[0]
 
@@ -241,11 +257,15 @@ def test_evidence_is_stated_in_the_templates_varied_ways(pairs, templates):
     for shape in (", while ", "It turned out that ", "; on the other hand, ", "In the end ", "Everyone noticed that "):
         assert sum(shape in e for e in evidence) > 0.05 * len(evidence), shape
     custom = {**templates, "evidence_frames": ["Witnesses agree that {doer} {did} and {other} {other_did}."]}
-    assert all("Witnesses agree that" in text(p, "prompt")
-               for p in bias.build_pairs(custom, 40, seed=1) if p["kind"] == "disambiguated")  # fmt: skip
+    assert all(
+        "Witnesses agree that" in text(p, "prompt")
+        for p in bias.build_pairs(custom, 40, seed=1)
+        if p["kind"] == "disambiguated"
+    )
     default = {k: v for k, v in templates.items() if k != "evidence_frames"}  # a file without them: one shape
-    assert all(", while " in text(p, "prompt")
-               for p in bias.build_pairs(default, 40, seed=1) if p["kind"] == "disambiguated")  # fmt: skip
+    assert all(
+        ", while " in text(p, "prompt") for p in bias.build_pairs(default, 40, seed=1) if p["kind"] == "disambiguated"
+    )
 
 
 def test_open_prompts_are_corrected_not_accepted(pairs):
@@ -264,8 +284,17 @@ def test_pairs_are_deterministic_per_seed_and_labelled_for_a_cost_model(template
 def test_pairs_pass_the_data_layer(tmp_path, pairs, tiny_tokenizer):
     path = tmp_path / "bias.jsonl"
     path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
-    source = OmegaConf.create({"path": str(path), "format": "conversational", "split": "train", "subset": None,
-                               "revision": None, "pku_choose_by": "better", "max_rows": None})  # fmt: skip
+    source = OmegaConf.create(
+        {
+            "path": str(path),
+            "format": "conversational",
+            "split": "train",
+            "subset": None,
+            "revision": None,
+            "pku_choose_by": "better",
+            "max_rows": None,
+        }
+    )
     data_cfg = OmegaConf.create({"max_length": 384, "on_overlength": "error", "on_duplicate": "keep"})
     rows, _ = data_lib.load(source, "preference", data_cfg, tiny_tokenizer)
     assert len(rows) == len(pairs)
@@ -299,8 +328,9 @@ def test_nothing_is_copied_from_bbq_or_crows_pairs(pairs):
 
 def test_bad_templates_and_mix_settings_fail_before_any_compute(tmp_path):
     bad = tmp_path / "templates.yaml"
-    bad.write_text("unknown_openers: [Unknown.]\ndimensions:\n  age:\n    stereotypes:\n"
-                   "      - {name: x, target: []}\n")
+    bad.write_text(
+        "unknown_openers: [Unknown.]\ndimensions:\n  age:\n    stereotypes:\n      - {name: x, target: []}\n"
+    )
     with pytest.raises(DataError, match="has no 'target'"):
         bias.load_templates(str(bad))
     with pytest.raises(DataError, match="do not exist"):
@@ -328,8 +358,16 @@ def test_bad_templates_and_mix_settings_fail_before_any_compute(tmp_path):
     with pytest.raises(ConfigError, match=r"data\.bias\.sft_share': is below 1 but data\.bias\.sft is false"):
         validate(compose_config([*base, "data.bias.sft=false", "data.bias.sft_share.open=0.5"]))
     with pytest.raises(ConfigError, match=r"data\.bias\.sft_share': .* leaves every mixed kind out of SFT"):
-        validate(compose_config([*base, "data.bias.kinds.open=0", "data.bias.sft_share.ambiguous=0",
-                                 "data.bias.sft_share.disambiguated=0"]))
+        validate(
+            compose_config(
+                [
+                    *base,
+                    "data.bias.kinds.open=0",
+                    "data.bias.sft_share.ambiguous=0",
+                    "data.bias.sft_share.disambiguated=0",
+                ]
+            )
+        )
     validate(compose_config([*base, "data.bias.sft=false"]))  # the default shares need no SFT
     cfg = validate(compose_config([*base, "data.bias.sft_share.ambiguous=0.5"]))  # no `+` needed either
     assert dict(cfg.data.bias.sft_share) == {"ambiguous": 0.5, "disambiguated": 1.0, "open": 1.0}
@@ -342,9 +380,20 @@ def test_the_pairs_stage_mixes_bias_pairs_at_the_ratio(tmp_path, cache_dir, tiny
     """The safety pipeline on the tiny model with data=safety-bias-onpolicy: pairs.jsonl holds the on-policy safety
     pairs and round(ratio x their number) bias pairs; DPO trains on all of them, SFT on the safety pairs."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    args = ["run", "experiment=safety-smollm-quick", "model=tiny", "data=safety-bias-onpolicy", "data.bias.ratio=1.5",
-            "eval=safety", "eval.suites.harmbench=null", "eval.suites.xstest_safe=null", "logger=none",
-            f"run.root={tmp_path}", "model.lora.enabled=false", "model.generation_dtype=null"]  # fmt: skip
+    args = [
+        "run",
+        "experiment=safety-smollm-quick",
+        "model=tiny",
+        "data=safety-bias-onpolicy",
+        "data.bias.ratio=1.5",
+        "eval=safety",
+        "eval.suites.harmbench=null",
+        "eval.suites.xstest_safe=null",
+        "logger=none",
+        f"run.root={tmp_path}",
+        "model.lora.enabled=false",
+        "model.generation_dtype=null",
+    ]
     assert cli.main(args) == 0
     (run,) = (tmp_path / "safety-smollm-quick").iterdir()
     rows = [json.loads(line) for line in (run / "pairs" / "pairs.jsonl").read_text().splitlines()]
@@ -359,13 +408,21 @@ def test_the_pairs_stage_mixes_bias_pairs_at_the_ratio(tmp_path, cache_dir, tiny
     # on data.bias.sft_share of each kind's bias pairs (all when unset), whole scenes dealt in turn
     kinds = Counter(r["kind"] for r in mixed)
     assert set(kinds) == {"ambiguous", "disambiguated", "open"}, kinds
-    for sft, share in ((False, {}), (True, {}), (True, {"ambiguous": 0}), (True, {"disambiguated": 0, "open": 0}),
-                       (True, {"ambiguous": 0.5}),
-                       (True, {"ambiguous": 0.1, "disambiguated": 0.3, "open": 0.5})):  # fmt: skip
+    for sft, share in (
+        (False, {}),
+        (True, {}),
+        (True, {"ambiguous": 0}),
+        (True, {"disambiguated": 0, "open": 0}),
+        (True, {"ambiguous": 0.5}),
+        (True, {"ambiguous": 0.1, "disambiguated": 0.3, "open": 0.5}),
+    ):
         shares = ", ".join(f"{k}: {v}" for k, v in share.items())
-        cfg = validate(compose_config([a for a in args[1:] if not a.startswith("run.root")]
-                                      + [f"run.root={tmp_path}", f"data.bias.sft={str(sft).lower()}",
-                                         f"data.bias.sft_share={{{shares}}}"]))  # fmt: skip
+        cfg = validate(
+            compose_config(
+                [a for a in args[1:] if not a.startswith("run.root")]
+                + [f"run.root={tmp_path}", f"data.bias.sft={str(sft).lower()}", f"data.bias.sft_share={{{shares}}}"]
+            )
+        )
         prep = pipeline.prepare(cfg, run)
         pipeline.load_stage_pairs(prep, Console(quiet=True))
         seen = Counter(r["prompt"][-1]["content"] for r in prep.sft_rows)

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import re
 import shlex
-from pathlib import Path
 
 import pytest
+from conftest import REPO
 from matplotlib.image import imread
 
 from alignlab import cli
 
-REPO = Path(__file__).resolve().parents[1]
 STUDIES = sorted(d.name for d in (REPO / "experiments").iterdir() if (d / "runs").is_dir())
 TABLES = ("table.md", "table.tex", "runs.csv")
 PLOTS = ("frontier.png", "harm_vs_over_refusal.png", "training_curves.png")

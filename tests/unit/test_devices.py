@@ -10,6 +10,7 @@ import textwrap
 
 import pytest
 import torch
+from conftest import REPO
 from test_stages import context
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
 
@@ -44,8 +45,15 @@ def test_training_attention_is_eager_on_a_cpu_and_the_models_own_on_a_gpu():
 
 @pytest.mark.parametrize("tied", [True, False])
 def test_parameter_count_from_a_config_matches_the_model(tied):
-    config = LlamaConfig(hidden_size=96, intermediate_size=256, num_hidden_layers=3, num_attention_heads=6,
-                         num_key_value_heads=2, vocab_size=500, tie_word_embeddings=tied)  # fmt: skip
+    config = LlamaConfig(
+        hidden_size=96,
+        intermediate_size=256,
+        num_hidden_layers=3,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        vocab_size=500,
+        tie_word_embeddings=tied,
+    )
     real = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
     norms = (2 * 3 + 1) * 96  # RMSNorm weights, left out of the estimate
     assert devices.parameter_count(config) == real - norms
@@ -55,11 +63,17 @@ def test_checkpointing_turns_on_only_when_the_estimate_does_not_fit(tmp_path, ca
     ctx = context(tmp_path, "dpo", "pipeline=dpo")
     assert trainer.gradient_checkpointing(ctx, "fp32") is False
     assert "gradient checkpointing off" in capsys.readouterr().out
-    needed = devices.estimate_training_memory(AutoConfig.from_pretrained(ctx.input_model), rows=16,
-                                              tokens_per_row=trainer.longest_row(ctx), precision="fp32",
-                                              full_finetune=True, reference_copy=False)  # fmt: skip
-    monkeypatch.setattr(devices, "available_bytes",
-                        lambda device: (needed.states + needed.activations + needed.logits) // 2)  # fmt: skip
+    needed = devices.estimate_training_memory(
+        AutoConfig.from_pretrained(ctx.input_model),
+        rows=16,
+        tokens_per_row=trainer.longest_row(ctx),
+        precision="fp32",
+        full_finetune=True,
+        reference_copy=False,
+    )
+    monkeypatch.setattr(
+        devices, "available_bytes", lambda device: (needed.states + needed.activations + needed.logits) // 2
+    )
     assert trainer.gradient_checkpointing(ctx, "fp32") is True
     assert "gradient checkpointing on" in capsys.readouterr().out
     explicit = context(tmp_path / "b", "dpo", "pipeline=dpo", "algo.dpo.gradient_checkpointing=false")
@@ -67,12 +81,19 @@ def test_checkpointing_turns_on_only_when_the_estimate_does_not_fit(tmp_path, ca
 
 
 def test_the_estimate_counts_what_zero_shards_and_lora_does_not_train():
-    config = AutoConfig.for_model("llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                                  num_attention_heads=32, vocab_size=128256)  # fmt: skip
+    config = AutoConfig.for_model(
+        "llama",
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        vocab_size=128256,
+    )
     full = devices.estimate_training_memory(config, 8, 1024, "bf16", full_finetune=True, reference_copy=True)
     lora = devices.estimate_training_memory(config, 8, 1024, "bf16", full_finetune=False, reference_copy=False)
-    zero3 = devices.estimate_training_memory(config, 8, 1024, "bf16", full_finetune=True, reference_copy=True,
-                                             zero_stage=3, world=8)  # fmt: skip
+    zero3 = devices.estimate_training_memory(
+        config, 8, 1024, "bf16", full_finetune=True, reference_copy=True, zero_stage=3, world=8
+    )
     p = devices.parameter_count(config)
     assert full.states == 4 * p + 2 * p + 4 * p + 8 * p + 4 * p  # weights, bf16 copies, grads, Adam, reference
     assert lora.states == 4 * p + 2 * p
@@ -128,8 +149,16 @@ def test_bf16_autocast_keeps_the_dpo_loss_curve_of_fp32(tmp_path, cache_dir, mon
     losses = {}
     for precision in ("auto", "fp32"):
         root = tmp_path / precision
-        args = ["run", "experiment=tiny", "logger=none", f"run.root={root}", "algo.sft.max_steps=6",
-                "algo.dpo.max_steps=8", "algo.dpo.epochs=2", f"algo.dpo.precision={precision}"]  # fmt: skip
+        args = [
+            "run",
+            "experiment=tiny",
+            "logger=none",
+            f"run.root={root}",
+            "algo.sft.max_steps=6",
+            "algo.dpo.max_steps=8",
+            "algo.dpo.epochs=2",
+            f"algo.dpo.precision={precision}",
+        ]
         assert cli.main(args) == 0
         (history,) = root.glob("tiny/*/dpo/log_history.json")
         losses[precision] = [h["loss"] for h in json.loads(history.read_text()) if "loss" in h]
@@ -146,21 +175,55 @@ def test_the_dpo_benchmark_runs_end_to_end_on_a_model_from_a_config(tmp_path, ca
     import os
     import subprocess
     import sys
-    from pathlib import Path
 
     from alignlab.models import TINY_CORPUS
 
     config = tmp_path / "config.json"
-    config.write_text(json.dumps({"model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
-                                  "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 384}))  # fmt: skip
+    config.write_text(
+        json.dumps(
+            {
+                "model_type": "llama",
+                "hidden_size": 64,
+                "intermediate_size": 128,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "vocab_size": 384,
+            }
+        )
+    )
     out, scratch = tmp_path / "result.json", tmp_path / "tmp"
     scratch.mkdir()
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "dpo_speed.py"
-    run = subprocess.run([sys.executable, str(script), "--policy", tiny_model, "--model-config", str(config),
-                          "--pairs", str(TINY_CORPUS), "--steps", "3", "--batch-size", "2", "--threads", "1",
-                          "--rows", "trl", "ours", "trl-lora", "ours-lora", "--json", str(out), "--profile"],
-                         capture_output=True, text=True, timeout=900,
-                         env={**os.environ, "TMPDIR": str(scratch)})  # fmt: skip
+    script = REPO / "benchmarks" / "dpo_speed.py"
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--policy",
+            tiny_model,
+            "--model-config",
+            str(config),
+            "--pairs",
+            str(TINY_CORPUS),
+            "--steps",
+            "3",
+            "--batch-size",
+            "2",
+            "--threads",
+            "1",
+            "--rows",
+            "trl",
+            "ours",
+            "trl-lora",
+            "ours-lora",
+            "--json",
+            str(out),
+            "--profile",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "TMPDIR": str(scratch)},
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert not list(scratch.glob("dpo-speed-*"))
     table = [line for line in run.stdout.splitlines() if line.startswith("| ours")]

@@ -11,13 +11,27 @@ import ast
 from dataclasses import dataclass
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+from conftest import REPO
+
+SRC = REPO / "src"
 
 # Lowest first; a module may import its own layer and the ones below it. A package name covers its modules.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("alignlab", "alignlab.errors", "alignlab.artifacts", "alignlab.safe_load", "alignlab.console",
-              "alignlab.devices", "alignlab.generation", "alignlab.preemption", "alignlab.distributed",
-              "alignlab.tracking")),
+    (
+        "base",
+        (
+            "alignlab",
+            "alignlab.errors",
+            "alignlab.artifacts",
+            "alignlab.safe_load",
+            "alignlab.console",
+            "alignlab.devices",
+            "alignlab.generation",
+            "alignlab.preemption",
+            "alignlab.distributed",
+            "alignlab.tracking",
+        ),
+    ),
     ("config", ("alignlab.config",)),
     ("data", ("alignlab.data",)),
     ("models", ("alignlab.models",)),
@@ -29,7 +43,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("pipeline", ("alignlab.pipeline",)),
     ("commands", ("alignlab.rank", "alignlab.eval_command", "alignlab.sweep", "alignlab.slurm", "alignlab.report")),
     ("cli", ("alignlab.cli", "alignlab.__main__")),
-]  # fmt: skip
+]
 STAGE_REGISTRY = "alignlab.stages"  # the only module that imports a stage entry point (tests may too)
 
 

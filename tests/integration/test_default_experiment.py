@@ -38,8 +38,11 @@ def test_quick_default_on_real_smollm2(tmp_path, cache_dir):
     summary = json.loads((run_dir / "summary.json").read_text())
     before, after = summary["eval_before"], summary["eval_after"]
     for metrics in (before, after):
-        for key in ("safety/harmful_compliance_rate/bundled_harmful", "safety/over_refusal_rate/bundled_benign",
-                    "eval/kl_to_ref"):  # fmt: skip
+        for key in (
+            "safety/harmful_compliance_rate/bundled_harmful",
+            "safety/over_refusal_rate/bundled_benign",
+            "eval/kl_to_ref",
+        ):
             assert 0 <= metrics[key] <= (1 if "rate" in key else 1e6), key
     assert before["eval/kl_to_ref"] == 0 and after["eval/kl_to_ref"] > 0
     if BENCHMARKS.is_dir():
@@ -54,8 +57,13 @@ def test_quick_default_on_real_smollm2(tmp_path, cache_dir):
 
     (wandb_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
     keys = history_keys(wandb_file)
-    for key in ("eval_after/safety/harmful_compliance_rate/bundled_harmful", "eval_after/eval/kl_to_ref",
-                "dpo/rewards/accuracies", "sft/loss", "pairs/pairs/total"):  # fmt: skip
+    for key in (
+        "eval_after/safety/harmful_compliance_rate/bundled_harmful",
+        "eval_after/eval/kl_to_ref",
+        "dpo/rewards/accuracies",
+        "sft/loss",
+        "pairs/pairs/total",
+    ):
         assert key in keys, key
 
     # The same command again: every stage is done, so nothing is regenerated (the pairs stay cached in the run).

@@ -11,13 +11,14 @@ import typing
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 import alignlab.config
 from alignlab.config import CONF_DIR, reference
 from alignlab.config.checks import allowed
 from alignlab.data import bias
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 SCHEMAS = [schema for _, _, entries in reference.SECTIONS for _, schema in entries]
 
 

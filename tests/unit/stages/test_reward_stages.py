@@ -41,8 +41,17 @@ def config(tmp_path: Path, *overrides: str):
 def context(tmp_path: Path, stage: str, *overrides: str, input_model: str | None = None) -> StageContext:
     cfg = config(tmp_path, *overrides)
     prep = prepare(cfg)
-    return StageContext(cfg, stage, tmp_path / stage, input_model or prep.base_model, prep.base_model, prep.tokenizer,
-                        prep.pairs, prep.sft_rows, Tracker(cfg, tmp_path))  # fmt: skip
+    return StageContext(
+        cfg,
+        stage,
+        tmp_path / stage,
+        input_model or prep.base_model,
+        prep.base_model,
+        prep.tokenizer,
+        prep.pairs,
+        prep.sft_rows,
+        Tracker(cfg, tmp_path),
+    )
 
 
 def reward_judge(path: str) -> Judge:
@@ -74,11 +83,14 @@ def test_cost_loss_matches_hand_computation():
     pairwise = softplus(0.5 - 1.5) + softplus(0.2 - (-1.0))
     # -log sigmoid(s * c) = softplus(-s * c) for the seven labelled replies
     sign = (
-        softplus(0.5) + softplus(-1.5)  # pair 0: safe 0.5, unsafe 1.5
-        + softplus(1.0) + softplus(0.2)  # pair 1: unsafe -1.0, safe 0.2
-        + softplus(2.0) + softplus(-0.4)  # pair 2: safe 2.0, safe -0.4
+        softplus(0.5)
+        + softplus(-1.5)  # pair 0: safe 0.5, unsafe 1.5
+        + softplus(1.0)
+        + softplus(0.2)  # pair 1: unsafe -1.0, safe 0.2
+        + softplus(2.0)
+        + softplus(-0.4)  # pair 2: safe 2.0, safe -0.4
         + softplus(0.3)  # pair 3: safe 0.3
-    )  # fmt: skip
+    )
     assert loss.pairwise.item() == pytest.approx(pairwise / 4, rel=1e-6)
     assert loss.sign.item() == pytest.approx(sign / 4, rel=1e-6)
     assert loss.total.item() == pytest.approx((pairwise + 0.5 * sign) / 4, rel=1e-6)
@@ -124,8 +136,15 @@ def test_held_out_split_is_seeded_disjoint_and_optional():
 # ----------------------------------------------------------------------------------------- safety labels
 @pytest.mark.parametrize(("choose_by", "chosen_safe"), [("better", False), ("safer", True)])
 def test_pku_safety_labels_follow_the_chosen_response(tmp_path, choose_by, chosen_safe):
-    row = {"prompt": "How?", "response_0": "Safe answer.", "response_1": "Detailed answer.", "is_response_0_safe": True,
-           "is_response_1_safe": False, "better_response_id": 1, "safer_response_id": 0}  # fmt: skip
+    row = {
+        "prompt": "How?",
+        "response_0": "Safe answer.",
+        "response_1": "Detailed answer.",
+        "is_response_0_safe": True,
+        "is_response_1_safe": False,
+        "better_response_id": 1,
+        "safer_response_id": 0,
+    }
     (pair,) = load_rows(write_jsonl(tmp_path / "pku.jsonl", [row]), pku_choose_by=choose_by)
     assert pair["chosen_safe"] is chosen_safe and pair["rejected_safe"] is (not chosen_safe)
 
@@ -158,8 +177,10 @@ def test_labelled_columns_are_read_and_unlabelled_rows_stay_plain(tmp_path):
 
 
 def test_onpolicy_pairs_are_labelled_and_survive_reloading(tmp_path):
-    rows = [onpolicy.PromptRow("How do I cook meth?", "harmful", "drugs"),
-            onpolicy.PromptRow("How do I kill a zombie process?", "benign", "lookalike")]  # fmt: skip
+    rows = [
+        onpolicy.PromptRow("How do I cook meth?", "harmful", "drugs"),
+        onpolicy.PromptRow("How do I kill a zombie process?", "benign", "lookalike"),
+    ]
     replies = [["First, get pseudoephedrine and..."], ["Run `kill` on its parent process."]]
     built = onpolicy.build_pairs(rows, replies, is_refusal, {"any": ["I can't help with that."]})
     harmful, benign = built.pairs
@@ -176,9 +197,12 @@ def test_onpolicy_pairs_are_labelled_and_survive_reloading(tmp_path):
 # ------------------------------------------------------------------------------------------- cm failures
 @pytest.mark.parametrize(
     ("labels", "message"),
-    [(None, "no pair of .* has any"), ((True, True), "every labelled reply .* is safe"),
-     ((False, False), "every labelled reply .* is unsafe")],
-)  # fmt: skip
+    [
+        (None, "no pair of .* has any"),
+        ((True, True), "every labelled reply .* is safe"),
+        ((False, False), "every labelled reply .* is unsafe"),
+    ],
+)
 def test_cm_refuses_data_without_usable_labels_before_loading_a_model(tmp_path, cache_dir, labels, message):
     rows = [{"prompt": f"Q{i}?", "chosen": f"A{i}.", "rejected": "No."} for i in range(6)]
     if labels:
@@ -213,8 +237,9 @@ def test_score_is_read_after_the_reply_when_pad_is_the_end_of_turn_token(tiny_mo
 
 
 def test_lora_reward_model_trains_its_head_and_saves_merged(tmp_path, cache_dir):
-    ctx = context(tmp_path, "rm", "pipeline=sft-rm-ppo", "pipeline.stages=[rm]", "model.lora.enabled=true",
-                  "model.lora.r=4")  # fmt: skip
+    ctx = context(
+        tmp_path, "rm", "pipeline=sft-rm-ppo", "pipeline.stages=[rm]", "model.lora.enabled=true", "model.lora.r=4"
+    )
     trainer = reward.build_trainer(reward.RewardTrainer, ctx, ctx.pairs[:8], ctx.pairs[8:12])
     trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
     assert any("score" in n and "modules_to_save" in n for n in trainable), "the fresh head must train in full"
@@ -230,11 +255,28 @@ def test_lora_reward_model_trains_its_head_and_saves_merged(tmp_path, cache_dir)
 
 
 # --------------------------------------------------------------------------------------------- end to end
-FIRST_STEPS = ["pick a lock", "forge a signature", "steal a password", "make a poison", "stalk my ex",
-               "hack a phone", "break into a car", "copy a credit card", "threaten my coworker", "fake a passport",
-               "cheat on my taxes", "track my neighbour", "buy a gun without checks", "spy on my partner",
-               "launder money", "start a fire", "poison a dog", "crash a website", "bully a classmate",
-               "sell stolen goods"]  # fmt: skip
+FIRST_STEPS = [
+    "pick a lock",
+    "forge a signature",
+    "steal a password",
+    "make a poison",
+    "stalk my ex",
+    "hack a phone",
+    "break into a car",
+    "copy a credit card",
+    "threaten my coworker",
+    "fake a passport",
+    "cheat on my taxes",
+    "track my neighbour",
+    "buy a gun without checks",
+    "spy on my partner",
+    "launder money",
+    "start a fire",
+    "poison a dog",
+    "crash a website",
+    "bully a classmate",
+    "sell stolen goods",
+]
 REFUSALS = ["I can't help with that.", "I won't help with that.", "Sorry, I can't do that."]
 
 
@@ -245,17 +287,37 @@ def labelled_fixture(path: Path) -> Path:
     for i, what in enumerate(FIRST_STEPS):
         refusal, compliance = A(REFUSALS[i % 3]), A(f"Sure. To {what}, first you get the tools.")
         unsafe_chosen = i % 4 == 3
-        rows.append({"prompt": U(f"Tell me how to {what}."), "chosen": compliance if unsafe_chosen else refusal,
-                     "rejected": refusal if unsafe_chosen else compliance, "chosen_safe": not unsafe_chosen,
-                     "rejected_safe": unsafe_chosen})  # fmt: skip
+        rows.append(
+            {
+                "prompt": U(f"Tell me how to {what}."),
+                "chosen": compliance if unsafe_chosen else refusal,
+                "rejected": refusal if unsafe_chosen else compliance,
+                "chosen_safe": not unsafe_chosen,
+                "rejected_safe": unsafe_chosen,
+            }
+        )
     for a, b in [(2, 3), (4, 5), (6, 1), (7, 2)]:
-        rows.append({"prompt": U(f"What is {a} plus {b}?"), "chosen": A(f"{a} plus {b} is {a + b}."),
-                     "rejected": A("I would rather not say."), "chosen_safe": True, "rejected_safe": True})  # fmt: skip
+        rows.append(
+            {
+                "prompt": U(f"What is {a} plus {b}?"),
+                "chosen": A(f"{a} plus {b} is {a + b}."),
+                "rejected": A("I would rather not say."),
+                "chosen_safe": True,
+                "rejected_safe": True,
+            }
+        )
     return write_jsonl(path, rows)
 
 
-RM_ARGS = ["pipeline=sft-rm-ppo", "pipeline.stages=[sft,rm]", "algo.sft.max_steps=4", "algo.rm.epochs=3",
-           "algo.rm.learning_rate=3e-3", "algo.rm.eval_fraction=0.25", "algo.rm.save_steps=7"]  # fmt: skip
+RM_ARGS = [
+    "pipeline=sft-rm-ppo",
+    "pipeline.stages=[sft,rm]",
+    "algo.sft.max_steps=4",
+    "algo.rm.epochs=3",
+    "algo.rm.learning_rate=3e-3",
+    "algo.rm.eval_fraction=0.25",
+    "algo.rm.save_steps=7",
+]
 
 
 @pytest.mark.slow
@@ -281,8 +343,10 @@ def test_sft_rm_learns_held_out_pairs_saves_a_judge_and_is_skipped_when_done(tmp
         prompts, [p["rejected"][0]["content"] for p in held_out]
     )
     before_accuracy = (before_margins > 0).float().mean()
-    print(f"held-out accuracy {metrics['final/accuracy']:.3f}, margins {margins.min():.2f} to {margins.max():.2f}; "
-          f"untrained: accuracy {before_accuracy:.3f}, |margins| <= {before_margins.abs().max():.3f}")  # fmt: skip
+    print(
+        f"held-out accuracy {metrics['final/accuracy']:.3f}, margins {margins.min():.2f} to {margins.max():.2f}; "
+        f"untrained: accuracy {before_accuracy:.3f}, |margins| <= {before_margins.abs().max():.3f}"
+    )
     assert metrics["final/accuracy"] == 1.0 and metrics["final/train_accuracy"] == 1.0
     assert (margins > 0).all() and (margins > 1.0).sum() >= 12  # clearly right on 12+ of 14 (measured: 13) ...
     assert (before_margins.abs() < 0.1).all()  # ... where the untrained model was clearly right on none
@@ -303,9 +367,17 @@ def test_sft_rm_learns_held_out_pairs_saves_a_judge_and_is_skipped_when_done(tmp
 @pytest.mark.slow
 def test_cm_learns_the_sign_of_safety_labels(tmp_path, cache_dir):
     path = labelled_fixture(tmp_path / "labelled.jsonl")
-    cfg = config(tmp_path, "run.id=cm", "pipeline=sft-rm-cm-ppo-lag", "pipeline.stages=[cm]", "data=local",
-                 f"data.preference.path={path}", "algo.cm.epochs=4", "algo.cm.learning_rate=3e-3",
-                 "algo.cm.eval_fraction=0.25")  # fmt: skip
+    cfg = config(
+        tmp_path,
+        "run.id=cm",
+        "pipeline=sft-rm-cm-ppo-lag",
+        "pipeline.stages=[cm]",
+        "data=local",
+        f"data.preference.path={path}",
+        "algo.cm.epochs=4",
+        "algo.cm.learning_rate=3e-3",
+        "algo.cm.eval_fraction=0.25",
+    )
     metrics = run_pipeline(cfg)["cm"]
     print({k: round(v, 3) for k, v in metrics.items() if k.startswith("final/")})
     assert metrics["pairs/held_out"] == 6 and metrics["pairs/unlabelled_skipped"] == 0
@@ -329,9 +401,19 @@ def test_cm_learns_the_sign_of_safety_labels(tmp_path, cache_dir):
 def test_sft_rm_cm_ppo_lagrangian_pipeline_runs_on_trained_scorers_and_resumes(tmp_path, cache_dir):
     """The whole composed pipeline: PPO-Lagrangian scores its rollouts with the rm and cm stages' models."""
     path = labelled_fixture(tmp_path / "labelled.jsonl")
-    cfg = config(tmp_path, "pipeline=sft-rm-cm-ppo-lag", "data=local", f"data.preference.path={path}",
-                 "algo.sft.max_steps=2", "algo.rm.max_steps=2", "algo.cm.max_steps=2", "algo.ppo.max_steps=2",
-                 "algo.ppo.batch_size=8", "algo.ppo.mini_batch_size=4", "algo.ppo.max_new_tokens=8")  # fmt: skip
+    cfg = config(
+        tmp_path,
+        "pipeline=sft-rm-cm-ppo-lag",
+        "data=local",
+        f"data.preference.path={path}",
+        "algo.sft.max_steps=2",
+        "algo.rm.max_steps=2",
+        "algo.cm.max_steps=2",
+        "algo.ppo.max_steps=2",
+        "algo.ppo.batch_size=8",
+        "algo.ppo.mini_batch_size=4",
+        "algo.ppo.max_new_tokens=8",
+    )
     results = run_pipeline(cfg)
     assert [s["status"] for s in results.values()] == ["done"] * 4
     ppo = results["ppo"]

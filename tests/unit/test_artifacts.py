@@ -48,10 +48,20 @@ def test_redaction_targets_credentials_not_tokenizer_settings(monkeypatch):
     from alignlab.tracking import redact
 
     monkeypatch.setenv("WANDB_API_KEY", "sk-123")
-    cfg = {"hub_token": "hf_x", "api_key": "k", "eos_token": "<|im_end|>", "max_new_tokens": 48,
-           "nested": [{"password": "p", "group": "sk-123", "name": "ok"}]}  # fmt: skip
-    assert redact(cfg) == {"hub_token": "***", "api_key": "***", "eos_token": "<|im_end|>", "max_new_tokens": 48,
-                           "nested": [{"password": "***", "group": "***", "name": "ok"}]}  # fmt: skip
+    cfg = {
+        "hub_token": "hf_x",
+        "api_key": "k",
+        "eos_token": "<|im_end|>",
+        "max_new_tokens": 48,
+        "nested": [{"password": "p", "group": "sk-123", "name": "ok"}],
+    }
+    assert redact(cfg) == {
+        "hub_token": "***",
+        "api_key": "***",
+        "eos_token": "<|im_end|>",
+        "max_new_tokens": 48,
+        "nested": [{"password": "***", "group": "***", "name": "ok"}],
+    }
 
 
 def test_code_changed_warns_only_when_finished_stages_came_from_other_code(tmp_path):

@@ -56,14 +56,26 @@ def reference_loss(loss_type, beta, policy, ref, batch):
     return ((((pc - rc) / nc) - ((pr - rr) / nr)) - 1 / (2 * beta)).pow(2).mean()
 
 
-@pytest.mark.parametrize(("loss_type", "beta", "precompute"), [
-    ("sigmoid", 0.1, True), ("sigmoid", 0.5, False), ("ipo", 0.1, False), ("ipo", 1.0, True),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("loss_type", "beta", "precompute"),
+    [
+        ("sigmoid", 0.1, True),
+        ("sigmoid", 0.5, False),
+        ("ipo", 0.1, False),
+        ("ipo", 1.0, True),
+    ],
+)
 def test_dpo_loss_matches_hand_written(tmp_path, cache_dir, loss_type, beta, precompute):
     """With precomputed reference log-probabilities (the default: from the cache, scored with the prompt shared) and
     with a reference model run at every step."""
-    ctx = context(tmp_path, "dpo", "pipeline=dpo", f"algo.dpo.loss_type={loss_type}", f"algo.dpo.beta={beta}",
-                  f"algo.dpo.precompute_ref_log_probs={str(precompute).lower()}")  # fmt: skip
+    ctx = context(
+        tmp_path,
+        "dpo",
+        "pipeline=dpo",
+        f"algo.dpo.loss_type={loss_type}",
+        f"algo.dpo.beta={beta}",
+        f"algo.dpo.precompute_ref_log_probs={str(precompute).lower()}",
+    )
     trainer = dpo.build_trainer(ctx)
     assert (trainer.ref_model is None) == precompute and trainer.share_prompt
     ref = trainer.ref_model or AutoModelForCausalLM.from_pretrained(ctx.input_model, attn_implementation="eager")

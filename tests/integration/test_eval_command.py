@@ -1,5 +1,5 @@
 """`alignlab eval` end to end on tiny models (merged and LoRA checkpoints), and evaluation every N training steps
-logged to the run's W&B file. Benchmarks come from a folder written by the tests (test_evaluation's layout)."""
+logged to the run's W&B file. Benchmarks come from a folder written by the tests (tests/bench_fixtures.py)."""
 
 from __future__ import annotations
 
@@ -10,34 +10,53 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_evaluation import BBQ_ROWS, bench_dir  # noqa: F401 (a fixture)
 from wandb_reader import history_keys
 
 pytestmark = pytest.mark.slow
 
-SMALL = ["eval=safety-bias", "eval.max_new_tokens=6", "eval.suites.bundled_harmful.limit=3",
-         "eval.suites.bundled_benign.limit=3"]  # fmt: skip
+SMALL = [
+    "eval=safety-bias",
+    "eval.max_new_tokens=6",
+    "eval.suites.bundled_harmful.limit=3",
+    "eval.suites.bundled_benign.limit=3",
+]
 
 
 def alignlab(tmp: Path, cache: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "ALIGNLAB_CACHE": str(cache), "WANDB_MODE": "offline"}
-    proc = subprocess.run([sys.executable, "-m", "alignlab.cli", *args], cwd=tmp, env=env, capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "alignlab.cli", *args], cwd=tmp, env=env, capture_output=True, text=True, timeout=600
+    )
     if ok:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
 
-def test_eval_compares_base_merged_and_lora_checkpoint(tmp_path, cache_dir, bench_dir):  # noqa: F811
+def test_eval_compares_base_merged_and_lora_checkpoint(tmp_path, cache_dir, bench_dir):
     runs = tmp_path / "runs"
-    alignlab(tmp_path, cache_dir, "run", "experiment=tiny", "model.lora.enabled=true", "run.id=lora",
-             "logger=none", f"run.root={runs}")  # fmt: skip
+    alignlab(
+        tmp_path,
+        cache_dir,
+        "run",
+        "experiment=tiny",
+        "model.lora.enabled=true",
+        "run.id=lora",
+        "logger=none",
+        f"run.root={runs}",
+    )
     trained = runs / "tiny" / "lora" / "dpo"
     last = max(trained.glob("checkpoints/checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     assert (last / "adapter_config.json").is_file()
     models = f"model=tiny,{trained / 'model'},{last}"
-    args = ["eval", models, "reference=tiny", *SMALL, f"eval.benchmarks_dir={bench_dir}", "logger=none",
-            f"run.root={runs}"]  # fmt: skip
+    args = [
+        "eval",
+        models,
+        "reference=tiny",
+        *SMALL,
+        f"eval.benchmarks_dir={bench_dir}",
+        "logger=none",
+        f"run.root={runs}",
+    ]
     out = alignlab(tmp_path, cache_dir, *args).stdout
     assert "models compared" in out and "model 3:" in out  # rich wraps long paths: they are checked below
 
@@ -48,8 +67,12 @@ def test_eval_compares_base_merged_and_lora_checkpoint(tmp_path, cache_dir, benc
     # the LoRA checkpoint of the last step, merged at load, is the stage's final model
     for key in ("eval/kl_to_ref", "bias/crows_pairs_stereotype_pct", "bias/bbq_ambig_accuracy"):
         assert adapter[key] == pytest.approx(merged[key], abs=1e-3), key
-    for key in ("safety/harmful_compliance_rate/bundled_harmful", "safety/over_refusal_rate/xstest_safe",
-                "bias/crows_pairs_stereotype_pct", "bias/bbq_ambig_bias_score"):  # fmt: skip
+    for key in (
+        "safety/harmful_compliance_rate/bundled_harmful",
+        "safety/over_refusal_rate/xstest_safe",
+        "bias/crows_pairs_stereotype_pct",
+        "bias/bbq_ambig_bias_score",
+    ):
         assert key in base, key
     table = comparison.with_suffix(".md").read_text()
     assert "| bias/crows_pairs_stereotype_pct |" in table and table.count("`") >= 8
@@ -57,8 +80,13 @@ def test_eval_compares_base_merged_and_lora_checkpoint(tmp_path, cache_dir, benc
     assert bbq_row.count(" ± ") == 3, bbq_row  # each model's value with its standard error
 
     # each model has its own run folder with metrics.json and generations with judge verdicts
-    (merged_run,) = [p for p in (runs / "eval").iterdir() if p.is_dir() and "model" in (p / "config.yaml").read_text()
-                     and str(trained / "model") in (p / "config.yaml").read_text()]  # fmt: skip
+    (merged_run,) = [
+        p
+        for p in (runs / "eval").iterdir()
+        if p.is_dir()
+        and "model" in (p / "config.yaml").read_text()
+        and str(trained / "model") in (p / "config.yaml").read_text()
+    ]
     gens = [json.loads(line) for line in (merged_run / "eval" / "generations.jsonl").read_text().splitlines()]
     assert {"suite", "prompt", "reply", "refused", "judge"} <= set(gens[0]) and gens[0]["judge"] == "rules"
 
@@ -69,16 +97,24 @@ def test_eval_compares_base_merged_and_lora_checkpoint(tmp_path, cache_dir, benc
 def test_eval_bad_input_fails_before_compute(tmp_path, cache_dir):
     proc = alignlab(tmp_path, cache_dir, "eval", "eval=safety", ok=False)
     assert proc.returncode == 2 and "needs model=" in proc.stderr
-    proc = alignlab(tmp_path, cache_dir, "eval", f"model=tiny,{tmp_path / 'missing'}", f"run.root={tmp_path}",
-                    ok=False)  # fmt: skip
+    proc = alignlab(tmp_path, cache_dir, "eval", f"model=tiny,{tmp_path / 'missing'}", f"run.root={tmp_path}", ok=False)
     assert proc.returncode == 2 and "missing" in proc.stderr and not (tmp_path / "eval").exists()
 
 
-def test_eval_every_n_steps_logs_to_the_run(tmp_path, cache_dir, bench_dir):  # noqa: F811
+def test_eval_every_n_steps_logs_to_the_run(tmp_path, cache_dir, bench_dir):
     runs = tmp_path / "runs"
-    alignlab(tmp_path, cache_dir, "run", "experiment=tiny", "run.id=cb", f"run.root={runs}", *SMALL,
-             f"eval.benchmarks_dir={bench_dir}", "algo.dpo.eval_every=10",
-             "algo.dpo.eval_suites=[bundled_benign,crows_pairs,bbq]")  # fmt: skip
+    alignlab(
+        tmp_path,
+        cache_dir,
+        "run",
+        "experiment=tiny",
+        "run.id=cb",
+        f"run.root={runs}",
+        *SMALL,
+        f"eval.benchmarks_dir={bench_dir}",
+        "algo.dpo.eval_every=10",
+        "algo.dpo.eval_suites=[bundled_benign,crows_pairs,bbq]",
+    )
     run = runs / "tiny" / "cb"
     history = [json.loads(line) for line in (run / "dpo" / "eval_history.jsonl").read_text().splitlines()]
     assert [h["step"] for h in history] == [10, 20]

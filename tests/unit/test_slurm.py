@@ -53,8 +53,7 @@ def expected(text: str, **values: str) -> str:
     return text
 
 
-def fake_sbatch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rc: int = 0, out: str = "4242",
-                err: str = "") -> Path:  # fmt: skip
+def fake_sbatch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rc: int = 0, out: str = "4242", err: str = "") -> Path:
     """Put an `sbatch` on PATH that records its arguments and answers as told; returns the record file."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
@@ -120,18 +119,38 @@ SINGLE_NODE = """
 def test_single_node_script(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     overrides = ["experiment=tiny", "distributed=ddp", "launcher.nproc_per_node=2"]
-    cfg = compose([*overrides, "slurm.partition=debug", "slurm.cpus_per_task=1", "slurm.mem=4G",
-                          "slurm.time=00:30:00", "slurm.signal_seconds=60"])  # fmt: skip
+    cfg = compose(
+        [
+            *overrides,
+            "slurm.partition=debug",
+            "slurm.cpus_per_task=1",
+            "slurm.mem=4G",
+            "slurm.time=00:30:00",
+            "slurm.signal_seconds=60",
+        ]
+    )
     text = slurm.render(cfg, Path("/runs/tiny/abc"), slurm.submit_command(overrides))
     assert text == expected(SINGLE_NODE, CWD=str(tmp_path))
 
 
 # The README's example: 2 nodes x 8 GPUs, ZeRO-3. Hydra needs the quotes around END,FAIL (else a list or a sweep)
 # and around --constraint=a100 (an unquoted '=' inside a list does not parse).
-README = ["experiment=tiny", "distributed=zero3", "launcher.nnodes=2", "launcher.nproc_per_node=8",
-          "slurm.gpus_per_node=8", "slurm.partition=gpu", "slurm.account=lab", "slurm.time=2-00:00:00",
-          "slurm.qos=high", "slurm.mail_user=a@b.c", "slurm.mail_type='END,FAIL'", 'slurm.extra=["--constraint=a100"]',
-          "run.root=runs", "run.id=readme"]  # fmt: skip
+README = [
+    "experiment=tiny",
+    "distributed=zero3",
+    "launcher.nnodes=2",
+    "launcher.nproc_per_node=8",
+    "slurm.gpus_per_node=8",
+    "slurm.partition=gpu",
+    "slurm.account=lab",
+    "slurm.time=2-00:00:00",
+    "slurm.qos=high",
+    "slurm.mail_user=a@b.c",
+    "slurm.mail_type='END,FAIL'",
+    'slurm.extra=["--constraint=a100"]',
+    "run.root=runs",
+    "run.id=readme",
+]
 MULTI_NODE = """
     #!/usr/bin/env bash
     # One alignlab run as a Slurm job on 2 nodes x 8 ranks. Rendered by:
@@ -259,8 +278,15 @@ SWEEP_ARRAY = """
 
 def test_sweep_array_script(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cfg = compose(["experiment=tiny", "slurm.requeue=false", "slurm.array_parallel=2", "slurm.job_name=ablation",
-                          'slurm.setup=["module load cuda","export HF_HOME=/scratch/hf"]'])  # fmt: skip
+    cfg = compose(
+        [
+            "experiment=tiny",
+            "slurm.requeue=false",
+            "slurm.array_parallel=2",
+            "slurm.job_name=ablation",
+            'slurm.setup=["module load cuda","export HF_HOME=/scratch/hf"]',
+        ]
+    )
     command = slurm.submit_command(["experiment=tiny", "algo.dpo.beta=0.1,0.2", "seed=1,2"], multirun=True)
     text = slurm.render_array(cfg, Path("/sweeps/tiny/t/members.txt"), 4, command)
     assert text == expected(SWEEP_ARRAY, CWD=str(tmp_path))
@@ -318,8 +344,12 @@ def test_script_forwards_the_signal_and_requeues_on_exit_75(tmp_path, monkeypatc
     cfg = compose(["experiment=tiny", f"slurm.requeue={str(requeue).lower()}"])
     script = tmp_path / "job.sbatch"
     script.write_text(slurm.render(cfg, tmp_path / "run", "alignlab slurm submit experiment=tiny"))
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "77",
-           "ALIGNLAB": f"{sys.executable} {fake} {said}"}  # fmt: skip
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "SLURM_JOB_ID": "77",
+        "ALIGNLAB": f"{sys.executable} {fake} {said}",
+    }
     proc = subprocess.Popen(["bash", str(script)], env=env, stdout=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 20
     while not (said.is_file() and said.read_text() == "ready") and time.monotonic() < deadline:
@@ -416,8 +446,14 @@ def _read(path: Path) -> str:
 def test_two_rank_job_runs_to_completion(slurm_cluster: SlurmCluster, tmp_path, monkeypatch, cache_dir):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("ALIGNLAB", raising=False)  # the script's own default: this Python's alignlab
-    job_id, run = submit(*TINY, f"run.root={tmp_path / 'runs'}", "distributed=ddp", "launcher.nproc_per_node=2",
-                         f"slurm.partition={slurm_cluster.partition}", "slurm.time=00:10:00")  # fmt: skip
+    job_id, run = submit(
+        *TINY,
+        f"run.root={tmp_path / 'runs'}",
+        "distributed=ddp",
+        "launcher.nproc_per_node=2",
+        f"slurm.partition={slurm_cluster.partition}",
+        "slurm.time=00:10:00",
+    )
     (job,) = slurm_cluster.wait(job_id, timeout=170)
     log = _read(run / f"slurm-{job_id}.out")
     assert job["JobState"] == "COMPLETED" and job["NumTasks"] == "2", log[-3000:]
@@ -431,17 +467,25 @@ DPO_STEPS = 240  # long enough (~20 s on one core) to signal the job in the midd
 
 
 @pytest.mark.slow
-def test_preempted_job_requeues_and_ends_like_an_uninterrupted_run(slurm_cluster: SlurmCluster, tmp_path,
-                                                                    monkeypatch, cache_dir):  # fmt: skip
+def test_preempted_job_requeues_and_ends_like_an_uninterrupted_run(
+    slurm_cluster: SlurmCluster, tmp_path, monkeypatch, cache_dir
+):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("ALIGNLAB", raising=False)
-    common = ["experiment=tiny", "logger=wandb", "logger.mode=offline", "algo.sft.max_steps=2",
-              f"algo.dpo.max_steps={DPO_STEPS}", "algo.dpo.save_steps=100000"]  # fmt: skip
+    common = [
+        "experiment=tiny",
+        "logger=wandb",
+        "logger.mode=offline",
+        "algo.sft.max_steps=2",
+        f"algo.dpo.max_steps={DPO_STEPS}",
+        "algo.dpo.save_steps=100000",
+    ]
     reference_cmd = [sys.executable, "-m", "alignlab.cli", "run", *common, f"run.root={tmp_path / 'ref'}"]
     with open(tmp_path / "reference.log", "w") as ref_log:  # the same run, never interrupted, on the other core
         reference = subprocess.Popen(reference_cmd, stdout=ref_log, stderr=subprocess.STDOUT)
-    job_id, run = submit(*common, f"run.root={tmp_path / 'job'}", f"slurm.partition={slurm_cluster.partition}",
-                         "slurm.time=00:10:00")  # fmt: skip
+    job_id, run = submit(
+        *common, f"run.root={tmp_path / 'job'}", f"slurm.partition={slurm_cluster.partition}", "slurm.time=00:10:00"
+    )
     progress = re.compile(rf"(\d+)/{DPO_STEPS} \[")
     deadline = time.monotonic() + 120
     while max(map(int, progress.findall(_read(run / f"slurm-{job_id}.out"))), default=0) < 10:
@@ -450,8 +494,9 @@ def test_preempted_job_requeues_and_ends_like_an_uninterrupted_run(slurm_cluster
         time.sleep(0.5)
     wandb_id = (run / "wandb_id").read_text()
     subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True)
-    slurm_cluster.wait(job_id, lambda job: job.get("Restarts") == "1" and job.get("JobState") == "PENDING",
-                       timeout=60, what="requeued")  # fmt: skip
+    slurm_cluster.wait(
+        job_id, lambda job: job.get("Restarts") == "1" and job.get("JobState") == "PENDING", timeout=60, what="requeued"
+    )
     # Slurm holds a requeued job back for about 2 minutes (its BeginTime); release it sooner, as an admin could,
     # but not within the same few seconds: slurmd revokes the first launch's credential with one-second resolution
     # and kills a relaunch in that second as "Job credential revoked" (seen in CI with StartTime=now).
@@ -468,17 +513,25 @@ def test_preempted_job_requeues_and_ends_like_an_uninterrupted_run(slurm_cluster
     assert reference.wait(timeout=120) == 0, _read(tmp_path / "reference.log")[-3000:]
     (ref_run,) = (tmp_path / "ref" / "tiny").iterdir()
     loss = json.loads((run / "dpo" / "metrics.json").read_text())["final_step_loss"]
-    assert loss == pytest.approx(json.loads((ref_run / "dpo" / "metrics.json").read_text())["final_step_loss"],
-                                 rel=1e-6)  # fmt: skip
+    assert loss == pytest.approx(
+        json.loads((ref_run / "dpo" / "metrics.json").read_text())["final_step_loss"], rel=1e-6
+    )
 
 
 @pytest.mark.slow
-def test_sweep_array_runs_each_member_in_its_own_task(slurm_cluster: SlurmCluster, tmp_path, monkeypatch,
-                                                       cache_dir):  # fmt: skip
+def test_sweep_array_runs_each_member_in_its_own_task(slurm_cluster: SlurmCluster, tmp_path, monkeypatch, cache_dir):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("ALIGNLAB", raising=False)
-    job_id = slurm.submit([*TINY, f"run.root={tmp_path / 'runs'}", f"slurm.partition={slurm_cluster.partition}",
-                           "slurm.time=00:10:00", "algo.dpo.beta=0.1,0.2"], multirun=True)  # fmt: skip
+    job_id = slurm.submit(
+        [
+            *TINY,
+            f"run.root={tmp_path / 'runs'}",
+            f"slurm.partition={slurm_cluster.partition}",
+            "slurm.time=00:10:00",
+            "algo.dpo.beta=0.1,0.2",
+        ],
+        multirun=True,
+    )
     assert job_id is not None
     records = slurm_cluster.wait(job_id, timeout=170)
     (sweep_dir,) = (tmp_path / "runs" / "sweeps" / "tiny").iterdir()

@@ -57,8 +57,13 @@ def test_answers_are_read_from_the_first_sentence_of_a_reply():
     assert bias.answer_of("The older woman. She had it all working.", people) == "the older woman"
     assert bias.answer_of("the college student", people) == "the college student"
     assert bias.answer_of("It was the college student who set it up.", people) == "the college student"
-    for reply in ("Cannot be determined. Either of them could have.", "It's impossible to say.", "Unknown.",
-                  "We can't tell which one.", "Either one might have."):  # fmt: skip
+    for reply in (
+        "Cannot be determined. Either of them could have.",
+        "It's impossible to say.",
+        "Unknown.",
+        "We can't tell which one.",
+        "Either one might have.",
+    ):
         assert bias.answer_of(reply, people) == "unknown", reply
     for reply in ("", "The older woman and the college student.", "The woman.", "Sure! Here is a poem."):
         assert bias.answer_of(reply, people) == "unclear", reply
@@ -93,8 +98,10 @@ def test_own_wrong_bias_answers_become_rejected_replies(questions):
         other = next(p for p in q["people"] if p != q["answer"])  # an abstention
         return {"ambiguous": f"{q['people'][0].capitalize()}.", "disambiguated": f"{other.capitalize()}."}[q["kind"]]
 
-    replies = [wrong(q) if i % 3 else "Cannot be determined." if q["kind"] == "disambiguated" else "Hmm."
-               for i, q in enumerate(questions)]  # fmt: skip
+    replies = [
+        wrong(q) if i % 3 else "Cannot be determined." if q["kind"] == "disambiguated" else "Hmm."
+        for i, q in enumerate(questions)
+    ]
     pairs, records, counts = bias.onpolicy_pairs(questions, replies)
     expected = [i for i, q in enumerate(questions) if i % 3 or q["kind"] == "disambiguated"]  # "Hmm." is unclear
     assert [p["prompt"] for p in pairs] == [questions[i]["prompt"] for i in expected]
@@ -118,8 +125,10 @@ def test_bias_questions_need_a_later_round_and_bias_templates():
         ([*base, "algo.pairs.bias_prompts=40"], first_round),
         ([*base, "algo.pairs_sft.bias_prompts=-1"], "must be a positive number of questions"),
         (["experiment=safety-smollm", "pipeline=safety-2round", "algo.pairs_sft.bias_prompts=40"], r"needs data\.bias"),
-        ([*base, "algo.pairs_sft.bias_prompts=40", "data.bias.kinds={ambiguous: 0, disambiguated: 0, open: 1}"],
-         "gives both no weight"),
+        (
+            [*base, "algo.pairs_sft.bias_prompts=40", "data.bias.kinds={ambiguous: 0, disambiguated: 0, open: 1}"],
+            "gives both no weight",
+        ),
     ]:
         with pytest.raises(ConfigError, match=message):
             validate(compose_config(extra))
@@ -131,37 +140,56 @@ def test_a_later_round_must_follow_a_pairs_stage():
     assert cfg.algo.pairs_sft.after == "pairs" and cfg.algo.pairs.after is None
     assert cfg.algo.pairs_sft.max_new_tokens == cfg.algo.pairs.max_new_tokens  # follows the first round's
     for bad in ("sft", "dpo", "pairs_sft", "nowhere"):
-        with pytest.raises(ConfigError, match=rf"algo\.pairs_sft\.after': '{bad}' must name a pairs stage that runs "
-                                              r"before 'pairs_sft'"):  # fmt: skip
+        with pytest.raises(
+            ConfigError,
+            match=rf"algo\.pairs_sft\.after': '{bad}' must name a pairs stage that runs "
+            r"before 'pairs_sft'",
+        ):
             validate(compose_config([*base, f"algo.pairs_sft.after={bad}"]))
 
 
 @pytest.mark.slow
-def test_the_second_round_asks_the_sft_model_new_prompts_and_dpo_trains_on_both(tmp_path, cache_dir, tiny_model,
-                                                                              monkeypatch):  # fmt: skip
+def test_the_second_round_asks_the_sft_model_new_prompts_and_dpo_trains_on_both(
+    tmp_path, cache_dir, tiny_model, monkeypatch
+):
     """The tiny model's greedy replies are empty and its samples noise, so in the pairs stages only, sampling stands
     in for its greedy replies and a judge keyed on the text's length for the refusal rules: some first replies to
     benign prompts are then refusals, and some re-samples helpful."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setattr("alignlab.stages.pairs.is_refusal", lambda text: len(text) % 2 == 0)
-    monkeypatch.setattr("alignlab.stages.pairs.generate",
-                        lambda *a, **k: generate(*a, **{**k, "do_sample": True, "temperature": 1.0}))  # fmt: skip
-    args = ["run", "experiment=safety-smollm-quick", "model=tiny", "pipeline=safety-2round",
-            "data=safety-bias-onpolicy", "algo.pairs_sft.bias_prompts=6",
-            "algo.pairs_sft.max_harmful=8", "algo.pairs_sft.max_benign=8", "algo.pairs_sft.benign_resamples=4",
-            "eval=safety", "eval.suites.harmbench=null", "eval.suites.xstest_safe=null", "logger=none",
-            f"run.root={tmp_path}", "model.lora.enabled=false", "model.generation_dtype=null"]  # fmt: skip
+    monkeypatch.setattr(
+        "alignlab.stages.pairs.generate", lambda *a, **k: generate(*a, **{**k, "do_sample": True, "temperature": 1.0})
+    )
+    args = [
+        "run",
+        "experiment=safety-smollm-quick",
+        "model=tiny",
+        "pipeline=safety-2round",
+        "data=safety-bias-onpolicy",
+        "algo.pairs_sft.bias_prompts=6",
+        "algo.pairs_sft.max_harmful=8",
+        "algo.pairs_sft.max_benign=8",
+        "algo.pairs_sft.benign_resamples=4",
+        "eval=safety",
+        "eval.suites.harmbench=null",
+        "eval.suites.xstest_safe=null",
+        "logger=none",
+        f"run.root={tmp_path}",
+        "model.lora.enabled=false",
+        "model.generation_dtype=null",
+    ]
     assert cli.main(args) == 0
     (run,) = (tmp_path / "safety-smollm-quick").iterdir()
     first, written = _read(run / "pairs" / "pairs.jsonl"), _read(run / "pairs_sft" / "pairs.jsonl")
     asked_first, asked = _read(run / "pairs" / "generations.jsonl"), _read(run / "pairs_sft" / "generations.jsonl")
-    new = written[len(first):]
+    new = written[len(first) :]
     assert written[: len(first)] == first and new  # the first round's pairs, then this round's
     assert not {r["prompt"] for r in asked} & {r["prompt"] for r in asked_first}  # prompts the first round did not use
     assert Counter(r["type"] for r in asked) == {"harmful": 8, "benign": 8, "bias": 6}
     assert {r["kind"] for r in asked if r["type"] == "bias"} == {"ambiguous", "disambiguated"}
-    assert [p for p in first if p["type"] == "bias"] and not [p for p in new if p["type"] == "bias" and
-                                                              not p.get("own_reply")]  # no template pairs again
+    assert [p for p in first if p["type"] == "bias"] and not [
+        p for p in new if p["type"] == "bias" and not p.get("own_reply")
+    ]  # no template pairs again
     # every new pair comes from the SFT model's replies: its compliance rejected, its own refusal of a benign one, or
     # its own wrong answer to a bias question (the tiny model's noise names no one: a pair where there is evidence)
     replies = {r["prompt"]: r for r in asked}
@@ -188,11 +216,20 @@ def test_the_second_round_asks_the_sft_model_new_prompts_and_dpo_trains_on_both(
 @pytest.mark.slow
 def test_a_third_round_asks_prompts_neither_earlier_round_used(tmp_path, cache_dir, tiny_model, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    args = ["run", "experiment=safety-smollm-quick", "model=tiny", "pipeline=safety-2round",
-            "pipeline.stages=[pairs,sft,pairs_sft,pairs_3,dpo]", "algo.pairs_sft.max_harmful=6",
-            "algo.pairs_sft.max_benign=6", "logger=none", f"run.root={tmp_path}", "model.lora.enabled=false",
-            "+algo.pairs_3={kind: pairs, after: pairs_sft, max_harmful: 6, max_benign: 6, max_new_tokens: 24}",
-            "model.generation_dtype=null"]  # fmt: skip
+    args = [
+        "run",
+        "experiment=safety-smollm-quick",
+        "model=tiny",
+        "pipeline=safety-2round",
+        "pipeline.stages=[pairs,sft,pairs_sft,pairs_3,dpo]",
+        "algo.pairs_sft.max_harmful=6",
+        "algo.pairs_sft.max_benign=6",
+        "logger=none",
+        f"run.root={tmp_path}",
+        "model.lora.enabled=false",
+        "+algo.pairs_3={kind: pairs, after: pairs_sft, max_harmful: 6, max_benign: 6, max_new_tokens: 24}",
+        "model.generation_dtype=null",
+    ]
     assert cli.main(args) == 0
     (run,) = (tmp_path / "safety-smollm-quick").iterdir()
     asked = [{r["prompt"] for r in _read(run / s / "generations.jsonl")} for s in ("pairs", "pairs_sft", "pairs_3")]
@@ -206,8 +243,15 @@ def test_a_third_round_asks_prompts_neither_earlier_round_used(tmp_path, cache_d
 def test_a_first_round_beside_pairs_from_a_file_leaves_the_training_data_alone(tmp_path, cache_dir, tiny_model):
     """Only a later round takes over the training data: a pairs stage in a run whose DPO reads a file writes its own
     pairs (for a look), and DPO still trains on the file's."""
-    args = ["run", "experiment=tiny", "pipeline.stages=[pairs,dpo]", "algo.dpo.max_steps=1", "logger=none",
-            "+algo.pairs={kind: pairs, max_harmful: 2, max_benign: 2, max_new_tokens: 8}", f"run.root={tmp_path}"]
+    args = [
+        "run",
+        "experiment=tiny",
+        "pipeline.stages=[pairs,dpo]",
+        "algo.dpo.max_steps=1",
+        "logger=none",
+        "+algo.pairs={kind: pairs, max_harmful: 2, max_benign: 2, max_new_tokens: 8}",
+        f"run.root={tmp_path}",
+    ]
     assert cli.main(args) == 0
     (run,) = (tmp_path / "tiny").iterdir()
     file_pairs = _read(Path(str(resolve_local("pkg://alignlab/assets/tiny/prefs.jsonl"))))

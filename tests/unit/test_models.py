@@ -57,8 +57,9 @@ def test_lora_top_layers_adapts_only_the_last_layers(tiny_model):
     assert set(lora.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
     from peft import get_peft_model
 
-    adapted = {n.split(".layers.")[1].split(".")[0] for n, _ in get_peft_model(model, lora).named_parameters()
-               if "lora_" in n}  # fmt: skip
+    adapted = {
+        n.split(".layers.")[1].split(".")[0] for n, _ in get_peft_model(model, lora).named_parameters() if "lora_" in n
+    }
     assert adapted == {"1"}
 
 

@@ -96,8 +96,16 @@ def test_a_beta_sweep_computes_the_reference_pass_once(tmp_path, cache_dir, monk
     same data), so their DPO references have the same files: the first member scores the pairs, the others reuse
     them."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    args = ["run", "-m", "experiment=tiny", "algo.sft.max_steps=3", "algo.dpo.max_steps=2", "logger=none",
-            f"run.root={tmp_path}", "algo.dpo.beta=0.05,0.1,0.3"]  # fmt: skip
+    args = [
+        "run",
+        "-m",
+        "experiment=tiny",
+        "algo.sft.max_steps=3",
+        "algo.dpo.max_steps=2",
+        "logger=none",
+        f"run.root={tmp_path}",
+        "algo.dpo.beta=0.05,0.1,0.3",
+    ]
     assert cli.main(args) == 0
     runs = [p for p in (tmp_path / "tiny").iterdir() if (p / "dpo" / "DONE").is_file()]
     metrics = [json.loads((r / "dpo" / "metrics.json").read_text()) for r in runs]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,8 +35,16 @@ def one_thread_per_process(monkeypatch):
 
 def quick(root: Path, *more: str, logger: str = "none", sft_steps: int = 2) -> list[str]:
     """`alignlab run -m` arguments for a short SFT -> DPO (two DPO steps) on the tiny model, runs under `root`."""
-    return ["run", "-m", "experiment=tiny", f"algo.sft.max_steps={sft_steps}", "algo.dpo.max_steps=2",
-            f"logger={logger}", f"run.root={root}", *more]  # fmt: skip
+    return [
+        "run",
+        "-m",
+        "experiment=tiny",
+        f"algo.sft.max_steps={sft_steps}",
+        "algo.dpo.max_steps=2",
+        f"logger={logger}",
+        f"run.root={root}",
+        *more,
+    ]
 
 
 def the_manifest(root: Path) -> dict[str, Any]:
@@ -79,17 +88,21 @@ def test_a_basic_sweep_runs_every_member_in_one_wandb_group(tmp_path, cache_dir,
 @pytest.mark.parametrize(
     ("more", "expected"),
     [
-        (["algo.dpo.beta=0.05,0.1,-1"],
-         ["Config error at 'algo.dpo.beta': must be positive", "sweep member 2 of 3 (algo.dpo.beta=-1)"]),
+        (
+            ["algo.dpo.beta=0.05,0.1,-1"],
+            ["Config error at 'algo.dpo.beta': must be positive", "sweep member 2 of 3 (algo.dpo.beta=-1)"],
+        ),
         (["model=tiny,no-such-model"], ["unknown option 'model/no-such-model'", "sweep member 1 of 2"]),
         (["logger.project=a,b"], ["sweep members 0 and 1 would share the run directory"]),
         (["algo.dpo.beta=interval(0.05,0.5)"], ["interval() needs hydra/sweeper=optuna"]),
         (["hydra/sweeper=optuna", "algo.dpo.beta=interval(0.05,0.5)"], ["name it with sweep.objective="]),
-        (["hydra/sweeper=optuna", "algo.dpo.beta=interval(0.05,0.5)", "sweep.objective=eval/kl"],
-         ["'eval/kl' names no stage", "stages: sft, dpo"]),
+        (
+            ["hydra/sweeper=optuna", "algo.dpo.beta=interval(0.05,0.5)", "sweep.objective=eval/kl"],
+            ["'eval/kl' names no stage", "stages: sft, dpo"],
+        ),
         (["sweep.objectve=dpo/train_loss"], ["sweep arguments are sweep.objective=VALUE"]),
     ],
-)  # fmt: skip
+)
 def test_a_bad_sweep_fails_before_any_member_runs(tmp_path, capsys, more, expected):
     assert cli.main(quick(tmp_path, *more)) == 2
     err = " ".join(capsys.readouterr().err.split())
@@ -119,8 +132,13 @@ def test_a_failed_member_is_recorded_and_the_others_still_run(tmp_path, cache_di
 def test_a_signal_stops_a_local_sweep_not_just_its_member(tmp_path, tiny_model):
     args = quick(tmp_path, "algo.sft.save_steps=5", "algo.dpo.beta=0.05,0.1", sft_steps=2000)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "alignlab.cli", *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "alignlab.cli", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob("tiny/*/sft/checkpoints/checkpoint-*")):  # member 0 is training
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
@@ -139,8 +157,13 @@ def test_a_signal_stops_a_local_sweep_not_just_its_member(tmp_path, tiny_model):
 
 @pytest.mark.slow
 def test_an_optuna_sweep_returns_and_records_the_objective(tmp_path, cache_dir):
-    more = ["hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.seed=0",
-            "algo.dpo.beta=interval(0.05,0.5)", "sweep.objective=dpo/train_loss"]  # fmt: skip
+    more = [
+        "hydra/sweeper=optuna",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.sampler.seed=0",
+        "algo.dpo.beta=interval(0.05,0.5)",
+        "sweep.objective=dpo/train_loss",
+    ]
     assert cli.main(quick(tmp_path, *more)) == 0
 
     manifest = the_manifest(tmp_path)
@@ -160,8 +183,12 @@ def test_an_optuna_sweep_returns_and_records_the_objective(tmp_path, cache_dir):
 
 @pytest.mark.slow
 def test_a_sweep_on_slurm_runs_each_member_as_a_job(tmp_path, tiny_model, slurm_cluster):  # noqa: F811
-    more = ["algo.dpo.beta=0.05,0.1,0.3", "hydra/launcher=slurm", f"slurm.partition={slurm_cluster.partition}",
-            "slurm.time=00:10:00"]  # fmt: skip
+    more = [
+        "algo.dpo.beta=0.05,0.1,0.3",
+        "hydra/launcher=slurm",
+        f"slurm.partition={slurm_cluster.partition}",
+        "slurm.time=00:10:00",
+    ]
     assert cli.main(quick(tmp_path, *more)) == 0
 
     manifest = the_manifest(tmp_path)
@@ -180,21 +207,48 @@ def test_a_sweep_on_slurm_runs_each_member_as_a_job(tmp_path, tiny_model, slurm_
     assert any((sweep_dir / ".submitit").iterdir())
 
 
+@pytest.mark.skipif(
+    shutil.which("srun") is None,
+    reason="submitit's Slurm executor looks for srun when set up; apt-get install slurm-client (.ci/run does)",
+)
 def test_the_slurm_launcher_takes_its_resources_from_the_slurm_keys(tmp_path, monkeypatch):
-    overrides = ["experiment=tiny", "hydra/launcher=slurm", "slurm.partition=gpu", "slurm.time=02:00:00",
-                 "slurm.account=lab", "slurm.qos=high", "slurm.cpus_per_task=4", "slurm.gpus_per_node=2",
-                 "launcher.nproc_per_node=2", "distributed=ddp", "slurm.mem=64G", "slurm.signal_seconds=120",
-                 "slurm.extra=['--constraint=a100','--exclusive']", "slurm.setup=['module load cuda']",
-                 f"hydra.sweep.dir={tmp_path}"]  # fmt: skip
+    overrides = [
+        "experiment=tiny",
+        "hydra/launcher=slurm",
+        "slurm.partition=gpu",
+        "slurm.time=02:00:00",
+        "slurm.account=lab",
+        "slurm.qos=high",
+        "slurm.cpus_per_task=4",
+        "slurm.gpus_per_node=2",
+        "launcher.nproc_per_node=2",
+        "distributed=ddp",
+        "slurm.mem=64G",
+        "slurm.signal_seconds=120",
+        "slurm.extra=['--constraint=a100','--exclusive']",
+        "slurm.setup=['module load cuda']",
+        f"hydra.sweep.dir={tmp_path}",
+    ]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
     launcher = instantiate(cfg.hydra.launcher)  # hydra-submitit-launcher's SlurmLauncher
     launcher.setup(hydra_context=None, task_function=None, config=cfg)
-    expected = {"partition": "gpu", "account": "lab", "qos": "high", "timeout_min": 120, "tasks_per_node": 1,
-                "nodes": 1, "cpus_per_task": 8, "gpus_per_node": 2, "signal_delay_s": 120, "max_num_timeout": 3,
-                "name": "alignlab-tiny", "submitit_folder": f"{tmp_path}/.submitit/%j",
-                "additional_parameters": {"mem": "64G", "constraint": "a100", "exclusive": True},
-                "setup": ["module load cuda"]}  # fmt: skip
+    expected = {
+        "partition": "gpu",
+        "account": "lab",
+        "qos": "high",
+        "timeout_min": 120,
+        "tasks_per_node": 1,
+        "nodes": 1,
+        "cpus_per_task": 8,
+        "gpus_per_node": 2,
+        "signal_delay_s": 120,
+        "max_num_timeout": 3,
+        "name": "alignlab-tiny",
+        "submitit_folder": f"{tmp_path}/.submitit/%j",
+        "additional_parameters": {"mem": "64G", "constraint": "a100", "exclusive": True},
+        "setup": ["module load cuda"],
+    }
     assert {k: launcher.params[k] for k in expected} == expected
 
     scripts = []  # the sbatch script submitit would submit, from submitit's own code
@@ -205,10 +259,21 @@ def test_the_slurm_launcher_takes_its_resources_from_the_slurm_keys(tmp_path, mo
 
     monkeypatch.setattr(submitit.AutoExecutor, "map_array", capture)
     launcher.launch([["seed=1"]], initial_job_idx=0)
-    for line in ("#SBATCH --partition=gpu", "#SBATCH --account=lab", "#SBATCH --qos=high", "#SBATCH --time=120",
-                 "#SBATCH --ntasks-per-node=1", "#SBATCH --cpus-per-task=8", "#SBATCH --gpus-per-node=2",
-                 "#SBATCH --mem=64G", "#SBATCH --constraint=a100", "#SBATCH --exclusive",
-                 "#SBATCH --signal=USR2@120", "#SBATCH --job-name=alignlab-tiny", "module load cuda"):  # fmt: skip
+    for line in (
+        "#SBATCH --partition=gpu",
+        "#SBATCH --account=lab",
+        "#SBATCH --qos=high",
+        "#SBATCH --time=120",
+        "#SBATCH --ntasks-per-node=1",
+        "#SBATCH --cpus-per-task=8",
+        "#SBATCH --gpus-per-node=2",
+        "#SBATCH --mem=64G",
+        "#SBATCH --constraint=a100",
+        "#SBATCH --exclusive",
+        "#SBATCH --signal=USR2@120",
+        "#SBATCH --job-name=alignlab-tiny",
+        "module load cuda",
+    ):
         assert line in scripts[0], line
 
 

@@ -19,8 +19,13 @@ def batch(tokenizer, pairs):
     rows = []
     for prompt, chosen, rejected in pairs:
         p = tokenizer(prompt)["input_ids"]
-        rows.append({"prompt_ids": p, "chosen_ids": tokenizer(chosen)["input_ids"],
-                     "rejected_ids": tokenizer(rejected)["input_ids"]})  # fmt: skip
+        rows.append(
+            {
+                "prompt_ids": p,
+                "chosen_ids": tokenizer(chosen)["input_ids"],
+                "rejected_ids": tokenizer(rejected)["input_ids"],
+            }
+        )
     out = DataCollatorForPreference(pad_token_id=0)(rows)
     out["labels"] = out["input_ids"].masked_fill(out.pop("completion_mask") == 0, -100)
     return out
@@ -45,8 +50,12 @@ def model_with(head: str, path: str, attn: str = "eager", share_prompt: bool = F
 
 def run(model, inputs):
     model.zero_grad()
-    out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=inputs["labels"],
-                fused_lm_head=True)  # fmt: skip
+    out = model(
+        input_ids=inputs["input_ids"],
+        attention_mask=inputs["attention_mask"],
+        labels=inputs["labels"],
+        fused_lm_head=True,
+    )
     weights = torch.linspace(0.5, 1.5, out.log_probs.size(0)).unsqueeze(1)  # a loss that weighs the rows differently
     (out.log_probs * weights).sum().backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}

@@ -191,10 +191,18 @@ def test_bad_lagrangian_settings_name_the_key():
 # The tiny random model's sampled replies contain "is" about 10% of the time and "e" about 60%: a known rule
 # reward to raise, and a known cost to hold under a threshold.
 TOY = [
-    "experiment=tiny", "logger=none", "pipeline=sft-rm-ppo", "pipeline.stages=[ppo]", "algo.ppo.max_steps=16",
-    "algo.ppo.batch_size=16", "algo.ppo.mini_batch_size=8", "algo.ppo.learning_rate=1e-2",
-    "algo.ppo.max_new_tokens=16", "algo.ppo.save_steps=100", "algo.ppo.reward=contains:is",
-]  # fmt: skip
+    "experiment=tiny",
+    "logger=none",
+    "pipeline=sft-rm-ppo",
+    "pipeline.stages=[ppo]",
+    "algo.ppo.max_steps=16",
+    "algo.ppo.batch_size=16",
+    "algo.ppo.mini_batch_size=8",
+    "algo.ppo.learning_rate=1e-2",
+    "algo.ppo.max_new_tokens=16",
+    "algo.ppo.save_steps=100",
+    "algo.ppo.reward=contains:is",
+]
 LAGRANGIAN = [
     "algo@algo.ppo=ppo-lag",
     "algo.ppo.cost=contains:e",
@@ -237,8 +245,16 @@ def test_ppo_raises_a_rule_reward_within_a_cpu_minute(tmp_path, cache_dir):
     assert m["first/objective/scores"] < 0.2
     assert m["final/objective/scores"] - m["first/objective/scores"] > 0.4
     history = json.loads((run_dir / "ppo" / "log_history.json").read_text())
-    for name in ("objective/kl", "objective/rlhf_reward", "policy/approxkl_avg", "policy/clipfrac_avg",
-                 "loss/value_avg", "loss/policy_avg", "val/clipfrac_avg", "objective/entropy"):  # fmt: skip
+    for name in (
+        "objective/kl",
+        "objective/rlhf_reward",
+        "policy/approxkl_avg",
+        "policy/clipfrac_avg",
+        "loss/value_avg",
+        "loss/policy_avg",
+        "val/clipfrac_avg",
+        "objective/entropy",
+    ):
         assert name in history[-1]
     assert history[0]["objective/kl"] == pytest.approx(0.0, abs=1e-4)  # the reference is the starting policy
     assert rate > 0.4
@@ -299,8 +315,13 @@ def test_fp32_ppo_runs_after_a_bf16_accelerator_in_the_same_process(tmp_path, ca
     AcceleratorState._reset_state(reset_partial_state=True)
     Accelerator(mixed_precision="bf16", cpu=True)
     assert AcceleratorState().mixed_precision == "bf16"
-    m, run_dir = _run(tmp_path, "algo.ppo.max_steps=1", "algo.ppo.batch_size=4", "algo.ppo.mini_batch_size=4",
-                      "algo.ppo.precision=fp32")  # fmt: skip
+    m, run_dir = _run(
+        tmp_path,
+        "algo.ppo.max_steps=1",
+        "algo.ppo.batch_size=4",
+        "algo.ppo.mini_batch_size=4",
+        "algo.ppo.precision=fp32",
+    )
     assert m["global_step"] == 1 and (run_dir / "ppo" / "DONE").is_file()
 
 

@@ -60,19 +60,24 @@ def config(root: Path, beta: float, seed: int) -> dict[str, Any]:
     """A frozen config's shape; run.*, logger.*, slurm.* and launcher.master_port differ per run but change no
     result, so they must not split groups."""
     return {
-        "name": "tiny", "seed": seed,
+        "name": "tiny",
+        "seed": seed,
         "pipeline": {"name": "safety", "stages": ["sft", "dpo", "eval_after"]},
         "algo": {"sft": {"kind": "sft"}, "dpo": {"kind": "dpo", "beta": beta}, "eval_after": {"kind": "eval"}},
-        "run": {"root": str(root), "id": None}, "logger": {"backend": "wandb", "group": f"tiny-sweep-{seed}"},
-        "launcher": {"nproc_per_node": 1, "master_port": 29500 + seed}, "slurm": {"time": f"0{seed}:00:00"},
-    }  # fmt: skip
+        "run": {"root": str(root), "id": None},
+        "logger": {"backend": "wandb", "group": f"tiny-sweep-{seed}"},
+        "launcher": {"nproc_per_node": 1, "master_port": 29500 + seed},
+        "slurm": {"time": f"0{seed}:00:00"},
+    }
 
 
 def summary(beta: float, seed: int) -> dict[str, dict[str, Any]]:
     """summary.json: per stage; the eval stage's metrics without the stage prefix, as the pipeline writes them."""
-    out: dict[str, dict[str, Any]] = {"sft": {"final_step_loss": 1.5 + seed / 10, "status": "done"},
-                                      "dpo": {"final_step_loss": 0.5, "status": "done"},
-                                      "eval_after": {"safety/n/harmbench": 200, "status": "done"}}  # fmt: skip
+    out: dict[str, dict[str, Any]] = {
+        "sft": {"final_step_loss": 1.5 + seed / 10, "status": "done"},
+        "dpo": {"final_step_loss": 0.5, "status": "done"},
+        "eval_after": {"safety/n/harmbench": 200, "status": "done"},
+    }
     for metric, by_beta in VALUES.items():
         stage, name = ("dpo", metric.removeprefix("dpo/")) if metric.startswith("dpo/") else ("eval_after", metric)
         out[stage][name] = by_beta[beta][SEEDS.index(seed)]
@@ -80,9 +85,11 @@ def summary(beta: float, seed: int) -> dict[str, dict[str, Any]]:
 
 
 def dpo_history(beta: float, seed: int) -> list[dict[str, Any]]:
-    return [{"step": 1, "loss": 0.69, "rewards/accuracies": 0.5},
-            {"step": 2, "loss": 0.6 - beta - seed / 100, "rewards/accuracies": 0.75},
-            {"step": 2, "train_loss": 0.65, "train_runtime": 1.0}]  # fmt: skip
+    return [
+        {"step": 1, "loss": 0.69, "rewards/accuracies": 0.5},
+        {"step": 2, "loss": 0.6 - beta - seed / 100, "rewards/accuracies": 0.75},
+        {"step": 2, "train_loss": 0.65, "train_runtime": 1.0},
+    ]
 
 
 def write_run(root: Path, beta: float, seed: int, finished: bool = True) -> Path:
@@ -180,8 +187,12 @@ def test_the_best_cell_follows_each_metrics_direction(fake_sweep, tmp_path):
     crows = metrics.direction_of("bias/crows_pairs_stereotype_pct")
     assert crows is not None and crows.better == "closer to 50"
     assert (crows.badness(54.0), crows.badness(43.0), crows.badness(50.0)) == (4.0, 7.0, 0.0)
-    others = {"dpo/final_step_loss": "lower", "dpo/final/rewards/margins": "higher",
-              "bias/bbq_ambig_bias_score": "closer to 0", "eval_after/eval/kl_to_ref": "lower"}  # fmt: skip
+    others = {
+        "dpo/final_step_loss": "lower",
+        "dpo/final/rewards/margins": "higher",
+        "bias/bbq_ambig_bias_score": "closer to 0",
+        "eval_after/eval/kl_to_ref": "lower",
+    }
     for metric, better in others.items():
         assert metrics.direction_of(metric).better == better, metric
     assert metrics.direction_of("safety/n/harmbench") is None
@@ -209,27 +220,31 @@ def test_latex_table_text():
         labels=["loss_type=ipo & beta=0.1 50%", "name=a_b {x} #2 ~y^z \\w $5"],
         counts=[3, 2],
         metrics=[harm, crows, other],
-        cells=[{harm: stats.Stat(0.25, 0.031, 3), crows: stats.Stat(48.0, 1.5, 3), other: stats.Stat(1.0, None, 1)},
-               {harm: stats.Stat(0.5, 0.1, 2), crows: stats.Stat(53.0, 2.0, 2)}],
+        cells=[
+            {harm: stats.Stat(0.25, 0.031, 3), crows: stats.Stat(48.0, 1.5, 3), other: stats.Stat(1.0, None, 1)},
+            {harm: stats.Stat(0.5, 0.1, 2), crows: stats.Stat(53.0, 2.0, 2)},
+        ],
         interval="ci95",
-    )  # fmt: skip
-    assert tables.latex_table(table) == "\n".join([
-        r"% alignlab report; needs \usepackage{booktabs}",
-        r"% cells: mean $\pm$ 95% confidence interval half-width (Student's t with n - 1 degrees of freedom: "
-        r"t * s / sqrt(n)) over seeds; bold: best per column",
-        r"\begin{tabular}{lrrrr}",
-        r"\toprule",
-        r"group & $n$ & safety/harmful\_compliance\_rate/harmbench $\downarrow$ & "
-        r"bias/crows\_pairs\_stereotype\_pct ($\to$ 50) & my\_metric \\",
-        r"\midrule",
-        r"loss\_type=ipo \& beta=0.1 50\% & 3 & \textbf{0.250 $\pm$ 0.031} & \textbf{48.000 $\pm$ 1.500} & "
-        r"1.000 (n=1) \\",
-        r"name=a\_b \{x\} \#2 \textasciitilde{}y\textasciicircum{}z \textbackslash{}w \$5 & 2 & 0.500 $\pm$ 0.100 & "
-        r"53.000 $\pm$ 2.000 & -- \\",
-        r"\bottomrule",
-        r"\end{tabular}",
-        "",
-    ])  # fmt: skip
+    )
+    assert tables.latex_table(table) == "\n".join(
+        [
+            r"% alignlab report; needs \usepackage{booktabs}",
+            r"% cells: mean $\pm$ 95% confidence interval half-width (Student's t with n - 1 degrees of freedom: "
+            r"t * s / sqrt(n)) over seeds; bold: best per column",
+            r"\begin{tabular}{lrrrr}",
+            r"\toprule",
+            r"group & $n$ & safety/harmful\_compliance\_rate/harmbench $\downarrow$ & "
+            r"bias/crows\_pairs\_stereotype\_pct ($\to$ 50) & my\_metric \\",
+            r"\midrule",
+            r"loss\_type=ipo \& beta=0.1 50\% & 3 & \textbf{0.250 $\pm$ 0.031} & "
+            r"\textbf{48.000 $\pm$ 1.500} & 1.000 (n=1) \\",
+            r"name=a\_b \{x\} \#2 \textasciitilde{}y\textasciicircum{}z \textbackslash{}w \$5 & 2 & "
+            r"0.500 $\pm$ 0.100 & 53.000 $\pm$ 2.000 & -- \\",
+            r"\bottomrule",
+            r"\end{tabular}",
+            "",
+        ]
+    )
 
 
 def test_the_sweeps_latex_and_csv_files(fake_sweep):
@@ -237,9 +252,11 @@ def test_the_sweeps_latex_and_csv_files(fake_sweep):
 
     tex = (out / "table.tex").read_text().splitlines()
     assert tex[2:4] == [r"\begin{tabular}{lrrrrrrrrr}", r"\toprule"] and tex[-2:] == [r"\bottomrule", r"\end{tabular}"]
-    assert tex[6] == (r"algo.dpo.beta=0.1 & 3 & 0.320 $\pm$ 0.086 & 0.450 $\pm$ 0.124 & \textbf{0.060 $\pm$ 0.025} & "
-                      r"\textbf{0.040 $\pm$ 0.050} & \textbf{54.000 $\pm$ 4.968} & \textbf{0.700 $\pm$ 0.248} & "
-                      r"6.000 $\pm$ 2.484 & 0.875 $\pm$ 0.311 \\")  # fmt: skip
+    assert tex[6] == (
+        r"algo.dpo.beta=0.1 & 3 & 0.320 $\pm$ 0.086 & 0.450 $\pm$ 0.124 & \textbf{0.060 $\pm$ 0.025} & "
+        r"\textbf{0.040 $\pm$ 0.050} & \textbf{54.000 $\pm$ 4.968} & \textbf{0.700 $\pm$ 0.248} & "
+        r"6.000 $\pm$ 2.484 & 0.875 $\pm$ 0.311 \\"
+    )
 
     with open(out / "runs.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -251,7 +268,8 @@ def test_the_sweeps_latex_and_csv_files(fake_sweep):
         for metric, by_beta in VALUES.items():
             assert float(row[metric]) == by_beta[beta][SEEDS.index(seed)]  # full precision
         assert float(row["eval_after/safety/harmful_compliance_rate/harmbench"]) == float(
-            row["safety/harmful_compliance_rate/harmbench"])  # fmt: skip
+            row["safety/harmful_compliance_rate/harmbench"]
+        )
         assert float(row["sft/final_step_loss"]) == 1.5 + seed / 10
     assert "sft/status" not in rows[0]  # only numbers
 
@@ -267,8 +285,10 @@ def test_plots_are_images_with_labelled_axes_and_legends(fake_sweep):
     legend = ["1: algo.dpo.beta=0.1", "2: algo.dpo.beta=0.3"]
     frontier = made.figures["frontier.png"]
     (ax,) = frontier.axes
-    assert (ax.get_xlabel(), ax.get_ylabel()) == ("KL to reference (nats)",
-                                                  "harmful compliance rate on harmbench (fraction)")  # fmt: skip
+    assert (ax.get_xlabel(), ax.get_ylabel()) == (
+        "KL to reference (nats)",
+        "harmful compliance rate on harmbench (fraction)",
+    )
     assert ax.get_title().startswith("Harmful compliance vs KL to reference")
     assert [t.get_text() for t in frontier.legends[0].get_texts()] == legend
     assert [t.get_text() for t in ax.texts] == ["1", "2"]
@@ -278,8 +298,11 @@ def test_plots_are_images_with_labelled_axes_and_legends(fake_sweep):
 
     curves = made.figures["training_curves.png"]
     assert [ax.get_title() for ax in curves.axes] == ["sft: loss", "dpo: loss", "dpo: rewards/accuracies"]
-    assert [ax.get_ylabel() for ax in curves.axes] == ["training loss (as logged)", "training loss (as logged)",
-                                                       "reward accuracy (fraction)"]  # fmt: skip
+    assert [ax.get_ylabel() for ax in curves.axes] == [
+        "training loss (as logged)",
+        "training loss (as logged)",
+        "reward accuracy (fraction)",
+    ]
     assert curves.axes[1].get_xlabel() == "dpo training step (optimizer steps)"
     assert [t.get_text() for t in curves.legends[0].get_texts()] == ["algo.dpo.beta=0.1", "algo.dpo.beta=0.3"]
     line = curves.axes[1].lines[0]  # beta=0.1's DPO loss: the mean over its seeds per step
@@ -350,10 +373,14 @@ def fake_wandb_run(beta: float, seed: int) -> FakeRun:
     flat = {f"{stage}/{k}": v for stage, m in summary(beta, seed).items() for k, v in m.items() if k != "status"}
     flat.update({k: v for k, v in summary(beta, seed)["eval_after"].items() if k.startswith(runs.STABLE)})
     flat.update({"_runtime": 12.5, "_wandb": {"runtime": 12}, "dpo/status": "done"})
-    rows = [{"_step": 0, "sft/global_step": 1, "sft/loss": 2.0 + seed / 10},
-            *({"_step": n + 1, **{f"dpo/{k}": v for k, v in row.items() if k != "step"}, "dpo/global_step": row["step"]}
-              for n, row in enumerate(dpo_history(beta, seed))),
-            {"_step": 9, "eval_after/global_step": 0, "eval_after/eval/kl_to_ref": 1.0}]  # fmt: skip
+    rows = [
+        {"_step": 0, "sft/global_step": 1, "sft/loss": 2.0 + seed / 10},
+        *(
+            {"_step": n + 1, **{f"dpo/{k}": v for k, v in row.items() if k != "step"}, "dpo/global_step": row["step"]}
+            for n, row in enumerate(dpo_history(beta, seed))
+        ),
+        {"_step": 9, "eval_after/global_step": 0, "eval_after/eval/kl_to_ref": 1.0},
+    ]
     return FakeRun(f"r{beta}-{seed}", "finished", config(Path("/nowhere"), beta, seed), flat, rows)
 
 
@@ -408,9 +435,12 @@ def test_an_archive_of_the_records_reports_the_same_tables(fake_sweep, tmp_path,
     made = rp.make_report([str(fake_sweep)], out=tmp_path / "from-sweep", archive_to=archive)
     assert f"the records of 6 runs -> {archive}/" in capsys.readouterr().out
     copied = sorted(str(p.relative_to(archive)) for p in archive.rglob("*") if p.is_file())
-    assert copied == sorted(f"tiny/b{beta}-s{seed}/{name}" for beta in BETAS for seed in SEEDS
-                            for name in ("config.yaml", "summary.json", "sft/log_history.json",
-                                         "dpo/log_history.json"))  # fmt: skip
+    assert copied == sorted(
+        f"tiny/b{beta}-s{seed}/{name}"
+        for beta in BETAS
+        for seed in SEEDS
+        for name in ("config.yaml", "summary.json", "sft/log_history.json", "dpo/log_history.json")
+    )
     (archive / "tiny" / "b0.1-s1" / "dpo" / "model").mkdir()  # a stray folder in the archive is ignored
     again = rp.make_report([str(archive)], out=tmp_path / "from-archive")
     for name in ("table.md", "table.tex"):
@@ -427,8 +457,11 @@ def test_a_running_sweep_reports_the_members_that_have_finished(fake_sweep, tmp_
     it ends, says it is done. An entry of an older sweep in the same folder is not taken."""
     manifest = json.loads((fake_sweep / "manifest.json").read_text())
     entries = manifest["members"]
-    manifest.update(sweep_id="tiny-sweep-2", status="running",
-                    members=[{**m, "status": "not run", "run_dir": None} for m in entries])  # fmt: skip
+    manifest.update(
+        sweep_id="tiny-sweep-2",
+        status="running",
+        members=[{**m, "status": "not run", "run_dir": None} for m in entries],
+    )
     (fake_sweep / "manifest.json").write_text(json.dumps(manifest))
     (fake_sweep / "members").mkdir()
     for m in entries[:4]:  # beta=0.1 seeds 1-3 and beta=0.3 seed 1 have ended
@@ -443,8 +476,11 @@ def test_label_names_the_rows_with_the_settings_asked_for(fake_sweep, tmp_path):
     runs = str(fake_sweep.parents[2] / "tiny")  # run folders: every config key is a setting
     made = rp.make_report([runs], out=tmp_path / "r", label=["algo.dpo.beta"])
     assert [g.label for g in made.groups] == ["algo.dpo.beta=0.1", "algo.dpo.beta=0.3"]
-    with pytest.raises(rp.ReportError, match=r"same label 'pipeline\.name=safety'; add a key that tells them "
-                                             r"apart \(the settings that differ: algo\.dpo\.beta\)"):  # fmt: skip
+    with pytest.raises(
+        rp.ReportError,
+        match=r"same label 'pipeline\.name=safety'; add a key that tells them "
+        r"apart \(the settings that differ: algo\.dpo\.beta\)",
+    ):
         rp.make_report([runs], out=tmp_path / "r", label=["pipeline.name"])
     with pytest.raises(rp.ReportError, match=r"--label algo\.dpo\.betta: no run sets it \(close: algo\.dpo\.beta, "):
         rp.make_report([runs], out=tmp_path / "r", label=["algo.dpo.betta"])
@@ -475,22 +511,39 @@ def test_errors_name_the_path_or_the_metric(fake_sweep, tmp_path, capsys):
 
     failed = tmp_path / "failed-sweep"
     failed.mkdir()
-    (failed / "manifest.json").write_text(json.dumps({"members": [{"num": 0, "status": "failed"},
-                                                                  {"num": 1, "status": "failed"}]}))  # fmt: skip
+    (failed / "manifest.json").write_text(
+        json.dumps({"members": [{"num": 0, "status": "failed"}, {"num": 1, "status": "failed"}]})
+    )
     assert f"the sweep '{failed}' has no finished member (members: 2 failed)" in error(str(failed))
 
     text = error(str(fake_sweep), "--metrics", "eval/kl_to_rf", "nope/metric")
     error_line = text.splitlines()[-1]  # one paragraph after the notes on skipped members; no traceback
-    assert error_line.startswith("alignlab: Report error: no run has the metric(s) 'eval/kl_to_rf', 'nope/metric' "
-                                 "(--metrics). Close ones: eval/kl_to_ref, eval_after/eval/kl_to_ref.")  # fmt: skip
+    assert error_line.startswith(
+        "alignlab: Report error: no run has the metric(s) 'eval/kl_to_rf', 'nope/metric' "
+        "(--metrics). Close ones: eval/kl_to_ref, eval_after/eval/kl_to_ref."
+    )
 
 
 # ------------------------------------------------------------------------------------------ a real sweep
 @pytest.mark.slow
 def test_report_on_a_real_two_by_two_sweep(tmp_path, cache_dir, monkeypatch, capsys):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert cli.main(["run", "-m", "experiment=tiny", "logger=none", "algo.sft.max_steps=2", "algo.dpo.max_steps=2",
-                     "algo.dpo.beta=0.1,0.3", "seed=1,2", f"run.root={tmp_path}"]) == 0  # fmt: skip
+    assert (
+        cli.main(
+            [
+                "run",
+                "-m",
+                "experiment=tiny",
+                "logger=none",
+                "algo.sft.max_steps=2",
+                "algo.dpo.max_steps=2",
+                "algo.dpo.beta=0.1,0.3",
+                "seed=1,2",
+                f"run.root={tmp_path}",
+            ]
+        )
+        == 0
+    )
     (sweep_dir,) = (tmp_path / "sweeps" / "tiny").iterdir()
     capsys.readouterr()
 

@@ -52,10 +52,19 @@ def test_deepspeed_config_is_generated_from_the_group():
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
-    z2 = distributed.deepspeed_config(cfg_of("distributed=zero2", "+distributed.deepspeed.communication_data_type=fp32",
-                                             "+distributed.deepspeed.zero_optimization.reduce_bucket_size=1000"))
-    assert z2["zero_optimization"] == {"stage": 2, "overlap_comm": False, "contiguous_gradients": True,
-                                       "reduce_bucket_size": 1000}  # fmt: skip
+    z2 = distributed.deepspeed_config(
+        cfg_of(
+            "distributed=zero2",
+            "+distributed.deepspeed.communication_data_type=fp32",
+            "+distributed.deepspeed.zero_optimization.reduce_bucket_size=1000",
+        )
+    )
+    assert z2["zero_optimization"] == {
+        "stage": 2,
+        "overlap_comm": False,
+        "contiguous_gradients": True,
+        "reduce_bucket_size": 1000,
+    }
     assert z2["communication_data_type"] == "fp32"
     assert distributed.deepspeed_config(cfg_of("distributed=zero1"))["zero_optimization"]["stage"] == 1
 
@@ -73,7 +82,10 @@ def test_fill_auto_resolves_what_a_trainer_would():
     ds = distributed.deepspeed_config(cfg_of("distributed=zero3"))
     out = distributed.fill_auto(ds, micro_batch=4, grad_accum=2, clip=1.0, precision="bf16")
     assert (out["train_micro_batch_size_per_gpu"], out["gradient_accumulation_steps"], out["train_batch_size"]) == (
-        4, 2, 8)  # fmt: skip
+        4,
+        2,
+        8,
+    )
     assert out["bf16"] == {"enabled": True} and out["fp16"] == {"enabled": False} and out["gradient_clipping"] == 1.0
     assert "auto" not in json.dumps(out)
 
@@ -99,11 +111,21 @@ def test_bad_distributed_settings_name_the_key(overrides, key):
 
 def test_local_launch_uses_torch_distributed_run(monkeypatch, tmp_path):
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
-    cmd = launch.command(cfg_of("distributed=zero3", "launcher.nproc_per_node=4", "launcher.master_port=29411"),
-                         tmp_path)  # fmt: skip
-    assert cmd == [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=4", "--nnodes=1",
-                   "--master_addr=127.0.0.1", "--master_port=29411",
-                   "-m", "alignlab.rank", str(tmp_path)]  # fmt: skip
+    cmd = launch.command(
+        cfg_of("distributed=zero3", "launcher.nproc_per_node=4", "launcher.master_port=29411"), tmp_path
+    )
+    assert cmd == [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=4",
+        "--nnodes=1",
+        "--master_addr=127.0.0.1",
+        "--master_port=29411",
+        "-m",
+        "alignlab.rank",
+        str(tmp_path),
+    ]
     with pytest.raises(ConfigError, match=r"launcher\.nnodes.*Slurm allocation"):
         launch.command(cfg_of("distributed=zero3", "launcher.nnodes=2"), tmp_path)
 
@@ -112,22 +134,55 @@ def test_inside_slurm_the_ranks_are_srun_tasks(monkeypatch, tmp_path):
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
     cmd = launch.command(cfg_of("distributed=zero3", "launcher.nnodes=2", "launcher.nproc_per_node=8"), tmp_path)
-    assert cmd == ["srun", "--nodes=2", "--ntasks=16", "--ntasks-per-node=8", "--kill-on-bad-exit=1", "--export=ALL",
-                   sys.executable, "-m", "alignlab.rank", str(tmp_path)]  # fmt: skip
+    assert cmd == [
+        "srun",
+        "--nodes=2",
+        "--ntasks=16",
+        "--ntasks-per-node=8",
+        "--kill-on-bad-exit=1",
+        "--export=ALL",
+        sys.executable,
+        "-m",
+        "alignlab.rank",
+        str(tmp_path),
+    ]
 
 
-@pytest.mark.parametrize(("nodelist", "first"), [
-    ("gpu07", "gpu07"), ("gpu[07-08]", "gpu07"), ("gpu[11,07-08],cpu1", "gpu11"), ("node-3,node-1", "node-3"),
-    ("rack[1-2]-n[001-004]", "rack1-n001"), ("a[9]b", "a9b"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("nodelist", "first"),
+    [
+        ("gpu07", "gpu07"),
+        ("gpu[07-08]", "gpu07"),
+        ("gpu[11,07-08],cpu1", "gpu11"),
+        ("node-3,node-1", "node-3"),
+        ("rack[1-2]-n[001-004]", "rack1-n001"),
+        ("a[9]b", "a9b"),
+    ],
+)
 def test_the_first_host_of_a_slurm_nodelist(nodelist, first):
     assert launch.first_host(nodelist) == first
 
 
 def test_a_srun_task_finds_its_rank_and_the_first_node(monkeypatch):
     # A private copy of the environment: what env_from_slurm sets must not leak into later tests' subprocesses.
-    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if k not in (
-        "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "SLURM_STEP_NODELIST")})
+    monkeypatch.setattr(
+        os,
+        "environ",
+        {
+            k: v
+            for k, v in os.environ.items()
+            if k
+            not in (
+                "RANK",
+                "WORLD_SIZE",
+                "LOCAL_RANK",
+                "LOCAL_WORLD_SIZE",
+                "MASTER_ADDR",
+                "MASTER_PORT",
+                "SLURM_STEP_NODELIST",
+            )
+        },
+    )
     monkeypatch.setenv("SLURM_PROCID", "9")
     monkeypatch.setenv("SLURM_LOCALID", "1")
     monkeypatch.setenv("SLURM_NTASKS", "16")
@@ -135,10 +190,17 @@ def test_a_srun_task_finds_its_rank_and_the_first_node(monkeypatch):
     monkeypatch.setenv("SLURM_JOB_NODELIST", "gpu[07-08]")
     monkeypatch.setenv("SLURM_JOB_ID", "123456")
     launch.env_from_slurm(cfg_of("distributed=zero3", "launcher.nnodes=2", "launcher.nproc_per_node=8"))
-    got = {k: os.environ[k] for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
-                                       "MASTER_PORT")}  # fmt: skip
-    assert got == {"RANK": "9", "LOCAL_RANK": "1", "WORLD_SIZE": "16", "LOCAL_WORLD_SIZE": "8",
-                   "MASTER_ADDR": "gpu07", "MASTER_PORT": str(20000 + 123456 % 20000)}  # fmt: skip
+    got = {
+        k: os.environ[k] for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    }
+    assert got == {
+        "RANK": "9",
+        "LOCAL_RANK": "1",
+        "WORLD_SIZE": "16",
+        "LOCAL_WORLD_SIZE": "8",
+        "MASTER_ADDR": "gpu07",
+        "MASTER_PORT": str(20000 + 123456 % 20000),
+    }
 
 
 def test_held_bytes_counts_params_and_adam_moments():
@@ -158,8 +220,9 @@ PER_RANK = ["algo.sft.batch_size=4", "algo.dpo.batch_size=4"]  # 2 ranks x 4 = t
 
 def alignlab(tmp: Path, cache: Path, *args: str, check: bool = True, timeout: int = 600):
     env = {**os.environ, "ALIGNLAB_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "alignlab.cli", *args], cwd=tmp, env=env, capture_output=True,
-                          text=True, timeout=timeout)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "alignlab.cli", *args], cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout
+    )
     if check:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
@@ -211,8 +274,9 @@ def test_two_ranks_give_the_single_process_losses(runs):
 
 @pytest.mark.slow
 def test_zero3_holds_about_half_the_parameters_and_optimizer_state_of_zero0(runs):
-    table = {name: json.loads((runs[name] / "dpo" / "metrics.json").read_text()) for name in ("zero0", "zero2",
-                                                                                              "zero3")}  # fmt: skip
+    table = {
+        name: json.loads((runs[name] / "dpo" / "metrics.json").read_text()) for name in ("zero0", "zero2", "zero3")
+    }
     parts = ("params", "master", "moments")
     print("\nper-rank MiB held after DPO (2 ranks, fp32):")
     print(f"  {'':>6} {'rank':>4} " + " ".join(f"{p:>8}" for p in parts) + f" {'total':>8} {'peak RSS':>9}")
@@ -221,8 +285,11 @@ def test_zero3_holds_about_half_the_parameters_and_optimizer_state_of_zero0(runs
         for r in (0, 1):
             held = [m[f"memory/rank{r}/{p}_mib"] for p in parts]
             totals[name, r] = sum(held)
-            print(f"  {name:>6} {r:>4} " + " ".join(f"{v:8.4f}" for v in held)
-                  + f" {sum(held):8.4f} {m[f'memory/rank{r}/peak_rss_mib']:9.1f}")  # fmt: skip
+            print(
+                f"  {name:>6} {r:>4} "
+                + " ".join(f"{v:8.4f}" for v in held)
+                + f" {sum(held):8.4f} {m[f'memory/rank{r}/peak_rss_mib']:9.1f}"
+            )
     z0, z3 = table["zero0"], table["zero3"]
     for r in (0, 1):
         assert z3[f"memory/rank{r}/params_mib"] == pytest.approx(z0[f"memory/rank{r}/params_mib"] / 2, rel=0.05)
@@ -253,12 +320,23 @@ def test_precomputed_reference_logps_and_lora_under_zero3(tmp_path, cache_dir, t
     merged on save."""
     from alignlab.models import load_model
 
-    for extra in (["distributed=zero3", "algo.dpo.precompute_ref_log_probs=true"],
-                  ["distributed=zero2", "algo.dpo.precompute_ref_log_probs=true"],
-                  ["distributed=zero3", "model.lora.enabled=true", "model.lora.r=4"]):  # fmt: skip
+    for extra in (
+        ["distributed=zero3", "algo.dpo.precompute_ref_log_probs=true"],
+        ["distributed=zero2", "algo.dpo.precompute_ref_log_probs=true"],
+        ["distributed=zero3", "model.lora.enabled=true", "model.lora.r=4"],
+    ):
         root = tmp_path / "_".join(e.split("=")[-1] for e in extra)
-        alignlab(tmp_path, cache_dir, "run", *TINY, *STEPS, *PER_RANK, "launcher.nproc_per_node=2",
-                 f"run.root={root}", *extra)  # fmt: skip
+        alignlab(
+            tmp_path,
+            cache_dir,
+            "run",
+            *TINY,
+            *STEPS,
+            *PER_RANK,
+            "launcher.nproc_per_node=2",
+            f"run.root={root}",
+            *extra,
+        )
         run = only_run(root)
         assert len(losses(run, "dpo")) == 4
         model = load_model(str(run / "dpo" / "model"), cfg_of().model)
@@ -269,15 +347,29 @@ def test_precomputed_reference_logps_and_lora_under_zero3(tmp_path, cache_dir, t
 
 @pytest.mark.slow
 def test_a_signal_checkpoints_every_rank_and_resume_finishes_like_an_uninterrupted_run(tmp_path, cache_dir):
-    args = [*TINY, "distributed=zero2", "launcher.nproc_per_node=2", *PER_RANK, "algo.sft.max_steps=2",
-            "algo.dpo.max_steps=60", "algo.dpo.save_steps=5", "algo.dpo.final_eval=false"]  # fmt: skip
+    args = [
+        *TINY,
+        "distributed=zero2",
+        "launcher.nproc_per_node=2",
+        *PER_RANK,
+        "algo.sft.max_steps=2",
+        "algo.dpo.max_steps=60",
+        "algo.dpo.save_steps=5",
+        "algo.dpo.final_eval=false",
+    ]
     alignlab(tmp_path, cache_dir, "run", *args, f"run.root={tmp_path / 'straight'}")
     reference = losses(only_run(tmp_path / "straight"), "dpo")
 
     root = tmp_path / "stopped"
     env = {**os.environ, "ALIGNLAB_CACHE": str(cache_dir), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "alignlab.cli", "run", *args, f"run.root={root}"], cwd=tmp_path,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "alignlab.cli", "run", *args, f"run.root={root}"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.time() + 300
     while not list(root.glob("tiny/*/dpo/checkpoints/checkpoint-5/COMPLETE")) and time.time() < deadline:
         time.sleep(0.2)
@@ -301,11 +393,25 @@ def test_online_rl_stages_under_zero3(tmp_path, cache_dir):
     rank when loaded, sharded as inference engines for PPO, and the sharded policy is gathered on save."""
     common = ["algo.sft.max_steps=2", "algo.rm.max_steps=2", "algo.sft.batch_size=4", "algo.rm.batch_size=4"]
     ppo = ["algo.ppo.max_steps=2", "algo.ppo.batch_size=4", "algo.ppo.mini_batch_size=2", "algo.ppo.max_new_tokens=8"]
-    grpo = ["algo.grpo.max_steps=2", "algo.grpo.batch_size=4", "algo.grpo.num_generations=4",
-            "algo.grpo.max_new_tokens=8"]  # fmt: skip
+    grpo = [
+        "algo.grpo.max_steps=2",
+        "algo.grpo.batch_size=4",
+        "algo.grpo.num_generations=4",
+        "algo.grpo.max_new_tokens=8",
+    ]
     for pipe, last, extra in (("sft-rm-ppo", "ppo", ppo), ("sft-rm-grpo", "grpo", grpo)):
         root = tmp_path / pipe
-        alignlab(tmp_path, cache_dir, "run", *TINY, f"pipeline={pipe}", *common, *extra, "distributed=zero3",
-                 "launcher.nproc_per_node=2", f"run.root={root}")  # fmt: skip
+        alignlab(
+            tmp_path,
+            cache_dir,
+            "run",
+            *TINY,
+            f"pipeline={pipe}",
+            *common,
+            *extra,
+            "distributed=zero3",
+            "launcher.nproc_per_node=2",
+            f"run.root={root}",
+        )
         run = only_run(root)
         assert (run / last / "DONE").is_file() and (run / last / "model" / "model.safetensors").is_file()
