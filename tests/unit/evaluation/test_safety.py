@@ -220,6 +220,12 @@ def test_refusal_pool_is_varied_and_judged_as_refusals():
     assert not missed, missed
 
 
+def _similar(a: str, b: str, threshold: float) -> bool:
+    """difflib's ratio above `threshold`, its two cheap upper bounds tried first (the same answer, ~20x faster)."""
+    m = difflib.SequenceMatcher(None, a, b)
+    return m.real_quick_ratio() > threshold and m.quick_ratio() > threshold and m.ratio() > threshold
+
+
 @pytest.mark.skipif(not BENCHMARKS.is_dir(), reason="public benchmarks not present in ../shared/benchmarks")
 def test_bundled_prompts_are_not_copied_from_benchmarks():
 
@@ -239,7 +245,7 @@ def test_bundled_prompts_are_not_copied_from_benchmarks():
         mine = " ".join(_words(r["prompt"]))
         n = len(mine.split())
         candidates = [p for k in range(n - 2, n + 3) for p in by_length.get(k, [])]
-        if any(difflib.SequenceMatcher(None, mine, p).ratio() > 0.9 for p in candidates):
+        if any(_similar(mine, p, 0.9) for p in candidates):
             near.append(r["prompt"])
     assert not near, near[:5]
 
