@@ -30,6 +30,20 @@ class RunStateError(UserError):
     """A run directory whose state conflicts with the request (changed inputs, corrupt markers)."""
 
 
+class TrainingDiverged(UserError):
+    """A loss became NaN or infinite: training stops before the step is saved, and the stage is not marked done
+    (a NaN model must never look finished). Usually a learning rate too high, or broken data or precision."""
+
+
+def diverged(stage: str, step: int, losses: dict[str, float]) -> TrainingDiverged:
+    shown = ", ".join(f"{k}={v}" for k, v in losses.items())
+    return TrainingDiverged(
+        f"Training error in stage '{stage}': the loss is no longer finite at step {step} ({shown}). Nothing of this "
+        f"step was saved and the stage is not done; its last checkpoint stays as it was. Lower "
+        f"algo.{stage}.learning_rate, check the data, or train in fp32/bf16 rather than fp16, then run again."
+    )
+
+
 class Preempted(Exception):
     """The job was signalled (SIGUSR1/SIGTERM, e.g. Slurm's warning before the time limit or a preemption) and the
     running stage saved a complete checkpoint: re-running the same run resumes from it. Not an error: exit 75."""

@@ -31,7 +31,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from alignlab import data as data_lib
-from alignlab import devices, distributed, launch, preemption
+from alignlab import devices, distributed, launch, preemption, run_state
 from alignlab.artifacts import atomic_write_json, atomic_write_text, is_done, mark_done
 from alignlab.config import POLICY_KINDS, TRAINING_KINDS, validate
 from alignlab.console import Console
@@ -218,9 +218,7 @@ def record_run(prep: Prepared, commit: str | None = None) -> None:
     d = prep.run_dir
     d.mkdir(parents=True, exist_ok=True)
     commit = commit or _git_commit(Path(__file__).parent)
-    snapshot = redact(OmegaConf.to_container(prep.cfg, resolve=True))
-    if not (d / "config.yaml").is_file():
-        atomic_write_text(d / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(snapshot)))
+    run_state.record_config(d, OmegaConf.to_yaml(OmegaConf.create(snapshot(prep.cfg))))
     if not (d / "run_info.json").is_file():
         atomic_write_json(
             d / "run_info.json",
@@ -235,7 +233,8 @@ def record_run(prep: Prepared, commit: str | None = None) -> None:
                 "data": [r.summary() for r in prep.reports],
             },
         )
-    atomic_write_json(d / "inputs.json", prep.fingerprints)
+    if not (d / "inputs.json").is_file():  # what the run started from; later starts are checked against it
+        atomic_write_json(d / "inputs.json", prep.fingerprints)
     with open(d / "attempts.jsonl", "a", encoding="utf-8") as f:
         done = [s for s in prep.cfg.pipeline.stages if is_done(d / s)]
         now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -243,11 +242,18 @@ def record_run(prep: Prepared, commit: str | None = None) -> None:
         f.write(json.dumps(attempt) + "\n")
 
 
+def snapshot(cfg: DictConfig) -> dict[str, Any]:
+    """The config as the run folder records it: resolved, secrets redacted."""
+    return redact(OmegaConf.to_container(cfg, resolve=True))
+
+
 def freeze(cfg: DictConfig) -> Prepared:
     """Validate everything and write the run directory (frozen config, run info) without training: what a Slurm
     submission does before `sbatch`, so the job reads the config composed here."""
     prep = prepare(cfg)
-    record_run(prep)
+    run_state.check_same_config(prep.run_dir, snapshot(cfg))
+    with run_state.locked(prep.run_dir):
+        record_run(prep)
     return prep
 
 
@@ -259,6 +265,7 @@ def load_frozen(run_dir: str | Path) -> DictConfig:
             f"Run error: '{path}' does not exist; `alignlab resume` needs a run directory "
             "written by `alignlab run` or `alignlab slurm submit` (runs/<name>/<id>)."
         )
+    run_state.check_frozen_unedited(Path(run_dir))
     try:
         cfg = OmegaConf.load(path)
     except Exception as exc:  # yaml and OmegaConf raise several types for a damaged file
@@ -276,17 +283,20 @@ def run(cfg: DictConfig, console: Any = None, run_dir: Path | None = None) -> di
     (launcher.nproc_per_node x launcher.nnodes) this process freezes the run and starts them (launch.py)."""
     console = console or Console()
     prep = prepare(cfg, run_dir)
+    if run_dir is None:  # composed anew (`alignlab run`), not read from the run's own frozen file
+        run_state.check_same_config(prep.run_dir, snapshot(cfg))
     console.header(prep)
     commit = _git_commit(Path(__file__).parent)
     changed = code_changed(prep.run_dir, list(cfg.pipeline.stages), commit)
     if changed:
         console.warning(changed)
-    record_run(prep, commit)
-    if distributed.planned_world_size(cfg) > 1:
-        launch.spawn(cfg, prep.run_dir)  # rank 0 prints the summary
-        return json.loads((prep.run_dir / "summary.json").read_text())
-    with preemption.handled():
-        return execute(prep, console)
+    with run_state.locked(prep.run_dir):
+        record_run(prep, commit)
+        if distributed.planned_world_size(cfg) > 1:
+            launch.spawn(cfg, prep.run_dir)  # rank 0 prints the summary
+            return json.loads((prep.run_dir / "summary.json").read_text())
+        with preemption.handled():
+            return execute(prep, console)
 
 
 def execute(prep: Prepared, console: Any = None) -> dict[str, Any]:

@@ -179,3 +179,27 @@ def test_lora_sft_dpo_saves_merged_models(tmp_path, cache_dir):
         model = run / stage / "model"
         assert (model / "model.safetensors").is_file() and not (model / "adapter_config.json").exists()
     assert "lora" not in "".join(load_file(run / "dpo" / "model" / "model.safetensors"))
+
+
+def test_a_run_folder_keeps_its_config_and_refuses_another(tmp_path, cache_dir):
+    """A fixed run.id started again with other settings is refused (it used to skip as done and rewrite
+    inputs.json); an edited frozen config is refused on resume. Nothing of the first run changes."""
+    short = ["run.id=fixed", "algo.sft.max_steps=2", "algo.dpo.max_steps=2"]
+    alignlab(tmp_path, cache_dir, *short)
+    run = tmp_path / "runs" / "tiny" / "fixed"
+    before = {p: p.read_bytes() for p in (run / "config.yaml", run / "inputs.json", run / "dpo" / "metrics.json")}
+    env = {**os.environ, "ALIGNLAB_CACHE": str(cache_dir)}
+    base = [sys.executable, "-m", "alignlab.cli"]
+    again = subprocess.run(
+        [*base, "run", "experiment=tiny", f"run.root={tmp_path / 'runs'}", *short, "algo.dpo.beta=0.3"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 2 and "exists with a different config (algo.dpo.beta: 0.1 -> 0.3" in again.stderr
+    assert {p: p.read_bytes() for p in before} == before
+    (run / "config.yaml").write_text((run / "config.yaml").read_text().replace("seed: 42", "seed: 43"))
+    resumed = subprocess.run([*base, "resume", str(run)], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert resumed.returncode == 2 and "was edited after the run started" in resumed.stderr, resumed.stderr[-2000:]

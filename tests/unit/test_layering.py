@@ -24,6 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "alignlab.errors",
             "alignlab.artifacts",
             "alignlab.safe_load",
+            "alignlab.run_state",
             "alignlab.console",
             "alignlab.devices",
             "alignlab.generation",

@@ -31,6 +31,7 @@ from transformers import get_scheduler
 from alignlab import distributed, preemption
 from alignlab.artifacts import COMPLETE, atomic_write_json, atomic_write_text, last_complete_checkpoint
 from alignlab.data import unique_prompts
+from alignlab.errors import diverged
 from alignlab.rl import ppo_core as core
 from alignlab.rl.actor_critic import build_actor_critic, save_policy
 from alignlab.rl.experience import cost_metrics, ppo_epochs, rollout_metrics, summarize, targets
@@ -146,6 +147,9 @@ class PPORecipe:
         t = targets(r, a, self.kl_ctl.value, multiplier)
         metrics = rollout_metrics(r, t, self.kl_ctl.value)
         metrics.update(ppo_epochs(self.ac, self.optimizer, self.scheduler, acc, r, t, a, self.generator))
+        bad = {k: v for k, v in metrics.items() if k.startswith("loss/") and not math.isfinite(v)}
+        if bad:  # before the checkpoint of this iteration is written
+            raise diverged(ctx.name, it + 1, bad)
         self.kl_ctl.update(self._all_ranks_mean(metrics["objective/kl"]), a.batch_size * acc.num_processes)
         if self.lagrange is not None:
             metrics.update(cost_metrics(r, a.cost_threshold))

@@ -5,16 +5,17 @@ preemption, W&B, evaluation every N steps), and each rank's memory afterwards.""
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import Trainer
-from transformers.trainer_callback import ProgressCallback
+from transformers.trainer_callback import ProgressCallback, TrainerCallback
 
 from alignlab import devices, distributed, preemption
 from alignlab.artifacts import CompleteMarker, atomic_write_json, last_complete_checkpoint
-from alignlab.errors import ConfigError
+from alignlab.errors import ConfigError, diverged
 from alignlab.evaluation.callback import EvalCallback
 from alignlab.safe_load import verify_checkpoint
 from alignlab.tracking import StageLogger
@@ -122,6 +123,20 @@ def dpo_precomputes(a: DictConfig) -> bool:
     return (not a.sync_ref_model) if flag == "auto" else bool(flag)
 
 
+class FiniteLoss(TrainerCallback):
+    """Stops training when a logged loss is NaN or infinite. The Trainer logs a step before it saves it, so the
+    diverged weights never reach a checkpoint or `model/` (a NaN model marked DONE would look finished)."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        bad = {k: v for k, v in (logs or {}).items() if "loss" in k and isinstance(v, float) and not math.isfinite(v)}
+        if bad:
+            raise diverged(self.stage, state.global_step, bad)
+        return control
+
+
 class QuietProgress(ProgressCallback):
     """Progress bars without a printed dict per logging step: curves go to W&B and log_history.json."""
 
@@ -138,6 +153,7 @@ def train(trainer: Trainer, ctx: StageContext) -> dict[str, Any]:
     stop = preemption.PreemptionCallback()
     trainer.add_callback(stop)
     trainer.add_callback(StageLogger(ctx.tracker, ctx.name))
+    trainer.add_callback(FiniteLoss(ctx.name))
     if ctx.algo.eval_every:
         trainer.add_callback(eval_callback(ctx))
     resume = last_complete_checkpoint(ctx.checkpoint_dir)
