@@ -97,19 +97,23 @@ def _data_cases(tmp: Path) -> list[tuple[list[str], str]]:
     return cases
 
 
-def test_corpus_of_bad_inputs(tmp_path, capsys, cache_dir):
+DATA_CASES = 11  # len(_data_cases(...)): each case its own test, so that pytest-xdist spreads them
+
+
+@pytest.mark.parametrize("case", range(len(CONFIGS) + DATA_CASES))
+def test_corpus_of_bad_inputs(case, tmp_path, capsys, cache_dir):
+    data_cases = _data_cases(tmp_path)
+    assert len(data_cases) == DATA_CASES
+    overrides, where = (CONFIGS + data_cases)[case]
     runs = tmp_path / "runs"
-    cases = [(o, w) for o, w in CONFIGS] + _data_cases(tmp_path)
-    assert len(cases) >= 20
-    for overrides, where in cases:
-        code = main(["run", "experiment=tiny", f"run.root={runs}", "logger=none", *overrides])
-        err = capsys.readouterr().err
-        messages = [line for line in err.splitlines() if line.startswith("alignlab: ")]
-        assert code == 2, (overrides, err)
-        assert len(messages) == 1 and where in messages[0], f"{where!r} not named in: {err}"
-        assert "Traceback" not in err, err
-        written = [p for p in runs.rglob("*") if p.is_file()] if runs.exists() else []
-        assert all(p.name == "error.log" for p in written), written
+    code = main(["run", "experiment=tiny", f"run.root={runs}", "logger=none", *overrides])
+    err = capsys.readouterr().err
+    messages = [line for line in err.splitlines() if line.startswith("alignlab: ")]
+    assert code == 2, (overrides, err)
+    assert len(messages) == 1 and where in messages[0], f"{where!r} not named in: {err}"
+    assert "Traceback" not in err, err
+    written = [p for p in runs.rglob("*") if p.is_file()] if runs.exists() else []
+    assert all(p.name == "error.log" for p in written), written
 
 
 @pytest.mark.parametrize(

@@ -55,22 +55,25 @@ def test_the_first_start_defines_the_run(tmp_path):
 
 
 def test_a_second_process_cannot_take_a_held_lock(tmp_path):
+    """Another process holding the lock as `locked` does (an exclusive flock, its identity in the file)."""
     code = (
-        "import sys, time; from pathlib import Path; from alignlab import run_state\n"
-        "with run_state.locked(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(30)\n"
+        "import fcntl, json, os, socket, sys, time\n"
+        "f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX)\n"
+        "f.write(json.dumps({'host': socket.gethostname(), 'pid': os.getpid(), 'since': 'now'})); f.flush()\n"
+        "print('held', flush=True); time.sleep(30)\n"
     )
-    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    lock = tmp_path / run_state.LOCK
+    holder = subprocess.Popen([sys.executable, "-c", code, str(lock)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RunStateError) as err, run_state.locked(tmp_path):
             pass
-        assert f"pid {holder.pid}" in str(err.value) and "cannot train twice at once" in str(err.value)
+        assert f"pid {holder.pid} on" in str(err.value) and "cannot train twice at once" in str(err.value)
     finally:
         holder.kill()
         holder.wait()
     with run_state.locked(tmp_path):  # the kernel dropped the dead holder's lock: taken over
-        info = json.loads((tmp_path / run_state.LOCK).read_text())
-        assert info["pid"] == os.getpid()
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
 
 
 def test_a_lock_left_by_a_killed_process_is_taken_over_with_a_note(tmp_path, capsys):
