@@ -32,18 +32,39 @@ ANSWERS = [
 
 
 def tiny_cfg():
-    return probe.feature_model_config(OmegaConf.create({"name": "tiny", "source": "tiny", "tiny": {
-        "hidden_size": 64, "num_layers": 2, "num_heads": 4, "intermediate_size": 128, "vocab_size": 384,
-        "max_position_embeddings": 512, "seed": 0}}))  # fmt: skip
+    return probe.feature_model_config(
+        OmegaConf.create(
+            {
+                "name": "tiny",
+                "source": "tiny",
+                "tiny": {
+                    "hidden_size": 64,
+                    "num_layers": 2,
+                    "num_heads": 4,
+                    "intermediate_size": 128,
+                    "vocab_size": 384,
+                    "max_position_embeddings": 512,
+                    "seed": 0,
+                },
+            }
+        )
+    )
 
 
 def label_row(i: int, source: str, kind: str, reply: str, refused: bool) -> dict:
     """A valid row of a label file (LABELING.md's schema)."""
     harmful = kind == "harmful"
-    return {"id": f"{source}-{i:04d}", "source": source, "prompt_kind": kind, "prompt": f"Question {i}?",
-            "reply": reply, "refusal": "full" if refused else "none",
-            "harmful_content": ("no" if refused or i % 2 else "yes") if harmful else None,
-            "task": None if harmful else ("refusal" if refused else "helpful"), "note": ""}  # fmt: skip
+    return {
+        "id": f"{source}-{i:04d}",
+        "source": source,
+        "prompt_kind": kind,
+        "prompt": f"Question {i}?",
+        "reply": reply,
+        "refusal": "full" if refused else "none",
+        "harmful_content": ("no" if refused or i % 2 else "yes") if harmful else None,
+        "task": None if harmful else ("refusal" if refused else "helpful"),
+        "note": "",
+    }
 
 
 def label_file(path: Path, source: str) -> Path:
@@ -81,8 +102,9 @@ def test_heads_are_cached_and_refitted_when_a_label_file_changes(cache_dir, tmp_
     judge = fit()
     assert any("fitting" in s and "no usable cache" in s for s in said)
     assert set(judge.heads) == {"refusal", "harmful_content", "helpful"}
-    verdicts = judge.refused(["Q?"] * 2, [REFUSALS[0], ANSWERS[0]])
-    assert len(verdicts) == 2 and all(isinstance(v, bool) for v in verdicts)
+    verdicts = judge.harmful(["Q?"] * 2, [REFUSALS[0], ANSWERS[0]]) + judge.helpful(["Q?"], [ANSWERS[1]])
+    assert len(verdicts) == 3 and all(isinstance(v, bool) for v in verdicts)
+    assert judge.refused(["Q?"], [REFUSALS[0]]) == [True]  # the probe's verdict or the rules': here the rules'
 
     said.clear()
     again = fit()
@@ -107,8 +129,11 @@ def test_a_bad_label_file_fails_with_the_loaders_error(cache_dir, tmp_path):
 
 
 def test_leave_one_source_out_never_scores_a_row_with_a_head_that_saw_it():
-    examples = [Example(source, f"{source}-{i}", "Q?", "A.", refusal=bool(i % 2), helpful=None if j else bool(i % 3))
-                for j, source in enumerate(("s1", "s2", "s3")) for i in range(10)]  # fmt: skip
+    examples = [
+        Example(source, f"{source}-{i}", "Q?", "A.", refusal=bool(i % 2), helpful=None if j else bool(i % 3))
+        for j, source in enumerate(("s1", "s2", "s3"))
+        for i in range(10)
+    ]
     x = torch.randn(len(examples), 4, generator=torch.Generator().manual_seed(0))
     predicted, folds = probe.leave_one_source_out(examples, x, "refusal")
     assert [f.held_out for f in folds] == ["s1", "s2", "s3"]
