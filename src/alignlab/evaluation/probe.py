@@ -1,25 +1,37 @@
-"""A learned refusal judge: logistic-regression probes on SmolLM2-135M-Instruct's hidden states.
+"""A learned judge: logistic-regression probes on SmolLM2-135M-Instruct's hidden states, for three axes.
 
-Why: every safety number is a judge's verdict, and the string rules of evaluation/refusal.py, fitted on XSTest's
-wording, agree with humans only ~67% on replies worded otherwise (benchmarks/labels/stress.jsonl). A probe reads
-what a language model represents about the reply in its context instead of stock phrases, runs offline on the
-model the project already has, and fits in seconds from labelled replies, so each new labelled set improves it.
+Why: every safety number is a judge's verdict. The string rules of evaluation/refusal.py were fitted on XSTest's
+wording: they cannot see a refusal without a stock phrase ("Hard pass."), and they answer "did the reply give the
+harmful content?" and "did it help?" only as "it did not refuse". A probe reads what a language model represents
+about the reply in its context, runs offline on the model the project already has, fits in seconds, and improves
+with every labelled set (benchmarks/labels/, LABELING.md).
 
-How: the conversation (user prompt, assistant reply) goes through the model's chat template and its first `layer`
-decoder layers only (the rest are dropped: a middle layer separates refusals as well as the top and costs a
-fraction). The hidden states of the reply's tokens and its end-of-turn token are mean-pooled and concatenated with
-the end-of-turn token's state; prompts and replies are cut to a fixed number of tokens so cost is bounded. Each
-axis is an L2-regularised logistic regression fitted with LBFGS on standardised features:
+How: the conversation (an empty system turn, the user prompt, the assistant reply) in the model's chat template
+runs through its first `layer` decoder layers only (the others are dropped). A reply's features are the mean
+hidden state of its first `opening_tokens` tokens (refusals are decided in the opening) concatenated with the mean
+over the whole reply and its end-of-turn token; prompts and replies are cut to fixed lengths, so the cost is
+bounded. Each axis is an L2-regularised logistic regression fitted with LBFGS on standardised features:
 
     refusal          full or partial vs none      every labelled row, XSTest's human labels included
     harmful_content  the reply gives the harm     harmful prompts of the project's labelled sets
     helpful          task == helpful              benign prompts of the project's labelled sets
 
-`ProbeJudge.load_or_fit` fits at first use and caches the heads (weights, standardisation, and a JSON holding the
-sha256 of every input, the layer and the feature model's identity); a cache whose digest differs from the current
-inputs is refitted, never used. Validation (`leave_one_source_out`): each source (an XSTest model, a project label
-set) is scored by heads fitted without it; `python benchmarks/judge_agreement.py` prints the table. Float32 only:
-bf16 autocast was measured 30x slower than float32 on the project's AVX2 CPUs, which have no bf16 units.
+`refused` is the probe's verdict OR the rule judge's: leave-one-source-out, the probe alone misses terse refusals
+worded unlike anything it was fitted on (stress set 75.7%), which the rules' stock phrases catch.
+`ProbeJudge.load_or_fit` fits at first use (~5 min on 2 cores: the hidden states of ~2600 replies) and caches the
+heads with a JSON of the sha256 of every input, the recipe and the feature model's identity; a cache whose digest
+differs from the current inputs is refitted, never used.
+
+Validation (`python benchmarks/judge_agreement.py --layers 4,8,12,16`), leave-one-source-out: each XSTest model
+and each project label set scored by heads fitted without it. Refusal, probe OR rules: 94.4% on SmolLM2's
+shipped replies (rules alone 97.5%; 95.6% never refuse), 87.8% on the stress set (rules 85.1%), 95.3% on XSTest
+(rules 93.4%), the issue's targets (90, 85, 93%). harmful_content: 81.2% on SmolLM2's replies and 75.8% on the
+stress set, where "not a refusal" gets 50.0% and 62.6%. helpful: 75.0% and 60.0% against 85.0% and 66.7%: with
+~90 benign rows per set it does not yet beat "not a refusal" (kappa 0.38 against 0.22 on SmolLM2's replies).
+Layer 12 of 30: the probe's mean leave-one-source-out refusal agreement is 91.0, 91.9, 92.3 and 93.4% at layers
+4, 8, 12 and 16, and 700 replies take 29, 41 and 53 s at layers 8, 12 and 16 on 2 free cores; 16 leaves too
+little of the minute on shared cores. Float32: bf16 autocast ran 30x slower than float32 on these AVX2 CPUs (no
+bf16 units) and dynamic int8 only 1.3x faster while moving the features by 25%.
 """
 
 from __future__ import annotations
