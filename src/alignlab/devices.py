@@ -5,6 +5,9 @@ activation (gradient) checkpointing, and the attention kernel used while trainin
   bf16; a CPU with AVX512-BF16 or AMX, where bf16 matrix products ran 3.7x faster than fp32 here: 781 against 212
   GFLOP/s), fp16 on older GPUs, else fp32; but fp32 for full fine-tuning at learning rates too small for bf16 to
   resolve (BF16_MIN_FULL_FINETUNE_LR).
+- generation dtype `auto`: bfloat16 for generation and scoring where the device has bf16 units, else the weights'
+  own dtype: on a CPU without them (AVX2 only) bf16 is emulated, and the default's 126 bundled harmful prompts took
+  over ten minutes in bf16 where fp32 needs about one.
 - gradient checkpointing `auto`: on only where the stage's estimated peak memory without it would not fit in what
   the device has free; recomputing activations costs a third more compute for memory a small model does not need.
 - the CPU allocator: glibc returns every freed block over 32 MiB (its largest mmap threshold) to the kernel and
@@ -68,6 +71,16 @@ def resolve_precision(
     if bf16_native(device):
         return "bf16"
     return "fp16" if device.type == "cuda" else "fp32"
+
+
+def resolve_generation_dtype(requested: str | None, weights_dtype: str, device: torch.device | None = None) -> str:
+    """The dtype a model that only generates or scores is loaded in: `auto` picks bfloat16 where the device has bf16
+    units, else `weights_dtype` (also what None means); any other value is kept."""
+    if requested is None:
+        return weights_dtype
+    if requested != "auto":
+        return requested
+    return "bfloat16" if bf16_native(device or training_device()) else weights_dtype
 
 
 def resolve_attention(requested: str, model_default: str, device: torch.device | None = None) -> str:

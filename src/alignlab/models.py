@@ -18,6 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from alignlab.devices import resolve_generation_dtype
 from alignlab.errors import ModelError
 
 # ChatML, as used by SmolLM2 / Qwen: given to tokenizers that ship without a chat template.
@@ -245,8 +246,8 @@ def load_model(
     """The causal LM at `path` with the configured dtype (`model.generation_dtype` when it only generates/scores)
     and attention (`model.attn_implementation`, unless a training stage asks for another)."""
     dtype = model_cfg.dtype
-    if for_generation and model_cfg.get("generation_dtype"):
-        dtype = model_cfg.generation_dtype
+    if for_generation:
+        dtype = resolve_generation_dtype(model_cfg.get("generation_dtype"), dtype)
     attn = attn_implementation or model_cfg.attn_implementation
     if (Path(path) / "adapter_config.json").is_file():
         return _load_adapter(path, model_cfg, dtype, attn)

@@ -69,6 +69,17 @@ def test_generation_dtype_applies_to_generation_only(tiny_model):
     assert next(load_model(tiny_model, cfg, for_generation=True).parameters()).dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("native, expected", [(True, torch.bfloat16), (False, torch.float32)])
+def test_auto_generation_dtype_follows_the_bf16_units(tiny_model, monkeypatch, native, expected):
+    """A CPU without bf16 units emulates bf16 many times slower than fp32, so `auto` keeps the weights' dtype there."""
+    import alignlab.devices as devices
+
+    monkeypatch.setattr(devices, "bf16_native", lambda device: native)
+    cfg = model_cfg(source="tiny", generation_dtype="auto")
+    assert next(load_model(tiny_model, cfg, for_generation=True).parameters()).dtype == expected
+    assert next(load_model(tiny_model, cfg).parameters()).dtype == torch.float32
+
+
 def test_missing_wheel_version_is_a_clear_error(tmp_path, monkeypatch):
     import alignlab.models as models
 

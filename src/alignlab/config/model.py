@@ -87,8 +87,9 @@ class ModelConfig:
         default=None,
         metadata={
             "help": "dtype for generation and scoring (evaluation, on-policy pairs, KL); None: `dtype`. bfloat16 "
-            "halves generation time on CPUs with bf16 matrix units; the before and after evaluations of a run always "
-            "use the same one.",
+            "halves generation time on CPUs with bf16 matrix units and is emulated, many times slower, on CPUs "
+            "without them; auto: bfloat16 where the device has bf16 units, else `dtype` (devices.py). The before and "
+            "after evaluations of a run always use the same one.",
             "choices": Dtype,
         },
     )
