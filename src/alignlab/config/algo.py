@@ -205,6 +205,23 @@ class PairsStageConfig:
     )
     max_harmful: int | None = field(default=None, metadata={"help": "Harmful prompts asked; None: all of them."})
     max_benign: int | None = field(default=None, metadata={"help": "Benign prompts asked; None: all of them."})
+    specific_refusals: bool = field(
+        default=False,
+        metadata={
+            "help": "The chosen refusal to a harmful prompt comes from its own category's refusals only (they name "
+            "what is declined and why, and redirect to a matching safe resource), never from the generic ones "
+            "(category any), which stay the rejected replies of benign pairs: a model trained to say stock refusal "
+            "sentences is reported to say them to benign prompts too."
+        },
+    )
+    ches_drop: float = field(
+        default=0.0,
+        metadata={
+            "help": "Fraction of this round's safety pairs, those with the highest length-normalised CHES (chosen and "
+            "rejected alike in the model's hidden states), dropped before training: such pairs make DPO lower the "
+            "chosen reply's likelihood too (evaluation/ches.py). In [0, 1)."
+        },
+    )
     max_new_tokens: int = field(default=64, metadata={"help": "Longest reply generated."})
     batch_size: int = field(default=64, metadata={"help": "Prompts generated at once."})
     benign_resamples: int = field(
@@ -267,11 +284,20 @@ def dpo_loss_types(a: DictConfig) -> list[str]:
 
 
 def check_stage(a: DictConfig, key: str, cfg: DictConfig) -> None:
-    """A training stage's settings (`key` is algo.<stage>), some against the rest of the config."""
+    """A stage's settings (`key` is algo.<stage>), a training stage's some against the rest of the config."""
+    if a.kind == "pairs":
+        check_pairs(a, key)
     if a.kind not in TRAINING_KINDS:
         return
     check_train(a, key, cfg)
     _KIND_CHECKS[a.kind](a, key, cfg)
+
+
+def check_pairs(a: DictConfig, key: str) -> None:
+    for name in ("max_harmful", "max_benign"):
+        if a[name] is not None:
+            check(a[name] >= 0, f"{key}.{name}", f"must be a number of prompts (0 or more) or null, got {a[name]}.")
+    check(0 <= a.ches_drop < 1, f"{key}.ches_drop", f"a fraction of the pairs, in [0, 1), got {a.ches_drop}.")
 
 
 def check_sft(a: DictConfig, key: str, cfg: DictConfig) -> None:

@@ -84,9 +84,13 @@ def pick(options: list[str], key: str) -> str:
     return options[int(hashlib.sha256(key.encode()).hexdigest(), 16) % len(options)]
 
 
-def refusal_for(row: PromptRow, pool: dict[str, list[str]]) -> str:
-    options = pool.get(row.category, []) + pool["any"] if row.type == "harmful" else pool["any"]
-    return pick(options, row.prompt)
+def refusal_for(row: PromptRow, pool: dict[str, list[str]], specific: bool = False) -> str:
+    """A harmful prompt's refusal comes from its category's and the generic ones (`specific`: its category's alone,
+    where it has any); a benign prompt's unwarranted refusal from the generic ones."""
+    if row.type != "harmful":
+        return pick(pool["any"], row.prompt)
+    own = pool.get(row.category, [])
+    return pick(own if specific and own else own + pool["any"], row.prompt)
 
 
 def build_pairs(
@@ -95,10 +99,12 @@ def build_pairs(
     is_refusal: Callable[[str], bool],
     refusals: dict[str, list[str]],
     own_refusals: bool = False,
+    specific_refusals: bool = False,
 ) -> PairBuild:
     """`replies[i]` holds the model's attempts for `rows[i]`: the greedy reply first, then any re-samples.
     With `own_refusals`, a benign prompt the model refused greedily rejects that refusal, not a bundled one: a later
-    round's policy (after SFT on refusals) over-refuses in its own words, and DPO should push down what it says."""
+    round's policy (after SFT on refusals) over-refuses in its own words, and DPO should push down what it says.
+    `specific_refusals`: see `refusal_for`."""
     out = PairBuild()
     for row, attempts in zip(rows, replies, strict=True):
         judged = [(text, is_refusal(text)) for text in attempts]
@@ -119,7 +125,7 @@ def build_pairs(
                 out.pairs.append(
                     {
                         "prompt": user,
-                        "chosen": [_assistant(refusal_for(row, refusals))],
+                        "chosen": [_assistant(refusal_for(row, refusals, specific_refusals))],
                         "rejected": [_assistant(compliant)],
                         "chosen_safe": True,
                         "rejected_safe": False,

@@ -17,6 +17,7 @@ from typing import Any
 
 from alignlab.data import bias, mix, onpolicy
 from alignlab.errors import DataError
+from alignlab.evaluation.ches import ches_scores
 from alignlab.evaluation.refusal import is_refusal
 from alignlab.generation import generate, trim_to_sentence
 from alignlab.models import load_model
@@ -34,7 +35,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
     rows = _new_prompts(ctx, prompts, used)
     model = load_model(ctx.input_model, ctx.cfg.model, for_generation=True)
     attempts = _replies(ctx, model, rows)
-    built = onpolicy.build_pairs(rows, attempts, is_refusal, refusals, own_refusals=a.after is not None)
+    built = onpolicy.build_pairs(
+        rows, attempts, is_refusal, refusals, own_refusals=a.after is not None, specific_refusals=a.specific_refusals
+    )
+    if a.ches_drop:
+        _drop_similar_pairs(ctx, model, built)
     if ctx.cfg.data.bias is not None and a.after is None:  # template bias pairs, `ratio` per safety pair
         extra = mix.mixed_pairs(ctx.cfg.data.bias, len(built.pairs), ctx.cfg.seed)
         built.pairs.extend(extra)
@@ -99,6 +104,32 @@ def _replies(ctx: StageContext, model: Any, rows: list[onpolicy.PromptRow]) -> l
         for i, g in zip(retry, sampled):
             attempts[i].append(_clean(g))
     return attempts
+
+
+def _drop_similar_pairs(ctx: StageContext, model: Any, built: onpolicy.PairBuild) -> None:
+    """Drop the `ches_drop` fraction of the pairs whose chosen and rejected replies the model finds most alike
+    (highest CHES); every pair keeps its score (`ches`) and each dropped prompt's record says so."""
+    pairs = built.pairs
+    scores = ches_scores(
+        model,
+        ctx.tokenizer,
+        [p["prompt"] for p in pairs],
+        [p["chosen"][0]["content"] for p in pairs],
+        [p["rejected"][0]["content"] for p in pairs],
+        batch_size=ctx.algo.batch_size,
+    )
+    for pair, score in zip(pairs, scores, strict=True):
+        pair["ches"] = round(score, 4)
+    n_drop = round(len(pairs) * ctx.algo.ches_drop)
+    dropped = sorted(pairs, key=lambda p: -p["ches"])[:n_drop]
+    gone = {p["prompt"][0]["content"] for p in dropped}
+    built.pairs = [p for p in pairs if p["prompt"][0]["content"] not in gone]
+    for record in built.records:
+        if record["prompt"] in gone:
+            record["outcome"] += " (dropped: high CHES)"
+    for p in dropped:
+        built.counts[f"{p['type']}/dropped_high_ches"] += 1
+    print(f"[alignlab] {ctx.name}: dropped {n_drop} of {len(pairs)} pairs with the highest CHES")
 
 
 def _ask_bias_questions(ctx: StageContext, model: Any, built: onpolicy.PairBuild, asked: set[str]) -> None:

@@ -111,6 +111,18 @@ def test_refusal_choice_is_deterministic_and_varied():
     assert len(picks) >= 6
 
 
+def test_specific_refusals_name_the_category_and_leave_benign_rejections_generic():
+    pool = {"any": [f"Generic {i}." for i in range(10)], "drugs": ["Drugs 1.", "Drugs 2."]}
+    harmful = [onpolicy.PromptRow(f"drug question {i}", "harmful", "drugs") for i in range(30)]
+    mixed = {onpolicy.refusal_for(r, pool) for r in harmful}
+    assert mixed & set(pool["any"]) and mixed & set(pool["drugs"])  # the default draws from both
+    assert {onpolicy.refusal_for(r, pool, specific=True) for r in harmful} == set(pool["drugs"])
+    other = onpolicy.PromptRow("a harmful prompt of a category without refusals", "harmful", "fraud")
+    assert onpolicy.refusal_for(other, pool, specific=True) in pool["any"]
+    benign = onpolicy.PromptRow("How do I kill a zombie process?", "benign", "drugs")
+    assert onpolicy.refusal_for(benign, pool, specific=True) in pool["any"]
+
+
 def test_trim_to_sentence():
     assert trim_to_sentence("First point. Second point is cut off mid") == "First point."
     assert trim_to_sentence("Complete answer.") == "Complete answer."
