@@ -16,7 +16,8 @@ axis, each cell agreement with the human labels [Wilson 95% interval] and Cohen'
     harmful_content  harmful prompts of the project's label sets: rules ("not a refusal"), probe (LOSO)
     helpful          benign prompts of the project's label sets: rules ("not a refusal"), probe (LOSO)
 
-Sources are the XSTest models and the project's label sets (benchmarks/labels/*.jsonl, by their rows' `source`).
+Sources are the XSTest models and the project's label sets (src/alignlab/assets/labels/*.jsonl, by their rows'
+`source`).
 LOSO, leave-one-source-out: a learned judge (the probe of evaluation/probe.py, and the rules' family selection)
 scores each source fitted without it. "probe OR rules" is what the probe judge's `refused` returns. The rules'
 harmful_content and helpful are "not a refusal": the conflation the issue criticises, shown for comparison. Each
@@ -266,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         nargs="*",
         default=probe.default_label_files(),
-        help="project label files (default: benchmarks/labels/*.jsonl)",
+        help="project label files (default: src/alignlab/assets/labels/*.jsonl)",
     )
     parser.add_argument("--cache", type=Path, default=cache_root(), help="model, feature and probe cache")
     parser.add_argument("--no-probe", action="store_true", help="the XSTest table only")

@@ -90,8 +90,10 @@ def evaluate_models(overrides: list[str], console: Any = None) -> dict[str, dict
 
 
 def comparison_rows(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """{metric: {model: value}} for the headline metrics, in a stable order."""
-    metrics = sorted({k for m in results.values() for k in m if is_headline(k)})
+    """{metric: {model: value}} for the headline metrics, in a stable order, each safety rate followed by the same
+    rate under `eval.second_judge` (judge2/...) where there is one."""
+    keys = {k for m in results.values() for k in m if is_headline(k) or k.startswith("judge2/")}
+    metrics = sorted(keys, key=lambda k: (k.replace("judge2/", "safety/", 1), k.startswith("judge2/")))
     return {k: {spec: m[k] for spec, m in results.items() if k in m} for k in metrics}
 
 

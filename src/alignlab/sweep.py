@@ -25,7 +25,7 @@ a run directory (they differ only in run.*, logger.* or slurm.* keys, which are 
 
 Settings of the sweep itself, not of any run, are `sweep.*` arguments that `multirun` takes out of the overrides:
     sweep.objective=<stage>/<metric>   the value each member returns, a key of that stage's metrics.json, e.g.
-                                       dpo/train_loss or eval_after/safety/harmful_compliance_rate; required by
+                                       dpo/train_loss or eval_after/safety/harmful_content_rate/harmbench; required by
                                        optuna, whose direction is hydra.sweeper.direction.
 They are not alignlab config keys (so they change no run id) and not keys of `hydra.sweeper` (the optuna sweeper's
 config is a typed dataclass that rejects unknown keys); the member task carries them to wherever members run.
@@ -272,7 +272,7 @@ def plan(overrides: list[str]) -> SweepPlan:
             raise ConfigError(
                 f"Config error at 'sweep.objective': the {sweeper} sweeper optimizes a metric: name it with "
                 "sweep.objective=<stage>/<metric> (a key of that stage's metrics.json, e.g. dpo/train_loss or "
-                "eval_after/safety/harmful_compliance_rate), and hydra.sweeper.direction=minimize|maximize."
+                "eval_after/safety/harmful_content_rate/harmbench), and hydra.sweeper.direction=minimize|maximize."
             )
     _validate_members(members, parsed, objective, launcher)
 

@@ -39,26 +39,32 @@ def test_quick_default_on_real_smollm2(tmp_path, cache_dir):
     before, after = summary["eval_before"], summary["eval_after"]
     for metrics in (before, after):
         for key in (
-            "safety/harmful_compliance_rate/bundled_harmful",
+            "safety/harmful_content_rate/bundled_harmful",
+            "safety/refusal_rate/bundled_harmful",
+            "safety/evasive_rate/bundled_harmful",
             "safety/over_refusal_rate/bundled_benign",
+            "safety/helpful_rate/bundled_benign",
+            "judge2/refusal_rate/bundled_harmful",  # the rule judge beside the probe
+            "judge2/disagreement/bundled_benign",
             "eval/kl_to_ref",
         ):
             assert 0 <= metrics[key] <= (1 if "rate" in key else 1e6), key
     assert before["eval/kl_to_ref"] == 0 and after["eval/kl_to_ref"] > 0
     if BENCHMARKS.is_dir():
-        assert "safety/harmful_compliance_rate/harmbench" in after and "safety/over_refusal_rate/xstest_safe" in after
+        assert "safety/harmful_content_rate/harmbench" in after and "safety/over_refusal_rate/xstest_safe" in after
 
     report = (run_dir / "report.md").read_text()
-    assert "harmful_compliance_rate/bundled_harmful" in report and "over_refusal_rate/bundled_benign" in report
+    assert "harmful_content_rate/bundled_harmful" in report and "over_refusal_rate/bundled_benign" in report
+    assert "eval_after, rules judge" in report  # the second judge's column
     assert "eval/kl_to_ref" in report and "Examples from the final evaluation" in report
     # the default's goals, each with a verdict from this run's values
     assert "| safety/over_refusal_rate/bundled_benign | x <= 0.1 |" in report
-    assert "targets met:" in out and " of 4" in out
+    assert "targets met:" in out and " of 8" in out
 
     (wandb_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
     keys = history_keys(wandb_file)
     for key in (
-        "eval_after/safety/harmful_compliance_rate/bundled_harmful",
+        "eval_after/safety/harmful_content_rate/bundled_harmful",
         "eval_after/eval/kl_to_ref",
         "dpo/rewards/accuracies",
         "sft/loss",

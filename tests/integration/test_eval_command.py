@@ -68,7 +68,7 @@ def test_eval_compares_base_merged_and_lora_checkpoint(tmp_path, cache_dir, benc
     for key in ("eval/kl_to_ref", "bias/crows_pairs_stereotype_pct", "bias/bbq_ambig_accuracy"):
         assert adapter[key] == pytest.approx(merged[key], abs=1e-3), key
     for key in (
-        "safety/harmful_compliance_rate/bundled_harmful",
+        "safety/refusal_rate/bundled_harmful",
         "safety/over_refusal_rate/xstest_safe",
         "bias/crows_pairs_stereotype_pct",
         "bias/bbq_ambig_bias_score",

@@ -222,6 +222,14 @@ class PairsStageConfig:
             "chosen reply's likelihood too (evaluation/ches.py). In [0, 1)."
         },
     )
+    judge: str | None = field(
+        default=None,
+        metadata={
+            "help": "The key of eval.judges that decides which replies are refusals; None: the judge of the "
+            "evaluation's harmful suites (rules where there is none). A judge other than rules also counts the "
+            "prompts whose outcome the rules would have decided differently (pairs/changed_vs_rules)."
+        },
+    )
     max_new_tokens: int = field(default=64, metadata={"help": "Longest reply generated."})
     batch_size: int = field(default=64, metadata={"help": "Prompts generated at once."})
     benign_resamples: int = field(

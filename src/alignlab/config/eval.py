@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Any, Literal, Optional, get_args
 
 from omegaconf import II, MISSING, DictConfig
@@ -13,7 +14,7 @@ from alignlab.config.checks import check, choice, one_of, typed
 
 SuiteKind = Literal["refusal", "crows_pairs", "bbq", "preference"]
 Expect = Literal["refuse", "comply"]
-JudgeKind = Literal["rules", "classifier", "reward"]
+JudgeKind = Literal["rules", "classifier", "reward", "probe"]
 Verdict = Literal["refusal", "compliance"]
 SUITE_KINDS = get_args(SuiteKind)
 VERDICTS = get_args(Verdict)
@@ -50,7 +51,9 @@ class SuiteConfig:
         default=None,
         metadata={"help": "refusal: the first N prompts; other kinds: a seeded sample of N rows; None: all."},
     )
-    judge: str = field(default="rules", metadata={"help": "Refusal suites: a key of eval.judges."})
+    judge: str | None = field(
+        default=None, metadata={"help": "Refusal suites: a key of eval.judges; None: eval.judge (set in validate)."}
+    )
     split: str = field(default="train", metadata={"help": "Split of a Hub id or dataset folder."})
     where: dict[str, str] = field(
         default_factory=dict,
@@ -66,7 +69,8 @@ class JudgeConfig:
         default="rules",
         metadata={
             "help": "rules: refusal phrases; classifier: a sequence-classification model's labels; reward: a reward "
-            "or cost model's score against threshold.",
+            "or cost model's score against threshold; probe: linear probes on SmolLM2's hidden states fitted on "
+            "labelled replies (evaluation/probe.py), which also read harmful content and helpfulness.",
             "choices": JudgeKind,
         },
     )
@@ -85,8 +89,16 @@ class JudgeConfig:
     model_rules: list[str] = field(
         default_factory=lambda: ["smollm2"],
         metadata={
-            "help": "rules: the model-specific rule files (src/alignlab/assets/judges/<name>.yaml) added to the "
-            "generic rules selected on XSTest; [] for the generic rules alone (another model's replies)."
+            "help": "rules / probe: the model-specific rule files (src/alignlab/assets/judges/<name>.yaml) added to "
+            "the generic rules selected on XSTest; [] for the generic rules alone (another model's replies). The "
+            "probe's refusal verdict is its own or these rules'."
+        },
+    )
+    labels: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "probe: the labelled reply files it is fitted on (LABELING.md's format); None: the sets packaged "
+            "in src/alignlab/assets/labels/. XSTest's human labels are added from benchmarks_dir when present."
         },
     )
     threshold: float = field(default=0.0, metadata={"help": "reward: the score that separates the two verdicts."})
@@ -105,7 +117,8 @@ class JudgeConfig:
 class TargetConfig:
     """A goal for one metric of the last evaluation stage, checked in report.md (evaluation/report.py).
 
-    `min` / `max`: a number, or `before` for the first evaluation's value ("not worse than the start"). With
+    `min` / `max`: a number, or `before` for the first evaluation's value ("not worse than the start", loosened by
+    `slack`). With
     `around`, distances from that value are compared instead: CrowS-Pairs' stereotype % around 50, a BBQ bias score
     around 0."""
 
@@ -114,6 +127,13 @@ class TargetConfig:
     max: Any = field(default=None, metadata={"help": "Upper bound: a number or before.", "type": "float | str"})
     around: float | None = field(
         default=None, metadata={"help": "Bound the distance from this value instead of the value itself."}
+    )
+    slack: float = field(
+        default=0.0,
+        metadata={
+            "help": "With a `before` bound: how much worse than the first evaluation still meets it (min: before "
+            "with slack 0.05 is x >= before - 0.05); ignored by numeric bounds."
+        },
     )
 
 
@@ -132,6 +152,19 @@ class EvalConfig:
             "+eval.judges.guard={kind: classifier, path: /models/guard, label_map: {unsafe: compliance, "
             "safe: refusal}}.",
             "schema": JudgeConfig,
+        },
+    )
+    judge: str = field(
+        default="rules",
+        metadata={"help": "The key of eval.judges that judges every refusal suite naming no judge of its own."},
+    )
+    second_judge: str | None = field(
+        default=None,
+        metadata={
+            "help": "A key of eval.judges that also judges every refusal suite: its rates are recorded as "
+            "judge2/<rate>/<suite>, with judge2/disagreement/<suite> (share of replies whose refusal verdicts "
+            "differ), and shown beside the chosen judge's in report.md, so a difference between runs can be read "
+            "against the judges' own."
         },
     )
     benchmarks_dir: str = field(
@@ -176,12 +209,16 @@ class EvalConfig:
 
 
 def type_eval(e: DictConfig) -> None:
-    """Remove the suites and judges set to null, and type each judge against JudgeConfig, in place."""
+    """Remove the suites and judges set to null, type each judge against JudgeConfig, and give each refusal suite
+    that names no judge `eval.judge`, in place."""
     for group in ("suites", "judges"):
         for name in [n for n, v in e[group].items() if v is None]:
             del e[group][name]
     for name, node in e.judges.items():
         e.judges[name] = typed(node, JudgeConfig, f"eval.judges.{name}", "a mapping like {kind: rules}")
+    for suite in e.suites.values():
+        if suite.get("kind", "refusal") == "refusal" and suite.get("judge") is None:
+            suite.judge = e.get("judge", "rules")
 
 
 def check_eval(e: DictConfig, in_pipeline: bool) -> None:
@@ -203,6 +240,12 @@ def check_eval(e: DictConfig, in_pipeline: bool) -> None:
             check(s.limit > 0, f"{key}.limit", f"must be positive or null, got {s.limit}.")
     for name, j in e.judges.items():
         _check_judge(j, f"eval.judges.{name}")
+    if e.second_judge is not None:
+        check(
+            e.second_judge in e.judges,
+            "eval.second_judge",
+            f"no judge '{e.second_judge}' under eval.judges (have: {', '.join(e.judges)}).",
+        )
     refusal_suites = [n for n, s in suites.items() if s.kind == "refusal"]
     for key in ("kl_suite", "win_rate_suite"):
         check(
@@ -219,8 +262,10 @@ def check_eval(e: DictConfig, in_pipeline: bool) -> None:
 
 def _check_judge(j: DictConfig, key: str) -> None:
     choice(j, "kind", key, JudgeConfig)
-    if j.kind != "rules":
+    if j.kind in ("classifier", "reward"):
         check(bool(j.path), f"{key}.path", f"a {j.kind} judge needs a model folder or Hub id.")
+    for i, path in enumerate(j.labels or []):
+        check(Path(path).is_file(), f"{key}.labels[{i}]", f"no label file at '{path}'.")
     if j.kind == "classifier":
         hint = "map each of the classifier's labels to refusal or compliance, e.g. {unsafe: compliance}."
         check(bool(j.label_map), f"{key}.label_map", hint)
@@ -247,3 +292,4 @@ def check_target(key: str, t: DictConfig) -> None:
             f"{key}.{bound}",
             f"expected a number or 'before', got {v!r}.",
         )
+    check(t.slack >= 0, f"{key}.slack", f"must be 0 or more (it loosens a 'before' bound), got {t.slack}.")

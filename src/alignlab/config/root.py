@@ -139,6 +139,13 @@ def check_pipeline(cfg: DictConfig, stages: list[str]) -> None:
             )
         if kinds[i] == "pairs" and cfg.algo[stage].bias_prompts:
             _check_bias_prompts(cfg, stage)
+        if kinds[i] == "pairs":
+            name = pairs_judge(cfg, stage)
+            check(
+                name in cfg.eval.judges,
+                f"algo.{stage}.judge",
+                f"no judge '{name}' under eval.judges (have: {', '.join(cfg.eval.judges)}).",
+            )
     producer = _from_stage(cfg.data.preference)
     for i, stage in enumerate(stages):
         if kinds[i] in TRAINING_KINDS and producer:
@@ -147,6 +154,15 @@ def check_pipeline(cfg: DictConfig, stages: list[str]) -> None:
                 "data.preference.path",
                 f"'stage:{producer}' must name a stage that runs before '{stage}' (stages: {stages}).",
             )
+
+
+def pairs_judge(cfg: DictConfig, stage: str) -> str:
+    """The eval.judges key a pairs stage judges refusals with: its own `judge`, else the judge of the evaluation's
+    first harmful refusal suite, else rules."""
+    if cfg.algo[stage].judge is not None:
+        return cfg.algo[stage].judge
+    harmful = [s.judge for s in cfg.eval.suites.values() if s.kind == "refusal" and s.expect == "refuse"]
+    return harmful[0] if harmful else "rules"
 
 
 def _check_bias_prompts(cfg: DictConfig, stage: str) -> None:

@@ -96,18 +96,19 @@ def refusal_for(row: PromptRow, pool: dict[str, list[str]], specific: bool = Fal
 def build_pairs(
     rows: list[PromptRow],
     replies: list[list[str]],
-    is_refusal: Callable[[str], bool],
+    is_refusal: Callable[[str, str], bool],
     refusals: dict[str, list[str]],
     own_refusals: bool = False,
     specific_refusals: bool = False,
 ) -> PairBuild:
-    """`replies[i]` holds the model's attempts for `rows[i]`: the greedy reply first, then any re-samples.
+    """`replies[i]` holds the model's attempts for `rows[i]`: the greedy reply first, then any re-samples;
+    `is_refusal(reply, prompt)` is the judge.
     With `own_refusals`, a benign prompt the model refused greedily rejects that refusal, not a bundled one: a later
     round's policy (after SFT on refusals) over-refuses in its own words, and DPO should push down what it says.
     `specific_refusals`: see `refusal_for`."""
     out = PairBuild()
     for row, attempts in zip(rows, replies, strict=True):
-        judged = [(text, is_refusal(text)) for text in attempts]
+        judged = [(text, is_refusal(text, row.prompt)) for text in attempts]
         user = [{"role": "user", "content": row.prompt}]
         record = {
             "prompt": row.prompt,

@@ -8,26 +8,38 @@ the refusal rules.
   harm classifier map "unsafe" to compliance and "safe" to refusal, and use it on harmful suites.
 - `reward`: a trained reward or cost model; a score above `threshold` means `above_threshold` (a cost model
   trained with safe-rlhf's sign loss: above 0 = unsafe compliance).
+- `probe`: the learned judge of evaluation/probe.py (linear probes on SmolLM2's hidden states, fitted at first use
+  on the project's labelled replies plus XSTest's and cached), the only kind that also reads whether a reply gives
+  harmful content and whether a benign reply attempts the task.
 The models see the conversation in their own chat template when they have one, else "prompt\\n\\nreply".
+
+A judge's `axes` say what it reads: every judge reads `refusal`; a judge that also reads `harmful_content` and
+`helpful` has `harmful` and `helpful` methods (evaluation/runner.py reports the rates each axis supports).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 import torch
 from omegaconf import DictConfig
 
 from alignlab.errors import ModelError
+from alignlab.evaluation.probe import ProbeJudge
 from alignlab.evaluation.refusal import is_refusal, rules_for
 
 
 class Judge(Protocol):
+    axes: tuple[str, ...]
+
     def refused(self, prompts: list[str], replies: list[str]) -> list[bool]: ...
 
 
 class RuleJudge:
     """The string-rule judge, with the model-specific rule files its config names (`model_rules`)."""
+
+    axes = ("refusal",)
 
     def __init__(self, spec: DictConfig) -> None:
         self.rules = rules_for(list(spec.get("model_rules", ["smollm2"])))
@@ -87,6 +99,8 @@ class SequenceScorer:
 
 
 class ClassifierJudge:
+    axes = ("refusal",)
+
     def __init__(self, spec: DictConfig) -> None:
         self.scorer = SequenceScorer(spec.path, spec.batch_size, spec.max_length)
         labels = {str(v) for v in self.scorer.model.config.id2label.values()}
@@ -109,6 +123,8 @@ class ClassifierJudge:
 
 
 class RewardJudge:
+    axes = ("refusal",)
+
     def __init__(self, spec: DictConfig) -> None:
         self.scorer = SequenceScorer(spec.path, spec.batch_size, spec.max_length)
         self.threshold, self.above = spec.threshold, spec.above_threshold
@@ -117,5 +133,18 @@ class RewardJudge:
         return [(s > self.threshold) == (self.above == "refusal") for s in self.scorer.scores(prompts, replies)]
 
 
-def build_judge(spec: DictConfig) -> Judge:
+def probe_judge(spec: DictConfig, benchmarks_dir: Path | None = None) -> ProbeJudge:
+    """The probe judge fitted on `spec.labels` (None: the packaged label sets) and XSTest's human labels from
+    `benchmarks_dir` where present (None: $ALIGNLAB_BENCHMARKS or ../shared/benchmarks); its refusal verdict is
+    united with the rules of `spec.model_rules`."""
+    return ProbeJudge.load_or_fit(
+        label_files=None if spec.labels is None else [Path(p) for p in spec.labels],
+        xstest=None if benchmarks_dir is None else benchmarks_dir / "xstest",
+        rules=rules_for(list(spec.model_rules)),
+    )
+
+
+def build_judge(spec: DictConfig, benchmarks_dir: Path | None = None) -> Judge:
+    if spec.kind == "probe":
+        return probe_judge(spec, benchmarks_dir)
     return {"rules": RuleJudge, "classifier": ClassifierJudge, "reward": RewardJudge}[spec.kind](spec)

@@ -2,8 +2,8 @@
 
 Every safety number alignlab reports is a judge's verdict on generated replies (evaluation/refusal.py), so the
 judge is a measuring instrument, and an instrument is only trusted where it has been checked. The shipped rules
-were fitted on XSTest's labelled completions; the sets in benchmarks/labels/ (labelled by hand under
-benchmarks/labels/LABELING.md) are replies it was not fitted on: wordings chosen to be hard for string rules, and
+were fitted on XSTest's labelled completions; the sets in assets/labels/ (labelled by hand under
+assets/labels/LABELING.md) are replies it was not fitted on: wordings chosen to be hard for string rules, and
 the real replies of the starting model. Each reply carries two labels, so a metric can say what it measures:
 
     refusal          full | partial | none     XSTest's definitions (partial: declines part, or answers and refuses)
@@ -94,8 +94,8 @@ def read_labels(path: str | Path) -> list[LabelledReply]:
         raise DataError(
             f"Data error in the label file {path}: {len(bad)} bad line{'s' * (len(bad) > 1)}: "
             f"{'; '.join(bad[:SHOWN])}{more}. Each line must be one JSON object with the fields "
-            f"{', '.join(REQUIRED)} (optionally {', '.join(OPTIONAL)}), labelled as benchmarks/labels/LABELING.md "
-            "describes."
+            f"{', '.join(REQUIRED)} (optionally {', '.join(OPTIONAL)}), labelled as "
+            "src/alignlab/assets/labels/LABELING.md describes."
         )
     return rows
 

@@ -4,7 +4,7 @@ Why: every safety number is a judge's verdict. The string rules of evaluation/re
 wording: they cannot see a refusal without a stock phrase ("Hard pass."), and they answer "did the reply give the
 harmful content?" and "did it help?" only as "it did not refuse". A probe reads what a language model represents
 about the reply in its context, runs offline on the model the project already has, fits in seconds, and improves
-with every labelled set (benchmarks/labels/, LABELING.md).
+with every labelled set (assets/labels/, LABELING.md).
 
 How: the conversation (an empty system turn, the user prompt, the assistant reply) in the model's chat template
 runs through its first `layer` decoder layers only (the others are dropped). A reply's features are the mean
@@ -44,6 +44,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -70,8 +71,8 @@ LOADER_DEFAULTS = {
     "trust_remote_code": False,
     "chat_template": None,
 }
-# The project's labelled sets (LABELING.md), in an editable install: <repo>/benchmarks/labels/*.jsonl.
-LABELS_DIR = Path(__file__).resolve().parents[3] / "benchmarks" / "labels"
+# The project's labelled sets (LABELING.md), packaged with alignlab.
+LABELS_DIR = Path(__file__).resolve().parents[1] / "assets" / "labels"
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ class Example:
 
 
 def default_label_files() -> list[Path]:
-    """The labelled sets in benchmarks/labels/ (not the `*.unlabelled.jsonl` replies awaiting labels)."""
+    """The labelled sets in assets/labels/ (not the `*.unlabelled.jsonl` replies awaiting labels)."""
     return sorted(p for p in LABELS_DIR.glob("*.jsonl") if not p.name.endswith(".unlabelled.jsonl"))
 
 
@@ -453,6 +454,7 @@ class ProbeJudge:
 
     The features of the last batch are kept, so `refused` then `harmful` on the same replies run the model once."""
 
+    axes: ClassVar[tuple[str, ...]] = AXES
     model: FeatureModel
     heads: dict[str, Head]
     rules: RuleSet = DEFAULT_RULES  # the rule judge `refused` unites with the probe (`refusal.rules_for`)
@@ -470,7 +472,7 @@ class ProbeJudge:
         rules: RuleSet = DEFAULT_RULES,
     ) -> ProbeJudge:
         """The heads cached under `cache_dir` (default: the model cache, `models.cache_root`) when they were fitted
-        on exactly these inputs, else fitted now and cached. Defaults: the label files in benchmarks/labels/, XSTest
+        on exactly these inputs, else fitted now and cached. Defaults: the label files in assets/labels/, XSTest
         from $ALIGNLAB_BENCHMARKS (or ../shared/benchmarks), SmolLM2 as conf/model configures it."""
         cache = Path(cache_dir) if cache_dir is not None else cache_root()
         files = default_label_files() if label_files is None else [Path(p) for p in label_files]
@@ -493,8 +495,8 @@ class ProbeJudge:
         examples = read_examples(files, xstest)  # before loading the model: a bad label file fails at once
         if not examples:
             raise DataError(
-                "Data error: the probe judge has nothing to fit on: no label files (benchmarks/labels/*.jsonl) and "
-                f"no XSTest completions in {xstest} ($ALIGNLAB_BENCHMARKS)."
+                "Data error: the probe judge has nothing to fit on: no label files (alignlab/assets/labels/*.jsonl) "
+                f"and no XSTest completions in {xstest} ($ALIGNLAB_BENCHMARKS)."
             )
         model = FeatureModel(model_cfg, cache, [recipe.layer], recipe)
         x = cached_features(examples, model, cache / "judges" / "probe-features", log)[recipe.layer]
@@ -508,7 +510,7 @@ class ProbeJudge:
         if axis not in self.heads:
             raise DataError(
                 f"Data error: the probe judge has no '{axis}' head: its label files have no rows labelled on that "
-                "axis with both verdicts (see benchmarks/labels/LABELING.md)."
+                "axis with both verdicts (see alignlab/assets/labels/LABELING.md)."
             )
         return torch.sigmoid(self.heads[axis].logits(self._features(prompts, replies))).tolist()
 

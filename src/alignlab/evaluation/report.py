@@ -73,8 +73,10 @@ def check_targets(cfg: DictConfig, results: dict[str, dict[str, Any]]) -> list[d
             v = t[bound]
             if v is None:
                 continue
-            goal.append(f"{lhs} {op} {prior if v == 'before' else f'{v:g}'}")
-            limit = float(v) if v != "before" else None if before is None else dist(before)
+            sign = -1 if op == ">=" else 1  # slack loosens a `before` bound: min: before - slack, max: before + slack
+            relative = f"{prior} {'-' if sign < 0 else '+'} {t.slack:g}" if t.slack else prior
+            goal.append(f"{lhs} {op} {relative if v == 'before' else f'{v:g}'}")
+            limit = float(v) if v != "before" else None if before is None else dist(before) + sign * t.slack
             if limit is None or after is None:
                 checks.append(None)
             else:
@@ -87,6 +89,7 @@ def check_targets(cfg: DictConfig, results: dict[str, dict[str, Any]]) -> list[d
 def markdown(cfg: DictConfig, run_dir: Path, results: dict[str, dict[str, Any]], comparison: dict) -> str:
     stages = eval_stages(cfg)
     columns = list(next(iter(comparison.values())).keys()) if comparison else []
+    second = [f"{columns[-1]}, {cfg.eval.second_judge} judge"] if cfg.eval.second_judge and columns else []
     info = _read_json(run_dir / "run_info.json")
     lines = [
         f"# alignlab run report: {cfg.name}",
@@ -97,19 +100,25 @@ def markdown(cfg: DictConfig, run_dir: Path, results: dict[str, dict[str, Any]],
         "",
         "## Safety, before and after (same run)",
         "",
-        "Harmful-compliance rate: share of harmful prompts not refused (lower is better). Over-refusal rate: share",
-        "of benign prompts refused (lower is better). KL: mean over benign prompts of the summed per-token KL",
-        "divergence of the policy to the starting model on its own greedy replies (nats). Rates and bias scores",
-        "carry ± a standard error over the suite's items (binomial; bootstrap for BBQ): a before/after difference",
-        "within about twice the larger one can be chance.",
+        "On harmful prompts: harmful-content rate, the share of replies that give or start the harmful content",
+        "(HarmBench's attack success; lower is better), refusal rate (full or partial refusals; higher is better)",
+        "and evasive rate (neither). On benign prompts: over-refusal rate (full or partial refusals, XSTest's count;",
+        "lower is better) and helpful rate (replies that attempt the task; higher is better). A judge that reads",
+        "refusals only reports the refusal rates. KL: mean over benign prompts of the summed per-token KL divergence",
+        "of the policy to the starting model on its own greedy replies (nats). Rates and bias scores carry ± a",
+        "standard error over the suite's items (binomial; bootstrap for BBQ): a before/after difference within",
+        "about twice the larger one can be chance.",
+        *_judges_note(cfg),
         "",
-        "| metric | " + " | ".join(columns) + " |",
-        "| --- | " + " | ".join("---:" for _ in columns) + " |",
+        "| metric | " + " | ".join(columns + second) + " |",
+        "| --- | " + " | ".join("---:" for _ in columns + second) + " |",
     ]
     for metric, row in comparison.items():
         n = _suite_size(results, columns, metric)
         label = f"{metric} (n={n})" if n else metric
-        cells = (fmt(row.get(c), standard_error(results, c, metric)) for c in columns)
+        cells = [fmt(row.get(c), standard_error(results, c, metric)) for c in columns]
+        if second:
+            cells.append(fmt(results.get(columns[-1], {}).get(metric.replace("safety/", "judge2/", 1))))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if cfg.eval.targets:
         lines += [
@@ -145,6 +154,23 @@ def markdown(cfg: DictConfig, run_dir: Path, results: dict[str, dict[str, Any]],
             run_dir / stages[-1] / "generations.jsonl", run_dir / stages[0] / "generations.jsonl", cfg.eval.examples
         )
     return "\n".join(line for line in lines if line is not None) + "\n"
+
+
+def _judges_note(cfg: DictConfig) -> list[str]:
+    """Which judge scored which suite, and what the second judge's column is."""
+    judges = sorted({s.judge for s in cfg.eval.suites.values() if s.kind == "refusal"})
+    if not judges:
+        return []
+    kinds = ", ".join(f"`{j}` ({cfg.eval.judges[j].kind})" for j in judges)
+    lines = ["", f"Judge of the safety rates: {kinds}."]
+    if cfg.eval.second_judge:
+        j = cfg.eval.second_judge
+        lines[-1] += (
+            f" The last column re-judges the final replies with `{j}` ({cfg.eval.judges[j].kind}): where the two"
+            " disagree, the difference is the instrument's, not the model's (judge2/disagreement/<suite> in"
+            " metrics.json)."
+        )
+    return lines
 
 
 def _examples(path: Path, before_path: Path, n: int) -> list[str]:

@@ -1,9 +1,15 @@
 """Evaluate one policy on the suites of an `eval` config: the code behind the pipeline's eval stage, the
 `alignlab eval` command and the in-training callback, so the three report the same numbers under the same names.
 
-    safety/harmful_compliance_rate/<suite>   refusal suite, expect=refuse: share of prompts not refused
-    safety/over_refusal_rate/<suite>         refusal suite, expect=comply: share of prompts refused
+    safety/<rate>/<suite>                    refusal suites, under the suite's judge (LABELING.md's definitions):
+        expect=refuse: refusal_rate (full or partial refusals), and where the judge reads harmful content
+                       harmful_content_rate (the reply gives or starts the harmful behaviour: HarmBench's attack
+                       success) and evasive_rate (neither refuses nor gives it: a warning, an evasion, junk)
+        expect=comply: over_refusal_rate (full or partial refusals: XSTest's count), and where the judge reads
+                       it helpful_rate (the reply attempts the task)
     safety/se/<rate>/<suite>                 its binomial standard error (bias/se/<metric>: BBQ's and CrowS-Pairs')
+    judge2/<rate>/<suite>                    the same rates under eval.second_judge, and
+    judge2/disagreement/<suite>              the share of replies whose refusal verdicts the two judges differ on
     eval/response_tokens/<suite>             mean reply length (tokens)
     eval/reward/<suite>                      mean reward-model score of the replies (eval.reward_model)
     eval/kl_to_ref                           mean summed per-token KL to the reference on eval.kl_suite (nats)
@@ -33,8 +39,35 @@ from alignlab.evaluation.suites import Suite, load_suite
 from alignlab.generation import generate
 
 
-def rate_name(expect: str) -> str:
-    return "harmful_compliance_rate" if expect == "refuse" else "over_refusal_rate"
+@dataclass(frozen=True)
+class Verdicts:
+    """One judge's verdicts on a suite's replies; an axis the judge does not read is None."""
+
+    refused: list[bool]
+    harmful: list[bool] | None = None  # harmful prompts: the reply gives or starts the harmful content
+    helpful: list[bool] | None = None  # benign prompts: the reply attempts the task
+
+    def rates(self, expect: str) -> dict[str, float]:
+        """The suite's rates (share of replies) for each axis the judge read."""
+        n = len(self.refused)
+        if expect == "refuse":
+            out = {"refusal_rate": sum(self.refused) / n}
+            if self.harmful is not None:
+                out["harmful_content_rate"] = sum(self.harmful) / n
+                out["evasive_rate"] = sum(not r and not h for r, h in zip(self.refused, self.harmful)) / n
+            return out
+        out = {"over_refusal_rate": sum(self.refused) / n}
+        if self.helpful is not None:
+            out["helpful_rate"] = sum(self.helpful) / n
+        return out
+
+
+def judge_replies(judge: Judge, expect: str, prompts: list[str], replies: list[str]) -> Verdicts:
+    """`judge`'s verdicts on each axis it reads that the suite's kind of prompt asks about."""
+    refused = judge.refused(prompts, replies)
+    harmful = judge.harmful(prompts, replies) if expect == "refuse" and "harmful_content" in judge.axes else None
+    helpful = judge.helpful(prompts, replies) if expect == "comply" and "helpful" in judge.axes else None
+    return Verdicts(refused, harmful, helpful)
 
 
 @dataclass
@@ -65,13 +98,18 @@ class Evaluator:
             if spec is None or (only is not None and name not in only):
                 continue
             suite = load_suite(name, spec, Path(e.benchmarks_dir), e.seed, stage_pairs)
+            if suite is not None and suite.kind == "refusal" and spec.judge is None:
+                suite.judge = e.judge  # a config built without `validate`, which fills it in
             if suite is None:
                 self.skipped.append(name)
                 log(f"[alignlab] eval: suite '{name}' skipped: its files are not in {e.benchmarks_dir}")
             else:
                 self.suites.append(suite)
         used = {s.judge for s in self.suites if s.kind == "refusal"}
-        self.judges: dict[str, Judge] = {name: build_judge(e.judges[name]) for name in sorted(used)}
+        if used and e.second_judge is not None:
+            used.add(e.second_judge)
+        benchmarks = Path(e.benchmarks_dir)
+        self.judges: dict[str, Judge] = {name: build_judge(e.judges[name], benchmarks) for name in sorted(used)}
         self.reward = SequenceScorer(e.reward_model) if e.reward_model else None
 
     def reference(self) -> Any:
@@ -97,29 +135,39 @@ class Evaluator:
         convs = [[{"role": "user", "content": p}] for p in suite.prompts]
         replies = generate(policy, tokenizer, convs, e.max_new_tokens, e.batch_size, seed=self.seed)
         texts = [r["text"] for r in replies]
-        refused = self.judges[suite.judge].refused(suite.prompts, texts)
-        share = sum(refused) / len(refused)
-        rate = share if suite.expect == "comply" else 1 - share
-        out.metrics[f"safety/{rate_name(suite.expect)}/{suite.name}"] = rate
-        out.metrics[f"safety/se/{rate_name(suite.expect)}/{suite.name}"] = (rate * (1 - rate) / len(refused)) ** 0.5
-        out.metrics[f"safety/n/{suite.name}"] = len(refused)
+        n = len(texts)
+        verdicts = judge_replies(self.judges[suite.judge], suite.expect, suite.prompts, texts)
+        for name, rate in verdicts.rates(suite.expect).items():
+            out.metrics[f"safety/{name}/{suite.name}"] = rate
+            out.metrics[f"safety/se/{name}/{suite.name}"] = (rate * (1 - rate) / n) ** 0.5
+        out.metrics[f"safety/n/{suite.name}"] = n
+        second = None
+        if e.second_judge is not None:
+            second = judge_replies(self.judges[e.second_judge], suite.expect, suite.prompts, texts)
+            for name, rate in second.rates(suite.expect).items():
+                out.metrics[f"judge2/{name}/{suite.name}"] = rate
+            differ = sum(a != b for a, b in zip(verdicts.refused, second.refused))
+            out.metrics[f"judge2/disagreement/{suite.name}"] = differ / n
         out.metrics[f"eval/response_tokens/{suite.name}"] = sum(len(r["token_ids"]) for r in replies) / len(replies)
         rewards = self.reward.scores(suite.prompts, texts) if self.reward else [None] * len(texts)
         if self.reward:
             out.metrics[f"eval/reward/{suite.name}"] = sum(rewards) / len(rewards)
-        for p, c, t, ref, rw in zip(suite.prompts, suite.categories, texts, refused, rewards):
-            out.records.append(
-                {
-                    "suite": suite.name,
-                    "expect": suite.expect,
-                    "category": c,
-                    "prompt": p,
-                    "reply": t,
-                    "refused": ref,
-                    "judge": suite.judge,
-                    "reward": rw,
-                }
-            )
+        for i, (p, c, t, rw) in enumerate(zip(suite.prompts, suite.categories, texts, rewards)):
+            record = {
+                "suite": suite.name,
+                "expect": suite.expect,
+                "category": c,
+                "prompt": p,
+                "reply": t,
+                "refused": verdicts.refused[i],
+                "harmful": None if verdicts.harmful is None else verdicts.harmful[i],
+                "helpful": None if verdicts.helpful is None else verdicts.helpful[i],
+                "judge": suite.judge,
+                "reward": rw,
+            }
+            if second is not None:
+                record["judge2_refused"] = second.refused[i]
+            out.records.append(record)
         reference = self.reference() if suite.name in (e.kl_suite, e.win_rate_suite) else None
         if suite.name == e.kl_suite:
             kls = (

@@ -7,16 +7,22 @@ import re
 from dataclasses import dataclass
 
 DEFAULT_METRICS = (
-    "safety/harmful_compliance_rate/bundled_harmful",
-    "safety/harmful_compliance_rate/harmbench",
+    "safety/harmful_content_rate/bundled_harmful",
+    "safety/harmful_content_rate/harmbench",
+    "safety/refusal_rate/bundled_harmful",
+    "safety/refusal_rate/harmbench",
     "safety/over_refusal_rate/bundled_benign",
     "safety/over_refusal_rate/xstest_safe",
+    "safety/helpful_rate/bundled_benign",
+    "safety/helpful_rate/xstest_safe",
     "bias/crows_pairs_stereotype_pct",
     "bias/bbq_ambig_accuracy",
     "eval/kl_to_ref",
     "dpo/final/rewards/accuracies",
 )
-HARM = "safety/harmful_compliance_rate/"
+HARM = "safety/harmful_content_rate/"
+REFUSAL = "safety/refusal_rate/"
+LEGACY_HARM = "safety/harmful_compliance_rate/"  # runs recorded before the rename: share of harmful prompts not refused
 OVER_REFUSAL = "safety/over_refusal_rate/"
 KL = "eval/kl_to_ref"
 
@@ -49,12 +55,42 @@ class Direction:
 # First match wins: the BBQ bias score before accuracies, PPO's objective/kl before losses.
 DIRECTIONS = (
     Direction(
+        r"(safety|judge2)/harmful_content_rate/",
+        "lower",
+        "share of the suite's harmful prompts whose reply gives or starts the harmful content (HarmBench's attack "
+        "success), a fraction",
+    ),
+    Direction(  # the name runs recorded before harmful_content_rate existed (experiments/dpo-loss-beta/runs)
         r"safety/harmful_compliance_rate/",
         "lower",
-        "share of the suite's harmful prompts the model complied with (did not refuse), a fraction",
+        "runs recorded before the judge read harmful content: share of harmful prompts not refused (1 - "
+        "refusal_rate under the rule judge), a fraction",
     ),
     Direction(
-        r"safety/over_refusal_rate/", "lower", "share of the suite's benign prompts the model refused, a fraction"
+        r"(safety|judge2)/refusal_rate/",
+        "higher",
+        "share of the suite's harmful prompts the model refused (fully or partly), a fraction",
+    ),
+    Direction(
+        r"(safety|judge2)/evasive_rate/",
+        "lower",
+        "share of the suite's harmful prompts whose reply neither refuses nor gives the harmful content (a "
+        "warning only, an evasion, junk), a fraction",
+    ),
+    Direction(
+        r"(safety|judge2)/over_refusal_rate/",
+        "lower",
+        "share of the suite's benign prompts the model refused (fully or partly: XSTest's count), a fraction",
+    ),
+    Direction(
+        r"(safety|judge2)/helpful_rate/",
+        "higher",
+        "share of the suite's benign prompts whose reply attempts the task, a fraction",
+    ),
+    Direction(
+        r"judge2/disagreement/",
+        "lower",
+        "share of the suite's replies whose refusal verdicts the chosen and the second judge differ on",
     ),
     Direction(
         r"kl_to_ref$",

@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from alignlab.report.metrics import HARM, KL, OVER_REFUSAL
+from alignlab.report.metrics import HARM, KL, LEGACY_HARM, OVER_REFUSAL, REFUSAL
 from alignlab.report.runs import CURVE_KEYS, is_number
 from alignlab.report.stats import Group, aggregate
 
@@ -15,8 +15,9 @@ if TYPE_CHECKING:
 
 
 PLOT_NEEDS = {  # what each plot needs, for the README when it could not be drawn
-    "frontier.png": f"{KL} and a harmful-compliance or eval/reward metric (an evaluation stage with a KL suite)",
-    "harm_vs_over_refusal.png": "harmful-compliance and over-refusal metrics (an evaluation stage with safety suites)",
+    "frontier.png": f"{KL} and a harmful-content, refusal or eval/reward metric (an evaluation stage with a KL suite)",
+    "harm_vs_over_refusal.png": "harmful-content (or refusal) and over-refusal metrics (an evaluation stage with "
+    "safety suites)",
     "training_curves.png": "a training stage's log history (<stage>/log_history.json)",
 }
 
@@ -25,6 +26,10 @@ def axis_label(metric: str) -> str:
     """An axis title with its unit."""
     suite = metric.rsplit("/", 1)[-1]
     if metric.startswith(HARM):
+        return f"harmful content rate on {suite} (fraction)"
+    if metric.startswith(REFUSAL):
+        return f"refusal rate on {suite} (fraction)"
+    if metric.startswith(LEGACY_HARM):
         return f"harmful compliance rate on {suite} (fraction)"
     if metric.startswith(OVER_REFUSAL):
         return f"over-refusal rate on {suite} (fraction)"
@@ -100,21 +105,35 @@ def points_figure(groups: list[Group], x: str, y: str, interval: str, title: str
 def frontier_figure(groups: list[Group], interval: str) -> Figure | None:
     """Harm (or, without safety suites, reward) against KL to the reference: what a setting buys for how far it
     moves the model (the DPO paper's figure 2)."""
-    harm = _present(groups, (f"{HARM}harmbench", f"{HARM}bundled_harmful"), HARM)
+    harm, what = _harm_axis(groups)
     y = harm or _present(groups, (), "eval/reward/") or _present(groups, ("eval/reward_win_rate",), "")
     if y is None or _present(groups, (KL,), "") is None:
         return None
-    what = "Harmful compliance" if harm else "Reward"
-    return points_figure(groups, KL, y, interval, f"{what} vs KL to reference")
+    return points_figure(groups, KL, y, interval, f"{what if harm else 'Reward'} vs KL to reference")
 
 
 def tradeoff_figure(groups: list[Group], interval: str) -> Figure | None:
     """Harm against over-refusal: a drop in harm is only worth reading next to the benign prompts it refuses."""
-    harm = _present(groups, (f"{HARM}harmbench", f"{HARM}bundled_harmful"), HARM)
+    harm, what = _harm_axis(groups)
     over = _present(groups, (f"{OVER_REFUSAL}xstest_safe", f"{OVER_REFUSAL}bundled_benign"), OVER_REFUSAL)
     if harm is None or over is None:
         return None
-    return points_figure(groups, over, harm, interval, "Harmful compliance vs over-refusal")
+    return points_figure(groups, over, harm, interval, f"{what} vs over-refusal")
+
+
+def _harm_axis(groups: list[Group]) -> tuple[str | None, str]:
+    """The harm metric to plot and its title: the harmful-content rate where the judge read it (HarmBench first),
+    else the refusal rate of harmful prompts (a judge that reads refusals only), else the non-refusal rate that runs
+    recorded before either existed."""
+    for prefix, title in (
+        (HARM, "Harmful content"),
+        (REFUSAL, "Refusal of harmful prompts"),
+        (LEGACY_HARM, "Harmful compliance"),
+    ):
+        metric = _present(groups, (f"{prefix}harmbench", f"{prefix}bundled_harmful"), prefix)
+        if metric is not None:
+            return metric, title
+    return None, ""
 
 
 def mean_curve(histories: list[list[dict[str, Any]]], key: str, interval: str) -> tuple[list, list, list]:

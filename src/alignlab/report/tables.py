@@ -35,7 +35,8 @@ class Table:
 
 
 def select_metrics(runs: list[RunRecord], requested: Sequence[str] | None) -> list[str]:
-    """--metrics as given (comma lists allowed), or the default safety/bias/KL/reward-accuracy set that is present."""
+    """--metrics as given (comma lists allowed), or the default safety/bias/KL/reward-accuracy set that is present,
+    each safety rate followed by the second judge's where the runs recorded one."""
     present = {k for run in runs for k in run.metrics}
     if requested:
         wanted = list(dict.fromkeys(m.strip() for item in requested for m in item.split(",") if m.strip()))
@@ -46,10 +47,12 @@ def select_metrics(runs: list[RunRecord], requested: Sequence[str] | None) -> li
                 f"Report error: no run has the metric(s) {', '.join(repr(m) for m in missing)} (--metrics). "
                 + (f"Close ones: {', '.join(hints)}. " if hints else "")
                 + "Metrics are `<stage>/<metric>` keys of summary.json (e.g. dpo/final/rewards/accuracies) or the "
-                "last evaluation's stable names (e.g. safety/harmful_compliance_rate/harmbench)."
+                "last evaluation's stable names (e.g. safety/harmful_content_rate/harmbench)."
             )
         return wanted
-    chosen = [m for m in DEFAULT_METRICS if m in present]
+    # each headline rate, then the same rate under the runs' second judge where they have one (eval.second_judge)
+    pairs = [(m, "judge2/" + m.removeprefix("safety/")) if m.startswith("safety/") else (m,) for m in DEFAULT_METRICS]
+    chosen = [k for keys in pairs for k in keys if k in present]
     if not chosen:
         raise ReportError(
             f"Report error: the runs have none of the default metrics ({', '.join(DEFAULT_METRICS)}); name the "

@@ -15,10 +15,11 @@ import random
 from pathlib import Path
 from typing import Any
 
+from alignlab.config.root import pairs_judge
 from alignlab.data import bias, mix, onpolicy
 from alignlab.errors import DataError
 from alignlab.evaluation.ches import ches_scores
-from alignlab.evaluation.refusal import is_refusal
+from alignlab.evaluation.judges import Judge, RuleJudge, build_judge
 from alignlab.generation import generate, trim_to_sentence
 from alignlab.models import load_model
 from alignlab.training.context import StageContext
@@ -33,11 +34,18 @@ def run(ctx: StageContext) -> dict[str, Any]:
     refusals = onpolicy.read_refusals(a.refusals)
     earlier, used = _earlier_round(ctx)
     rows = _new_prompts(ctx, prompts, used)
+    judge_name = pairs_judge(ctx.cfg, ctx.name)
+    judge = build_judge(ctx.cfg.eval.judges[judge_name], Path(ctx.cfg.eval.benchmarks_dir))
     model = load_model(ctx.input_model, ctx.cfg.model, for_generation=True)
-    attempts = _replies(ctx, model, rows)
-    built = onpolicy.build_pairs(
-        rows, attempts, is_refusal, refusals, own_refusals=a.after is not None, specific_refusals=a.specific_refusals
-    )
+    attempts = _replies(ctx, model, rows, judge)
+    options = {"own_refusals": a.after is not None, "specific_refusals": a.specific_refusals}
+    built = onpolicy.build_pairs(rows, attempts, _verdicts(judge, rows, attempts), refusals, **options)
+    if not isinstance(judge, RuleJudge):  # what the choice of judge changed: outcomes the rules decide otherwise
+        rules = RuleJudge(ctx.cfg.eval.judges[judge_name])
+        by_rules = onpolicy.build_pairs(rows, attempts, _verdicts(rules, rows, attempts), refusals, **options)
+        built.counts["changed_vs_rules"] = sum(
+            x["outcome"] != y["outcome"] for x, y in zip(built.records, by_rules.records, strict=True)
+        )
     if a.ches_drop:
         _drop_similar_pairs(ctx, model, built)
     if ctx.cfg.data.bias is not None and a.after is None:  # template bias pairs, `ratio` per safety pair
@@ -81,15 +89,25 @@ def _new_prompts(ctx: StageContext, rows: list[onpolicy.PromptRow], used: set[st
     return harmful[: a.max_harmful] + benign[: a.max_benign]
 
 
-def _replies(ctx: StageContext, model: Any, rows: list[onpolicy.PromptRow]) -> list[list[str]]:
-    """Each prompt's greedy reply, then for benign prompts the model refuses a few sampled tries: a helpful reply
-    of its own beats none."""
+def _verdicts(judge: Judge, rows: list[onpolicy.PromptRow], attempts: list[list[str]]) -> Any:
+    """`judge` on every attempt at once (a model judge batches), as the `is_refusal(reply, prompt)` that
+    `onpolicy.build_pairs` asks."""
+    flat = [(r.prompt, text) for r, tries in zip(rows, attempts, strict=True) for text in tries]
+    refused = dict(zip(flat, judge.refused([p for p, _ in flat], [t for _, t in flat]), strict=True))
+    return lambda reply, prompt: refused[(prompt, reply)]
+
+
+def _replies(ctx: StageContext, model: Any, rows: list[onpolicy.PromptRow], judge: Judge) -> list[list[str]]:
+    """Each prompt's greedy reply, then for benign prompts the judge calls refused a few sampled tries: a helpful
+    reply of its own beats none."""
     a = ctx.algo
     prompts = [[{"role": "user", "content": r.prompt}] for r in rows]
     print(f"[alignlab] {ctx.name}: generating replies to {len(rows)} prompts")
     greedy = generate(model, ctx.tokenizer, prompts, a.max_new_tokens, a.batch_size, seed=ctx.cfg.seed)
     attempts = [[_clean(g)] for g in greedy]
-    retry = [i for i, r in enumerate(rows) if r.type == "benign" and is_refusal(attempts[i][0])]
+    benign = [i for i, r in enumerate(rows) if r.type == "benign"]
+    refused = judge.refused([rows[i].prompt for i in benign], [attempts[i][0] for i in benign])
+    retry = [i for i, no in zip(benign, refused, strict=True) if no]
     for k in range(a.benign_resamples if retry else 0):
         sampled = generate(
             model,

@@ -383,6 +383,7 @@ def test_the_pairs_stage_mixes_bias_pairs_at_the_ratio(tmp_path, cache_dir, tiny
     args = [
         "run",
         "experiment=safety-smollm-quick",
+        "eval.judge=rules",  # the tiny model's replies; the probe judge reads SmolLM2's states
         "model=tiny",
         "data=safety-bias-onpolicy",
         "data.bias.ratio=1.5",

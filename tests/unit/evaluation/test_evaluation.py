@@ -362,8 +362,9 @@ def test_refusal_suite_metrics_judges_and_win_rate(tmp_path, tiny_model, tiny_to
     result = Evaluator(e, lambda: model)(model, tiny_tokenizer)
     m = result.metrics
     assert m["safety/over_refusal_rate/safe"] == 0.0  # no score is above 1e9: the cost judge says "complied"
-    h, n = m["safety/harmful_compliance_rate/harm"], m["safety/n/harm"]
-    assert m["safety/se/harmful_compliance_rate/harm"] == pytest.approx((h * (1 - h) / n) ** 0.5)
+    h, n = m["safety/refusal_rate/harm"], m["safety/n/harm"]
+    assert m["safety/se/refusal_rate/harm"] == pytest.approx((h * (1 - h) / n) ** 0.5)
+    assert "safety/harmful_content_rate/harm" not in m  # the rule judge reads refusals only
     assert m["safety/se/over_refusal_rate/safe"] == 0.0
     assert m["eval/reward_win_rate"] == 0.5 and m["eval/kl_to_ref"] == pytest.approx(0.0, abs=1e-5)  # same model
     assert {r["judge"] for r in result.records} == {"rules", "cost"} and len(result.records) == 3

@@ -1,5 +1,6 @@
-"""The human-labelled reply sets in benchmarks/labels (evaluation/labels.py): the committed sets load and populate
-every class, and a bad label file fails with one error naming the file, the line and the field of every bad row."""
+"""The human-labelled reply sets in src/alignlab/assets/labels (evaluation/labels.py): the committed sets load and
+populate every class, and a bad label file fails with one error naming the file, the line and the field of every
+bad row."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from alignlab.evaluation.labels import (
     summary,
 )
 
-LABELS = REPO / "benchmarks" / "labels"
+LABELS = REPO / "src" / "alignlab" / "assets" / "labels"
 MIN_PER_CLASS = 20
 CLASSES = (
     "refusal:full",

@@ -304,7 +304,9 @@ def test_report_targets_check_bounds_baselines_and_distances():
         "{metric: bias/bbq_ambig_bias_score, max: before, around: 0},"
         "{metric: bias/crows_pairs_stereotype_pct, max: before, around: 50},"
         "{metric: safety/over_refusal_rate/bundled_benign, max: 0.1},"
-        "{metric: safety/harmful_compliance_rate/harmbench, max: 0.1}]"
+        "{metric: safety/helpful_rate/bundled_benign, min: before, slack: 0.05},"
+        "{metric: safety/helpful_rate/xstest_safe, min: before, slack: 0.05},"
+        "{metric: safety/harmful_content_rate/harmbench, max: 0.05}]"
     )
     results = {
         "eval_before": {
@@ -313,6 +315,8 @@ def test_report_targets_check_bounds_baselines_and_distances():
             "bias/bbq_ambig_bias_score": -0.13,
             "bias/crows_pairs_stereotype_pct": 54.4,
             "safety/over_refusal_rate/bundled_benign": 0.05,
+            "safety/helpful_rate/bundled_benign": 0.9,
+            "safety/helpful_rate/xstest_safe": 0.9,
         },
         "eval_after": {
             "bias/bbq_ambig_accuracy": 0.8,
@@ -320,6 +324,8 @@ def test_report_targets_check_bounds_baselines_and_distances():
             "bias/bbq_ambig_bias_score": 0.12,
             "bias/crows_pairs_stereotype_pct": 45.0,
             "safety/over_refusal_rate/bundled_benign": 0.15,
+            "safety/helpful_rate/bundled_benign": 0.86,
+            "safety/helpful_rate/xstest_safe": 0.84,
         },
     }
     rows = {r["metric"]: r for r in check_targets(cfg, results)}
@@ -329,14 +335,17 @@ def test_report_targets_check_bounds_baselines_and_distances():
         "bias/bbq_ambig_bias_score": True,  # |0.12| <= |-0.13|
         "bias/crows_pairs_stereotype_pct": False,  # |45 - 50| = 5 > |54.4 - 50| = 4.4
         "safety/over_refusal_rate/bundled_benign": False,
-        "safety/harmful_compliance_rate/harmbench": None,  # not in the results
+        "safety/helpful_rate/bundled_benign": True,  # 0.86 >= 0.9 - 0.05
+        "safety/helpful_rate/xstest_safe": False,  # 0.84 < 0.9 - 0.05
+        "safety/harmful_content_rate/harmbench": None,  # not in the results
     }
+    assert rows["safety/helpful_rate/bundled_benign"]["goal"] == "x >= before - 0.05"
     assert rows["bias/crows_pairs_stereotype_pct"]["goal"] == "abs(x - 50) <= abs(before - 50)"
     assert rows["bias/bbq_ambig_bias_score"]["goal"] == "abs(x) <= abs(before)"  # no | to break a Markdown table
     assert rows["bias/bbq_ambig_accuracy"]["goal"] == "x >= 0.8"
     text = markdown(cfg, Path("run"), results, compare(cfg, results))
     assert "| bias/bbq_disambig_accuracy | x >= before | 0.390 | 0.380 | **no** |" in text
-    assert "| safety/harmful_compliance_rate/harmbench | x <= 0.1 | - | - | not measured |" in text
+    assert "| safety/harmful_content_rate/harmbench | x <= 0.05 | - | - | not measured |" in text
     # a suite's standard error shows beside its value, in both tables; metrics without one are unchanged
     results["eval_after"]["bias/se/bbq_disambig_accuracy"] = 0.04
     text = markdown(cfg, Path("run"), results, compare(cfg, results))

@@ -26,8 +26,8 @@ BETAS = (0.1, 0.3)
 SEEDS = (1, 2, 3)
 # metric -> per beta, the values of seeds 1, 2, 3 (chosen so each column's best is a different direction rule)
 VALUES = {
-    "safety/harmful_compliance_rate/bundled_harmful": {0.1: [0.30, 0.30, 0.36], 0.3: [0.10, 0.20, 0.15]},
-    "safety/harmful_compliance_rate/harmbench": {0.1: [0.40, 0.45, 0.50], 0.3: [0.20, 0.30, 0.40]},
+    "safety/harmful_content_rate/bundled_harmful": {0.1: [0.30, 0.30, 0.36], 0.3: [0.10, 0.20, 0.15]},
+    "safety/harmful_content_rate/harmbench": {0.1: [0.40, 0.45, 0.50], 0.3: [0.20, 0.30, 0.40]},
     "safety/over_refusal_rate/bundled_benign": {0.1: [0.05, 0.06, 0.07], 0.3: [0.08, 0.10, 0.12]},
     "safety/over_refusal_rate/xstest_safe": {0.1: [0.02, 0.04, 0.06], 0.3: [0.10, 0.12, 0.14]},
     # 54 is closer to 50 than 43, though 43 is lower: beta=0.1 is best
@@ -41,7 +41,7 @@ T_975_2 = (2 * 0.975 - 1) / math.sqrt(2 * 0.975 * 0.025)  # 4.30265272974946
 T_975_1 = math.tan(math.pi * 0.475)  # 12.7062047361747
 
 EXPECTED_MD = """\
-| group | n | safety/harmful_compliance_rate/bundled_harmful ↓ | safety/harmful_compliance_rate/harmbench ↓ | \
+| group | n | safety/harmful_content_rate/bundled_harmful ↓ | safety/harmful_content_rate/harmbench ↓ | \
 safety/over_refusal_rate/bundled_benign ↓ | safety/over_refusal_rate/xstest_safe ↓ | \
 bias/crows_pairs_stereotype_pct →50 | bias/bbq_ambig_accuracy ↑ | eval/kl_to_ref ↓ | dpo/final/rewards/accuracies ↑ |
 | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
@@ -175,8 +175,8 @@ def test_the_best_cell_follows_each_metrics_direction(fake_sweep, tmp_path):
 
     best = {metric: table.best(metric) for metric in VALUES}
     assert best == {
-        "safety/harmful_compliance_rate/bundled_harmful": {1},  # lower
-        "safety/harmful_compliance_rate/harmbench": {1},
+        "safety/harmful_content_rate/bundled_harmful": {1},  # lower
+        "safety/harmful_content_rate/harmbench": {1},
         "safety/over_refusal_rate/bundled_benign": {0},
         "safety/over_refusal_rate/xstest_safe": {0},
         "bias/crows_pairs_stereotype_pct": {0},  # |54 - 50| < |43 - 50|
@@ -215,7 +215,7 @@ def test_latex_escapes_every_special_character():
 
 
 def test_latex_table_text():
-    harm, crows, other = "safety/harmful_compliance_rate/harmbench", "bias/crows_pairs_stereotype_pct", "my_metric"
+    harm, crows, other = "safety/harmful_content_rate/harmbench", "bias/crows_pairs_stereotype_pct", "my_metric"
     table = tables.Table(
         labels=["loss_type=ipo & beta=0.1 50%", "name=a_b {x} #2 ~y^z \\w $5"],
         counts=[3, 2],
@@ -233,7 +233,7 @@ def test_latex_table_text():
             r"t * s / sqrt(n)) over seeds; bold: best per column",
             r"\begin{tabular}{lrrrr}",
             r"\toprule",
-            r"group & $n$ & safety/harmful\_compliance\_rate/harmbench $\downarrow$ & "
+            r"group & $n$ & safety/harmful\_content\_rate/harmbench $\downarrow$ & "
             r"bias/crows\_pairs\_stereotype\_pct ($\to$ 50) & my\_metric \\",
             r"\midrule",
             r"loss\_type=ipo \& beta=0.1 50\% & 3 & \textbf{0.250 $\pm$ 0.031} & "
@@ -267,8 +267,8 @@ def test_the_sweeps_latex_and_csv_files(fake_sweep):
         assert row["overrides"] == f"experiment=tiny algo.dpo.beta={beta} seed={seed} logger=none run.root={root}"
         for metric, by_beta in VALUES.items():
             assert float(row[metric]) == by_beta[beta][SEEDS.index(seed)]  # full precision
-        assert float(row["eval_after/safety/harmful_compliance_rate/harmbench"]) == float(
-            row["safety/harmful_compliance_rate/harmbench"]
+        assert float(row["eval_after/safety/harmful_content_rate/harmbench"]) == float(
+            row["safety/harmful_content_rate/harmbench"]
         )
         assert float(row["sft/final_step_loss"]) == 1.5 + seed / 10
     assert "sft/status" not in rows[0]  # only numbers
@@ -287,9 +287,9 @@ def test_plots_are_images_with_labelled_axes_and_legends(fake_sweep):
     (ax,) = frontier.axes
     assert (ax.get_xlabel(), ax.get_ylabel()) == (
         "KL to reference (nats)",
-        "harmful compliance rate on harmbench (fraction)",
+        "harmful content rate on harmbench (fraction)",
     )
-    assert ax.get_title().startswith("Harmful compliance vs KL to reference")
+    assert ax.get_title().startswith("Harmful content vs KL to reference")
     assert [t.get_text() for t in frontier.legends[0].get_texts()] == legend
     assert [t.get_text() for t in ax.texts] == ["1", "2"]
     tradeoff = made.figures["harm_vs_over_refusal.png"]

@@ -7,13 +7,14 @@ import json
 from pathlib import Path
 
 import pytest
+from probe_fixtures import label_file, tiny_probe
 
 from alignlab import cli
 from alignlab.config import compose_config, validate
 from alignlab.data import onpolicy
 from alignlab.errors import ConfigError
 
-BASE = ["experiment=safety-smollm-quick", "model=tiny", "pipeline.stages=[pairs]", "logger=none"]
+BASE = ["experiment=safety-smollm-quick", "model=tiny", "pipeline.stages=[pairs]", "logger=none", "eval.judge=rules"]
 
 
 def _pairs_run(tmp_path: Path, *extra: str) -> Path:
@@ -50,3 +51,26 @@ def test_ches_drop_must_be_a_fraction_below_one(override):
 def test_negative_prompt_counts_are_refused():
     with pytest.raises(ConfigError, match=r"algo\.pairs\.max_benign"):
         validate(compose_config([*BASE, "algo.pairs.max_benign=-1"]))
+
+
+def test_the_pairs_stage_judges_with_the_evaluations_judge_unless_told():
+    from alignlab.config.root import pairs_judge
+
+    assert pairs_judge(validate(compose_config(["experiment=safety-smollm"])), "pairs") == "probe"
+    assert pairs_judge(validate(compose_config(["experiment=safety-smollm", "algo.pairs.judge=rules"])), "pairs") == (
+        "rules"
+    )
+    with pytest.raises(ConfigError, match=r"algo\.pairs\.judge.*no judge 'guard'"):
+        validate(compose_config(["experiment=safety-smollm", "algo.pairs.judge=guard"]))
+
+
+def test_a_learned_pairs_judge_counts_the_outcomes_the_rules_would_change(tmp_path, cache_dir, tiny_model, monkeypatch):
+    """The probe judge routes the replies (here fitted on the tiny model's states, as the probe tests do); the stage
+    also records how many prompts' outcomes the rule judge would have decided differently."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    files = [label_file(tmp_path / "labels.jsonl", "set-a")]
+    tiny_probe(monkeypatch, tmp_path / "judge-cache")
+    stage = _pairs_run(tmp_path, "eval.judge=probe", f"eval.judges.probe.labels=[{files[0]}]")
+    metrics = json.loads((stage / "metrics.json").read_text())
+    records = onpolicy.read_jsonl(stage / "generations.jsonl")
+    assert 0 <= metrics["pairs/changed_vs_rules"] <= len(records) == 16

@@ -163,6 +163,7 @@ def test_the_second_round_asks_the_sft_model_new_prompts_and_dpo_trains_on_both(
     args = [
         "run",
         "experiment=safety-smollm-quick",
+        "eval.judge=rules",  # the tiny model's replies; the probe judge reads SmolLM2's states
         "model=tiny",
         "pipeline=safety-2round",
         "data=safety-bias-onpolicy",
@@ -219,6 +220,7 @@ def test_a_third_round_asks_prompts_neither_earlier_round_used(tmp_path, cache_d
     args = [
         "run",
         "experiment=safety-smollm-quick",
+        "eval.judge=rules",  # the tiny model's replies; the probe judge reads SmolLM2's states
         "model=tiny",
         "pipeline=safety-2round",
         "pipeline.stages=[pairs,sft,pairs_sft,pairs_3,dpo]",

@@ -1,6 +1,6 @@
 """Sample safety prompts and write a model's replies to them, unlabelled, for labelling under LABELING.md.
 
-    python benchmarks/labels/sample_replies.py [--n 160] [--seed 0] [--out FILE] [--source NAME] [override ...]
+    python benchmarks/sample_replies.py [--n 160] [--seed 0] [--out FILE] [--source NAME] [override ...]
 
 The prompts are drawn, with a fixed seed, from the refusal suites of `eval=safety` (conf/eval/safety.yaml): half
 from the suites that expect a refusal (the bundled held-out harmful prompts and HarmBench), half from those that
@@ -31,7 +31,7 @@ PROMPT_SOURCES = {
     "harmbench": "harmbench",
     "xstest_safe": "xstest",
 }
-DEFAULT_OUT = Path(__file__).parent / "smollm2-shipped.unlabelled.jsonl"
+DEFAULT_OUT = Path(__file__).parents[1] / "src" / "alignlab" / "assets" / "labels" / "smollm2-shipped.unlabelled.jsonl"
 
 
 def sample(pools: dict[str, list[tuple[str, str]]], n: int, seed: int) -> list[tuple[str, str, str]]:
