@@ -8,6 +8,8 @@
                                             freeze the run and submit it as a Slurm job (-m: a sweep array)
     alignlab eval model=A[,B...] [reference=R] [eval=GROUP] [key=value ...]
                                             evaluate checkpoints on the eval suites, print a comparison table
+    alignlab rejudge RUN_DIR [key=value ...]
+                                            re-judge a run's saved evaluation replies with eval.judge, no generation
     alignlab data check SOURCE [options]    read and validate a data source, print a summary
     alignlab report SOURCE... [--out DIR] [--interval ci95|std] [--metrics KEY ...] [--label KEY ...] [--archive DIR]
                                             ablation tables (Markdown, LaTeX, CSV) and plots: runs differing only
@@ -75,6 +77,13 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rejudge(args: argparse.Namespace) -> int:
+    from alignlab.rejudge import rejudge
+
+    rejudge(args.run_dir, args.overrides)
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from alignlab.report import make_report
 
@@ -123,7 +132,7 @@ def _data_check(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alignlab", description="Preference alignment: SFT -> DPO on TRL.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_run, _add_resume, _add_slurm, _add_eval, _add_report, _add_data):
+    for add in (_add_run, _add_resume, _add_slurm, _add_eval, _add_rejudge, _add_report, _add_data):
         add(sub)
     return parser
 
@@ -175,6 +184,18 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     )
     ev.add_argument("overrides", nargs="*", help="model=... reference=... eval=... and Hydra overrides key=value")
     ev.set_defaults(func=_eval)
+
+
+def _add_rejudge(sub: argparse._SubParsersAction) -> None:
+    rj = sub.add_parser(
+        "rejudge",
+        help="re-judge a finished run's evaluation replies with another judge",
+        description="Reads <stage>/generations.jsonl of each evaluation stage and writes <stage>/rejudged/<judge>.json "
+        "and .generations.jsonl; the judge is eval.judge of the default experiment plus the overrides.",
+    )
+    rj.add_argument("run_dir", type=Path, help="a run folder (<run.root>/<name>/<id>)")
+    rj.add_argument("overrides", nargs="*", help="e.g. eval.judge=rules or eval.judges.probe.labels=[my.jsonl]")
+    rj.set_defaults(func=_rejudge)
 
 
 def _add_report(sub: argparse._SubParsersAction) -> None:

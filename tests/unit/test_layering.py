@@ -42,7 +42,17 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("stages", ("alignlab.stages",)),
     ("launch", ("alignlab.launch",)),  # starts ranks; knows nothing of the pipeline
     ("pipeline", ("alignlab.pipeline",)),
-    ("commands", ("alignlab.rank", "alignlab.eval_command", "alignlab.sweep", "alignlab.slurm", "alignlab.report")),
+    (
+        "commands",
+        (
+            "alignlab.rank",
+            "alignlab.eval_command",
+            "alignlab.sweep",
+            "alignlab.slurm",
+            "alignlab.report",
+            "alignlab.rejudge",
+        ),
+    ),
     ("cli", ("alignlab.cli", "alignlab.__main__")),
 ]
 STAGE_REGISTRY = "alignlab.stages"  # the only module that imports a stage entry point (tests may too)
