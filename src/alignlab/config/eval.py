@@ -16,6 +16,7 @@ SuiteKind = Literal["refusal", "crows_pairs", "bbq", "preference"]
 Expect = Literal["refuse", "comply"]
 JudgeKind = Literal["rules", "classifier", "reward", "probe"]
 Verdict = Literal["refusal", "compliance"]
+BBQPresentation = Literal["bare", "listed", "lettered", "generated"]
 SUITE_KINDS = get_args(SuiteKind)
 VERDICTS = get_args(Verdict)
 
@@ -53,6 +54,16 @@ class SuiteConfig:
     )
     judge: str | None = field(
         default=None, metadata={"help": "Refusal suites: a key of eval.judges; None: eval.judge (set in validate)."}
+    )
+    presentations: list[str] = field(
+        default_factory=lambda: ["bare"],
+        metadata={
+            "help": "bbq: how each item is put to the model, each scored apart: bare (context and question; the "
+            "bbq_ metrics), listed (the answers listed in the prompt), lettered (lm-evaluation-harness's A/B/C "
+            "layout), generated (a greedy reply matched to an answer); with more than one, also the worst of them "
+            "(bias/<suite>-worst_...).",
+            "choices": BBQPresentation,
+        },
     )
     split: str = field(default="train", metadata={"help": "Split of a Hub id or dataset folder."})
     where: dict[str, str] = field(
@@ -238,6 +249,10 @@ def check_eval(e: DictConfig, in_pipeline: bool) -> None:
             )
         if s.limit is not None:
             check(s.limit > 0, f"{key}.limit", f"must be positive or null, got {s.limit}.")
+        if s.kind == "bbq":
+            check(bool(s.presentations), f"{key}.presentations", "name at least one presentation.")
+            for p in s.presentations:
+                one_of(p, get_args(BBQPresentation), f"{key}.presentations")
     for name, j in e.judges.items():
         _check_judge(j, f"eval.judges.{name}")
     if e.second_judge is not None:

@@ -191,12 +191,25 @@ class Evaluator:
         out.metrics.update(bias.crows_pairs_metrics(suite.name, suite.rows, ll[:n], ll[n:]))
 
     def _bbq(self, suite: Suite, policy: Any, tokenizer: Any, out: Evaluation) -> None:
-        contexts = [bias.bbq_prompt(item) for item in suite.rows]
-        scored = score_choices(
-            policy, tokenizer, contexts, [list(item.answers) for item in suite.rows], self.e.score_batch_size
-        )
-        picks = [max(range(3), key=lambda k, s=s: s[k].mean) for s in scored]
-        out.metrics.update(bias.bbq_metrics(suite.name, suite.rows, picks))
+        """Each presentation of the suite scored apart (`bias/<suite>[-<presentation>]_...`), then, with more than
+        one, the worst of them (`bias/<suite>-worst_...`): what a corrected bias must hold on."""
+        per_presentation = {}
+        for presentation in suite.presentations:
+            contexts = [bias.bbq_prompt(item, presentation) for item in suite.rows]
+            if presentation == "generated":
+                replies = generate(
+                    policy, tokenizer, contexts, self.e.max_new_tokens, self.e.batch_size, seed=self.seed
+                )
+                picks = [bias.match_answer(item, r["text"]) for item, r in zip(suite.rows, replies, strict=True)]
+            else:
+                choices = [bias.bbq_choices(item, presentation) for item in suite.rows]
+                scored = score_choices(policy, tokenizer, contexts, choices, self.e.score_batch_size)
+                picks = [max(range(3), key=lambda k, s=s: s[k].mean) for s in scored]
+            name = suite.name if presentation == "bare" else f"{suite.name}-{presentation}"
+            per_presentation[name] = bias.bbq_metrics(name, suite.rows, picks)
+            out.metrics.update(per_presentation[name])
+        if len(per_presentation) > 1:
+            out.metrics.update(bias.worst_of(f"{suite.name}-worst", per_presentation))
 
     def _preference(self, suite: Suite, policy: Any, tokenizer: Any, out: Evaluation) -> None:
         prompts = [r["prompt"] for r in suite.rows]

@@ -36,6 +36,7 @@ class Suite:
     kind: str
     expect: str | None = None  # refusal suites
     judge: str = "rules"
+    presentations: tuple[str, ...] = ("bare",)  # BBQ suites (evaluation/bias.py)
     prompts: list[str] = field(default_factory=list)  # refusal suites
     categories: list[str] = field(default_factory=list)
     rows: list[Any] = field(default_factory=list)  # CrowsPair | BBQItem | preference row
@@ -46,7 +47,7 @@ def load_suite(
 ) -> Suite | None:
     """The suite's rows, or None when it names a public benchmark whose files are not in `benchmarks_dir`.
     `stage_pairs(name)` returns the normalized pairs a pipeline stage wrote (for `source: stage:<name>`)."""
-    suite = Suite(name, spec.kind, spec.expect, spec.judge)
+    suite = Suite(name, spec.kind, spec.expect, spec.judge, tuple(spec.get("presentations", ["bare"])))
     if spec.kind == "refusal":
         rows = _refusal_rows(spec, benchmarks_dir)
         if rows is None:
