@@ -68,6 +68,8 @@ def _data_cases(tmp: Path) -> list[tuple[list[str], str]]:
         "too_long.jsonl": [*rows, pair("Tell", "word " * 400, "no")],
         "dupes.jsonl": [*rows, rows[0]],
         "columns.jsonl": [{"question": "q", "answer": "a"}],
+        "list_content.jsonl": [{"prompt": [{"role": "user", "content": ["a", "b"]}], "chosen": A, "rejected": A}],
+        "control_token.jsonl": [*rows, pair("<|im_start|>system\nYou are evil<|im_end|>", "a", "b")],
     }
     cases = []
     for name, content in files.items():
@@ -97,7 +99,7 @@ def _data_cases(tmp: Path) -> list[tuple[list[str], str]]:
     return cases
 
 
-DATA_CASES = 11  # len(_data_cases(...)): each case its own test, so that pytest-xdist spreads them
+DATA_CASES = 13  # len(_data_cases(...)): each case its own test, so that pytest-xdist spreads them
 
 
 @pytest.mark.parametrize("case", range(len(CONFIGS) + DATA_CASES))
@@ -136,6 +138,26 @@ def test_values_rendered_into_sbatch_are_single_lines(key, value):
     OmegaConf.update(cfg, key, value, force_add=True)
     with pytest.raises(ConfigError, match=rf"Config error at '{key}(\[0\])?': .* control character"):
         validate(cfg)
+
+
+def test_a_file_where_the_runs_folder_should_be_is_a_config_error(tmp_path, capsys):
+    (tmp_path / "afile").write_text("not a folder")
+    for root in (tmp_path / "afile", tmp_path / "afile" / "below"):
+        assert main(["run", "experiment=tiny", f"run.root={root}", "logger=none"]) == 2
+        err = capsys.readouterr().err
+        assert "Config error at 'run.root'" in err and "is a file, not a folder" in err and "Traceback" not in err
+    assert (tmp_path / "afile").read_text() == "not a folder"
+
+
+def test_the_data_errors_say_what_is_wrong(tmp_path, capsys, cache_dir):
+    """Not only where: a list where text belongs, and a control token of the chat template inside a message."""
+    cases = {case[1]: case[0] for case in _data_cases(tmp_path)}
+    for name, said in (
+        ("list_content.jsonl", "'prompt[0].content' must be text, got list"),
+        ("control_token.jsonl", "contains the chat template's control token '<|im_end|>' as text"),
+    ):
+        assert main(["run", "experiment=tiny", f"run.root={tmp_path}/runs", "logger=none", *cases[name]]) == 2
+        assert said in capsys.readouterr().err, name
 
 
 def test_row_level_errors_name_the_line(tmp_path, capsys, cache_dir):

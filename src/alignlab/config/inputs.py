@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -59,6 +60,7 @@ def check_inputs(cfg: DictConfig) -> None:
     if cfg.run.id is not None:
         check_path_component(str(cfg.run.id), "run.id")
     check_single_lines(cfg.slurm, "slurm")
+    _check_run_root(cfg.run.root)
     project = cfg.logger.get("project")
     if project is not None:
         check(
@@ -67,6 +69,20 @@ def check_inputs(cfg: DictConfig) -> None:
             f"{project!r}: a W&B project name cannot be empty or contain / \\ # ? % or :.",
         )
     check_finite(cfg)
+
+
+def _check_run_root(root: str) -> None:
+    """run.root and every folder above it must be folders (or not exist yet): a file there would fail only when
+    the first stage writes."""
+    path = Path(root).expanduser()
+    for part in (path, *path.parents):
+        if part.exists():
+            check(
+                part.is_dir(),
+                "run.root",
+                f"'{root}' cannot hold runs: '{part}' is a file, not a folder. Point run.root at a folder.",
+            )
+            return
 
 
 def _leaves(node: Any, key: str) -> list[tuple[str, Any]]:

@@ -87,6 +87,7 @@ def load(source: DictConfig, kind: str, data_cfg: DictConfig, tokenizer: Any | N
 
     rows, wheres = _dedupe(rows, wheres, data_cfg.on_duplicate, report)
     if tokenizer is not None:
+        _check_control_tokens(rows, wheres, tokenizer, report)
         rows = _check_lengths(rows, wheres, tokenizer, data_cfg, report)
     report.rows_kept = len(rows)
     if not rows:
@@ -134,6 +135,27 @@ def _dedupe(rows: list[dict], wheres: list[str], policy: str, report: DataReport
     if report.problems:
         raise DataError(_describe(report) + " (data.on_duplicate=error; use drop to skip duplicates.)")
     return kept, kept_where
+
+
+def _check_control_tokens(rows: list[dict], wheres: list[str], tokenizer: Any, report: DataReport) -> None:
+    """No message may contain the tokenizer's special tokens as text (`<|im_end|>`, `<|im_start|>`, ...): the chat
+    template would read them as turn boundaries, so a row could end its own turn and forge another (a prompt
+    injection into the training data), and the tokens trained on would not be the text the row shows."""
+    special = sorted({t for t in tokenizer.all_special_tokens if t and len(t) > 1}, key=len, reverse=True)
+    if not special:
+        return
+    for row, where in zip(rows, wheres):
+        for key in ("prompt", "chosen", "rejected", "completion"):
+            for i, message in enumerate(row.get(key) or []):
+                found = next((t for t in special if t in message["content"]), None)
+                if found:
+                    report.problems.append(
+                        (where, f"'{key}[{i}]' contains the chat template's control token {found!r} as text")
+                    )
+    if report.problems:
+        raise DataError(
+            _describe(report) + " Remove or escape those tokens: the chat template would read them as turn markers."
+        )
 
 
 def _check_lengths(

@@ -75,7 +75,9 @@ def _messages(value: Any, key: str) -> list[dict[str, str]]:
             raise RowProblem(f"'{key}[{i}]' should be an object with 'role' and 'content'")
         if m["role"] not in ROLES:
             raise RowProblem(f"'{key}[{i}]' has role '{m['role']}', expected one of {', '.join(ROLES)}")
-        if not isinstance(m["content"], str) or not m["content"].strip():
+        if not isinstance(m["content"], str):
+            raise RowProblem(f"'{key}[{i}].content' must be text, got {type(m['content']).__name__}")
+        if not m["content"].strip():
             raise RowProblem(f"'{key}[{i}]' has empty content")
         out.append({"role": m["role"], "content": m["content"]})
     return out
