@@ -44,7 +44,8 @@ from alignlab.stages import STAGES
 from alignlab.tracking import Tracker, redact
 from alignlab.training.context import StageContext
 
-PAIR_KINDS = {"dpo", "rm", "cm", "ppo", "ppo-lag", "grpo", "rloo"}  # stages that read data.preference (pairs, prompts)
+# stages that read data.preference (pairs, prompts)
+PAIR_KINDS = {"dpo", "kto", "rm", "cm", "ppo", "ppo-lag", "grpo", "rloo"}
 LIBRARIES = (
     "torch",
     "transformers",

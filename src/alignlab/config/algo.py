@@ -15,10 +15,18 @@ from omegaconf import DictConfig
 
 from alignlab.config.checks import check, choice, flag_or_auto, one_of, positive, typed
 from alignlab.config.online import GRPOAlgoConfig, PPOAlgoConfig, PPOLagAlgoConfig, check_online
-from alignlab.config.train import TRAINING_KINDS, FlagOrAuto, TrainConfig, TRLTrainConfig, check_train
+from alignlab.config.train import (
+    TRAINING_KINDS,
+    FlagOrAuto,
+    TrainAttention,
+    TrainConfig,
+    TRLTrainConfig,
+    check_train,
+)
 
 # TRL 1.16 DPOTrainer loss types (trl/trainer/dpo_trainer.py `_compute_loss`); tests/unit/config/test_config.py
 # checks this list against TRL's own DPOConfig help text so an upgrade that adds or removes one is noticed.
+KtoLossType = Literal["kto", "apo_zero_unpaired"]
 DpoLossType = Literal[
     "sigmoid",
     "hinge",
@@ -166,6 +174,36 @@ class DPOAlgoConfig(TRLTrainConfig):
 
 
 @dataclass
+class KTOAlgoConfig(TrainConfig):
+    """Kahneman-Tversky optimisation (Ethayarajh et al. 2024) on the pairs, unpaired (stages/kto.py ->
+    trl.KTOTrainer): each chosen reply is a desirable example and each rejected one an undesirable example of its
+    prompt, so the two classes can be weighted apart (the safety pairs' refusals and compliances are not balanced
+    per category). The reference is the policy this stage starts from (with LoRA, the adapter disabled)."""
+
+    kind: str = field(default="kto", metadata={"help": "The kind of stage (selects this schema): kto."})
+    learning_rate: float = field(default=5e-7, metadata={"help": "Peak learning rate."})
+    attn_implementation: str = field(
+        default="auto",
+        metadata={
+            "help": "Attention while training; auto: eager on a CPU, `model.attn_implementation` on GPUs (devices.py).",
+            "choices": TrainAttention,
+        },
+    )
+    beta: float = field(default=0.1, metadata={"help": "KTOConfig.beta: the strength of the KL term."})
+    loss_type: str = field(
+        default="kto",
+        metadata={"help": "KTOConfig.loss_type: kto, or apo_zero_unpaired.", "choices": KtoLossType},
+    )
+    desirable_weight: float = field(
+        default=1.0, metadata={"help": "KTOConfig.desirable_weight: the weight of the chosen (desirable) replies."}
+    )
+    undesirable_weight: float = field(
+        default=1.0,
+        metadata={"help": "KTOConfig.undesirable_weight: the weight of the rejected (undesirable) replies."},
+    )
+
+
+@dataclass
 class RewardAlgoConfig(TrainConfig):
     """Bradley-Terry reward model on preference pairs (stages/reward.py -> trl.RewardTrainer), initialised from
     the policy this stage starts from (the SFT model) and saved as a one-output sequence-classification model."""
@@ -266,6 +304,7 @@ class EvalStageConfig:
 ALGO_SCHEMAS: dict[str, type] = {
     "sft": SFTAlgoConfig,
     "dpo": DPOAlgoConfig,
+    "kto": KTOAlgoConfig,
     "rm": RewardAlgoConfig,
     "cm": CostAlgoConfig,
     "ppo": PPOAlgoConfig,
@@ -361,6 +400,13 @@ def check_dpo(a: DictConfig, key: str, cfg: DictConfig) -> None:
     flag_or_auto(a, "share_prompt", key)
 
 
+def check_kto(a: DictConfig, key: str, cfg: DictConfig) -> None:
+    check(cfg.data.preference is not None, "data.preference", "the KTO stage needs preference pairs.")
+    choice(a, "loss_type", key)
+    for name in ("beta", "desirable_weight", "undesirable_weight"):
+        positive(a, name, key)
+
+
 def _check_label_smoothing(a: DictConfig, key: str, losses: list[str]) -> None:
     ls, at = a.label_smoothing, f"{key}.label_smoothing"
     if "robust" in losses:  # found by experiments/dpo-loss-beta: at 0 its runs matched sigmoid's to the last digit
@@ -378,6 +424,7 @@ def _check_label_smoothing(a: DictConfig, key: str, losses: list[str]) -> None:
 _KIND_CHECKS = {
     "sft": check_sft,
     "dpo": check_dpo,
+    "kto": check_kto,
     "rm": check_reward,
     "cm": check_reward,
     "ppo": check_online,

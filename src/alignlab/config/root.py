@@ -13,6 +13,7 @@ from alignlab.config.algo import (
     CostAlgoConfig,
     DPOAlgoConfig,
     EvalStageConfig,
+    KTOAlgoConfig,
     PairsStageConfig,
     RewardAlgoConfig,
     SFTAlgoConfig,
@@ -106,6 +107,7 @@ def register_schemas() -> None:
     for name, node in (
         ("sft", SFTAlgoConfig),
         ("dpo", DPOAlgoConfig),
+        ("kto", KTOAlgoConfig),
         ("rm", RewardAlgoConfig),
         ("cm", CostAlgoConfig),
         ("ppo", PPOAlgoConfig),

@@ -21,8 +21,8 @@ LmHead = Literal["auto", "trl", "compact"]
 TrainAttention = Literal["auto", Attention]
 PRECISIONS = tuple(p for p in get_args(Precision) if p != "auto")
 
-TRAINING_KINDS = ("sft", "dpo", "rm", "cm", "ppo", "ppo-lag", "grpo", "rloo")
-POLICY_KINDS = ("sft", "dpo", "ppo", "ppo-lag", "grpo", "rloo")  # stages whose model/ is the next stage's policy
+TRAINING_KINDS = ("sft", "dpo", "kto", "rm", "cm", "ppo", "ppo-lag", "grpo", "rloo")
+POLICY_KINDS = ("sft", "dpo", "kto", "ppo", "ppo-lag", "grpo", "rloo")  # stages whose model/ is the next stage's policy
 SCORER_KINDS = ("rm", "cm")  # stages whose model/ is a reward or cost model
 
 
@@ -118,6 +118,7 @@ def check_train(a: DictConfig, key: str, cfg: DictConfig) -> None:
     flag_or_auto(a, "gradient_checkpointing", key)
     if a.kind in ("sft", "dpo"):
         choice(a, "lm_head", key)
+    if a.kind in ("sft", "dpo", "kto"):
         choice(a, "attn_implementation", key)
     for name in ("batch_size", "grad_accum", "learning_rate"):
         positive(a, name, key)
@@ -177,7 +178,7 @@ def _check_trainer_names(a: DictConfig, key: str) -> None:
 
 def check_extra(a: DictConfig, key: str) -> None:
     """`extra` passes fields straight to TRL's config class: check the names now, not after the run started."""
-    from trl import DPOConfig, GRPOConfig, RewardConfig, RLOOConfig, SFTConfig
+    from trl import DPOConfig, GRPOConfig, KTOConfig, RewardConfig, RLOOConfig, SFTConfig
 
     if a.kind in ("ppo", "ppo-lag"):
         check(not a.extra, f"{key}.extra", "PPO is alignlab's own trainer (stages/ppo.py): set its fields directly.")
@@ -185,6 +186,7 @@ def check_extra(a: DictConfig, key: str) -> None:
     config_cls = {
         "sft": SFTConfig,
         "dpo": DPOConfig,
+        "kto": KTOConfig,
         "rm": RewardConfig,
         "cm": RewardConfig,
         "grpo": GRPOConfig,

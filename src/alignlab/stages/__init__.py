@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from alignlab.stages import dpo, evaluate, grpo, pairs, ppo, reward, sft
+from alignlab.stages import dpo, evaluate, grpo, kto, pairs, ppo, reward, sft
 from alignlab.training.context import StageContext
 
 STAGES: dict[str, Callable[[StageContext], dict[str, Any]]] = {
     "sft": sft.run,
     "dpo": dpo.run,
+    "kto": kto.run,
     "rm": reward.run_rm,
     "cm": reward.run_cm,
     "ppo": ppo.run,

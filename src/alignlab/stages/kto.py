@@ -1,0 +1,56 @@
+"""Kahneman-Tversky optimisation stage: trl.KTOTrainer on the run's preference pairs, unpaired.
+
+KTO learns from single replies marked desirable or undesirable rather than from pairs, so its two classes can be
+weighted apart (`desirable_weight`, `undesirable_weight`); the pairs give both, each chosen reply desirable and
+each rejected one undesirable for its prompt. The reference is the policy this stage starts from: with LoRA, TRL
+disables the adapter to get it, so no second copy is loaded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from datasets import Dataset
+from trl import KTOConfig, KTOTrainer
+
+from alignlab import data as data_lib
+from alignlab.models import lora_config
+from alignlab.training.context import StageContext, training_model
+from alignlab.training.saving import save_final
+from alignlab.training.trainer import train, trl_args
+
+
+def unpaired(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """KTO's rows from normalized pairs: (prompt, chosen, label true) and (prompt, rejected, label false)."""
+    rows = []
+    for pair in pairs:
+        rows.append({"prompt": pair["prompt"], "completion": pair["chosen"], "label": True})
+        rows.append({"prompt": pair["prompt"], "completion": pair["rejected"], "label": False})
+    return rows
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    a = ctx.algo
+    args = trl_args(
+        KTOConfig,
+        ctx,
+        beta=a.beta,
+        loss_type=a.loss_type,
+        desirable_weight=a.desirable_weight,
+        undesirable_weight=a.undesirable_weight,
+    )
+    policy = training_model(ctx)
+    rows = Dataset.from_list(unpaired(data_lib.without_labels(ctx.pairs)))
+    trainer = KTOTrainer(
+        model=policy,
+        ref_model=None if ctx.cfg.model.lora.enabled else training_model(ctx),
+        args=args,
+        train_dataset=rows,
+        processing_class=ctx.tokenizer,
+        peft_config=lora_config(ctx.cfg.model, policy),
+    )
+    metrics = train(trainer, ctx)
+    metrics["kto/desirable_rows"] = sum(rows["label"])
+    metrics["kto/undesirable_rows"] = len(rows) - sum(rows["label"])
+    save_final(trainer, ctx)
+    return metrics
