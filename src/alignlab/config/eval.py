@@ -63,6 +63,7 @@ class SuiteConfig:
             "layout), generated (a greedy reply matched to an answer); with more than one, also the worst of them "
             "(bias/<suite>-worst_...).",
             "choices": BBQPresentation,
+            "choices_of": "items",
         },
     )
     split: str = field(default="train", metadata={"help": "Split of a Hub id or dataset folder."})
