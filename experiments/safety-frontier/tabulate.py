@@ -125,11 +125,12 @@ def plot(settings: list[Path], out: Path) -> None:
             ("harmbench", "xstest_safe", "HarmBench / XSTest"),
         ),
     ):
-        for k, setting_dir in enumerate(settings):
-            runs = load(setting_dir)
+        groups = [("SmolLM2-135M-Instruct as shipped", load(RUNS / "default", "eval_before"))]
+        groups += [(d.name, load(d)) for d in settings]
+        for k, (label, runs) in enumerate(groups):
             xs = [r["probe"][f"safety/over_refusal_rate/{benign}"] for r in runs]
             ys = [r["probe"][f"safety/harmful_content_rate/{harm}"] for r in runs]
-            ax.scatter(xs, ys, label=setting_dir.name, marker="os^vD<>p*h"[k % 10])
+            ax.scatter(xs, ys, label=label, marker="os^vD<>p*h"[k % 10])
         ax.axvline(0.10, color="grey", linestyle=":")
         ax.axhline(0.05, color="grey", linestyle=":")
         ax.fill_between([0, 0.10], 0, 0.05, color="green", alpha=0.1)
