@@ -88,7 +88,9 @@ def test_eval_compares_base_merged_and_lora_checkpoint(tmp_path, cache_dir, benc
         and str(trained / "model") in (p / "config.yaml").read_text()
     ]
     gens = [json.loads(line) for line in (merged_run / "eval" / "generations.jsonl").read_text().splitlines()]
-    assert {"suite", "prompt", "reply", "refused", "judge"} <= set(gens[0]) and gens[0]["judge"] == "rules"
+    # the default experiment's judges: the learned probe, and the rules re-judging the same replies beside it
+    assert {"suite", "prompt", "reply", "refused", "judge", "judge2_refused"} <= set(gens[0])
+    assert gens[0]["judge"] == "probe"
 
     again = alignlab(tmp_path, cache_dir, *args).stdout
     assert again.count("eval: already done, skipped") == 3
