@@ -148,6 +148,15 @@ def test_a_later_round_must_follow_a_pairs_stage():
             validate(compose_config([*base, f"algo.pairs_sft.after={bad}"]))
 
 
+class LengthJudge:
+    """A judge keyed on the reply's length: the tiny model's noise is then sometimes a refusal, sometimes not."""
+
+    axes = ("refusal",)
+
+    def refused(self, prompts: list[str], replies: list[str]) -> list[bool]:
+        return [len(text) % 2 == 0 for text in replies]
+
+
 @pytest.mark.slow
 def test_the_second_round_asks_the_sft_model_new_prompts_and_dpo_trains_on_both(
     tmp_path, cache_dir, tiny_model, monkeypatch
@@ -156,7 +165,7 @@ def test_the_second_round_asks_the_sft_model_new_prompts_and_dpo_trains_on_both(
     in for its greedy replies and a judge keyed on the text's length for the refusal rules: some first replies to
     benign prompts are then refusals, and some re-samples helpful."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setattr("alignlab.stages.pairs.is_refusal", lambda text: len(text) % 2 == 0)
+    monkeypatch.setattr("alignlab.stages.pairs.build_judge", lambda spec, benchmarks: LengthJudge())
     monkeypatch.setattr(
         "alignlab.stages.pairs.generate", lambda *a, **k: generate(*a, **{**k, "do_sample": True, "temperature": 1.0})
     )
