@@ -11,7 +11,7 @@ import textwrap
 import pytest
 import torch
 from conftest import REPO
-from test_stages import context
+from stage_fixtures import context
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
 
 from alignlab import cli, devices

@@ -3,35 +3,14 @@ stages tokenize a prompt and its reply identically (same boundary, end-of-turn t
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
+from stage_fixtures import context
 from transformers import AutoModelForCausalLM
 
 from alignlab import data as data_lib
-from alignlab.config import compose_config, validate
-from alignlab.pipeline import prepare
 from alignlab.stages import dpo, sft
-from alignlab.tracking import Tracker
-from alignlab.training.context import StageContext
-
-
-def context(tmp_path: Path, stage: str, *overrides: str) -> StageContext:
-    cfg = validate(compose_config(["experiment=tiny", "logger=none", f"run.root={tmp_path}", *overrides]))
-    prep = prepare(cfg)
-    return StageContext(
-        cfg,
-        stage,
-        tmp_path / stage,
-        prep.base_model,
-        prep.base_model,
-        prep.tokenizer,
-        prep.pairs,
-        prep.sft_rows,
-        Tracker(cfg, tmp_path),
-    )
 
 
 def sequence_logps(model, batch):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_stages import context
+from stage_fixtures import context
 from transformers import AutoModelForCausalLM
 
 from alignlab import cli
