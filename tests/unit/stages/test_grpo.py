@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from stage_fixtures import context as stage_context
 
 from alignlab.config import compose_config, validate
 from alignlab.data import unique_prompts
@@ -19,7 +20,6 @@ from alignlab.models import load_model
 from alignlab.pipeline import prepare
 from alignlab.pipeline import run as run_pipeline
 from alignlab.stages import grpo
-from alignlab.tracking import Tracker
 from alignlab.training.context import StageContext
 from alignlab.training.trainer import train
 
@@ -52,19 +52,7 @@ def config(tmp_path: Path, *overrides: str):
 
 def context(tmp_path: Path, *overrides: str) -> StageContext:
     """The context of a pipeline whose only stage is `grpo`, starting from the tiny model."""
-    cfg = config(tmp_path, "pipeline.stages=[grpo]", *overrides)
-    prep = prepare(cfg)
-    return StageContext(
-        cfg,
-        "grpo",
-        tmp_path / "grpo",
-        prep.base_model,
-        prep.base_model,
-        prep.tokenizer,
-        prep.pairs,
-        prep.sft_rows,
-        Tracker(cfg, tmp_path),
-    )
+    return stage_context(tmp_path, "grpo", "pipeline=sft-rm-grpo", "pipeline.stages=[grpo]", *overrides)
 
 
 # ---------------------------------------------------------------------------------------------- config errors
