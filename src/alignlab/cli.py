@@ -28,7 +28,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from alignlab.errors import ConfigError, Preempted, UserError
+from alignlab.errors import ConfigError, InternalError, Preempted, UserError
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
 
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> Any:
     except UserError as exc:
         print(f"alignlab: {exc}", file=sys.stderr)
         return exc.exit_code
-    except Preempted as exc:
+    except (Preempted, InternalError) as exc:
         print(f"alignlab: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

@@ -15,6 +15,7 @@ Everything a stage needs (model, tokenizer, every data row) is loaded and valida
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -23,6 +24,7 @@ import socket
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -37,7 +39,7 @@ from alignlab.config import POLICY_KINDS, TRAINING_KINDS, validate
 from alignlab.console import Console
 from alignlab.data import mix
 from alignlab.data.sources import fingerprint
-from alignlab.errors import ConfigError, RunStateError, UserError
+from alignlab.errors import ConfigError, Preempted, RunStateError, UserError, disk_full, internal_error, is_disk_full
 from alignlab.evaluation import report as run_report
 from alignlab.models import cache_root, load_tokenizer, resolve_model_path
 from alignlab.stages import STAGES
@@ -311,6 +313,7 @@ def execute(prep: Prepared, console: Any = None) -> dict[str, Any]:
     results: dict[str, Any] = {}
     policy = prep.base_model
     comparison: dict[str, Any] = {}
+    stage = None
     try:
         for stage in cfg.pipeline.stages:
             stage_dir = prep.run_dir / stage
@@ -318,7 +321,7 @@ def execute(prep: Prepared, console: Any = None) -> dict[str, Any]:
             if not main and not is_done(stage_dir) and kind not in TRAINING_KINDS:
                 distributed.wait_for(stage_dir / "DONE", f"stage '{stage}'")
             if is_done(stage_dir):
-                results[stage] = {**json.loads((stage_dir / "metrics.json").read_text()), "status": "skipped (done)"}
+                results[stage] = {**_finished_metrics(stage_dir), "status": "skipped (done)"}
                 console.stage_skipped(stage)
             else:
                 if kind in TRAINING_KINDS and prep.pairs_from and prep.pairs is None:
@@ -347,15 +350,49 @@ def execute(prep: Prepared, console: Any = None) -> dict[str, Any]:
                 prep.pairs_from, prep.pairs = stage, None
         if main:
             comparison = _write_summary(prep, results, tracker)
-    except BaseException:
+    except BaseException as exc:
         tracker.finish(exit_code=1)
-        raise
+        reported = _reported(prep.run_dir, stage, exc)
+        if reported is exc:
+            raise
+        raise reported from exc
     tracker.finish()
     console.summary(prep.run_dir, results)
     if comparison:
         console.comparison(comparison, prep.run_dir / "report.md")
         console.targets(run_report.check_targets(prep.cfg, results))
     return results
+
+
+def _finished_metrics(stage_dir: Path) -> dict[str, Any]:
+    """A finished stage's metrics.json; damaged, it is named with the way to run that stage again."""
+    path = stage_dir / "metrics.json"
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        metrics = exc
+    if not isinstance(metrics, dict):
+        raise RunStateError(
+            f"Run state error: stage '{stage_dir.name}' is marked done but {path} is unreadable or damaged "
+            f"({' '.join(str(metrics).split())[:120]}). To run that stage again, delete {stage_dir / 'DONE'} "
+            f"(later stages that used it too), then run the same command."
+        )
+    return metrics
+
+
+def _reported(run_dir: Path, stage: str | None, exc: BaseException) -> BaseException:
+    """What the console shows of a failure inside the stages; the traceback goes to the run's error.log.
+    Preemption and interrupts pass through; a full disk and any unexpected error become one paragraph."""
+    if isinstance(exc, (Preempted, KeyboardInterrupt, SystemExit)):
+        return exc
+    # on a full disk even the log may not fit
+    with contextlib.suppress(OSError), open(run_dir / "error.log", "a", encoding="utf-8") as f:
+        f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} stage {stage}:\n{''.join(traceback.format_exception(exc))}\n")
+    if isinstance(exc, UserError):
+        return exc
+    if is_disk_full(exc, run_dir):
+        return disk_full(run_dir, stage)
+    return internal_error(run_dir, stage, exc)
 
 
 def _write_summary(prep: Prepared, results: dict[str, Any], tracker: Tracker) -> dict[str, Any]:

@@ -54,9 +54,9 @@ def check_frozen_unedited(run_dir: Path) -> None:
     now = digest((run_dir / "config.yaml").read_text(encoding="utf-8"))
     if recorded.read_text().strip() != now:
         raise RunStateError(
-            f"Run error: {run_dir / 'config.yaml'} was edited after the run started (its sha256 no longer matches "
-            f"{recorded.name}), so the finished stages, cached pairs and checkpoints no longer match it. Start a "
-            "new run with the changed settings (alignlab run ... run.id=<new name>), or restore the file."
+            f"Run error: {run_dir / 'config.yaml'} was edited or damaged after the run started (its sha256 no "
+            f"longer matches {recorded.name}), so the finished stages, cached pairs and checkpoints no longer match "
+            "it. Start a new run with the changed settings (alignlab run ... run.id=<new name>), or restore the file."
         )
 
 

@@ -202,4 +202,6 @@ def test_a_run_folder_keeps_its_config_and_refuses_another(tmp_path, cache_dir):
     assert {p: p.read_bytes() for p in before} == before
     (run / "config.yaml").write_text((run / "config.yaml").read_text().replace("seed: 42", "seed: 43"))
     resumed = subprocess.run([*base, "resume", str(run)], cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert resumed.returncode == 2 and "was edited after the run started" in resumed.stderr, resumed.stderr[-2000:]
+    assert resumed.returncode == 2 and "was edited or damaged after the run started" in resumed.stderr, resumed.stderr[
+        -2000:
+    ]

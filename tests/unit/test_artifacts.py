@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import json
 
-from alignlab.artifacts import COMPLETE, atomic_write_json, is_done, last_complete_checkpoint, mark_done
+import pytest
+
+from alignlab.artifacts import (
+    COMPLETE,
+    atomic_write_json,
+    checkpoint_damage,
+    is_done,
+    last_complete_checkpoint,
+    mark_done,
+    write_complete,
+)
 
 
 def test_incomplete_checkpoints_are_set_aside(tmp_path):
@@ -13,12 +23,48 @@ def test_incomplete_checkpoints_are_set_aside(tmp_path):
         (ckpts / f"checkpoint-{step}").mkdir(parents=True)
         (ckpts / f"checkpoint-{step}" / "model.safetensors").write_bytes(b"x")
         if complete:
-            (ckpts / f"checkpoint-{step}" / COMPLETE).write_text(str(step))
+            write_complete(ckpts / f"checkpoint-{step}", step)
     assert last_complete_checkpoint(ckpts).name == "checkpoint-8"
-    names = {p.name for p in ckpts.iterdir()}
-    (aside,) = names - {"checkpoint-4", "checkpoint-8"}
-    assert aside.startswith("checkpoint-12.incomplete-")
-    assert (ckpts / aside / "model.safetensors").read_bytes() == b"x"  # kept, not deleted
+    assert {p.name for p in ckpts.iterdir()} == {"checkpoint-4", "checkpoint-8"}
+    (aside,) = (tmp_path / "checkpoints-aside").iterdir()  # out of the folder whose checkpoint-* rotation deletes
+    assert aside.name.startswith("checkpoint-12.incomplete-")
+    assert (aside / "model.safetensors").read_bytes() == b"x"  # kept, not deleted
+
+
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [
+        (lambda c: (c / "optimizer.pt").unlink(), "optimizer.pt is missing"),
+        (lambda c: (c / "model.safetensors").write_bytes(b"xy"), "model.safetensors has 2 bytes, its manifest says 3"),
+        (
+            lambda c: (c / "model.safetensors").write_bytes(b"xyz"[::-1]),
+            "model.safetensors changed after it was written",
+        ),
+        (lambda c: (c / COMPLETE).write_text('{"step": 8, "fi'), "its COMPLETE marker is unreadable"),
+    ],
+)
+def test_a_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys, damage, said):
+    ckpts = tmp_path / "checkpoints"
+    for step in (4, 8):
+        ckpt = ckpts / f"checkpoint-{step}"
+        ckpt.mkdir(parents=True)
+        (ckpt / "model.safetensors").write_bytes(b"xyz")
+        (ckpt / "optimizer.pt").write_bytes(b"state")
+        write_complete(ckpt, step)
+    assert checkpoint_damage(ckpts / "checkpoint-8") is None
+    damage(ckpts / "checkpoint-8")
+    assert last_complete_checkpoint(ckpts).name == "checkpoint-4"
+    out = capsys.readouterr().out
+    assert "checkpoint-8 cannot be resumed from" in out and said in out, out
+    (aside,) = (tmp_path / "checkpoints-aside").iterdir()
+    assert aside.name.startswith("checkpoint-8.damaged-") and (aside / COMPLETE).is_file()
+
+
+def test_a_marker_of_an_older_alignlab_still_counts(tmp_path):
+    ckpt = tmp_path / "checkpoints" / "checkpoint-3"
+    ckpt.mkdir(parents=True)
+    (ckpt / COMPLETE).write_text("3\n")  # before manifests: the step only
+    assert last_complete_checkpoint(tmp_path / "checkpoints") == ckpt
 
 
 def test_atomic_write_leaves_no_temporary_files(tmp_path):

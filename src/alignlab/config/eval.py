@@ -10,7 +10,7 @@ from typing import Any, Literal, Optional, get_args
 
 from omegaconf import II, MISSING, DictConfig
 
-from alignlab.config.checks import check, choice, one_of, typed
+from alignlab.config.checks import check, choice, one_of, positive, typed
 
 SuiteKind = Literal["refusal", "crows_pairs", "bbq", "preference"]
 Expect = Literal["refuse", "comply"]
@@ -236,6 +236,8 @@ def type_eval(e: DictConfig) -> None:
 def check_eval(e: DictConfig, in_pipeline: bool) -> None:
     """`in_pipeline`: the pipeline has an eval stage, which needs suites."""
     suites = dict(e.suites)
+    for name in ("max_new_tokens", "batch_size", "score_batch_size"):
+        positive(e, name, "eval")
     if in_pipeline:
         check(bool(suites), "eval.suites", "the pipeline has an eval stage but no suites are configured.")
     for name, s in suites.items():

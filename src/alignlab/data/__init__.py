@@ -8,6 +8,7 @@ policies (`data.on_overlength`, `data.on_duplicate`) are applied here and counte
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,11 +138,30 @@ def _dedupe(rows: list[dict], wheres: list[str], policy: str, report: DataReport
     return kept, kept_where
 
 
+# Turn markers as chat templates write them: ChatML and Llama 3 (<|...|>), Llama 2 / Mistral ([INST], <s>),
+# Gemma (<start_of_turn>). Found in a template's own rendering, they are control text even where the tokenizer
+# does not register them as special tokens (its template then writes them as plain text, as a row could).
+TEMPLATE_MARKER = re.compile(r"<\|[^<>|\s]{1,40}\|>|</?s>|\[/?INST\]|<(?:start|end)_of_turn>")
+
+
+def control_strings(tokenizer: Any) -> set[str]:
+    """The tokenizer's special tokens, plus the turn markers its chat template renders around messages."""
+    found = {t for t in tokenizer.all_special_tokens if t and len(t) > 1}
+    turns = [{"role": "user", "content": "\x00"}, {"role": "assistant", "content": "\x00"}]
+    try:
+        rendered = tokenizer.apply_chat_template(turns, tokenize=False)
+    except Exception:  # no template, or one that needs other turns: the special tokens still apply
+        return found
+    for fragment in str(rendered).split("\x00"):
+        found.update(TEMPLATE_MARKER.findall(fragment))
+    return found
+
+
 def _check_control_tokens(rows: list[dict], wheres: list[str], tokenizer: Any, report: DataReport) -> None:
     """No message may contain the tokenizer's special tokens as text (`<|im_end|>`, `<|im_start|>`, ...): the chat
     template would read them as turn boundaries, so a row could end its own turn and forge another (a prompt
     injection into the training data), and the tokens trained on would not be the text the row shows."""
-    special = sorted({t for t in tokenizer.all_special_tokens if t and len(t) > 1}, key=len, reverse=True)
+    special = sorted(control_strings(tokenizer), key=len, reverse=True)
     if not special:
         return
     for row, where in zip(rows, wheres):

@@ -13,6 +13,7 @@ Each adapter returns the normalized row or raises `RowProblem` with a message na
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Any
 
 ROLES = ("system", "user", "assistant")
@@ -117,11 +118,22 @@ def _pair(
     _check_prompt(prompt)
     if chosen == rejected:
         raise RowProblem("'chosen' and 'rejected' are identical")
+    if _comparable(chosen) == _comparable(rejected):
+        raise RowProblem(
+            "'chosen' and 'rejected' differ only in whitespace or Unicode form (identical after NFKC normalisation "
+            "and collapsing whitespace), so the pair teaches nothing but that difference"
+        )
     row: dict[str, Any] = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
     for key, label in zip(SAFETY_KEYS, (chosen_safe, rejected_safe)):
         if label is not None:  # unlabelled rows keep the three keys every stage reads
             row[key] = label
     return row
+
+
+def _comparable(messages: list[dict[str, str]]) -> list[tuple[str, str]]:
+    """Messages as a reader sees them: NFKC-normalised (full-width letters, ligatures, composed accents), case
+    kept, whitespace runs collapsed. Two replies equal under this differ in bytes only."""
+    return [(m["role"], " ".join(unicodedata.normalize("NFKC", m["content"]).split())) for m in messages]
 
 
 def _row_safety(row: dict[str, Any]) -> dict[str, bool | None]:

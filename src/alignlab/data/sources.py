@@ -65,13 +65,22 @@ def read_rows(
         rows = list(_read_file(local))
     elif local is not None and local.is_dir():
         rows = _read_folder(local, split)
-    elif HUB_ID.match(path) and not path.startswith((".", "/")):
+    elif local is not None:  # exists, but a FIFO, a device (a link to /dev/zero), a socket: reading could hang
+        raise DataError(
+            f"Data error: '{path}' is not a regular file or folder (a pipe, device or socket); give a data file."
+        )
+    elif HUB_ID.match(path) and not path.startswith((".", "/")) and not _looks_like_file(path):
         rows = _read_hub(path, split, subset, revision)
     else:
         raise DataError(f"Data error: '{path}' does not exist (not a file, a folder, or a Hub dataset id 'org/name').")
     if not rows:
         raise DataError(f"Data error: '{path}' has no rows.")
     return rows[:max_rows] if max_rows else rows
+
+
+def _looks_like_file(path: str) -> bool:
+    """A missing path with a data file's extension is a typo in a local path, not a Hub dataset id to try."""
+    return Path(path).suffix.lower() in (".jsonl", ".ndjson", ".json", ".csv", ".parquet", ".txt")
 
 
 def _decode(raw: bytes, where: Path) -> str:

@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
+from alignlab.artifacts import file_sha256
 from alignlab.errors import DataError
 from alignlab.evaluation import labels as project_labels
 from alignlab.evaluation.refusal import DEFAULT_RULES, RuleSet, is_refusal, read_xstest
@@ -567,6 +568,8 @@ def _read_cache(folder: Path, digest: str) -> dict[str, Head] | str:
         return "no usable cache" if isinstance(exc, FileNotFoundError) else f"unreadable cache: {exc}"
     if meta.get("digest") != digest:
         return "its inputs changed since the cached fit"
+    if meta.get("heads_sha256") != file_sha256(folder / "heads.safetensors"):
+        return "its heads file fails the checksum recorded with it"
     return {
         axis: Head(*(tensors[f"{axis}.{part}"] for part in ("mean", "scale", "weight", "bias")))
         for axis in meta["axes"]
@@ -583,5 +586,6 @@ def _write_cache(folder: Path, heads: dict[str, Head], meta: dict[str, object]) 
     }
     save_file(tensors, folder / "heads.safetensors.tmp")
     os.replace(folder / "heads.safetensors.tmp", folder / "heads.safetensors")
+    meta = {**meta, "heads_sha256": file_sha256(folder / "heads.safetensors")}
     (folder / "meta.json.tmp").write_text(json.dumps(meta, indent=1, sort_keys=True))
     os.replace(folder / "meta.json.tmp", folder / "meta.json")

@@ -29,7 +29,7 @@ from omegaconf import DictConfig
 from transformers import get_scheduler
 
 from alignlab import distributed, preemption
-from alignlab.artifacts import COMPLETE, atomic_write_json, atomic_write_text, last_complete_checkpoint
+from alignlab.artifacts import COMPLETE, atomic_write_json, last_complete_checkpoint, write_complete
 from alignlab.data import unique_prompts
 from alignlab.errors import diverged
 from alignlab.rl import ppo_core as core
@@ -195,7 +195,7 @@ class PPORecipe:
                 "lagrange": self.lagrange.state_dict() if self.lagrange is not None else None,
             }
             torch.save(state, ckpt / STATE_FILE)
-            atomic_write_text(ckpt / COMPLETE, f"{iteration}\n")
+            write_complete(ckpt, iteration)
             _prune(self.ctx.checkpoint_dir, self.a.save_total_limit)
 
     def load_checkpoint(self, path: Path) -> None:

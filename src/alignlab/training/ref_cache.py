@@ -37,6 +37,11 @@ def row_key(prompt_ids: list[int], chosen_ids: list[int], rejected_ids: list[int
     return hashlib.sha256(json.dumps([prompt_ids, chosen_ids, rejected_ids]).encode()).hexdigest()[:24]
 
 
+def pairs_digest(pairs: Any) -> str:
+    """The checksum stored beside the cached values: a file edited by hand or damaged on disk is recomputed."""
+    return hashlib.sha256(json.dumps(pairs, sort_keys=True).encode()).hexdigest()
+
+
 class RefLogpCache:
     """One cache entry: the folder of a (reference, settings) key, holding every pair scored under it."""
 
@@ -53,10 +58,15 @@ class RefLogpCache:
             return {}
         try:
             stored = json.loads(self.file.read_text())
-        except json.JSONDecodeError:  # written atomically, so only a hand-edited file gets here: recompute it all
-            print(f"[alignlab] reference log-prob cache {self.file} is unreadable; recomputing it")
+        except (json.JSONDecodeError, UnicodeDecodeError):  # written atomically: only a damaged file gets here
+            print(f"[alignlab] note: reference log-prob cache {self.file} is unreadable; recomputing it")
             return {}
-        return stored["pairs"] if stored.get("key") == self.parts else {}
+        if not isinstance(stored, dict) or stored.get("key") != self.parts:
+            return {}
+        if stored.get("sha256") != pairs_digest(stored.get("pairs")):  # edited or damaged since it was written
+            print(f"[alignlab] note: reference log-prob cache {self.file} fails its checksum; recomputing it")
+            return {}
+        return stored["pairs"]
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -87,7 +97,7 @@ class RefLogpCache:
                 for i, chosen, rejected in zip(missing, scored[COLUMNS[0]], scored[COLUMNS[1]]):
                     stored[keys[i]] = [float(chosen), float(rejected)]
                 if distributed.is_main():
-                    atomic_write_json(self.file, {"key": self.parts, "pairs": stored})
+                    atomic_write_json(self.file, {"key": self.parts, "pairs": stored, "sha256": pairs_digest(stored)})
         distributed.barrier()
         values = [stored[k] for k in keys]
         return dataset.add_column(COLUMNS[0], [v[0] for v in values]).add_column(COLUMNS[1], [v[1] for v in values])

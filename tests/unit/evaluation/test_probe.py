@@ -64,6 +64,12 @@ def test_heads_are_cached_and_refitted_when_a_label_file_changes(cache_dir, tmp_
     meta = (folder / "meta.json").read_text()
     assert '"set-b": 15' in meta and '"layer": 2' in meta
 
+    said.clear()
+    heads = folder / "heads.safetensors"
+    heads.write_bytes(heads.read_bytes()[:-1] + bytes([heads.read_bytes()[-1] ^ 1]))  # one bit flipped on disk
+    fit()
+    assert any("fails the checksum" in s for s in said), said
+
 
 def test_a_bad_label_file_fails_with_the_loaders_error(cache_dir, tmp_path):
     bad = label_row(1, "set-a", "benign", "Sure, here it is.", False) | {"refusal": "maybe"}

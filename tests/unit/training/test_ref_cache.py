@@ -90,6 +90,19 @@ def test_an_unreadable_cache_file_is_recomputed_not_trusted(tmp_path, cache_dir,
     assert first.train_dataset["ref_chosen_logps"] == second.train_dataset["ref_chosen_logps"]
 
 
+def test_a_cache_file_edited_by_hand_fails_its_checksum_and_is_recomputed(tmp_path, cache_dir, capsys):
+    _, first = built(tmp_path, "a")
+    (entry,) = cache_files(tmp_path)
+    stored = json.loads(entry.read_text())
+    key = next(iter(stored["pairs"]))
+    stored["pairs"][key][0] += 5.0  # a tampered value, still valid JSON under the right key
+    entry.write_text(json.dumps(stored))
+    _, second = built(tmp_path, "b")
+    assert second.ref_stats["ref_logps/computed_pairs"] == len(second.train_dataset)
+    assert "fails its checksum; recomputing" in capsys.readouterr().out
+    assert first.train_dataset["ref_chosen_logps"] == second.train_dataset["ref_chosen_logps"]
+
+
 @pytest.mark.slow
 def test_a_beta_sweep_computes_the_reference_pass_once(tmp_path, cache_dir, monkeypatch):
     """Three members of `alignlab run -m experiment=tiny algo.dpo.beta=...` each train the same SFT model (same seed,
