@@ -42,7 +42,7 @@ from alignlab.data.sources import fingerprint
 from alignlab.errors import ConfigError, Preempted, RunStateError, UserError, disk_full, internal_error, is_disk_full
 from alignlab.evaluation import report as run_report
 from alignlab.models import cache_root, load_tokenizer, resolve_model_path
-from alignlab.stages import STAGES
+from alignlab.stages import STAGES, TRAINING_ARGS
 from alignlab.tracking import Tracker, redact
 from alignlab.training.context import StageContext
 
@@ -125,12 +125,24 @@ def prepare(cfg: DictConfig, run_dir: Path | None = None) -> Prepared:
         if cfg.data.bias is not None:
             prep.fingerprints.update(mix.check_templates(cfg.data.bias))
         _check_inputs_unchanged(run_dir, prep.fingerprints)
+        check_training_args(prep)
     except UserError as exc:
         if run_dir.is_dir():  # an existing run keeps its files; only the error is added
             with open(run_dir / "error.log", "a", encoding="utf-8") as f:
                 f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {exc}\n")
         raise
     return prep
+
+
+def check_training_args(prep: Prepared) -> None:
+    """Every unfinished TRL stage's arguments, built now from the stage's settings (and thrown away), so a value TRL
+    or transformers refuses (a scheduler, an optimizer, a combination) is reported before any stage trains."""
+    for stage in prep.cfg.pipeline.stages:
+        build = TRAINING_ARGS.get(prep.cfg.algo[stage].kind)
+        stage_dir = prep.run_dir / stage
+        if build is not None and not is_done(stage_dir):
+            base = prep.base_model
+            build(StageContext(prep.cfg, stage, stage_dir, base, base, prep.tokenizer, None, None, None, dry_run=True))
 
 
 def check_model_fits_config(path: str, model_cfg: DictConfig) -> None:

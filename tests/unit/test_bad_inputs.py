@@ -66,6 +66,8 @@ CONFIGS = [
     (["eval.max_new_tokens=-1"], "Config error at 'eval.max_new_tokens'"),
     (["+algo.dpo.extra.report_to=[wandb]"], "Config error at 'algo.dpo.extra.report_to'"),
     (["+algo.sft.extra.logging_dir=/tmp/x"], "Config error at 'algo.sft.extra'"),
+    # refused by TRL / transformers themselves: found before the first stage trains, not after SFT
+    (["+algo.dpo.extra.load_best_model_at_end=true"], "Config error at 'algo.dpo': TRL rejected the settings"),
     (["data=local", "data.preference.path=x.jsonl", "data.preference.max_rows=0"], "data.preference.max_rows"),
     (["data=local", "data.preference.path=x.jsonl", "data.preference.max_rows=-1"], "data.preference.max_rows"),
 ]

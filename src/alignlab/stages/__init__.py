@@ -27,3 +27,16 @@ STAGES: dict[str, Callable[[StageContext], dict[str, Any]]] = {
     "pairs": pairs.run,
     "eval": evaluate.run,
 }
+
+# The TRL arguments of each TRL-trained kind, built for every stage before the first one runs (pipeline.prepare), so a
+# setting TRL refuses stops the run at once, not after the stages before it have trained. PPO is alignlab's own loop:
+# its settings are all checked in config.validate.
+TRAINING_ARGS: dict[str, Callable[[StageContext], Any]] = {
+    "sft": sft.training_args,
+    "dpo": dpo.training_args,
+    "kto": kto.training_args,
+    "rm": reward.training_args,
+    "cm": reward.training_args,
+    "grpo": grpo.training_args,
+    "rloo": grpo.training_args,
+}

@@ -80,10 +80,9 @@ class AlignlabDPOTrainer(DPOTrainer):
         return length_grouped(self, lengths)
 
 
-def build_trainer(ctx: StageContext) -> AlignlabDPOTrainer:
+def training_args(ctx: StageContext) -> DPOConfig:
     a = ctx.algo
-    precompute = dpo_precomputes(a)
-    args = trl_args(
+    return trl_args(
         DPOConfig,
         ctx,
         beta=a.beta,
@@ -95,13 +94,19 @@ def build_trainer(ctx: StageContext) -> AlignlabDPOTrainer:
         f_alpha_divergence_coef=a.f_alpha_divergence_coef,
         use_weighting=a.use_weighting,
         discopop_tau=a.discopop_tau,
-        precompute_ref_log_probs=precompute,
+        precompute_ref_log_probs=dpo_precomputes(a),
         # a forward without gradients holds no activations for a backward pass: four training batches at a time
         precompute_ref_batch_size=4 * a.batch_size,
         sync_ref_model=a.sync_ref_model,
         ref_model_mixup_alpha=a.ref_model_mixup_alpha,
         ref_model_sync_steps=a.ref_model_sync_steps,
     )
+
+
+def build_trainer(ctx: StageContext) -> AlignlabDPOTrainer:
+    a = ctx.algo
+    precompute = dpo_precomputes(a)
+    args = training_args(ctx)
     policy = training_model(ctx)
     peft = lora_config(ctx.cfg.model, policy)
     compact = lm_head.use_compact(a.lm_head, policy, devices.training_device())

@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from datasets import Dataset
+from omegaconf import DictConfig
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 from alignlab.data import unique_prompts
@@ -51,8 +52,8 @@ class RewardFunction:
         return self.scorer(prompts, replies).tolist()
 
 
-def reward_functions(ctx: StageContext) -> tuple[list[RewardFunction], list[float]]:
-    """The reward function, plus the cost function when `cost` is set, and their weights for TRL.
+def reward_functions(ctx: StageContext) -> list[RewardFunction]:
+    """The reward function, plus the cost function when `cost` is set (weighted by `reward_weights`).
 
     The cost function returns the cost itself, weighted by -cost_weight: TRL's total reward is then
     reward - cost_weight * cost, and its `rewards/cost/mean` curve is the mean cost, not its negation."""
@@ -63,17 +64,21 @@ def reward_functions(ctx: StageContext) -> tuple[list[RewardFunction], list[floa
             spec, run_dir=ctx.stage_dir.parent, batch_size=a.batch_size, max_length=ctx.cfg.data.max_length
         )
 
-    functions, weights = [RewardFunction("reward", scorer(a.reward))], [1.0]
+    functions = [RewardFunction("reward", scorer(a.reward))]
     if a.cost is not None:
         functions.append(RewardFunction("cost", scorer(a.cost)))
-        weights.append(-a.cost_weight)
-    return functions, weights
+    return functions
 
 
-def build_trainer(ctx: StageContext) -> GRPOTrainer | RLOOTrainer:
+def reward_weights(a: DictConfig) -> list[float]:
+    """TRL's weight of each function of `reward_functions`: the reward, and the cost at -cost_weight."""
+    return [1.0] if a.cost is None else [1.0, -a.cost_weight]
+
+
+def training_args(ctx: StageContext) -> Any:
+    """GRPOConfig or RLOOConfig."""
     a = ctx.algo
-    config_cls, trainer_cls = TRAINERS[a.kind]
-    functions, weights = reward_functions(ctx)
+    config_cls, _ = TRAINERS[a.kind]
     args = trl_args(
         config_cls,
         ctx,
@@ -84,13 +89,21 @@ def build_trainer(ctx: StageContext) -> GRPOTrainer | RLOOTrainer:
         max_completion_length=a.max_new_tokens,
         temperature=a.temperature,
         beta=a.beta,
-        reward_weights=weights,
+        reward_weights=reward_weights(a),
     )
     if args.per_device_eval_batch_size % args.num_generations_eval:  # TRL checks it only with eval_strategy set
         raise ConfigError(
             f"Config error at 'algo.{ctx.name}.extra.num_generations_eval': {args.num_generations_eval} replies per "
             f"prompt for the final reward must divide batch_size ({args.per_device_eval_batch_size})."
         )
+    return args
+
+
+def build_trainer(ctx: StageContext) -> GRPOTrainer | RLOOTrainer:
+    a = ctx.algo
+    _, trainer_cls = TRAINERS[a.kind]
+    functions = reward_functions(ctx)
+    args = training_args(ctx)
     policy = load_model(ctx.input_model, ctx.cfg.model)
     policy.generation_config.eos_token_id = stop_ids(ctx.tokenizer)  # end generation and completions at end of turn
     prompts = Dataset.from_list([{"prompt": p} for p in unique_prompts(ctx.pairs)])

@@ -29,9 +29,9 @@ def unpaired(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def run(ctx: StageContext) -> dict[str, Any]:
+def training_args(ctx: StageContext) -> KTOConfig:
     a = ctx.algo
-    args = trl_args(
+    return trl_args(
         KTOConfig,
         ctx,
         beta=a.beta,
@@ -39,6 +39,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
         desirable_weight=a.desirable_weight,
         undesirable_weight=a.undesirable_weight,
     )
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    args = training_args(ctx)
     policy = training_model(ctx)
     rows = Dataset.from_list(unpaired(data_lib.without_labels(ctx.pairs)))
     trainer = KTOTrainer(

@@ -103,11 +103,15 @@ def load_scorer_model(ctx: StageContext) -> PreTrainedModel:
     return model
 
 
+def training_args(ctx: StageContext) -> RewardConfig:
+    return trl_args(RewardConfig, ctx, center_rewards_coefficient=ctx.algo.center_rewards_coefficient)
+
+
 def build_trainer(
     trainer_cls: type[RewardTrainer], ctx: StageContext, train_rows: list[dict], held_out: list[dict], **extra: Any
 ) -> RewardTrainer:
     """`trainer_cls` on the pairs; the held-out pairs are tokenized and length-filtered with the training ones."""
-    args = trl_args(RewardConfig, ctx, center_rewards_coefficient=ctx.algo.center_rewards_coefficient)
+    args = training_args(ctx)
     model = load_scorer_model(ctx)
     return trainer_cls(
         model=model,

@@ -37,15 +37,20 @@ class AlignlabSFTTrainer(SFTTrainer):
         return length_grouped(self, [len(ids) for ids in ds["input_ids"]])
 
 
-def build_trainer(ctx: StageContext) -> AlignlabSFTTrainer:
+def training_args(ctx: StageContext) -> SFTConfig:
     a = ctx.algo
-    args = trl_args(
+    return trl_args(
         SFTConfig,
         ctx,
         packing=a.packing,
         completion_only_loss=a.completion_only_loss,
         eos_token=ctx.tokenizer.eos_token,
     )
+
+
+def build_trainer(ctx: StageContext) -> AlignlabSFTTrainer:
+    a = ctx.algo
+    args = training_args(ctx)
     model = training_model(ctx)
     compact = lm_head.use_compact(a.lm_head, model, devices.training_device())
     with lm_head.replacing_trl_head(trl.trainer.sft_trainer, compact):

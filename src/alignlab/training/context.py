@@ -28,7 +28,10 @@ class StageContext:
     tokenizer: Any
     pairs: list[dict] | None  # normalized preference rows
     sft_rows: list[dict] | None  # normalized prompt/completion rows
-    tracker: Tracker
+    tracker: Tracker | None
+    # Arguments are built to be checked before any stage runs (pipeline.check_training_args), never used: no
+    # DeepSpeed or process-group state is created for them.
+    dry_run: bool = False
 
     @property
     def algo(self) -> DictConfig:

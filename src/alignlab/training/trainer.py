@@ -43,7 +43,7 @@ def trl_args(config_cls: type, ctx: StageContext, **specific: Any) -> Any:
         optim=a.optim,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        gradient_checkpointing=gradient_checkpointing(ctx, precision),
+        gradient_checkpointing=False if ctx.dry_run else gradient_checkpointing(ctx, precision),
         logging_steps=a.logging_steps,
         save_strategy="steps",
         save_steps=a.save_steps,
@@ -53,8 +53,9 @@ def trl_args(config_cls: type, ctx: StageContext, **specific: Any) -> Any:
         report_to=[],
         use_cpu=not on_gpu,
         dataloader_num_workers=0,
-        deepspeed=distributed.deepspeed_config(cfg),  # None unless distributed.strategy=deepspeed
-        ddp_backend=distributed.backend(cfg) if distributed.world_size() > 1 else None,
+        # None unless distributed.strategy=deepspeed (and in a dry run, whose arguments register nothing globally)
+        deepspeed=None if ctx.dry_run else distributed.deepspeed_config(cfg),
+        ddp_backend=distributed.backend(cfg) if distributed.world_size() > 1 and not ctx.dry_run else None,
         ddp_timeout=int(cfg.distributed.timeout_minutes) * 60,
         ddp_find_unused_parameters=False,  # a causal LM uses every parameter; the search costs a graph traversal
         **specific,

@@ -97,8 +97,8 @@ def test_prompts_are_the_unique_conversations_of_the_pairs():
 
 def test_reward_and_cost_functions_take_trls_conversational_arguments(tmp_path, cache_dir):
     ctx = context(tmp_path, "algo.grpo.reward=contains:yes", "algo.grpo.cost=contains:bad", "algo.grpo.cost_weight=2")
-    functions, weights = grpo.reward_functions(ctx)
-    assert [f.__name__ for f in functions] == ["reward", "cost"] and weights == [1.0, -2.0]
+    functions = grpo.reward_functions(ctx)
+    assert [f.__name__ for f in functions] == ["reward", "cost"] and grpo.reward_weights(ctx.algo) == [1.0, -2.0]
     prompts = [[{"role": "user", "content": "Q?"}]] * 3
     completions = [[{"role": "assistant", "content": text}] for text in ("yes", "yes, bad", "no")]
     reward, cost = (f(prompts=prompts, completions=completions, completion_ids=[[1]] * 3) for f in functions)
