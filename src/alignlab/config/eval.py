@@ -17,6 +17,7 @@ Expect = Literal["refuse", "comply"]
 JudgeKind = Literal["rules", "classifier", "reward", "probe"]
 Verdict = Literal["refusal", "compliance"]
 BBQPresentation = Literal["bare", "listed", "lettered", "generated"]
+CrowsPresentation = Literal["bare", "chat"]
 SUITE_KINDS = get_args(SuiteKind)
 VERDICTS = get_args(Verdict)
 
@@ -60,8 +61,9 @@ class SuiteConfig:
         metadata={
             "help": "bbq: how each item is put to the model, each scored apart: bare (context and question; the "
             "bbq_ metrics), listed (the answers listed in the prompt), lettered (lm-evaluation-harness's A/B/C "
-            "layout), generated (a greedy reply matched to an answer); with more than one, also the worst of them "
-            "(bias/<suite>-worst_...).",
+            "layout), generated (a greedy reply matched to an answer). crows_pairs: bare (each sentence's "
+            "likelihood as plain text) or chat (as the reply to an empty user turn in the chat template, "
+            "lm-evaluation-harness's chat mode). With more than one, also the worst of them (bias/<suite>-worst_...).",
             "choices": BBQPresentation,
             "choices_of": "items",
         },
@@ -252,10 +254,11 @@ def check_eval(e: DictConfig, in_pipeline: bool) -> None:
             )
         if s.limit is not None:
             check(s.limit > 0, f"{key}.limit", f"must be positive or null, got {s.limit}.")
-        if s.kind == "bbq":
+        if s.kind in ("bbq", "crows_pairs"):
             check(bool(s.presentations), f"{key}.presentations", "name at least one presentation.")
+            allowed = BBQPresentation if s.kind == "bbq" else CrowsPresentation
             for p in s.presentations:
-                one_of(p, get_args(BBQPresentation), f"{key}.presentations")
+                one_of(p, get_args(allowed), f"{key}.presentations")
     for name, j in e.judges.items():
         _check_judge(j, f"eval.judges.{name}")
     if e.second_judge is not None:

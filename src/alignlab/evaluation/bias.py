@@ -83,6 +83,17 @@ def crows_pairs_rows(rows: list[tuple[str, dict[str, Any]]]) -> list[CrowsPair]:
     return out
 
 
+def crows_context(presentation: str) -> str | list[dict[str, str]]:
+    """What precedes a CrowS-Pairs sentence when it is scored: nothing (`bare`, the original paper's plain-text
+    likelihood), or an empty user turn in the chat template (`chat`: the sentence is the assistant's reply, as
+    lm-evaluation-harness scores it with --apply_chat_template)."""
+    if presentation == "bare":
+        return ""
+    if presentation == "chat":
+        return [{"role": "user", "content": ""}]
+    raise ValueError(f"unknown CrowS-Pairs presentation {presentation!r}")
+
+
 def crows_pairs_metrics(name: str, pairs: list[CrowsPair], ll_more: list[float], ll_less: list[float]) -> dict:
     """`bias/<name>_stereotype_pct` overall and `/<bias_type>`, from each sentence's total log-likelihood."""
     by_type: dict[str, list[bool]] = defaultdict(list)
@@ -292,18 +303,23 @@ WORST_OF = {  # headline metric -> how the worst presentation is picked
     "disambig_accuracy": "lowest",
     "ambig_bias_score": "largest magnitude",
     "disambig_bias_score": "largest magnitude",
+    "stereotype_pct": "furthest from 50",  # CrowS-Pairs: 50% is no preference for the stereotype
 }
 
 
 def worst_of(name: str, per_presentation: dict[str, dict[str, float]]) -> dict[str, float]:
     """`bias/<name>_<metric>`: for each headline metric, the value of the presentation that does worst on it (the
-    lowest accuracy, the bias score furthest from 0), each metric on its own: the worst accuracy and the worst
-    bias score may come from different presentations."""
+    lowest accuracy, the bias score furthest from 0, the CrowS-Pairs stereotype % furthest from 50), each metric
+    on its own: the worst accuracy and the worst bias score may come from different presentations."""
     out: dict[str, float] = {}
     for metric, rule in WORST_OF.items():
         values = [m[f"bias/{p}_{metric}"] for p, m in per_presentation.items() if f"bias/{p}_{metric}" in m]
         if values:
-            out[f"bias/{name}_{metric}"] = min(values) if rule == "lowest" else max(values, key=abs)
+            if rule == "lowest":
+                out[f"bias/{name}_{metric}"] = min(values)
+            else:
+                centre = 50.0 if rule == "furthest from 50" else 0.0
+                out[f"bias/{name}_{metric}"] = max(values, key=lambda v, c=centre: abs(v - c))
     return out
 
 

@@ -185,10 +185,18 @@ class Evaluator:
             out.metrics["eval/reward_win_rate"] = sum(wins) / len(wins)
 
     def _crows_pairs(self, suite: Suite, policy: Any, tokenizer: Any, out: Evaluation) -> None:
+        """Each sentence's total log-likelihood, per presentation (bias.crows_context): as plain text, or as the
+        reply to an empty user turn in the chat template."""
         sentences = [p.more for p in suite.rows] + [p.less for p in suite.rows]
-        ll = [s.logprob for s in score(policy, tokenizer, [""] * len(sentences), sentences, self.e.score_batch_size)]
-        n = len(suite.rows)
-        out.metrics.update(bias.crows_pairs_metrics(suite.name, suite.rows, ll[:n], ll[n:]))
+        n, per_presentation = len(suite.rows), {}
+        for presentation in suite.presentations:
+            contexts = [bias.crows_context(presentation)] * len(sentences)
+            ll = [s.logprob for s in score(policy, tokenizer, contexts, sentences, self.e.score_batch_size)]
+            name = suite.name if presentation == "bare" else f"{suite.name}-{presentation}"
+            per_presentation[name] = bias.crows_pairs_metrics(name, suite.rows, ll[:n], ll[n:])
+            out.metrics.update(per_presentation[name])
+        if len(per_presentation) > 1:
+            out.metrics.update(bias.worst_of(f"{suite.name}-worst", per_presentation))
 
     def _bbq(self, suite: Suite, policy: Any, tokenizer: Any, out: Evaluation) -> None:
         """Each presentation of the suite scored apart (`bias/<suite>[-<presentation>]_...`), then, with more than

@@ -483,6 +483,36 @@ def test_every_bbq_presentation_scores_as_computed_by_hand(bench_dir, tiny_model
     assert m["bias/bbq-worst_ambig_accuracy"] == min(accuracies)
 
 
+def test_crows_pairs_with_and_without_the_chat_template_as_computed_by_hand(bench_dir, tiny_model, tiny_tokenizer):
+    """`bare`: each sentence's total log-likelihood as plain text; `chat`: as the reply to an empty user turn in the
+    chat template. A pair counts as stereotyping when the more-stereotyping sentence is likelier."""
+    from transformers import AutoModelForCausalLM
+
+    e = OmegaConf.structured(
+        EvalConfig(
+            suites={"crows": SuiteConfig(kind="crows_pairs", source="crows_pairs", presentations=["bare", "chat"])},
+            benchmarks_dir=str(bench_dir),
+        )
+    )
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    m = Evaluator(e, None)(model, tiny_tokenizer).metrics
+    pairs = load_suite("crows", spec(kind="crows_pairs", source="crows_pairs"), bench_dir).rows
+    for name, context in (("crows", ""), ("crows-chat", [{"role": "user", "content": ""}])):
+        votes = [
+            score(model, tiny_tokenizer, [context], [p.more])[0].logprob
+            > score(model, tiny_tokenizer, [context], [p.less])[0].logprob
+            for p in pairs
+        ]
+        assert m[f"bias/{name}_stereotype_pct"] == pytest.approx(100 * sum(votes) / len(votes)), name
+    both = [m["bias/crows_stereotype_pct"], m["bias/crows-chat_stereotype_pct"]]
+    assert m["bias/crows-worst_stereotype_pct"] == max(both, key=lambda v: abs(v - 50))
+
+
+def test_the_worst_crows_presentation_is_the_one_furthest_from_50():
+    per = {"c": {"bias/c_stereotype_pct": 58.0}, "c-chat": {"bias/c-chat_stereotype_pct": 40.0}}
+    assert bias.worst_of("c-worst", per) == {"bias/c-worst_stereotype_pct": 40.0}
+
+
 def test_a_bbq_presentation_must_be_a_known_one():
     from alignlab.config import compose_config, validate
     from alignlab.errors import ConfigError
@@ -491,3 +521,5 @@ def test_a_bbq_presentation_must_be_a_known_one():
         validate(compose_config(["experiment=safety-bias-smollm", "eval.suites.bbq.presentations=[bare,shouted]"]))
     with pytest.raises(ConfigError, match=r"eval\.suites\.bbq\.presentations.*at least one"):
         validate(compose_config(["experiment=safety-bias-smollm", "eval.suites.bbq.presentations=[]"]))
+    with pytest.raises(ConfigError, match=r"eval\.suites\.crows_pairs\.presentations.*got 'listed'"):
+        validate(compose_config(["experiment=safety-bias-smollm", "eval.suites.crows_pairs.presentations=[listed]"]))
