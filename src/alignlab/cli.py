@@ -28,6 +28,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import alignlab
 from alignlab.errors import ConfigError, InternalError, Preempted, UserError
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
@@ -131,6 +132,7 @@ def _data_check(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alignlab", description="Preference alignment: SFT -> DPO on TRL.")
+    parser.add_argument("--version", action="version", version=f"alignlab {alignlab.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_run, _add_resume, _add_slurm, _add_eval, _add_rejudge, _add_report, _add_data):
         add(sub)

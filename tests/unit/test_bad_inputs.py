@@ -321,3 +321,14 @@ def test_secrets_never_reach_the_snapshot(monkeypatch, capsys):
     )
     out = capsys.readouterr().out
     assert "sk-very-secret-123" not in out and "abc" not in out and out.count("***") == 2
+
+
+def test_version_flag_and_module_entry_point(capsys):
+    """`alignlab --version` and `python -m alignlab` work as for any Python package."""
+    import alignlab
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"alignlab {alignlab.__version__}"
+    proc = subprocess.run([sys.executable, "-m", "alignlab", "--version"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"alignlab {alignlab.__version__}", proc.stderr
