@@ -99,6 +99,13 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mapping(text: str) -> tuple[str, str]:
+    want, sep, have = text.partition("=")
+    if not (sep and want.strip() and have.strip()):
+        raise ConfigError(f"Config error at '--column {text}': write EXPECTED=FILES, e.g. --column prompt=question.")
+    return want.strip(), have.strip()
+
+
 def _data_check(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
@@ -107,7 +114,13 @@ def _data_check(args: argparse.Namespace) -> int:
     from alignlab.models import load_tokenizer
 
     source = OmegaConf.structured(
-        SourceConfig(path=args.source, format=args.format, split=args.split, pku_choose_by=args.pku_choose_by)
+        SourceConfig(
+            path=args.source,
+            format=args.format,
+            split=args.split,
+            pku_choose_by=args.pku_choose_by,
+            columns=dict(_mapping(c) for c in args.column),
+        )
     )
     data_cfg = OmegaConf.structured(
         DataConfig(
@@ -251,6 +264,13 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     check.add_argument("--max-length", type=int, default=1024)
     check.add_argument("--on-overlength", choices=["truncate", "drop", "error"], default="truncate")
     check.add_argument("--on-duplicate", choices=["drop", "keep", "error"], default="drop")
+    check.add_argument(
+        "--column",
+        action="append",
+        default=[],
+        metavar="EXPECTED=FILES",
+        help="read the file's column FILES as EXPECTED (repeatable), e.g. --column prompt=question",
+    )
     check.add_argument("--json", action="store_true", help="print the summary as JSON")
     check.set_defaults(func=_data_check)
 

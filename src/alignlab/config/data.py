@@ -48,6 +48,31 @@ class SourceConfig:
         },
     )
     max_rows: int | None = field(default=None, metadata={"help": "Read at most this many rows; None: all of them."})
+    columns: dict[str, str] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Columns to read under the names alignlab expects, {expected: the file's}, e.g. {prompt: "
+            "question, chosen: good, rejected: bad}; applied to every row before the format is detected."
+        },
+    )
+
+
+# Every column some data format reads (data/formats.py): what `columns` may map a file's columns to.
+COLUMNS = (
+    "prompt",
+    "chosen",
+    "rejected",
+    "completion",
+    "messages",
+    "chosen_safe",
+    "rejected_safe",
+    "response_0",
+    "response_1",
+    "better_response_id",
+    "safer_response_id",
+    "is_response_0_safe",
+    "is_response_1_safe",
+)
 
 
 @dataclass
@@ -159,6 +184,13 @@ def check_data(cfg: DictConfig, stages: list[str]) -> None:
             choice(d[part], "pku_choose_by", f"data.{part}")
             rows = d[part].max_rows
             check(rows is None or rows > 0, f"data.{part}.max_rows", f"must be positive or null (all), got {rows}.")
+            for want, have in d[part].columns.items():
+                check(
+                    want in COLUMNS,
+                    f"data.{part}.columns.{want}",
+                    f"'{want}' is no column alignlab reads; map the file's columns to some of: {', '.join(COLUMNS)}.",
+                )
+                check(bool(str(have).strip()), f"data.{part}.columns.{want}", "name the file's column to read.")
 
 
 def check_bias_mix(cfg: DictConfig, stages: list[str]) -> None:

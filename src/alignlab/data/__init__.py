@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from alignlab.data import formats
-from alignlab.data.sources import read_rows
+from alignlab.data.sources import RawRow, read_rows
 from alignlab.errors import DataError
 
 MAX_LISTED = 8  # problems spelled out in an error; the rest are counted
@@ -58,6 +58,8 @@ def load(source: DictConfig, kind: str, data_cfg: DictConfig, tokenizer: Any | N
     """Read, normalize and validate one source. `tokenizer=None` skips the token-length checks."""
     report = DataReport(source=str(source.path), kind=kind, overlength_action=data_cfg.on_overlength)
     raw = read_rows(str(source.path), source.split, source.subset, source.revision, source.max_rows)
+    if source.get("columns"):
+        raw = _renamed(raw, dict(source.columns), str(source.path))
     report.rows_read = len(raw)
     fmt = source.format
     if fmt == "auto":
@@ -94,6 +96,26 @@ def load(source: DictConfig, kind: str, data_cfg: DictConfig, tokenizer: Any | N
     if not rows:
         raise DataError(f"Data error: no rows of '{source.path}' are left after the length and duplicate checks.")
     return rows, report
+
+
+def _renamed(raw: list[RawRow], columns: dict[str, str], path: str) -> list[RawRow]:
+    """Rows with the file's columns under the names alignlab reads (`columns`: expected -> the file's). A mapped
+    column missing from a row is that row's error; every such row is named in one message."""
+    missing = [(r.where, [c for c in columns.values() if c not in r.data]) for r in raw]
+    missing = [(where, cols) for where, cols in missing if cols]
+    if missing:
+        listed = "; ".join(f"{where}: no column {', '.join(map(repr, cols))}" for where, cols in missing[:MAX_LISTED])
+        more = f"; and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""
+        raise DataError(
+            f"Data error in '{path}': {len(missing)} of {len(raw)} rows lack a column named in data.*.columns "
+            f"({listed}{more})."
+        )
+    renamed = []
+    for r in raw:
+        row = {k: v for k, v in r.data.items() if k not in columns}  # the mapped column replaces one of that name
+        row.update({want: r.data[have] for want, have in columns.items()})
+        renamed.append(RawRow(r.where, row))
+    return renamed
 
 
 def load_stage_pairs(run_dir: Path, stage: str, data_cfg: DictConfig, tokenizer: Any) -> tuple[list[dict], DataReport]:

@@ -17,13 +17,50 @@ A = lambda text: [{"role": "assistant", "content": text}]  # noqa: E731
 
 
 def load(path, kind="preference", tokenizer=None, **kw):
-    src_keys = {"format", "split", "pku_choose_by", "max_rows"}
+    src_keys = {"format", "split", "pku_choose_by", "max_rows", "columns"}
     source = OmegaConf.structured(SourceConfig(path=str(path), **{k: v for k, v in kw.items() if k in src_keys}))
     cfg = OmegaConf.structured(DataConfig(name="t", **{k: v for k, v in kw.items() if k not in src_keys}))
     return data.load(source, kind, cfg, tokenizer)
 
 
 # ------------------------------------------------------------------------------------------ formats
+def test_columns_map_a_files_own_names_onto_the_ones_alignlab_reads(tmp_path):
+    own = [{"question": "What is 2+2?", "good": "4.", "bad": "5.", "id": 7}]
+    mapping = {"prompt": "question", "chosen": "good", "rejected": "bad"}
+    rows, report = load(write_jsonl(tmp_path / "q.jsonl", own), columns=mapping)
+    assert report.format == "plain"
+    assert rows == [{"prompt": U("What is 2+2?"), "chosen": A("4."), "rejected": A("5.")}]
+    with pytest.raises(DataError, match=r"'prompt' is missing|cannot tell the preference format"):
+        load(tmp_path / "q.jsonl")  # without the mapping
+    ragged = write_jsonl(tmp_path / "r.jsonl", [*own, {"question": "Hi?", "good": "Hello."}, {"q": 1}])
+    with pytest.raises(DataError) as err:
+        load(ragged, columns=mapping)
+    said = str(err.value)
+    assert "2 of 3 rows lack a column named in data.*.columns" in said
+    assert "r.jsonl line 2: no column 'bad'" in said and "r.jsonl line 3: no column 'question', 'good', 'bad'" in said
+
+
+def test_columns_must_map_onto_a_column_alignlab_reads():
+    from alignlab.config import compose_config, validate
+    from alignlab.errors import ConfigError
+
+    bad = ["experiment=tiny", "data=local", "data.preference.path=x.jsonl", "+data.preference.columns={question: q}"]
+    with pytest.raises(ConfigError, match=r"data\.preference\.columns\.question.*no column alignlab reads"):
+        validate(compose_config(bad))
+
+
+def test_data_check_takes_the_same_mapping(tmp_path, capsys):
+    from alignlab.cli import main
+
+    path = tmp_path / "own.csv"
+    path.write_text("question,good,bad\nq1?,a1.,b1.\nq2?,a2.,b2.\n")
+    columns = ["--column", "prompt=question", "--column", "chosen=good", "--column", "rejected=bad"]
+    assert main(["data", "check", str(path), *columns]) == 0
+    assert "no malformed rows" in capsys.readouterr().out
+    assert main(["data", "check", str(path), "--column", "prompt"]) == 2
+    assert "write EXPECTED=FILES" in capsys.readouterr().err
+
+
 def test_plain_strings_become_conversational(tmp_path):
     rows, report = load(write_jsonl(tmp_path / "p.jsonl", [pair("What is 2+2?", "4.", "5.")]))
     assert report.format == "plain"
