@@ -17,6 +17,7 @@ PkuChooseBy = Literal["better", "safer"]
 # data/bias.py's KINDS and AGREEING_REJECTED (tests/unit/config/test_config_schema.py keeps them equal)
 BiasKind = Literal["ambiguous", "disambiguated", "open"]
 AgreeingRejected = Literal["abstain", "mixed", "named", "balanced"]
+BiasPresentation = Literal["free", "listed", "lettered"]  # data/bias.py PRESENTATIONS
 DATA_FORMATS = get_args(DataFormat)
 BIAS_KINDS = get_args(BiasKind)
 AGREEING_REJECTED = get_args(AgreeingRejected)
@@ -99,6 +100,16 @@ class BiasMixConfig:
             "them name the other person); balanced (in every context, whichever way its evidence goes, one of its "
             "two pairs' rejected replies abstains and the other names the wrong person).",
             "choices": AgreeingRejected,
+        },
+    )
+    presentations: dict[str, float] = field(
+        default_factory=lambda: {"free": 1.0},
+        metadata={
+            "help": "Weight of each way a two-person question is put, dealt so each gets its share: free (the "
+            "question alone), listed (the three options after it), lettered (options A-C, replies opening with the "
+            "letter). In the project's own wordings, so that evaluation's BBQ presentations stay held out.",
+            "choices": BiasPresentation,
+            "choices_of": "keys",
         },
     )
     sft: bool = field(
@@ -206,6 +217,12 @@ def check_bias_mix(cfg: DictConfig, stages: list[str]) -> None:
         mix.agreeing_rejected in AGREEING_REJECTED,
         "data.bias.agreeing_rejected",
         f"expected one of {list(AGREEING_REJECTED)}, got {mix.agreeing_rejected!r}.",
+    )
+    ways = dict(mix.presentations)
+    check(
+        set(ways) <= set(get_args(BiasPresentation)) and all(w >= 0 for w in ways.values()) and sum(ways.values()) > 0,
+        "data.bias.presentations",
+        f"expected weights >= 0, some above 0, for some of {list(get_args(BiasPresentation))}, got {ways}.",
     )
     share = dict(mix.sft_share)
     check(

@@ -33,6 +33,7 @@ from alignlab.data.sources import resolve_local
 from alignlab.errors import DataError
 
 KINDS = ("ambiguous", "disambiguated", "open")
+PRESENTATIONS = ("free", "listed", "lettered")  # how a two-person question is put (`present`)
 AGREEING_REJECTED = ("abstain", "mixed", "named", "balanced")  # see `disambiguated`
 BUNDLED = "pkg://alignlab/assets/bias/templates.yaml"
 
@@ -239,6 +240,57 @@ def open_ended(s: Scenario, rng: Draws, templates: dict[str, Any]) -> list[dict[
 
 BUILDERS = {"ambiguous": ambiguous, "disambiguated": disambiguated, "open": open_ended}
 
+# The project's own wordings for the options, so that evaluation's presentations (BBQ's "Answer with one of: ...",
+# lm-evaluation-harness's "Question: ... A. ... Answer:") stay held out: what must transfer is the behaviour, not a
+# prompt seen in training.
+LISTED_FRAMES = ("{text} Options: {options}.", "{text} Choose from: {options}.", "{text} (Possible answers: {options})")
+LETTERED_FRAMES = (
+    "{text}\n{options}",
+    "{text} Pick one.\n{options}",
+    "{text}\n{options}\nReply with the letter.",
+)
+OPTION_LETTERS = ("A", "B", "C")
+
+
+def present(pair: dict[str, Any], presentation: str, rng: Draws, openers: list[str]) -> dict[str, Any]:
+    """`pair` (a two-person question) put another way, so that training teaches the answer, not one prompt shape.
+
+    - free: the question alone (as built);
+    - listed: the three options after it, in a shuffled order: the two people and an "unknown" wording;
+    - lettered: the options lettered A-C, one per line, and each reply opens with its option's letter
+      ("B. Cannot be determined. ..."), as a reply to a lettered question does.
+    The "unknown" option is worded as the pair's abstaining reply opens (else an opener dealt in turn), so a reply
+    always repeats one option's words."""
+    if presentation == "free" or not pair.get("people"):
+        return pair
+    text = pair["prompt"][0]["content"]
+    replies = {key: pair[key][0]["content"] for key in ("chosen", "rejected")}
+    said = next((o for o in openers for r in replies.values() if r.startswith(o)), None)
+    unknown = said or rng.turn("option-unknown", openers)
+    options = [_cap(p) for p in pair["people"]] + [unknown.rstrip(".")]
+    rng.shuffle(options)
+    if presentation == "listed":
+        prompt = rng.choice(LISTED_FRAMES).format(text=text, options="; ".join(options))
+    else:
+        lines = "\n".join(f"{letter}. {option}" for letter, option in zip(OPTION_LETTERS, options))
+        prompt = rng.choice(LETTERED_FRAMES).format(text=text, options=lines)
+        for key, reply in replies.items():  # every reply opens with one option's words (longest first: "Lucas Jr")
+            given = max((o for o in options if reply.startswith(o)), key=len)
+            replies[key] = f"{OPTION_LETTERS[options.index(given)]}. {reply}"
+    return {
+        **pair,
+        "prompt": _message("user", prompt),
+        "chosen": _message("assistant", replies["chosen"]),
+        "rejected": _message("assistant", replies["rejected"]),
+        "presentation": presentation,
+    }
+
+
+def _dealt_presentation(weights: dict[str, float], dealt: Counter) -> str:
+    """The presentation furthest below its share so far: each gets its weight's share of the pairs, exactly."""
+    live = {p: w for p, w in sorted(weights.items()) if w > 0}
+    return min(live, key=lambda p: dealt[p] / live[p])
+
 
 def build_pairs(
     templates: dict[str, Any],
@@ -246,6 +298,7 @@ def build_pairs(
     seed: int,
     kinds: dict[str, float] | None = None,
     agreeing_rejected: str = "abstain",
+    presentations: dict[str, float] | None = None,
 ) -> list[dict]:
     """`n` distinct pairs, each dimension in turn while it has the fewest (so each gets its share), and each kind
     exactly its share of `kinds` (rounded): a random mix of 214 pairs had missed .5/.4/.1 by six pairs a kind.
@@ -258,6 +311,11 @@ def build_pairs(
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:
         raise DataError(f"Data error: unknown bias pair kinds {unknown}; expected some of {list(KINDS)}.")
+    presentations = presentations or {"free": 1.0}
+    if set(presentations) - set(PRESENTATIONS) or not any(w > 0 for w in presentations.values()):
+        raise DataError(
+            f"Data error: bias presentations {presentations} should weigh some of {list(PRESENTATIONS)} above 0."
+        )
     if agreeing_rejected not in AGREEING_REJECTED:
         raise DataError(
             f"Data error: agreeing_rejected should be one of {list(AGREEING_REJECTED)}, got {agreeing_rejected!r}."
@@ -269,7 +327,7 @@ def build_pairs(
     quota = {k: round(n * w / total) for k, w in sorted(kinds.items()) if w > 0}
     quota[max(quota, key=quota.get)] += n - sum(quota.values())  # rounding: the largest kind takes the rest
     have = dict.fromkeys(quota, 0)
-    pairs, seen, tries = [], set(), 0
+    pairs, seen, tries, dealt = [], set(), 0, Counter()
     while len(pairs) < n and tries < 50 * n + 100:
         tries += 1
         dim = min(per_dim, key=per_dim.__getitem__)
@@ -283,10 +341,17 @@ def build_pairs(
         short = [k for k in ("ambiguous", "disambiguated") if have.get(k, 0) < quota.get(k, 0)]
         together = [kind] if kind == "open" else short
         drawn = [(k, p) for k in together for p in builders[k](s, rng, templates)[: quota[k] - have[k]]]
+        trial, presented = dealt.copy(), []
+        for k, p in drawn:  # two-person questions only: an open question has no options
+            way = _dealt_presentation(presentations, trial) if p.get("people") else "free"
+            trial[way] += bool(p.get("people"))
+            presented.append((k, present(p, way, rng, templates["unknown_openers"])))
+        drawn = presented
         keys = {(p["prompt"][0]["content"], p["chosen"][0]["content"]) for _, p in drawn}
         if keys & seen:
             continue
         seen |= keys
+        dealt = trial
         per_dim[dim] += len(drawn)
         for k, p in drawn:
             have[k] += 1

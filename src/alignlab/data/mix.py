@@ -35,6 +35,7 @@ def mixed_pairs(mix: DictConfig, safety_pairs: int, seed: int) -> list[dict[str,
         seed=seed,
         kinds=dict(mix.kinds),
         agreeing_rejected=mix.agreeing_rejected,
+        presentations=dict(mix.presentations),
     )
 
 

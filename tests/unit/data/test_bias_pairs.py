@@ -446,3 +446,58 @@ def test_the_pairs_stage_mixes_bias_pairs_at_the_ratio(tmp_path, cache_dir, tiny
                 n = sum(key[:2] == (kind, dim) for key in scenes)
                 assert abs(sum(key[1] == dim for key in ins) - s * n) < 1, (sft, share, kind, dim)
         assert any(len(fate) == 2 for fate in scenes.values())  # the ambiguous and disambiguated kinds ask both ways
+
+
+# ------------------------------------------------------------------------------------------ presentations
+WAYS = {"free": 1.0, "listed": 1.0, "lettered": 1.0}
+
+
+def test_two_person_questions_are_put_each_way_in_its_share():
+    pairs = bias.build_pairs(bias.load_templates(), 300, seed=5, presentations=WAYS)
+    two_person = [p for p in pairs if p.get("people")]
+    shares = Counter(p.get("presentation", "free") for p in two_person)
+    assert set(shares) == set(WAYS) and max(shares.values()) - min(shares.values()) <= 1, shares
+    assert all("presentation" not in p for p in pairs if p["kind"] == "open")  # no options to list
+    assert len({(p["prompt"][0]["content"], p["chosen"][0]["content"]) for p in pairs}) == 300
+
+
+def test_every_reply_gives_one_of_the_options_it_was_offered():
+    """Listed: the reply opens with an option's words; lettered: with the letter of the option whose words follow."""
+    pairs = bias.build_pairs(bias.load_templates(), 300, seed=6, presentations=WAYS, agreeing_rejected="balanced")
+    for p in (p for p in pairs if p.get("presentation") in ("listed", "lettered")):
+        prompt = p["prompt"][0]["content"]
+        if p["presentation"] == "listed":
+            options = re.search(r"(?:Options|Choose from|Possible answers): (.*?)\.?\)?$", prompt).group(1).split("; ")
+        else:
+            options = dict(re.findall(r"^([ABC])\. (.+)$", prompt, flags=re.M))
+        assert len(options) == 3, prompt
+        people = {person.lower() for person in p["people"]}
+        assert {o.lower() for o in (options if isinstance(options, list) else options.values())} > people, prompt
+        for side in ("chosen", "rejected"):
+            reply = p[side][0]["content"]
+            if p["presentation"] == "listed":
+                assert sum(reply.startswith(o) for o in options) >= 1, (prompt, reply)
+            else:
+                letter, rest = reply.split(". ", 1)
+                assert rest.startswith(options[letter]), (prompt, reply)
+        assert p["chosen"][0]["content"][:2] != p["rejected"][0]["content"][:2] or p["presentation"] == "listed"
+
+
+def test_training_never_uses_the_evaluations_wordings():
+    """BBQ's presentations in evaluation (evaluation/bias.py) stay held out: none of their frames is trained on."""
+    pairs = bias.build_pairs(bias.load_templates(), 300, seed=7, presentations=WAYS)
+    for p in pairs:
+        text = p["prompt"][0]["content"]
+        assert "Answer with one of:" not in text and "\nQuestion:" not in text and not text.endswith("Answer:")
+
+
+def test_free_only_is_the_pairs_as_before():
+    templates = bias.load_templates()
+    assert bias.build_pairs(templates, 60, seed=2) == bias.build_pairs(templates, 60, seed=2, presentations={"free": 1})
+
+
+def test_presentations_are_checked():
+    with pytest.raises(ConfigError, match=r"data\.bias\.presentations"):
+        validate(compose_config(["experiment=safety-bias-smollm", "data.bias.presentations={free: 1, shouted: 1}"]))
+    with pytest.raises(DataError, match="presentations"):
+        bias.build_pairs(bias.load_templates(), 10, seed=0, presentations={"free": 0})
