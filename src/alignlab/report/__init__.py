@@ -39,7 +39,7 @@ from alignlab.report.archive import archive
 from alignlab.report.metrics import direction_of
 from alignlab.report.plots import PLOT_NEEDS, make_plots
 from alignlab.report.runs import MANIFEST, ReportError, RunRecord, collect
-from alignlab.report.stats import INTERVALS, Group, as_text, group_runs, interval_text
+from alignlab.report.stats import INTERVALS, Group, as_text, cells_text, group_runs
 from alignlab.report.tables import Table, latex_table, make_table, markdown_table, md_escape, runs_csv, select_metrics
 
 if TYPE_CHECKING:
@@ -146,9 +146,9 @@ def readme(report: Report, command: str, keys: list[str], from_manifest: bool) -
         f"- {runs} finished runs in {len(groups)} groups; runs that differ only in `seed` form a group, told apart "
         f"by {', '.join(f'`{k}`' for k in keys) or 'nothing (one group)'} (from {origin}; run.*, logger.*, slurm.* "
         "and launcher.master_port are ignored: they change no result).",
-        f"- Cells: mean ± {interval_text(table.interval)} over a group's seeds; n: runs per group. A cell from fewer "
-        "runs than its group says (n=k); a group of one run shows its value alone.",
-        "- Bold: the best group per column, judged on the value as shown (equal ones are all bold).",
+        f"- Cells: {cells_text(table.interval)}; n: runs per group. A cell from fewer runs than its group says (n=k).",
+        "- Bold: the best group per column among groups of two seeds or more, judged on the value as shown (equal "
+        "ones are all bold).",
         "",
         "## Files",
         "",

@@ -151,3 +151,30 @@ DIRECTIONS = (
 
 def direction_of(metric: str) -> Direction | None:
     return next((d for d in DIRECTIONS if re.search(d.pattern, metric)), None)
+
+
+@dataclass(frozen=True)
+class Proportion:
+    """A metric that is a share of items: its scale (1, or 100 for a percentage) and the key of the per-run number
+    of items it counts (None where runs do not record it)."""
+
+    scale: float
+    count_key: str | None
+
+
+SAFETY_RATE = re.compile(r"^(?P<stage>.*?)(?:safety|judge2)/(?:\w+_rate|disagreement)/(?P<suite>[^/]+)$")
+CROWS_PCT = re.compile(r"^(?P<stage>.*?)bias/(?P<suite>[^/]+)_stereotype_pct$")
+OTHER_SHARE = re.compile(r"(_stereotype_pct|_accuracy\w*|_rate|rewards/accuracies|final/accuracy)(/|$)")
+
+
+def proportion_of(metric: str) -> Proportion | None:
+    """Whether `metric` is a proportion, and where its item counts are: the safety rates count the suite's replies
+    (`safety/n/<suite>`), CrowS-Pairs' stereotype % its pairs (`bias/n/<suite>`); accuracies and the other rates
+    (BBQ's per condition, DPO's reward accuracy) are proportions whose counts runs do not record."""
+    if m := SAFETY_RATE.match(metric):
+        return Proportion(1.0, f"{m['stage']}safety/n/{m['suite']}")
+    if m := CROWS_PCT.match(metric):
+        return Proportion(100.0, f"{m['stage']}bias/n/{m['suite']}")
+    if OTHER_SHARE.search(metric) and "bias_score" not in metric:
+        return Proportion(100.0 if "_pct" in metric else 1.0, None)
+    return None

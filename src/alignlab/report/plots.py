@@ -6,9 +6,9 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from alignlab.report.metrics import HARM, KL, LEGACY_HARM, OVER_REFUSAL, REFUSAL
+from alignlab.report.metrics import HARM, KL, LEGACY_HARM, OVER_REFUSAL, REFUSAL, proportion_of
 from alignlab.report.runs import CURVE_KEYS, is_number
-from alignlab.report.stats import Group, aggregate
+from alignlab.report.stats import Group, Stat, aggregate
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -77,29 +77,77 @@ def points_figure(groups: list[Group], x: str, y: str, interval: str, title: str
     labels can be long); groups lacking x or y are left out."""
     figure = _new_figure(7, _height(5, groups))
     ax = figure.add_subplot()
+    numbered: list[tuple[str, float, float]] = []
     for index, g in enumerate(groups):
-        xs, ys = g.values(x), g.values(y)
-        if not (xs and ys):
+        if not (g.values(x) and g.values(y)):
             continue
-        sx, sy = aggregate(xs, interval), aggregate(ys, interval)
+        sx, sy = g.stat(x, interval), g.stat(y, interval)
+        color, marker = style(index)
         ax.errorbar(
             sx.mean,
             sy.mean,
-            xerr=sx.spread,
-            yerr=sy.spread,
-            fmt="o",
+            xerr=_error(sx),
+            yerr=_error(sy),
+            fmt=marker,
             capsize=3,
-            color=f"C{index % 10}",
+            color=color,
             label=f"{index + 1}: {g.label}",
         )
-        number = ax.annotate(str(index + 1), (sx.mean, sy.mean), textcoords="offset points", xytext=(5, 5))
-        number.set_in_layout(False)  # near the plot's edge it must not shrink the axes
+        if sx.n < 3 and len(sx.values) == len(sy.values) > 1:  # under 3 seeds the runs themselves, no interval
+            ax.scatter(sx.values, sy.values, marker=marker, color=color, alpha=0.35, s=14)
+        numbered.append((str(index + 1), sx.mean, sy.mean))
     ax.set_xlabel(axis_label(x))
     ax.set_ylabel(axis_label(y))
-    ax.set_title(f"{title}\none point per group: mean ± {'std' if interval == 'std' else '95% CI'} over seeds")
+    spread = "± std" if interval == "std" else "95% CI, rates Wilson"
+    pairs = any(len(g.values(x)) == 2 for g in groups)
+    faint = "\nfaint points: the runs of a 2-seed group" if pairs else ""
+    ax.set_title(f"{title}\nmean per group; bars: {spread}\nover 3+ seeds (one run: its own replies){faint}")
+    _place_numbers(ax, numbered)
     ax.grid(alpha=0.3)
     _legend(figure, [f"{index + 1}: {g.label}" for index, g in enumerate(groups)])
     return figure
+
+
+MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
+def style(index: int) -> tuple[str, str]:
+    """A group's colour and marker: ten colours, then the next marker, so that 60 groups stay distinct."""
+    return f"C{index % 10}", MARKERS[(index // 10) % len(MARKERS)]
+
+
+def _error(stat: Stat) -> list[list[float]] | None:
+    """Error bar lengths below and above the mean: the proportion's bounds or mean -/+ spread; none under 3 seeds
+    (a Wilson interval, which needs no seeds, is drawn at any)."""
+    if stat.bounds is None and stat.spread is None:
+        return None
+    low, high = stat.band()
+    return [[max(0.0, stat.mean - low)], [max(0.0, high - stat.mean)]]
+
+
+# Where a point's number may go, in points from the point: tried in this order until one overlaps nothing placed.
+OFFSETS = [(5, 5), (5, -13), (-13, 5), (-13, -13), (8, -4), (-16, -4), (-4, 8), (-4, -16)]
+OFFSETS += [(dx * 2, dy * 2) for dx, dy in OFFSETS]
+
+
+def _place_numbers(ax: Any, numbered: list[tuple[str, float, float]]) -> None:
+    """Each point's number beside it, at the first offset whose box clears the points and the numbers already
+    placed (clusters of close groups otherwise print their numbers on top of each other)."""
+    ax.figure.canvas.draw()  # the final limits and layout, so data -> pixel positions hold
+    to_px = ax.transData.transform
+    scale = ax.figure.dpi / 72  # points -> pixels
+    points = [tuple(to_px((x, y))) for _, x, y in numbered]
+    taken: list[tuple[float, float, float, float]] = [(px - 4, py - 4, px + 4, py + 4) for px, py in points]
+    for (text, x, y), (px, py) in zip(numbered, points):
+        width, height = (6 * len(text) + 2) * scale, 11 * scale
+        for dx, dy in OFFSETS:
+            left, bottom = px + dx * scale, py + dy * scale
+            box = (left, bottom, left + width, bottom + height)
+            if not any(box[0] < t[2] and t[0] < box[2] and box[1] < t[3] and t[1] < box[3] for t in taken):
+                break
+        taken.append(box)
+        number = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=9)
+        number.set_in_layout(False)  # near the plot's edge it must not shrink the axes
 
 
 def frontier_figure(groups: list[Group], interval: str) -> Figure | None:
@@ -137,16 +185,19 @@ def _harm_axis(groups: list[Group]) -> tuple[str | None, str]:
 
 
 def mean_curve(histories: list[list[dict[str, Any]]], key: str, interval: str) -> tuple[list, list, list]:
-    """Steps, the mean over runs at each step, and the spread there (0 where one run has the step). A step logged
-    twice in one history (a resumed stage) counts once, with its last value."""
+    """Steps, the mean over runs at each step, and the band there as (low, high): the interval over 3 runs or more,
+    the runs' range under 3, the mean itself where one run has the step. A step logged twice in one history (a
+    resumed stage) counts once, with its last value."""
     by_step: dict[float, list[float]] = {}
     for history in histories:
         values = {row["step"]: row[key] for row in history if "step" in row and is_number(row.get(key))}
         for step, value in values.items():
             by_step.setdefault(step, []).append(value)
     steps = sorted(by_step)
-    stats = [aggregate(by_step[s], interval) for s in steps]
-    return steps, [s.mean for s in stats], [s.spread or 0.0 for s in stats]
+    share = proportion_of(key)  # a proportion's band stays inside its range
+    stats = [aggregate(by_step[s], interval, share.scale if share else None) for s in steps]
+    bands = [s.band() or (s.mean, s.mean) for s in stats]  # under 3 runs: their range
+    return steps, [s.mean for s in stats], bands
 
 
 def curves_figure(groups: list[Group], interval: str) -> Figure | None:
@@ -167,23 +218,18 @@ def curves_figure(groups: list[Group], interval: str) -> Figure | None:
     for index, (stage, key) in enumerate(panels, start=1):
         ax = figure.add_subplot(rows, cols, index)
         for number, g in enumerate(groups):
-            steps, means, spreads = mean_curve([run.curves.get(stage, []) for run in g.runs], key, interval)
+            steps, means, bands = mean_curve([run.curves.get(stage, []) for run in g.runs], key, interval)
             if steps:
-                color = f"C{number % 10}"
-                ax.plot(steps, means, color=color, label=g.label)
-                ax.fill_between(
-                    steps,
-                    [m - s for m, s in zip(means, spreads)],
-                    [m + s for m, s in zip(means, spreads)],
-                    color=color,
-                    alpha=0.2,
-                )
+                color, _ = style(number)
+                dashes = (None, (0, (4, 2)), (0, (1, 1)), (0, (6, 2, 1, 2)))[(number // 10) % 4]
+                ax.plot(steps, means, color=color, linestyle=dashes or "-", label=g.label)
+                ax.fill_between(steps, [b[0] for b in bands], [b[1] for b in bands], color=color, alpha=0.2)
         ax.set_xlabel(f"{stage} training step (optimizer steps)")
         ax.set_ylabel(CURVE_KEYS[key])
         ax.set_title(f"{stage}: {key}")
         ax.grid(alpha=0.3)
     band = "± std" if interval == "std" else "95% CI"
-    figure.suptitle(f"Training curves: mean over seeds per group, band {band}")
+    figure.suptitle(f"Training curves: mean over seeds per group, band {band} (2 seeds: their range)")
     _legend(figure, [g.label for g in groups])
     return figure
 

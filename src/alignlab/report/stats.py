@@ -1,5 +1,6 @@
 """Runs that differ only by seed become a group; each metric of a group is a mean with a Student-t interval (or
-std)."""
+std) over three seeds or more, the values themselves under three, and a proportion a Wilson interval on its pooled
+items where the runs record them."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from alignlab.report.metrics import proportion_of
 from alignlab.report.runs import SEED, ReportError, RunRecord, close_to
 
 INTERVALS = ("ci95", "std")
@@ -29,12 +31,33 @@ class Group:
     def values(self, metric: str) -> list[float]:
         return [run.metrics[metric] for run in self.runs if metric in run.metrics]
 
+    def stat(self, metric: str, interval: str) -> Stat:
+        """`metric` over the group's runs: with a confidence interval asked for, a proportion with recorded item
+        counts gets a Wilson interval on the runs' pooled items (metrics.proportion_of); the rest `aggregate`'s."""
+        share = proportion_of(metric)
+        runs = [run for run in self.runs if metric in run.metrics]
+        counts = [run.metrics.get(share.count_key) for run in runs] if share and share.count_key else []
+        counted = counts and all(isinstance(c, (int, float)) and c > 0 for c in counts)
+        if share is not None and counted and interval == "ci95":  # std asks for the seeds' spread instead
+            return pooled_proportion([run.metrics[metric] for run in runs], counts, share.scale)
+        return aggregate(self.values(metric), interval, share.scale if share else None)
+
 
 @dataclass(frozen=True)
 class Stat:
     mean: float
-    spread: float | None  # the CI half-width or the standard deviation; None for a single value
+    spread: float | None  # the CI half-width or the standard deviation; None under 3 values or with bounds
     n: int
+    values: tuple[float, ...] = ()  # the runs' own values, shown instead of an interval under 3 seeds
+    bounds: tuple[float, float] | None = None  # a proportion's interval: Wilson, or the t interval clipped to range
+
+    def band(self) -> tuple[float, float] | None:
+        """The interval as (low, high), for plots: the bounds, mean -/+ spread, or the values' range (2 runs)."""
+        if self.bounds is not None:
+            return self.bounds
+        if self.spread is not None:
+            return self.mean - self.spread, self.mean + self.spread
+        return (min(self.values), max(self.values)) if len(self.values) > 1 else None
 
 
 def group_runs(runs: list[RunRecord], label: Sequence[str] | None = None) -> tuple[list[Group], list[str]]:
@@ -158,16 +181,70 @@ def t_quantile(dof: int, confidence: float = CONFIDENCE) -> float:
     return float(stats.t.ppf(0.5 + confidence / 2, dof))
 
 
-def aggregate(values: Sequence[float], interval: str) -> Stat:
-    """Mean and spread of one metric over a group's seeds: the 95% CI half-width t * s / sqrt(n), or s itself."""
+def aggregate(values: Sequence[float], interval: str, scale: float | None = None) -> Stat:
+    """Mean and spread of one metric over a group's seeds: the 95% CI half-width t * s / sqrt(n), or s itself;
+    under three seeds no interval (a t interval from two values is mostly the t quantile, 12.7), the values instead.
+    A proportion (`scale`: its range's top) also gets its 95% CI as bounds clipped to [0, scale]."""
     n, mean = len(values), statistics.fmean(values)
-    if n < 2:
-        return Stat(mean, None, n)
+    if n < 3:
+        return Stat(mean, None, n, tuple(values))
     std = statistics.stdev(values)
-    return Stat(mean, std if interval == "std" else t_quantile(n - 1) * std / math.sqrt(n), n)
+    half = std if interval == "std" else t_quantile(n - 1) * std / math.sqrt(n)
+    bounds = (max(0.0, mean - half), min(scale, mean + half)) if scale is not None and interval != "std" else None
+    return Stat(mean, None if bounds else half, n, tuple(values), bounds)
+
+
+def pooled_proportion(values: Sequence[float], counts: Sequence[float], scale: float) -> Stat:
+    """A proportion over the runs' pooled items (each run's value times its item count) with a Wilson 95% score
+    interval, which stays inside [0, scale] (a mean +- t * s / sqrt(n) over two seeds ran from -0.65 to 1.75).
+
+    Seeds are clusters, not independent items: when the runs' rates differ more than binomial noise explains, the
+    pooled count is shrunk by that design effect (Kish: the seeds' variance over the binomial variance of one run,
+    never below 1), and with so few clusters the normal quantile gives way to Student's t with n - 1 degrees of
+    freedom, as in the t interval of a mean: far from 0 and 1 the interval is then about that t interval, near
+    them it stays inside the range, and it never shrinks to nothing when every seed scores 0. One run: its own
+    replies' Wilson interval. Two: their values, no interval (one degree of freedom says little about the seeds'
+    spread)."""
+    n = len(values)
+    hits = sum(round(v / scale * c) for v, c in zip(values, counts, strict=True))
+    total = sum(counts)
+    p = hits / total
+    if n == 2:
+        return Stat(scale * p, None, n, tuple(values))
+    effective, z = total, Z_95
+    if n >= 3:
+        binomial = p * (1 - p) / (total / n)
+        spread = statistics.variance([v / scale for v in values])
+        effective = total / max(1.0, spread / binomial) if binomial > 0 else total
+        z = t_quantile(n - 1)
+    low, high = wilson(p * effective, effective, z)
+    return Stat(scale * p, None, n, tuple(values), (scale * low, scale * high))
+
+
+Z_95 = 1.959964  # the normal quantile of a two-sided 95% interval
+
+
+def wilson(hits: float, total: float, z: float = Z_95) -> tuple[float, float]:
+    """The Wilson score interval of hits / total (Wilson 1927)."""
+    p = hits / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def interval_text(interval: str) -> str:
     if interval == "std":
         return "sample standard deviation (n - 1 in the denominator)"
     return "95% confidence interval half-width (Student's t with n - 1 degrees of freedom: t * s / sqrt(n))"
+
+
+def cells_text(interval: str) -> str:
+    """What a table's cells show, for its caption."""
+    if interval == "std":
+        return f"mean ± {interval_text(interval)} over 3 or more seeds; with 2 seeds the runs' values in parentheses"
+    return (
+        f"mean ± {interval_text(interval)} over 3 or more seeds; with 2 seeds the runs' values in parentheses, no "
+        "interval; proportions [low, high]: where the runs record how many replies they judged (safety rates, "
+        "CrowS-Pairs %), a Wilson 95% interval on the pooled replies with the seeds' design effect and t quantile "
+        "(one run: its own replies' interval), else the t interval clipped to the range"
+    )

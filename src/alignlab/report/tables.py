@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from alignlab.report.metrics import DEFAULT_METRICS, direction_of
 from alignlab.report.runs import ReportError, RunRecord, close_to
-from alignlab.report.stats import Group, Stat, aggregate, interval_text
+from alignlab.report.stats import Group, Stat, cells_text
 
 DIGITS = 3  # decimals shown in the tables; "best" is judged on the shown value, so equal-looking cells tie
 
@@ -24,10 +24,15 @@ class Table:
     interval: str
 
     def best(self, metric: str) -> set[int]:
-        """Rows whose mean, as shown, is best by the metric's direction (ties: all of them); none without a
-        direction or with fewer than two groups to compare."""
+        """Rows whose mean, as shown, is best by the metric's direction (ties: all of them), among the groups of two
+        seeds or more (one run's value is not a group's result); none without a direction or with fewer than two
+        such groups to compare."""
         direction = direction_of(metric)
-        shown = {i: round(cells[metric].mean, DIGITS) for i, cells in enumerate(self.cells) if metric in cells}
+        shown = {
+            i: round(cells[metric].mean, DIGITS)
+            for i, cells in enumerate(self.cells)
+            if metric in cells and cells[metric].n >= 2
+        }
         if direction is None or len(shown) < 2:
             return set()
         scores = {i: direction.badness(value) for i, value in shown.items()}
@@ -62,14 +67,21 @@ def select_metrics(runs: list[RunRecord], requested: Sequence[str] | None) -> li
 
 
 def make_table(groups: list[Group], metrics: list[str], interval: str) -> Table:
-    cells = [{m: aggregate(g.values(m), interval) for m in metrics if g.values(m)} for g in groups]
+    cells = [{m: g.stat(m, interval) for m in metrics if g.values(m)} for g in groups]
     return Table([g.label for g in groups], [len(g.runs) for g in groups], metrics, cells, interval)
 
 
 def _cell(stat: Stat, count: int, pm: str) -> str:
-    """A cell, "0.429 ± 0.031"; a single run shows its value alone; a metric missing from some of the group's runs says
-    how many it averages."""
-    text = f"{stat.mean:.{DIGITS}f}" if stat.spread is None else f"{stat.mean:.{DIGITS}f} {pm} {stat.spread:.{DIGITS}f}"
+    """A cell: "0.429 ± 0.031" (3 seeds or more); a proportion "0.429 [0.380, 0.479]"; 2 seeds without an interval
+    "0.429 (0.400; 0.458)", the runs' values; one run its value alone. A metric missing from some of the group's
+    runs says how many it averages."""
+    text = f"{stat.mean:.{DIGITS}f}"
+    if stat.bounds is not None:
+        text += f" [{stat.bounds[0]:.{DIGITS}f}, {stat.bounds[1]:.{DIGITS}f}]"
+    elif stat.spread is not None:
+        text += f" {pm} {stat.spread:.{DIGITS}f}"
+    elif len(stat.values) == 2:
+        text += " (" + "; ".join(f"{v:.{DIGITS}f}" for v in stat.values) + ")"
     return text if stat.n == count else f"{text} (n={stat.n})"
 
 
@@ -98,8 +110,8 @@ def markdown_table(table: Table) -> str:
         lines.append("| " + " | ".join(row) + " |")
     lines += [
         "",
-        f"Cells: mean ± {interval_text(table.interval)} over seeds; n: runs (seeds) per group; bold: best "
-        "per column (↓ lower is better, ↑ higher, →50 closest to 50).",
+        f"Cells: {cells_text(table.interval)}; n: runs (seeds) per group; bold: best per column among groups of "
+        "2 seeds or more (↓ lower is better, ↑ higher, →50 closest to 50).",
     ]
     return "\n".join(lines) + "\n"
 
@@ -129,7 +141,7 @@ def latex_table(table: Table) -> str:
     best = {m: table.best(m) for m in table.metrics}
     lines = [
         r"% alignlab report; needs \usepackage{booktabs}",
-        f"% cells: mean $\\pm$ {interval_text(table.interval)} over seeds; bold: best per column",
+        "% cells: " + cells_text(table.interval).replace("±", r"$\pm$") + "; bold: best per column (2+ seeds)",
         r"\begin{tabular}{l" + "r" * (1 + len(table.metrics)) + "}",
         r"\toprule",
         " & ".join(["group", "$n$", *(_header(m, latex=True) for m in table.metrics)]) + r" \\",

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 from alignlab import cli
 from alignlab import report as rp
-from alignlab.report import metrics, runs, stats, tables
+from alignlab.report import metrics, plots, runs, stats, tables
 
 BETAS = (0.1, 0.3)
 SEEDS = (1, 2, 3)
@@ -45,13 +45,18 @@ EXPECTED_MD = """\
 safety/over_refusal_rate/bundled_benign ↓ | safety/over_refusal_rate/xstest_safe ↓ | \
 bias/crows_pairs_stereotype_pct →50 | bias/bbq_ambig_accuracy ↑ | eval/kl_to_ref ↓ | dpo/final/rewards/accuracies ↑ |
 | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
-| algo.dpo.beta=0.1 | 3 | 0.320 ± 0.086 | 0.450 ± 0.124 | **0.060 ± 0.025** | **0.040 ± 0.050** | **54.000 ± 4.968** \
-| **0.700 ± 0.248** | 6.000 ± 2.484 | 0.875 ± 0.311 |
-| algo.dpo.beta=0.3 | 3 | **0.150 ± 0.124** | **0.300 ± 0.248** | 0.100 ± 0.050 | 0.120 ± 0.050 | 43.000 ± 7.452 \
-| 0.500 ± 0.000 | **3.000 ± 2.484** | **1.000 ± 0.000** |
+| algo.dpo.beta=0.1 | 3 | 0.320 [0.234, 0.406] | 0.450 [0.332, 0.573] | **0.060 [0.035, 0.085]** \
+| **0.040 [0.000, 0.090]** | **54.000 [49.032, 58.968]** | **0.700 [0.452, 0.948]** | 6.000 ± 2.484 \
+| 0.875 [0.564, 1.000] |
+| algo.dpo.beta=0.3 | 3 | **0.150 [0.026, 0.274]** | **0.300 [0.122, 0.568]** | 0.100 [0.050, 0.150] \
+| 0.120 [0.070, 0.170] | 43.000 [35.548, 50.452] | 0.500 [0.500, 0.500] | **3.000 ± 2.484** | **1.000 [1.000, 1.000]** |
 
 Cells: mean ± 95% confidence interval half-width (Student's t with n - 1 degrees of freedom: t * s / sqrt(n)) over \
-seeds; n: runs (seeds) per group; bold: best per column (↓ lower is better, ↑ higher, →50 closest to 50).
+3 or more seeds; with 2 seeds the runs' values in parentheses, no interval; proportions [low, high]: where the runs \
+record how many replies they judged (safety rates, CrowS-Pairs %), a Wilson 95% interval on the pooled replies with \
+the seeds' design effect and t quantile (one run: its own replies' interval), else the t interval clipped to the \
+range; n: runs (seeds) per group; bold: best per column among groups of 2 seeds or more (↓ lower is better, ↑ \
+higher, →50 closest to 50).
 """
 
 
@@ -132,6 +137,33 @@ def expected(metric: str, beta: float, interval: str = "ci95") -> tuple[float, f
     return sum(values) / 3, std if interval == "std" else T_975_2 * std / math.sqrt(3)
 
 
+# The fake runs record how many HarmBench prompts they asked (200), so that rate gets a Wilson interval on the pooled
+# replies; the other proportions record no count: their t interval is clipped to [0, 1] (CrowS-Pairs: [0, 100]).
+COUNTED = {"safety/harmful_content_rate/harmbench"}
+PROPORTIONS = set(VALUES) - {"eval/kl_to_ref"}
+
+
+def wilson_by_hand(hits: float, total: float, z: float = 1.959964) -> tuple[float, float]:
+    p = hits / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return centre - half, centre + half
+
+
+def expected_cell(metric: str, beta: float) -> tuple[float, float | None, tuple[float, float] | None]:
+    """(mean, spread, bounds) of a table cell of the fake sweep, computed by hand."""
+    mean, half = expected(metric, beta)
+    if metric in COUNTED:  # 200 replies per run, pooled, shrunk by the seeds' design effect; t's quantile for z
+        values = VALUES[metric][beta]
+        p = sum(round(v * 200) for v in values) / 600
+        deff = max(1.0, statistics.variance(values) / (p * (1 - p) / 200))
+        return p, None, wilson_by_hand(p * 600 / deff, 600 / deff, T_975_2)
+    if metric in PROPORTIONS:
+        top = 100.0 if "_pct" in metric else 1.0
+        return mean, None, (max(0.0, mean - half), min(top, mean + half))
+    return mean, half, None
+
+
 # ------------------------------------------------------------------------------------------ aggregation
 def test_t_quantiles_match_the_hand_computed_values():
     assert stats.t_quantile(2) == pytest.approx(T_975_2, rel=1e-12)
@@ -149,10 +181,14 @@ def test_a_sweep_reports_means_and_t_intervals_over_seeds(fake_sweep, capsys):
     assert made.table.metrics == list(VALUES)  # the default selection, all present, in its order
     for row, beta in enumerate(BETAS):
         for metric in VALUES:
-            mean, half = expected(metric, beta)
+            mean, half, bounds = expected_cell(metric, beta)
             stat = made.table.cells[row][metric]
             assert (stat.mean, stat.n) == (pytest.approx(mean, rel=1e-12), 3)
-            assert stat.spread == pytest.approx(half, rel=1e-12, abs=1e-15)
+            assert stat.spread == (None if half is None else pytest.approx(half, rel=1e-12, abs=1e-15)), metric
+            assert stat.bounds == (None if bounds is None else pytest.approx(bounds, rel=1e-6, abs=1e-12)), metric
+            if bounds is not None:  # a proportion's interval never leaves its range
+                top = 100.0 if "_pct" in metric else 1.0
+                assert 0.0 <= stat.bounds[0] <= stat.mean <= stat.bounds[1] <= top
     assert (made.out / "table.md").read_text() == EXPECTED_MD
     out, err = capsys.readouterr()
     assert out.endswith(EXPECTED_MD)
@@ -163,11 +199,11 @@ def test_std_mode_shows_the_sample_standard_deviation(fake_sweep, tmp_path):
     made = rp.make_report([str(fake_sweep)], out=tmp_path / "std", interval="std")
 
     for row, beta in enumerate(BETAS):
-        for metric in VALUES:
+        for metric in VALUES:  # the seeds' spread, for proportions too
             assert made.table.cells[row][metric].spread == pytest.approx(expected(metric, beta, "std")[1], rel=1e-12)
     text = (tmp_path / "std" / "table.md").read_text()
     assert "| algo.dpo.beta=0.1 | 3 | 0.320 ± 0.035 | 0.450 ± 0.050 |" in text
-    assert "Cells: mean ± sample standard deviation (n - 1 in the denominator) over seeds" in text
+    assert "Cells: mean ± sample standard deviation (n - 1 in the denominator) over 3 or more seeds" in text
 
 
 def test_the_best_cell_follows_each_metrics_direction(fake_sweep, tmp_path):
@@ -230,7 +266,10 @@ def test_latex_table_text():
         [
             r"% alignlab report; needs \usepackage{booktabs}",
             r"% cells: mean $\pm$ 95% confidence interval half-width (Student's t with n - 1 degrees of freedom: "
-            r"t * s / sqrt(n)) over seeds; bold: best per column",
+            r"t * s / sqrt(n)) over 3 or more seeds; with 2 seeds the runs' values in parentheses, no interval; "
+            r"proportions [low, high]: where the runs record how many replies they judged (safety rates, CrowS-Pairs "
+            r"%), a Wilson 95% interval on the pooled replies with the seeds' design effect and t quantile (one run: "
+            r"its own replies' interval), else the t interval clipped to the range; bold: best per column (2+ seeds)",
             r"\begin{tabular}{lrrrr}",
             r"\toprule",
             r"group & $n$ & safety/harmful\_content\_rate/harmbench $\downarrow$ & "
@@ -253,9 +292,9 @@ def test_the_sweeps_latex_and_csv_files(fake_sweep):
     tex = (out / "table.tex").read_text().splitlines()
     assert tex[2:4] == [r"\begin{tabular}{lrrrrrrrrr}", r"\toprule"] and tex[-2:] == [r"\bottomrule", r"\end{tabular}"]
     assert tex[6] == (
-        r"algo.dpo.beta=0.1 & 3 & 0.320 $\pm$ 0.086 & 0.450 $\pm$ 0.124 & \textbf{0.060 $\pm$ 0.025} & "
-        r"\textbf{0.040 $\pm$ 0.050} & \textbf{54.000 $\pm$ 4.968} & \textbf{0.700 $\pm$ 0.248} & "
-        r"6.000 $\pm$ 2.484 & 0.875 $\pm$ 0.311 \\"
+        r"algo.dpo.beta=0.1 & 3 & 0.320 [0.234, 0.406] & 0.450 [0.332, 0.573] & \textbf{0.060 [0.035, 0.085]} & "
+        r"\textbf{0.040 [0.000, 0.090]} & \textbf{54.000 [49.032, 58.968]} & \textbf{0.700 [0.452, 0.948]} & "
+        r"6.000 $\pm$ 2.484 & 0.875 [0.564, 1.000] \\"
     )
 
     with open(out / "runs.csv", newline="") as f:
@@ -272,6 +311,53 @@ def test_the_sweeps_latex_and_csv_files(fake_sweep):
         )
         assert float(row["sft/final_step_loss"]) == 1.5 + seed / 10
     assert "sft/status" not in rows[0]  # only numbers
+
+
+def _groups(rows: dict[str, list[dict[str, float]]]) -> list[stats.Group]:
+    """Groups of fake runs from {label: [metrics of each run]}."""
+    return [
+        stats.Group(label, [runs.RunRecord(f"{label}-{i}", {"seed": i}, m, {}) for i, m in enumerate(ms)])
+        for label, ms in rows.items()
+    ]
+
+
+def test_two_seeds_show_their_values_and_proportions_stay_in_range():
+    over, harm = "safety/over_refusal_rate/xstest_safe", "safety/harmful_content_rate/harmbench"
+    groups = _groups(
+        {
+            "two": [{over: 0.70, harm: 0.0}, {over: 0.80, harm: 0.5}],
+            "disagree": [{over: 0.0, harm: 1.0}, {over: 0.5, harm: 0.0}, {over: 1.0, harm: 0.5}],
+            "counted": [{over: 0.1, harm: 0.05, "safety/n/xstest_safe": 250} for _ in range(3)],
+        }
+    )
+    table = tables.make_table(groups, [over, harm], "ci95")
+    md = tables.markdown_table(table)
+    assert "| two | 2 | 0.750 (0.700; 0.800) | 0.250 (0.000; 0.500) |" in md  # no interval from 2 values
+    for cells in table.cells:
+        for metric, stat in cells.items():
+            if stat.bounds is not None:
+                assert 0.0 <= stat.bounds[0] <= stat.mean <= stat.bounds[1] <= 1.0, (metric, stat)
+    counted = table.cells[2][over]  # seeds that agree: the pooled replies' binomial interval, never zero width
+    assert counted.bounds[0] < 0.1 < counted.bounds[1] and counted.bounds[1] - counted.bounds[0] > 0.02
+    figure = plots.points_figure(groups, over, harm, "ci95", "t")
+    for container in figure.axes[0].containers:  # every error bar's ends inside [0, 1] on both axes
+        for lines in container.lines[2]:
+            for segment in lines.get_segments():
+                assert all(0.0 <= v <= 1.0 for point in segment for v in point), segment
+
+
+def test_many_groups_keep_distinct_styles_and_their_numbers_do_not_overlap():
+    harm, kl = "safety/harmful_content_rate/harmbench", "eval/kl_to_ref"
+    styles = {plots.style(i) for i in range(60)}
+    assert len(styles) == 60  # ten colours, then another marker
+    groups = _groups({f"g{i}": [{kl: 1.0 + i * 0.001, harm: 0.5 + i * 0.001}] for i in range(12)})  # one cluster
+    figure = plots.points_figure(groups, kl, harm, "ci95", "t")
+    figure.canvas.draw()
+    boxes = [t.get_window_extent() for t in figure.axes[0].texts]
+    assert len(boxes) == 12
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            assert not a.overlaps(b), (a, b)
 
 
 def test_plots_are_images_with_labelled_axes_and_legends(fake_sweep):
@@ -338,7 +424,10 @@ def test_run_folders_without_a_manifest_get_derived_overrides(fake_sweep, tmp_pa
     two = [str(tmp_path / "runs" / "tiny" / name) for name in ("b0.1-s1", "b0.3-s1")]
     pair = rp.make_report(two, out=tmp_path / "two")
     assert [(g.label, len(g.runs)) for g in pair.groups] == [("algo.dpo.beta=0.1", 1), ("algo.dpo.beta=0.3", 1)]
-    assert "| algo.dpo.beta=0.1 | 1 | 0.300 | 0.400 |" in (tmp_path / "two" / "table.md").read_text()
+    # one run per group: its value; a rate with its count recorded also its Wilson interval (HarmBench, 80 of 200)
+    two_md = (tmp_path / "two" / "table.md").read_text()
+    assert "| algo.dpo.beta=0.1 | 1 | 0.300 | 0.400 [0.335, 0.469] |" in two_md
+    assert "**" not in two_md  # one run per group: no group's result to call best
 
 
 def test_explicit_metrics_and_a_metric_missing_from_some_runs(fake_sweep, tmp_path):
