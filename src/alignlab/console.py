@@ -1,10 +1,12 @@
 """What a person sees in the terminal: the run folder and its stages, then one summary table at the end.
-Progress bars for long steps come from the Trainers (tqdm)."""
+Progress bars for training come from the Trainers (tqdm); generation and scoring loops report through `Progress`."""
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from rich.console import Console as RichConsole
 from rich.table import Table
@@ -20,6 +22,39 @@ SHOWN = {
     "seconds": ("wall_seconds",),
     "peak MiB": ("memory/peak_cuda_mib", "memory/peak_rss_mib"),
 }
+
+
+class Progress:
+    """A long loop's progress, labelled, on stderr: "[alignlab] eval xstest_safe: 128/250 replies, 12.3/s, ~10 s
+    left". On a terminal one line rewritten in place; elsewhere (a pipe, a Slurm .out file) a line every `every`
+    seconds and one at the end, so a log shows the loop alive without a line per batch. Call it with the number of
+    items just done (generation.generate's `progress` hook, likelihood.score's)."""
+
+    def __init__(
+        self, label: str, total: int, unit: str = "replies", every: float = 20.0, stream: TextIO | None = None
+    ):
+        self.label, self.total, self.unit, self.every = label, total, unit, every
+        self.stream = stream or sys.stderr
+        self.live = self.stream.isatty()
+        self.done, self.started = 0, time.perf_counter()
+        self.shown = self.started
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        now = time.perf_counter()
+        finished = self.done >= self.total
+        if not (finished or self.live or now - self.shown >= self.every):
+            return
+        self.shown = now
+        rate = self.done / max(now - self.started, 1e-9)
+        left = f", ~{(self.total - self.done) / rate:.0f} s left" if not finished and rate > 0 else ""
+        took = f" in {now - self.started:.0f} s" if finished else ""
+        line = f"[alignlab] {self.label}: {self.done}/{self.total} {self.unit}, {rate:.1f}/s{left}{took}"
+        if self.live:
+            self.stream.write("\r" + line + ("\n" if finished else ""))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
 
 
 class Console:

@@ -14,6 +14,7 @@ Sequences are right-padded; only continuation tokens count.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +59,7 @@ def score(
     contexts: list[list[dict[str, str]] | str],
     continuations: list[str],
     batch_size: int = 32,
+    progress: Callable[[int], None] | None = None,
 ) -> list[Scored]:
     """log p(continuation | context) for each pair; longest first so batches share a length."""
     tok = generation_tokenizer(tokenizer)
@@ -80,6 +82,8 @@ def score(
             picked = torch.log_softmax(logits[row, prefix - 1 : len(full) - 1].float(), -1)
             targets = ids[row, prefix : len(full)].to(device)
             out[i] = Scored(picked.gather(-1, targets[:, None]).sum().item(), len(full) - prefix)
+        if progress is not None:
+            progress(len(batch))
     return out  # type: ignore[return-value]
 
 
@@ -90,6 +94,7 @@ def score_choices(
     contexts: list[list[dict[str, str]] | str],
     choices: list[list[str]],
     batch_size: int = 32,
+    progress: Callable[[int], None] | None = None,
 ) -> list[list[Scored]]:
     """log p(choice | context) for every choice of every context, each context run once.
 
@@ -137,4 +142,6 @@ def score_choices(
                 rest = torch.log_softmax(logits[j, : len(c) - 1].float(), -1)
                 total += rest.gather(-1, torch.tensor(c[1:], device=device)[:, None]).sum().item()
             out[batch[r]].append(Scored(total, len(c)))
+        if progress is not None:
+            progress(len(batch))
     return out

@@ -31,6 +31,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from alignlab.console import Progress
 from alignlab.evaluation import bias
 from alignlab.evaluation.judges import Judge, SequenceScorer, build_judge
 from alignlab.evaluation.kl import sequence_kl
@@ -112,6 +113,12 @@ class Evaluator:
         self.judges: dict[str, Judge] = {name: build_judge(e.judges[name], benchmarks) for name in sorted(used)}
         self.reward = SequenceScorer(e.reward_model) if e.reward_model else None
 
+    def progress(self, suite: Suite, total: int, what: str = "replies") -> Progress:
+        """The suite's progress on stderr ("eval bbq (lettered): 96/600 items, ..."): `what` is "[detail, ]unit"."""
+        *detail, unit = what.split(", ")
+        label = f"eval {suite.name}" + (f" ({detail[0]})" if detail else "")
+        return Progress(label, total, unit)
+
     def reference(self) -> Any:
         if self._reference is None and self._reference_loader is not None:
             self._reference = self._reference_loader()
@@ -133,7 +140,15 @@ class Evaluator:
     def _refusal(self, suite: Suite, policy: Any, tokenizer: Any, out: Evaluation) -> None:
         e = self.e
         convs = [[{"role": "user", "content": p}] for p in suite.prompts]
-        replies = generate(policy, tokenizer, convs, e.max_new_tokens, e.batch_size, seed=self.seed)
+        replies = generate(
+            policy,
+            tokenizer,
+            convs,
+            e.max_new_tokens,
+            e.batch_size,
+            seed=self.seed,
+            progress=self.progress(suite, len(convs)),
+        )
         texts = [r["text"] for r in replies]
         n = len(texts)
         verdicts = judge_replies(self.judges[suite.judge], suite.expect, suite.prompts, texts)
@@ -191,7 +206,9 @@ class Evaluator:
         n, per_presentation = len(suite.rows), {}
         for presentation in suite.presentations:
             contexts = [bias.crows_context(presentation)] * len(sentences)
-            ll = [s.logprob for s in score(policy, tokenizer, contexts, sentences, self.e.score_batch_size)]
+            counter = self.progress(suite, len(sentences), f"{presentation}, sentences")
+            scored = score(policy, tokenizer, contexts, sentences, self.e.score_batch_size, progress=counter)
+            ll = [s.logprob for s in scored]
             name = suite.name if presentation == "bare" else f"{suite.name}-{presentation}"
             per_presentation[name] = bias.crows_pairs_metrics(name, suite.rows, ll[:n], ll[n:])
             out.metrics.update(per_presentation[name])
@@ -206,12 +223,19 @@ class Evaluator:
             contexts = [bias.bbq_prompt(item, presentation) for item in suite.rows]
             if presentation == "generated":
                 replies = generate(
-                    policy, tokenizer, contexts, self.e.max_new_tokens, self.e.batch_size, seed=self.seed
+                    policy,
+                    tokenizer,
+                    contexts,
+                    self.e.max_new_tokens,
+                    self.e.batch_size,
+                    seed=self.seed,
+                    progress=self.progress(suite, len(contexts), f"{presentation}, replies"),
                 )
                 picks = [bias.match_answer(item, r["text"]) for item, r in zip(suite.rows, replies, strict=True)]
             else:
                 choices = [bias.bbq_choices(item, presentation) for item in suite.rows]
-                scored = score_choices(policy, tokenizer, contexts, choices, self.e.score_batch_size)
+                counter = self.progress(suite, len(contexts), f"{presentation}, items")
+                scored = score_choices(policy, tokenizer, contexts, choices, self.e.score_batch_size, progress=counter)
                 picks = [max(range(3), key=lambda k, s=s: s[k].mean) for s in scored]
             name = suite.name if presentation == "bare" else f"{suite.name}-{presentation}"
             per_presentation[name] = bias.bbq_metrics(name, suite.rows, picks)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from alignlab.config.root import pairs_judge
+from alignlab.console import Progress
 from alignlab.data import bias, mix, onpolicy
 from alignlab.errors import DataError
 from alignlab.evaluation.ches import ches_scores
@@ -103,7 +104,15 @@ def _replies(ctx: StageContext, model: Any, rows: list[onpolicy.PromptRow], judg
     a = ctx.algo
     prompts = [[{"role": "user", "content": r.prompt}] for r in rows]
     print(f"[alignlab] {ctx.name}: generating replies to {len(rows)} prompts")
-    greedy = generate(model, ctx.tokenizer, prompts, a.max_new_tokens, a.batch_size, seed=ctx.cfg.seed)
+    greedy = generate(
+        model,
+        ctx.tokenizer,
+        prompts,
+        a.max_new_tokens,
+        a.batch_size,
+        seed=ctx.cfg.seed,
+        progress=Progress(f"{ctx.name}: greedy replies", len(prompts)),
+    )
     attempts = [[_clean(g)] for g in greedy]
     benign = [i for i, r in enumerate(rows) if r.type == "benign"]
     refused = judge.refused([rows[i].prompt for i in benign], [attempts[i][0] for i in benign])
@@ -158,7 +167,13 @@ def _ask_bias_questions(ctx: StageContext, model: Any, built: onpolicy.PairBuild
     questions = mix.fresh_questions(ctx.cfg.data.bias, a.bias_prompts, asked, seed)
     print(f"[alignlab] {ctx.name}: asking {len(questions)} bias questions")
     answers = generate(
-        model, ctx.tokenizer, [q["prompt"] for q in questions], a.max_new_tokens, a.batch_size, seed=ctx.cfg.seed
+        model,
+        ctx.tokenizer,
+        [q["prompt"] for q in questions],
+        a.max_new_tokens,
+        a.batch_size,
+        seed=ctx.cfg.seed,
+        progress=Progress(f"{ctx.name}: bias questions", len(questions)),
     )
     extra, records, counts = bias.onpolicy_pairs(questions, [_clean(g) for g in answers])
     built.pairs.extend(extra)
