@@ -61,3 +61,19 @@ def config(path: Path) -> dict[str, Any]:
             for item in r.run.config.update:
                 cfg[item.key] = json.loads(item.value_json)
     return cfg
+
+
+def run_record(path: Path) -> Any:
+    """The last `run` record: its job_type, tags, group, name."""
+    runs = [r.run for r in records(path) if r.WhichOneof("record_type") == "run"]
+    assert runs, f"{path} holds no run record"
+    return runs[-1]
+
+
+def history(path: Path) -> list[dict[str, Any]]:
+    """Every logged history row as {key: value}."""
+    rows = []
+    for r in records(path):
+        if r.WhichOneof("record_type") == "history":
+            rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in r.history.item})
+    return rows

@@ -349,7 +349,7 @@ def execute(prep: Prepared, console: Any = None) -> dict[str, Any]:
                 metrics.update(peak.metrics())
                 devices.release_freed_memory()  # what this stage freed is not kept for the next one
                 if main:
-                    tracker.stage_result(stage, metrics)
+                    tracker.stage_result(stage, metrics, _phase(cfg, stage))
                     atomic_write_json(stage_dir / "metrics.json", metrics)
                     mark_done(stage_dir)
                 else:  # the next stage reads what rank 0 writes last (model/, metrics.json, DONE)
@@ -374,6 +374,12 @@ def execute(prep: Prepared, console: Any = None) -> dict[str, Any]:
         console.comparison(comparison, prep.run_dir / "report.md")
         console.targets(run_report.check_targets(prep.cfg, results))
     return results
+
+
+def _phase(cfg: DictConfig, stage: str) -> int | None:
+    """An evaluation stage's place among the pipeline's evaluations (0: before training, 1: after), else None."""
+    evals = [s for s in cfg.pipeline.stages if cfg.algo[s].kind == "eval"]
+    return evals.index(stage) if stage in evals else None
 
 
 def _finished_metrics(stage_dir: Path) -> dict[str, Any]:

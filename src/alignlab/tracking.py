@@ -4,6 +4,10 @@ We init W&B ourselves (rank 0 only) instead of letting transformers' WandbCallba
 starts one W&B run per Trainer (one per stage) and logs everything under `train/`. `StageLogger` logs each
 stage's Trainer logs under `<stage>/<TRL metric name>` with its own step axis, so DPO's `rewards/chosen` appears
 as `dpo/rewards/chosen` and a resumed stage continues its curve instead of colliding with W&B's global step.
+Each evaluation stage's results are also logged under one key per metric, `evaluation/<metric>`, at its `phase`
+(0 for the first evaluation of the pipeline, 1 for the next): a chart of `evaluation/safety/...` overlays before
+and after. The console goes to W&B's Logs tab, system metrics are on, the run's job_type is the pipeline's name
+and its tags name the experiment and the stage kinds, besides `logger.tags`.
 """
 
 from __future__ import annotations
@@ -41,6 +45,20 @@ def redact(obj: Any) -> Any:
     return obj
 
 
+PHASE = "evaluation"  # the key prefix of every evaluation's results, by phase (Tracker.stage_result)
+
+
+def stage_key(stage: str, key: str) -> str:
+    """`<stage>/<key>`, unless the key already starts with the stage's name (a stage named `eval` logging
+    `eval/kl_to_ref` stays `eval/kl_to_ref`, not `eval/eval/kl_to_ref`)."""
+    return key if key.startswith(f"{stage}/") else f"{stage}/{key}"
+
+
+def run_tags(cfg: DictConfig) -> list[str]:
+    """The stage kinds of the pipeline, in order, once each: `sft`, `dpo`, `eval`, ..."""
+    return list(dict.fromkeys(str(cfg.algo[s].kind) for s in cfg.pipeline.stages))
+
+
 def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
@@ -61,14 +79,15 @@ class Tracker:
             project=cfg.logger.project,
             entity=cfg.logger.entity,
             group=cfg.logger.group,
-            tags=list(cfg.logger.tags),
             name=f"{cfg.name}/{run_dir.name}",
             id=run_id,
             resume="allow",
             mode=cfg.logger.mode,
             dir=str(run_dir),
             config=redact(OmegaConf.to_container(cfg, resolve=True)),
-            settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
+            job_type=str(cfg.pipeline.name),
+            tags=list(dict.fromkeys([*cfg.logger.tags, str(cfg.name), *run_tags(cfg)])),
+            settings=wandb.Settings(silent=True, console="wrap", x_disable_stats=False),
         )
 
     def define_stage(self, stage: str) -> None:
@@ -78,14 +97,21 @@ class Tracker:
 
     def log(self, stage: str, metrics: dict[str, Any], step: int) -> None:
         if self.run is not None:
-            numeric = {f"{stage}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+            numeric = {stage_key(stage, k): v for k, v in metrics.items() if isinstance(v, (int, float))}
             self.run.log({**numeric, f"{stage}/global_step": step})
 
-    def stage_result(self, stage: str, metrics: dict[str, Any]) -> None:
+    def stage_result(self, stage: str, metrics: dict[str, Any], phase: int | None = None) -> None:
         """A finished stage's metrics as one history row on its step axis: evaluation and pair stages have no
-        Trainer logs, and a dashboard should chart `eval_after/safety/*` like any other curve."""
+        Trainer logs, and a dashboard should chart `eval_after/safety/*` like any other curve. An evaluation
+        (`phase`: its place among the pipeline's evaluations) is logged again under `evaluation/<metric>` at that
+        phase, the same key before and after, so one chart overlays them."""
         self.define_stage(stage)
         self.log(stage, metrics, int(metrics.get("global_step", 0)))
+        if self.run is not None and phase is not None:
+            self.run.define_metric(f"{PHASE}/phase")
+            self.run.define_metric(f"{PHASE}/*", step_metric=f"{PHASE}/phase")
+            numeric = {f"{PHASE}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+            self.run.log({**numeric, f"{PHASE}/phase": phase})
 
     def summary(self, metrics: dict[str, Any]) -> None:
         if self.run is not None:
