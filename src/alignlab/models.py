@@ -56,16 +56,22 @@ def resolve_model_path(model_cfg: DictConfig, cache: Path) -> str:
                 "of a LoRA checkpoint) in it."
             )
         return str(local.resolve())
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        # Fail here rather than inside from_pretrained: say what to do instead of a long HTTP traceback.
-        try:
-            AutoConfig.from_pretrained(path, revision=model_cfg.revision)
-        except Exception:
+    # Fail here rather than inside from_pretrained: one paragraph that says what to do, not an HTTP traceback.
+    try:
+        AutoConfig.from_pretrained(path, revision=model_cfg.revision)
+    except Exception as exc:
+        if os.environ.get("HF_HUB_OFFLINE") == "1":
             raise ModelError(
-                f"Model error: '{path}' (model.path) is not a local folder and is not in the Hub cache, and "
-                "offline mode is on (offline=true). Point model.path at a local model folder, or set offline=false "
-                "on a machine with Hub access."
+                f"Model error: '{path}' (model.path) is not a local folder and is not in the Hub cache, and offline "
+                "mode is on (offline=true, or HF_HUB_OFFLINE=1 in the environment). Point model.path at a local "
+                "model folder, or set offline=false on a machine with Hub access."
             ) from None
+        reason = " ".join(str(exc).split()).split(". ")[0][:300]  # its first sentence; the rest is a link
+        raise ModelError(
+            f"Model error: cannot download '{path}' (model.path) from the Hugging Face Hub: {reason}. Check the id "
+            "(org/name) and the network (HF_TOKEN for gated models); without a network, point model.path at a local "
+            "model folder or use offline=true for models already in the Hub cache."
+        ) from None
     return path
 
 

@@ -93,9 +93,13 @@ class Prepared:
 
 
 def set_offline(cfg: DictConfig) -> None:
-    if cfg.offline:
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        os.environ["HF_DATASETS_OFFLINE"] = "1"
+    """`offline` true or false sets the Hub's environment variables for this process and its ranks; None leaves
+    them as the user's environment has them."""
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        if cfg.offline is True:
+            os.environ[name] = "1"
+        elif cfg.offline is False:
+            os.environ.pop(name, None)
 
 
 def prepare(cfg: DictConfig, run_dir: Path | None = None) -> Prepared:

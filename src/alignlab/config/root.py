@@ -75,9 +75,12 @@ class AlignlabConfig:
 
     name: str = field(default="default", metadata={"help": "The experiment's name: `runs/<name>/<id>`, reports."})
     seed: int = field(default=42, metadata={"help": "Seed of training, data order and sampling."})
-    offline: bool = field(
-        default=True,
-        metadata={"help": "Set HF_HUB_OFFLINE / HF_DATASETS_OFFLINE so that nothing waits for the Hub."},
+    offline: bool | None = field(
+        default=None,
+        metadata={
+            "help": "true: set HF_HUB_OFFLINE / HF_DATASETS_OFFLINE, so nothing waits for the Hub (only cached Hub "
+            "ids load); false: unset them, Hub ids download; None: as the environment says (HF_HUB_OFFLINE)."
+        },
     )
     cache_dir: str | None = field(
         default=None,
