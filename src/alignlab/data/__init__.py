@@ -57,10 +57,14 @@ class DataReport:
 def load(source: DictConfig, kind: str, data_cfg: DictConfig, tokenizer: Any | None) -> tuple[list[dict], DataReport]:
     """Read, normalize and validate one source. `tokenizer=None` skips the token-length checks."""
     report = DataReport(source=str(source.path), kind=kind, overlength_action=data_cfg.on_overlength)
-    raw = read_rows(str(source.path), source.split, source.subset, source.revision, source.max_rows)
+    raw = read_rows(
+        str(source.path), source.split, source.subset, source.revision, source.max_rows, bad_lines=report.problems
+    )
     if source.get("columns"):
         raw = _renamed(raw, dict(source.columns), str(source.path))
-    report.rows_read = len(raw)
+    report.rows_read = len(raw) + len(report.problems)  # lines that are not rows count as malformed rows
+    if not raw:
+        raise DataError(_describe(report))
     fmt = source.format
     if fmt == "auto":
         try:

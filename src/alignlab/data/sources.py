@@ -58,11 +58,24 @@ def fingerprint(path: str) -> str:
 
 
 def read_rows(
-    path: str, split: str = "train", subset: str | None = None, revision: str | None = None, max_rows: int | None = None
+    path: str,
+    split: str = "train",
+    subset: str | None = None,
+    revision: str | None = None,
+    max_rows: int | None = None,
+    bad_lines: list[tuple[str, str]] | None = None,
 ) -> list[RawRow]:
+    """The rows of a file, folder or Hub dataset. Lines that are not rows raise `BadLines`, or, given a
+    `bad_lines` list, are added to it (where, why) while the rows around them are returned."""
     local = resolve_local(path)
     if local is not None and local.is_file():
-        rows = list(_read_file(local))
+        try:
+            rows = list(_read_file(local))
+        except BadLines as exc:
+            if bad_lines is None:
+                raise
+            bad_lines.extend(exc.bad)
+            rows = exc.rows
     elif local is not None and local.is_dir():
         rows = _read_folder(local, split)
     elif local is not None:  # exists, but a FIFO, a device (a link to /dev/zero), a socket: reading could hang
@@ -73,7 +86,7 @@ def read_rows(
         rows = _read_hub(path, split, subset, revision)
     else:
         raise DataError(f"Data error: '{path}' does not exist (not a file, a folder, or a Hub dataset id 'org/name').")
-    if not rows:
+    if not rows and not bad_lines:
         raise DataError(f"Data error: '{path}' has no rows.")
     return rows[:max_rows] if max_rows else rows
 
@@ -148,14 +161,20 @@ def parse_json(text: str) -> Any:
     return obj
 
 
-def _raise_bad_lines(file: Path, bad: list[tuple[int, str]]) -> None:
-    """One error for every bad line of a file, so that one pass shows everything to fix."""
-    if len(bad) == 1:
-        n, why = bad[0]
-        raise DataError(f"Data error in '{file}' line {n}: {why}.")
-    shown = "; ".join(f"line {n}: {why}" for n, why in bad[:MAX_SHOWN])
-    more = f"; and {len(bad) - MAX_SHOWN} more" if len(bad) > MAX_SHOWN else ""
-    raise DataError(f"Data error in '{file}': {len(bad)} bad lines: {shown}{more}.")
+class BadLines(DataError):
+    """Lines of a file that are not rows (broken JSON, a ragged CSV row), with the rows read around them: one error
+    for every bad line, so that one pass shows everything to fix, and `data.load` can add the rows' own problems."""
+
+    def __init__(self, file: Path, bad: list[tuple[int, str]], rows: list[RawRow]) -> None:
+        self.bad = [(f"{file.name} line {n}", why) for n, why in bad]
+        self.rows = rows
+        if len(bad) == 1:
+            n, why = bad[0]
+            super().__init__(f"Data error in '{file}' line {n}: {why}.")
+            return
+        shown = "; ".join(f"line {n}: {why}" for n, why in bad[:MAX_SHOWN])
+        more = f"; and {len(bad) - MAX_SHOWN} more" if len(bad) > MAX_SHOWN else ""
+        super().__init__(f"Data error in '{file}': {len(bad)} bad lines: {shown}{more}.")
 
 
 def _read_jsonl(file: Path) -> Iterator[RawRow]:
@@ -176,7 +195,7 @@ def _read_jsonl(file: Path) -> Iterator[RawRow]:
             continue
         rows.append(RawRow(f"{file.name} line {n}", obj))
     if bad:
-        _raise_bad_lines(file, bad)
+        raise BadLines(file, bad, rows)
     yield from rows
 
 
@@ -231,7 +250,7 @@ def _read_csv(file: Path) -> Iterator[RawRow]:
     finally:
         csv.field_size_limit(limit)
     if bad:
-        _raise_bad_lines(file, bad)
+        raise BadLines(file, bad, rows)
     yield from rows
 
 

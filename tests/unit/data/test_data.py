@@ -222,8 +222,25 @@ def test_non_utf8_bytes_name_the_line(tmp_path):
 def test_broken_json_line(tmp_path):
     path = tmp_path / "broken.jsonl"
     path.write_text(json.dumps(pair()) + "\n" + '{"prompt": "x", "chosen": \n')
-    with pytest.raises(DataError, match=r"broken.jsonl' line 2: not valid JSON"):
+    with pytest.raises(DataError, match=r"broken.jsonl line 2: not valid JSON"):
         load(path)
+
+
+def test_broken_lines_and_bad_rows_are_reported_in_one_pass(tmp_path):
+    """A line that is not JSON is one more malformed row beside the rows' own problems, not the end of the check."""
+    path = tmp_path / "mixed.jsonl"
+    rows = [pair(), '{"prompt": "x", "chosen": ', pair(chosen=""), pair("Other?"), "[1, 2]"]
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    with pytest.raises(DataError) as err:
+        load(path)
+    said = str(err.value)
+    assert "3 of 5 rows are malformed" in said
+    assert "mixed.jsonl line 2: not valid JSON" in said and "mixed.jsonl line 3: 'chosen' is empty" in said
+    assert "mixed.jsonl line 5: expected a JSON object, got list" in said
+    only = tmp_path / "broken-only.jsonl"
+    only.write_text('{"prompt": \n')
+    with pytest.raises(DataError, match=r"1 of 1 rows are malformed.*broken-only.jsonl line 1: not valid JSON"):
+        load(only)  # nothing but broken lines: still every line named, not "has no rows"
 
 
 def test_hh_transcript_without_turns(tmp_path):
