@@ -150,8 +150,9 @@ class DataConfig:
     on_overlength: str = field(
         default="truncate",
         metadata={
-            "help": "A row longer than max_length is kept for the trainer to truncate, dropped, or an error that "
-            "names it; a prompt that fills max_length is always dropped.",
+            "help": "A row longer than max_length is kept for the trainer to truncate (a prompt that fills "
+            "max_length by itself is first cut from its start to half of it, so the reply keeps the rest), dropped, "
+            "or an error that names it.",
             "choices": OnOverlength,
         },
     )

@@ -33,6 +33,7 @@ class DataReport:
     duplicates: int = 0
     overlength: int = 0
     overlength_action: str = "truncate"
+    prompts_cut: int = 0  # truncate: prompts that filled the window, cut from their start to half of it
     token_lengths: list[int] = field(default_factory=list)
     problems: list[tuple[str, str]] = field(default_factory=list)
 
@@ -47,6 +48,7 @@ class DataReport:
             "duplicates": self.duplicates,
             "overlength": self.overlength,
             "overlength_action": self.overlength_action,
+            "prompts_cut": self.prompts_cut,
             "problems": len(self.problems),
             "tokens_min": min(lengths) if lengths else None,
             "tokens_median": statistics.median(lengths) if lengths else None,
@@ -207,30 +209,69 @@ def _check_control_tokens(rows: list[dict], wheres: list[str], tokenizer: Any, r
 def _check_lengths(
     rows: list[dict], wheres: list[str], tokenizer: Any, data_cfg: DictConfig, report: DataReport
 ) -> list[dict]:
+    """Apply `data.on_overlength` to rows longer than `data.max_length` (prompt and the longer reply, templated).
+    truncate: the trainers cut the reply; a prompt that fills the window by itself would leave no reply token to
+    learn from, so it is cut here, from its start (the question is usually at its end), to half the window (to all
+    but one token where the chat template's own tokens fill half of it)."""
     limit = data_cfg.max_length
     kept = []
     for row, where in zip(rows, wheres):
-        replies = [row["chosen"], row["rejected"]] if "chosen" in row else [row["completion"]]
-        n = max(
-            len(tokenizer.apply_chat_template(row["prompt"] + reply, tokenize=True, return_dict=True)["input_ids"])
-            for reply in replies
-        )
-        prompt_n = len(
-            tokenizer.apply_chat_template(row["prompt"], tokenize=True, add_generation_prompt=True, return_dict=True)[
-                "input_ids"
-            ]
-        )
+        n, prompt_n = _lengths(tokenizer, row)
         report.token_lengths.append(n)
         if n > limit or prompt_n >= limit:
             report.overlength += 1
             if data_cfg.on_overlength == "error":
                 report.problems.append((where, f"{n} tokens, over data.max_length={limit}"))
-            if data_cfg.on_overlength == "drop" or prompt_n >= limit:
-                continue  # a prompt that fills the window leaves no reply tokens to learn from: always dropped
+            if data_cfg.on_overlength == "drop":
+                continue
+            if data_cfg.on_overlength == "truncate" and prompt_n >= limit:
+                # half the window; in a window so small that the template's own tokens fill half, all but one token
+                row = _cut_prompt(tokenizer, row, limit // 2) or _cut_prompt(tokenizer, row, limit - 1)
+                if row is None:  # the template alone fills the window: no prompt fits
+                    continue
+                report.prompts_cut += 1
         kept.append(row)
     if report.problems:
         raise DataError(_describe(report) + " (data.on_overlength=error; use truncate or drop.)")
     return kept
+
+
+def _lengths(tokenizer: Any, row: dict) -> tuple[int, int]:
+    """Tokens of the prompt with its longer reply, and of the prompt with the generation prompt, templated."""
+    replies = [row["chosen"], row["rejected"]] if "chosen" in row else [row["completion"]]
+    n = max(
+        len(tokenizer.apply_chat_template(row["prompt"] + reply, tokenize=True, return_dict=True)["input_ids"])
+        for reply in replies
+    )
+    return n, _prompt_tokens(tokenizer, row["prompt"])
+
+
+def _prompt_tokens(tokenizer: Any, prompt: list[dict[str, str]]) -> int:
+    ids = tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, return_dict=True)
+    return len(ids["input_ids"])
+
+
+def _cut_prompt(tokenizer: Any, row: dict, room: int) -> dict | None:
+    """`row` with its prompt shortened to at most `room` tokens: earlier messages dropped first (the last one is
+    kept), then the last one's text cut from its start at a word boundary, by bisection on its length. None when
+    even an empty last message does not fit."""
+    prompt = [dict(m) for m in row["prompt"]]
+    while len(prompt) > 1 and _prompt_tokens(tokenizer, prompt) > room:
+        prompt.pop(0)
+    text = prompt[-1]["content"]
+    if _prompt_tokens(tokenizer, [*prompt[:-1], {**prompt[-1], "content": ""}]) > room:
+        return None
+    low, high = 0, len(text)  # the longest kept tail that fits lies in [low, high]
+    while low < high:
+        mid = (low + high + 1) // 2
+        if _prompt_tokens(tokenizer, [*prompt[:-1], {**prompt[-1], "content": text[-mid:]}]) <= room:
+            low = mid
+        else:
+            high = mid - 1
+    tail = text[len(text) - low :]
+    if " " in tail and low < len(text):
+        tail = tail.split(" ", 1)[1]  # start at a whole word
+    return {**row, "prompt": [*prompt[:-1], {**prompt[-1], "content": tail}]}
 
 
 def as_sft(pairs: list[dict]) -> list[dict]:

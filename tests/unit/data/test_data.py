@@ -290,10 +290,37 @@ def test_overlength_truncated_dropped_or_refused(tmp_path, tiny_tokenizer):
         load(path, tokenizer=tiny_tokenizer, max_length=64, on_overlength="error")
 
 
-def test_prompt_filling_the_window_is_always_dropped(tmp_path, tiny_tokenizer):
-    path = write_jsonl(tmp_path / "p.jsonl", [pair(), pair("word " * 200, "a", "b")])
+def test_truncate_cuts_a_prompt_that_fills_the_window_from_its_start(tmp_path, tiny_tokenizer):
+    """truncate keeps the row: the prompt loses its start (the question, at its end, stays) down to half the
+    window, so the reply keeps the other half; drop drops it."""
+    question = " ".join(f"w{i}" for i in range(300)) + " So, what is the answer?"
+    path = write_jsonl(tmp_path / "p.jsonl", [pair(), pair(question, "Forty-two.", "No idea.")])
     rows, report = load(path, tokenizer=tiny_tokenizer, max_length=64)
-    assert len(rows) == 1 and report.overlength == 1
+    assert len(rows) == 2 and report.overlength == 1 and report.prompts_cut == 1
+    cut = rows[1]["prompt"][-1]["content"]
+    assert question.endswith(cut) and cut.endswith("So, what is the answer?") and not cut.startswith("w0 ")
+    assert not cut.split(" ")[0] or f" {cut.split(' ')[0]} " in f" {question} "  # starts at a whole word
+    templated = tiny_tokenizer.apply_chat_template(rows[1]["prompt"], add_generation_prompt=True, tokenize=True)
+    assert len(templated if isinstance(templated, list) else templated["input_ids"]) <= 32
+    assert rows[1]["chosen"] == A("Forty-two.")  # the replies are the trainer's to cut
+    rows, report = load(path, tokenizer=tiny_tokenizer, max_length=64, on_overlength="drop")
+    assert len(rows) == 1 and report.prompts_cut == 0
+
+
+def test_earlier_turns_go_before_the_last_message_is_cut(tmp_path, tiny_tokenizer):
+    turns = [*U("word " * 100), *A("ok"), *U("Now the real question?")]
+    path = write_jsonl(tmp_path / "t.jsonl", [{"prompt": turns, "chosen": A("Yes."), "rejected": A("No.")}])
+    rows, report = load(path, tokenizer=tiny_tokenizer, max_length=64)
+    assert report.prompts_cut == 1 and rows[0]["prompt"] == U("Now the real question?")
+
+
+def test_data_check_with_a_tiny_window_keeps_its_rows(tmp_path, capsys, tiny_model):
+    from alignlab.cli import main
+
+    path = write_jsonl(tmp_path / "p.jsonl", [pair(f"Question number {i}, asked at some length?") for i in range(4)])
+    assert main(["data", "check", str(path), "--tokenizer", tiny_model, "--max-length", "16", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["rows_kept"] == 4 and summary["prompts_cut"] == 4, summary
 
 
 def test_sft_source_must_have_sft_format(tmp_path):
