@@ -266,6 +266,11 @@ def snapshot(cfg: DictConfig) -> dict[str, Any]:
     return redact(OmegaConf.to_container(cfg, resolve=True))
 
 
+def finished(run_dir: Path, cfg: DictConfig) -> bool:
+    """Whether every stage of the pipeline is done in `run_dir`."""
+    return all(is_done(run_dir / stage) for stage in cfg.pipeline.stages)
+
+
 def freeze(cfg: DictConfig) -> Prepared:
     """Validate everything and write the run directory (frozen config, run info) without training: what a Slurm
     submission does before `sbatch`, so the job reads the config composed here."""
@@ -325,7 +330,8 @@ def execute(prep: Prepared, console: Any = None) -> dict[str, Any]:
     main = distributed.is_main()
     devices.keep_freed_memory()  # every stage allocates and frees large tensors step after step
     console = console or Console(quiet=not main)
-    tracker = Tracker(cfg, prep.run_dir)
+    # a run whose stages are all done only prints its summary again: it opens no new W&B run
+    tracker = Tracker(cfg, prep.run_dir, enabled=not finished(prep.run_dir, cfg))
     results: dict[str, Any] = {}
     policy = prep.base_model
     comparison: dict[str, Any] = {}

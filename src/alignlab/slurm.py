@@ -151,13 +151,18 @@ def _check_distinct(run_dirs: list[Path], overrides: list[list[str]]) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- submit
-def sbatch(script: Path) -> str:
-    """Submit a script; returns the job id. The script's own --chdir sets where the job runs."""
+def require_sbatch(what: Path) -> None:
+    """Before anything is written: a machine without Slurm gets one error and no run folder."""
     if shutil.which("sbatch") is None:
         raise SlurmError(
-            f"Slurm error: `sbatch` is not on PATH, so {script} cannot be submitted from this machine. "
-            "Run the command on a Slurm login node, or print the script with --dry-run."
+            f"Slurm error: `sbatch` is not on PATH, so {what} cannot be submitted from this machine (nothing was "
+            "written). Run the command on a Slurm login node, or print the script with --dry-run."
         )
+
+
+def sbatch(script: Path) -> str:
+    """Submit a script; returns the job id. The script's own --chdir sets where the job runs."""
+    require_sbatch(script)
     proc = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True)
     if proc.returncode != 0:
         raise SlurmError(
@@ -177,15 +182,28 @@ def submit(overrides: list[str], dry_run: bool = False, multirun: bool = False) 
         cfg = _compose(overrides)
     run_dir = pipeline.run_dir_of(cfg).resolve()
     text = render(cfg, run_dir, submit_command(overrides))  # first: a bad slurm.* value fails before any writing
+    if pipeline.finished(run_dir, cfg):
+        raise SlurmError(
+            f"Slurm error: run {run_dir} has finished every stage, so the job would skip them all (slurm.* and "
+            "launcher settings are not part of the run's id: the same settings name the same run). To run again "
+            "on these resources, start a new run: add run.id=<new name>."
+        )
     if dry_run:
         with contextlib.redirect_stdout(sys.stderr):
             pipeline.prepare(cfg)  # every check a submission makes (data, model, tokenizer); writes no run files
         print(text, end="")
         return None
+    require_sbatch(run_dir / SCRIPT_NAME)
+    fresh = not run_dir.exists()
     pipeline.freeze(cfg)
     script = run_dir / SCRIPT_NAME
     atomic_write_text(script, text)
-    job_id = sbatch(script)
+    try:
+        job_id = sbatch(script)
+    except SlurmError:
+        if fresh:  # a submission that failed leaves no run folder it created
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     print(
         f"Submitted Slurm job {job_id}: run {run_dir}\n  log: {run_dir}/slurm-{job_id}.out\n"
         f"  follow: tail -f {run_dir}/slurm-{job_id}.out   status: squeue -j {job_id}"
@@ -215,6 +233,8 @@ def _submit_sweep(overrides: list[str], dry_run: bool) -> str | None:
         for cfg in cfgs:
             print(f"#   {pipeline.run_dir_of(cfg).resolve()}", file=sys.stderr)
         return None
+    require_sbatch(sweep_dir / SCRIPT_NAME)
+    fresh = [not pipeline.run_dir_of(c).resolve().exists() for c in cfgs]
     run_dirs = [pipeline.freeze(cfg).run_dir.resolve() for cfg in cfgs]
     manifest = {
         "sweep": group,
@@ -225,7 +245,14 @@ def _submit_sweep(overrides: list[str], dry_run: bool) -> str | None:
     atomic_write_text(members_file, "".join(f"{d}\n" for d in run_dirs))
     atomic_write_json(sweep_dir / "manifest.json", manifest)
     atomic_write_text(sweep_dir / SCRIPT_NAME, script)
-    job_id = sbatch(sweep_dir / SCRIPT_NAME)
+    try:
+        job_id = sbatch(sweep_dir / SCRIPT_NAME)
+    except SlurmError:  # nothing it created stays behind
+        for run_dir, new in zip(run_dirs, fresh):
+            if new:
+                shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.rmtree(sweep_dir, ignore_errors=True)
+        raise
     atomic_write_json(sweep_dir / "manifest.json", {**manifest, "job_id": job_id})
     print(
         f"Submitted Slurm array job {job_id} ({len(run_dirs)} members, W&B group {group}): sweep {sweep_dir}\n"

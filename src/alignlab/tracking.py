@@ -66,9 +66,9 @@ def is_main_process() -> bool:
 class Tracker:
     """The pipeline's W&B run (or nothing, with logger.backend=none or on ranks other than 0)."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path):
+    def __init__(self, cfg: DictConfig, run_dir: Path, enabled: bool = True):
         self.run = None
-        if cfg.logger.backend != "wandb" or cfg.logger.mode == "disabled" or not is_main_process():
+        if not enabled or cfg.logger.backend != "wandb" or cfg.logger.mode == "disabled" or not is_main_process():
             return
         import wandb
 

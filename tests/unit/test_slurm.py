@@ -387,7 +387,8 @@ def test_sbatch_missing_is_a_clear_error(tmp_path, monkeypatch, capsys, cache_di
     assert cli.main(["slurm", "submit", *TINY, "run.id=a"]) == 2
     err = capsys.readouterr().err
     assert "`sbatch` is not on PATH" in err and str(tmp_path / "runs/tiny/a/job.sbatch") in err
-    assert "--dry-run" in err
+    assert "--dry-run" in err and "nothing was written" in err
+    assert not (tmp_path / "runs").exists()  # a failed submission leaves no frozen run folder behind
 
 
 def test_sbatch_refusal_shows_its_message(tmp_path, monkeypatch, capsys, cache_dir):
@@ -396,6 +397,24 @@ def test_sbatch_refusal_shows_its_message(tmp_path, monkeypatch, capsys, cache_d
     assert cli.main(["slurm", "submit", *TINY, "run.id=a", "slurm.partition=nope"]) == 2
     err = capsys.readouterr().err
     assert "sbatch refused" in err and "(exit code 1)" in err and "invalid partition specified: nope" in err
+    assert not (tmp_path / "runs" / "tiny" / "a").exists()  # the run folder it created is gone again
+    assert cli.main(["slurm", "submit", "-m", *TINY, "algo.dpo.beta=0.1,0.2", "slurm.partition=nope"]) == 2
+    assert not any((tmp_path / "runs").rglob("config.yaml"))  # nor do a sweep's members or its folder stay
+    assert not any((tmp_path / "runs").rglob("manifest.json"))
+
+
+def test_a_finished_run_is_not_submitted_again(tmp_path, monkeypatch, capsys, cache_dir):
+    """slurm.* is not part of the run's id: the same settings on a GPU partition name the finished CPU run."""
+    monkeypatch.chdir(tmp_path)
+    calls = fake_sbatch(tmp_path, monkeypatch)
+    run = pipeline.run_dir_of(compose([*TINY, "run.id=done"])).resolve()
+    (run / "sft").mkdir(parents=True)
+    (run / "dpo").mkdir()
+    for stage in ("sft", "dpo"):
+        (run / stage / "DONE").write_text("x")
+    assert cli.main(["slurm", "submit", *TINY, "run.id=done", "slurm.partition=gpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"run {run} has finished every stage" in err and "run.id=<new name>" in err and not calls.exists()
 
 
 def test_sweep_freezes_every_member_then_submits_one_array(tmp_path, monkeypatch, capsys, cache_dir):
