@@ -24,6 +24,14 @@ SHOWN = {
 }
 
 
+def quiet_libraries() -> None:
+    """transformers' own bars ("Loading weights", "Writing model shards": a dozen per stage) off; the Trainers'
+    bars (labelled by stage), datasets' and our `Progress` lines stay."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 class Progress:
     """A long loop's progress, labelled, on stderr: "[alignlab] eval xstest_safe: 128/250 replies, 12.3/s, ~10 s
     left". On a terminal one line rewritten in place; elsewhere (a pipe, a Slurm .out file) a line every `every`
@@ -60,7 +68,9 @@ class Progress:
 class Console:
     def __init__(self, quiet: bool = False) -> None:
         # quiet: ranks other than 0 print nothing of the pipeline's own; rank 0 speaks for the run
-        self.out = RichConsole(stderr=False, highlight=False, quiet=quiet)
+        # Not a terminal (a pipe, a Slurm .out file): wide enough that tables are never cut ("secon…", "0.023…")
+        width = None if sys.stdout.isatty() else 200
+        self.out = RichConsole(stderr=False, highlight=False, quiet=quiet, width=width)
 
     def header(self, prep: Any) -> None:
         self.out.print(f"[bold]alignlab[/bold] run [cyan]{prep.run_dir}[/cyan]")

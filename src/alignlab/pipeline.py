@@ -36,7 +36,7 @@ from alignlab import data as data_lib
 from alignlab import devices, distributed, launch, preemption, run_state
 from alignlab.artifacts import atomic_write_json, atomic_write_text, is_done, mark_done
 from alignlab.config import POLICY_KINDS, TRAINING_KINDS, validate
-from alignlab.console import Console
+from alignlab.console import Console, quiet_libraries
 from alignlab.data import mix
 from alignlab.data.sources import fingerprint
 from alignlab.errors import ConfigError, Preempted, RunStateError, UserError, disk_full, internal_error, is_disk_full
@@ -329,6 +329,7 @@ def execute(prep: Prepared, console: Any = None) -> dict[str, Any]:
     cfg = prep.cfg
     main = distributed.is_main()
     devices.keep_freed_memory()  # every stage allocates and frees large tensors step after step
+    quiet_libraries()
     console = console or Console(quiet=not main)
     # a run whose stages are all done only prints its summary again: it opens no new W&B run
     tracker = Tracker(cfg, prep.run_dir, enabled=not finished(prep.run_dir, cfg))

@@ -4,6 +4,11 @@ interval in a log file, one line rewritten in place on a terminal."""
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
+
+import pytest
 
 from alignlab.console import Progress
 
@@ -60,3 +65,16 @@ def test_the_evaluation_reports_progress_per_suite(capsys, bench_dir, tiny_model
     Evaluator(e, None)(AutoModelForCausalLM.from_pretrained(tiny_model), tiny_tokenizer)
     err = capsys.readouterr().err
     assert "[alignlab] eval crows (bare): 20/20 sentences" in err and "[alignlab] eval crows (chat): 20/20" in err
+
+
+@pytest.mark.slow
+def test_a_piped_run_prints_full_tables_and_no_library_bars(tmp_path, cache_dir, tiny_model):
+    """stdout to a pipe (a Slurm .out file): the summary table is not cut at 80 columns; stderr has the Trainers'
+    bars labelled by stage and none of transformers' own (weights loaded, shards written)."""
+    env = {**os.environ, "ALIGNLAB_CACHE": str(cache_dir), "OMP_NUM_THREADS": "1", "COLUMNS": "80"}
+    args = ["run", "experiment=tiny", "logger=none", f"run.root={tmp_path}"]
+    proc = subprocess.run([sys.executable, "-m", "alignlab.cli", *args], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "…" not in proc.stdout and "seconds" in proc.stdout, proc.stdout[-2000:]
+    assert "sft steps" in proc.stderr and "dpo steps" in proc.stderr
+    assert "Writing model shards" not in proc.stderr and "Loading weights" not in proc.stderr

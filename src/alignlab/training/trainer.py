@@ -139,7 +139,17 @@ class FiniteLoss(TrainerCallback):
 
 
 class QuietProgress(ProgressCallback):
-    """Progress bars without a printed dict per logging step: curves go to W&B and log_history.json."""
+    """Progress bars labelled with the stage, without a printed dict per logging step: curves go to W&B and
+    log_history.json."""
+
+    def __init__(self, stage: str) -> None:
+        super().__init__()
+        self.stage = stage
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        super().on_train_begin(args, state, control, **kwargs)
+        if self.training_bar is not None:
+            self.training_bar.set_description(f"{self.stage} steps")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         return control
@@ -149,7 +159,7 @@ def train(trainer: Trainer, ctx: StageContext) -> dict[str, Any]:
     """Run the Trainer, resuming from the last complete checkpoint (optimizer, scheduler, RNG, data position).
     A signal (preemption.py) ends it after the current step with a checkpoint and raises `Preempted`."""
     trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(QuietProgress())
+    trainer.add_callback(QuietProgress(ctx.name))
     trainer.add_callback(CompleteMarker())
     stop = preemption.PreemptionCallback()
     trainer.add_callback(stop)
