@@ -54,6 +54,8 @@ pipeline starts its ranks inside it.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -61,6 +63,7 @@ import socket
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,8 +177,6 @@ class MemberTask:
     objective: str | None = None
 
     def __call__(self, cfg: DictConfig) -> float | None:
-        from alignlab import pipeline
-
         hydra = HydraConfig.get()
         num = int(hydra.job.num)
         entry: dict[str, Any] = {
@@ -191,29 +192,78 @@ class MemberTask:
             "started": _now(),
         }
         started = time.time()
+        log = Path(hydra.runtime.output_dir) / f"{hydra.job.name}.log"
+        # Hydra's member log holds only `logging` records; the run speaks through print, and its errors too
+        with _teed(log):
+            try:
+                return self._run(cfg, entry)
+            except BaseException as exc:
+                # A signal (Preempted), Ctrl-C, or submitit's requeue (SystemExit): the member resumes when re-run
+                interrupted = isinstance(exc, (Preempted, SystemExit, KeyboardInterrupt))
+                entry.update(status="interrupted" if interrupted else "failed", error=_describe(exc))
+                if not interrupted and not isinstance(exc, UserError):  # a bug: keep its traceback
+                    entry["traceback"] = traceback.format_exc()
+                    traceback.print_exc()
+                else:
+                    print(f"alignlab: {exc}", file=sys.stderr)
+                if isinstance(exc, Preempted) and hydra.runtime.choices.get("hydra/launcher") == "basic":
+                    raise StopSweep(exc) from exc
+                raise
+            finally:
+                entry.update(wall_seconds=round(time.time() - started, 2), ended=_now())
+                atomic_write_json(Path(hydra.sweep.dir) / MEMBERS / f"{num}.json", entry)
+
+    def _run(self, cfg: DictConfig, entry: dict[str, Any]) -> float | None:
+        from alignlab import pipeline
+
+        if cfg.logger.group is None:  # one W&B group per sweep, unless the member's config names one
+            with read_write(cfg):
+                cfg.logger.group = self.group
+        valid = validate(cfg)
+        entry["run_dir"] = str(pipeline.run_dir_of(valid))
+        results = pipeline.run(valid)
+        value = objective_value(results, self.objective) if self.objective else None
+        entry.update(status="done", objective_value=value)
+        return value
+
+
+class _Tee(io.TextIOBase):
+    """Writes to the terminal's stream and to a member's log file alike; the terminal's answers isatty()."""
+
+    def __init__(self, stream: Any, log: Any) -> None:
+        self.stream, self.log = stream, log
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        self.log.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+        self.log.flush()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self.stream, "encoding", "utf-8")
+
+
+@contextlib.contextmanager
+def _teed(path: Path) -> Iterator[None]:
+    """stdout and stderr also into `path` (appended) for the block: each member's own log (`<num>/alignlab.log`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as log:
+        out, err = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Tee(out, log), _Tee(err, log)
         try:
-            if cfg.logger.group is None:  # one W&B group per sweep, unless the member's config names one
-                with read_write(cfg):
-                    cfg.logger.group = self.group
-            valid = validate(cfg)
-            entry["run_dir"] = str(pipeline.run_dir_of(valid))
-            results = pipeline.run(valid)
-            value = objective_value(results, self.objective) if self.objective else None
-            entry.update(status="done", objective_value=value)
-            return value
-        except BaseException as exc:
-            # A signal (Preempted), Ctrl-C, or submitit's requeue (SystemExit): the member resumes when re-run
-            interrupted = isinstance(exc, (Preempted, SystemExit, KeyboardInterrupt))
-            entry.update(status="interrupted" if interrupted else "failed", error=_describe(exc))
-            if not interrupted and not isinstance(exc, UserError):  # a bug: keep its traceback
-                entry["traceback"] = traceback.format_exc()
-                traceback.print_exc()
-            if isinstance(exc, Preempted) and hydra.runtime.choices.get("hydra/launcher") == "basic":
-                raise StopSweep(exc) from exc
-            raise
+            yield
         finally:
-            entry.update(wall_seconds=round(time.time() - started, 2), ended=_now())
-            atomic_write_json(Path(hydra.sweep.dir) / MEMBERS / f"{num}.json", entry)
+            sys.stdout, sys.stderr = out, err
 
 
 def objective_value(results: dict[str, Any], objective: str) -> float:

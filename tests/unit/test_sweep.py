@@ -83,6 +83,9 @@ def test_a_basic_sweep_runs_every_member_in_one_wandb_group(tmp_path, cache_dir,
     assert len({m["run_dir"] for m in manifest["members"]}) == 3
     out = capsys.readouterr().out
     assert f"sweep {group}" in out and "algo.dpo.beta=0.3" in out and "manifest.json" in out
+    for member in manifest["members"]:  # not empty: the member's console output, its summary table included
+        log = (Path(manifest["sweep_dir"]) / str(member["num"]) / "alignlab.log").read_text()
+        assert member["run_dir"].split("/")[-1] in log and "dpo" in log, log[-2000:]
 
 
 @pytest.mark.parametrize(
@@ -126,6 +129,9 @@ def test_a_failed_member_is_recorded_and_the_others_still_run(tmp_path, cache_di
     assert_run_done(done["run_dir"], tmp_path)
     captured = capsys.readouterr()
     assert "1 of 2 members did not finish" in captured.err and "member 0 failed" in captured.out
+    sweep_dir = Path(manifest["sweep_dir"])  # each member's own log holds what it printed, its error too
+    assert "model.lora.top_layers" in (sweep_dir / "0" / "alignlab.log").read_text()
+    assert "dpo" in (sweep_dir / "1" / "alignlab.log").read_text()
 
 
 @pytest.mark.slow
