@@ -38,16 +38,27 @@ def _run(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
     from alignlab.config import compose_config, validate
+    from alignlab.config.user import primary_folder
     from alignlab.tracking import redact
 
-    if args.multirun and args.cfg:
-        raise ConfigError("Config error: --cfg prints one config; drop -m (or run the sweep without --cfg).")
+    primary = primary_folder(args.config_dir, args.config_name)
+    overrides = _with_user_configs(args, primary)
+    if args.multirun and (args.cfg or args.info or args.config_name != "config"):
+        raise ConfigError("Config error: --cfg, --info and --config-name are for one run; drop -m.")
     if args.multirun:
         from alignlab import sweep
 
-        sweep.multirun(args.overrides)
+        sweep.multirun(overrides)
         return 0
-    cfg = validate(compose_config(args.overrides))
+    if args.info or args.cfg in ("hydra", "all"):
+        full = compose_config(overrides, args.config_name, with_hydra=True, primary_dir=primary)
+        if args.info:
+            _print_info(full)
+        else:
+            shown = full.hydra if args.cfg == "hydra" else full
+            print(OmegaConf.to_yaml(OmegaConf.create(redact(OmegaConf.to_container(shown)))), end="")
+        return 0
+    cfg = validate(compose_config(overrides, args.config_name, primary_dir=primary))
     if args.cfg:
         print(OmegaConf.to_yaml(OmegaConf.create(redact(OmegaConf.to_container(cfg)))), end="")
         return 0
@@ -55,6 +66,25 @@ def _run(args: argparse.Namespace) -> int:
 
     pipeline.run(cfg)
     return 0
+
+
+def _with_user_configs(args: argparse.Namespace, primary: Any = None) -> list[str]:
+    """The overrides, after those naming the user's config folders and file (config/user.py)."""
+    from alignlab.config.user import user_overrides
+
+    return [*user_overrides(args.config_dir, args.config, primary), *args.overrides]
+
+
+def _print_info(cfg: Any) -> None:
+    """Hydra's --info, the parts a user needs: where configs are searched, and which option each group took."""
+    print("Config search path (first match wins):")
+    for source in cfg.hydra.runtime.config_sources:
+        if source.path:
+            print(f"  {source.provider}: {source.path}")
+    print("Groups (option chosen):")
+    for group, choice in sorted(cfg.hydra.runtime.choices.items()):
+        if not group.startswith("hydra/"):
+            print(f"  {group}: {choice}")
 
 
 def _resume(args: argparse.Namespace) -> int:
@@ -67,7 +97,7 @@ def _resume(args: argparse.Namespace) -> int:
 def _slurm_submit(args: argparse.Namespace) -> int:
     from alignlab import slurm
 
-    slurm.submit(args.overrides, dry_run=args.dry_run, multirun=args.multirun)
+    slurm.submit(_with_user_configs(args), dry_run=args.dry_run, multirun=args.multirun)
     return 0
 
 
@@ -158,10 +188,32 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         help="run (or resume) a pipeline",
         description="Overrides are Hydra syntax: experiment=tiny algo.dpo.beta=0.3 model.lora.enabled=true ...",
     )
-    run.add_argument("--cfg", choices=["job"], help="print the composed, validated config and exit")
+    run.add_argument(
+        "--cfg",
+        choices=["job", "hydra", "all"],
+        help="print the config and exit: job (composed and validated), hydra (Hydra's own node), all (both)",
+    )
+    run.add_argument("--info", action="store_true", help="print where configs are searched and each group's option")
     run.add_argument("-m", "--multirun", action="store_true", help="a sweep: comma lists, ranges, hydra/sweeper=...")
+    _add_config_sources(run)
     run.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
     run.set_defaults(func=_run)
+
+
+def _add_config_sources(parser: argparse.ArgumentParser, primary: bool = True) -> None:
+    parser.add_argument(
+        "-cd",
+        "--config-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="your own config folder, laid out like conf/ (DIR/experiment/mine.yaml: experiment=mine); repeatable",
+    )
+    parser.add_argument("--config", metavar="FILE", help="your own experiment file (YAML), wherever it is")
+    if primary:
+        parser.add_argument(
+            "-cn", "--config-name", default="config", metavar="NAME", help="the primary config (default: config)"
+        )
 
 
 def _add_resume(sub: argparse._SubParsersAction) -> None:
@@ -187,6 +239,7 @@ def _add_slurm(sub: argparse._SubParsersAction) -> None:
     submit.add_argument("--dry-run", action="store_true", help="print the sbatch script instead of submitting it")
     submit.add_argument("-m", "--multirun", action="store_true", help="a sweep as one Slurm array job")
     submit.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
+    _add_config_sources(submit, primary=False)
     submit.set_defaults(func=_slurm_submit)
 
 

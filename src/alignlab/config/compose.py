@@ -25,11 +25,16 @@ from alignlab.errors import ConfigError
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
-def compose_config(overrides: list[str]) -> DictConfig:
-    """Compose `conf/config.yaml` with command-line overrides; Hydra errors become one-paragraph ConfigErrors."""
+def compose_config(
+    overrides: list[str], config_name: str = "config", with_hydra: bool = False, primary_dir: Path | None = None
+) -> DictConfig:
+    """Compose `<primary_dir or conf>/<config_name>.yaml` with command-line overrides; Hydra errors become
+    one-paragraph ConfigErrors. A user's primary config (`--config-name` in a `--config-dir`) is composed from its
+    own folder, with conf/ on the search path (config/user.py), so its `defaults: [config, ...]` extends ours.
+    `with_hydra`: keep Hydra's own node (`--cfg hydra|all`, `--info`), which `validate` does not take."""
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="alignlab"):
-            cfg = compose(config_name="config", overrides=overrides)
+        with initialize_config_dir(config_dir=str(primary_dir or CONF_DIR), version_base="1.3", job_name="alignlab"):
+            cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=with_hydra)
     except (HydraException, OmegaConfBaseException, AttributeError, AssertionError) as exc:
         # OmegaConf raises the last two for some impossible overrides (e.g. a field inside a None node)
         raise ConfigError(explain_hydra_error(exc)) from None
