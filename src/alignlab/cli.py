@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -328,11 +329,22 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     check.set_defaults(func=_data_check)
 
 
+def quiet_accelerator_notice() -> None:
+    """On a machine without CUDA, tell DeepSpeed it is the CPU before anything imports it: its autodetection
+    otherwise prints "Setting accelerator to CPU" to stdout in every process (launcher and ranks inherit this)."""
+    if "DS_ACCELERATOR" not in os.environ:
+        import torch
+
+        if not torch.cuda.is_available():
+            os.environ["DS_ACCELERATOR"] = "cpu"
+
+
 def main(argv: list[str] | None = None) -> Any:
     # Library deprecation notices are for us (the pinned stack is tested), not for the researcher's terminal.
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     args = build_parser().parse_args(argv)
+    quiet_accelerator_notice()
     try:
         return args.func(args)
     except UserError as exc:

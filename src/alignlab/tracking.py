@@ -89,6 +89,10 @@ class Tracker:
             tags=list(dict.fromkeys([*cfg.logger.tags, str(cfg.name), *run_tags(cfg)])),
             settings=wandb.Settings(silent=True, console="wrap", x_disable_stats=False),
         )
+        if cfg.logger.mode == "offline":
+            # W&B's console warnings follow the process's first setup, not init's settings; offline they are about
+            # what an offline run lacks ("URL not available in offline run", at every checkpoint's model card)
+            wandb.termsetup(wandb.Settings(silent=True, show_warnings=False), None)
 
     def define_stage(self, stage: str) -> None:
         if self.run is not None:

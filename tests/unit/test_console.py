@@ -70,11 +70,14 @@ def test_the_evaluation_reports_progress_per_suite(capsys, bench_dir, tiny_model
 @pytest.mark.slow
 def test_a_piped_run_prints_full_tables_and_no_library_bars(tmp_path, cache_dir, tiny_model):
     """stdout to a pipe (a Slurm .out file): the summary table is not cut at 80 columns; stderr has the Trainers'
-    bars labelled by stage and none of transformers' own (weights loaded, shards written)."""
+    bars labelled by stage and none of transformers' own (weights loaded, shards written), no offline W&B warning
+    per checkpoint, and no DeepSpeed accelerator notice on stdout."""
     env = {**os.environ, "ALIGNLAB_CACHE": str(cache_dir), "OMP_NUM_THREADS": "1", "COLUMNS": "80"}
-    args = ["run", "experiment=tiny", "logger=none", f"run.root={tmp_path}"]
+    env.pop("DS_ACCELERATOR", None)
+    args = ["run", "experiment=tiny", "logger.mode=offline", f"run.root={tmp_path}"]
     proc = subprocess.run([sys.executable, "-m", "alignlab.cli", *args], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "…" not in proc.stdout and "seconds" in proc.stdout, proc.stdout[-2000:]
     assert "sft steps" in proc.stderr and "dpo steps" in proc.stderr
     assert "Writing model shards" not in proc.stderr and "Loading weights" not in proc.stderr
+    assert "URL not available" not in proc.stderr and "accelerator" not in proc.stdout.lower()
