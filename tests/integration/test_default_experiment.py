@@ -69,9 +69,12 @@ def test_quick_default_on_real_smollm2(tmp_path, cache_dir):
         "eval_after/eval/kl_to_ref",
         "dpo/rewards/accuracies",
         "sft/loss",
-        "pairs/pairs/total",
+        "pairs/total",  # the pairs stage's `pairs/total`, not prefixed twice
+        "evaluation/safety/harmful_content_rate/bundled_harmful",  # before and after on one key, by phase
+        "evaluation/phase",
     ):
         assert key in keys, key
+    assert not any(k.startswith(("pairs/pairs/total", "eval/eval/")) for k in keys)
 
     # The same command again: every stage is done, so nothing is regenerated (the pairs stay cached in the run).
     pairs_file = run_dir / "pairs" / "pairs.jsonl"
