@@ -96,12 +96,13 @@ def render(cfg: DictConfig, run_dir: Path, command: str) -> str:
     return _environment().get_template(name).render(**context, run_dir=run_dir)
 
 
-def render_array(cfg: DictConfig, members_file: Path, n: int, command: str) -> str:
-    """The array script of a sweep of `n` members listed in `members_file` (its folder also takes the logs)."""
+def render_array(cfg: DictConfig, members_file: Path, members: list[Path], command: str) -> str:
+    """The array script of a sweep whose run directories are `members`, written into the script itself, so that a
+    dry run prints a complete one (and listed in `members_file` for people; its folder also takes the logs)."""
     members_file = members_file.resolve()
     context = _context(cfg, command, members_file.parent / SCRIPT_NAME)
     template = _environment().get_template("sweep-array.sbatch.j2")
-    return template.render(**context, members_file=members_file, sweep_dir=members_file.parent, n=n)
+    return template.render(**context, members_file=members_file, sweep_dir=members_file.parent, members=members)
 
 
 # --------------------------------------------------------------------------------------------------- sweeps
@@ -223,7 +224,8 @@ def _submit_sweep(overrides: list[str], dry_run: bool) -> str | None:
     _check_same_job_shape(cfgs, members)
     _check_distinct([pipeline.run_dir_of(c).resolve() for c in cfgs], members)
     members_file = sweep_dir / "members.txt"
-    script = render_array(cfgs[0], members_file, len(cfgs), submit_command(overrides, multirun=True))
+    member_dirs = [pipeline.run_dir_of(c).resolve() for c in cfgs]
+    script = render_array(cfgs[0], members_file, member_dirs, submit_command(overrides, multirun=True))
     if dry_run:
         with contextlib.redirect_stdout(sys.stderr):
             for cfg in cfgs:

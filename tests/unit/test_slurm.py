@@ -221,8 +221,8 @@ def test_dry_run_prints_the_multi_node_script_and_creates_nothing(tmp_path, monk
 
 SWEEP_ARRAY = """
     #!/usr/bin/env bash
-    # A sweep of 4 alignlab runs as one Slurm array job: task i runs the run directory on line i+1 of
-    #   /sweeps/tiny/t/members.txt
+    # A sweep of 4 alignlab runs as one Slurm array job: task i runs the i-th run directory of
+    # MEMBERS below (also listed in /sweeps/tiny/t/members.txt).
     # Rendered by:
     #   alignlab slurm submit -m experiment=tiny algo.dpo.beta=0.1,0.2 seed=1,2
     # Each task's log is slurm-<array job id>_<task>.out in that folder, linked from the task's run directory.
@@ -240,9 +240,15 @@ SWEEP_ARRAY = """
 
     # No `set -e`: alignlab's exit code decides what happens next.
     SWEEP_DIR=/sweeps/tiny/t
-    RUN_DIR=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" "$SWEEP_DIR/members.txt")
+    MEMBERS=(
+      /runs/tiny/a
+      /runs/tiny/b
+      '/runs/tiny/with space'
+      /runs/tiny/d
+    )
+    RUN_DIR=${MEMBERS[$SLURM_ARRAY_TASK_ID]}
     if [ -z "$RUN_DIR" ]; then
-      echo "alignlab: array task ${SLURM_ARRAY_TASK_ID} has no line in $SWEEP_DIR/members.txt" >&2
+      echo "alignlab: array task ${SLURM_ARRAY_TASK_ID} has no member (the sweep has ${#MEMBERS[@]})" >&2
       exit 2
     fi
     ln -sf "$SWEEP_DIR/slurm-${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}.out" "$RUN_DIR/"
@@ -288,7 +294,8 @@ def test_sweep_array_script(tmp_path, monkeypatch):
         ]
     )
     command = slurm.submit_command(["experiment=tiny", "algo.dpo.beta=0.1,0.2", "seed=1,2"], multirun=True)
-    text = slurm.render_array(cfg, Path("/sweeps/tiny/t/members.txt"), 4, command)
+    members = [Path(f"/runs/tiny/{m}") for m in ("a", "b", "with space", "d")]
+    text = slurm.render_array(cfg, Path("/sweeps/tiny/t/members.txt"), members, command)
     assert text == expected(SWEEP_ARRAY, CWD=str(tmp_path))
 
 
@@ -300,6 +307,9 @@ def test_sweep_dry_run_prints_the_array_script_and_creates_nothing(tmp_path, mon
     assert out.startswith("#!/usr/bin/env bash\n# A sweep of 2 alignlab runs") and "#SBATCH --array=0-1\n" in out
     assert err.count(f"#   {tmp_path / 'runs' / 'tiny'}/") == 2
     assert not calls.exists() and not (tmp_path / "runs").exists()
+    # complete as printed: the members' run directories are in the script, not in a members.txt it never wrote
+    listed = out.split("MEMBERS=(\n", 1)[1].split("\n)\n", 1)[0].split()
+    assert len(listed) == 2 and all(m.startswith(str(tmp_path / "runs" / "tiny")) for m in listed)
 
 
 def test_expand_sweep_is_hydras_basic_sweeper():
