@@ -53,6 +53,7 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
 from alignlab.artifacts import file_sha256
+from alignlab.console import Progress
 from alignlab.errors import DataError
 from alignlab.evaluation import labels as project_labels
 from alignlab.evaluation.refusal import DEFAULT_RULES, RuleSet, is_refusal, read_xstest
@@ -186,7 +187,9 @@ class FeatureModel:
         return [*head.input_ids, *reply_ids, tok.eos_token_id], len(head.input_ids)
 
     @torch.no_grad()
-    def features(self, prompts: Sequence[str], replies: Sequence[str]) -> torch.Tensor:
+    def features(
+        self, prompts: Sequence[str], replies: Sequence[str], progress: Callable[[int], None] | None = None
+    ) -> torch.Tensor:
         """[rows, len(layers), 2 * hidden]: per layer, the mean over the reply's first `opening_tokens` tokens
         concatenated with the mean over all of it and its end-of-turn token. Rows are batched by length to spare
         padding."""
@@ -215,6 +218,8 @@ class FeatureModel:
                 for k, layer in enumerate(self.layers):
                     states = captured[layer].float()
                     out[batch, k] = torch.cat([_mean(states, opening), _mean(states, whole)], dim=-1)
+                if progress is not None:
+                    progress(len(batch))
         finally:
             for hook in hooks:
                 hook.remove()
@@ -293,7 +298,11 @@ def cached_features(
     if missing:
         log(f"[alignlab] probe: hidden states of {len(missing)} labelled replies (layers {list(model.layers)})")
         start = time.perf_counter()
-        computed = model.features([examples[i].prompt for i in missing], [examples[i].reply for i in missing])
+        computed = model.features(
+            [examples[i].prompt for i in missing],
+            [examples[i].reply for i in missing],
+            progress=Progress("probe: labelled replies", len(missing)),
+        )
         log(f"[alignlab] probe: features computed in {time.perf_counter() - start:.0f} s")
         for k, layer in enumerate(model.layers):
             known[layer].update({keys[i]: computed[j, k].numpy() for j, i in enumerate(missing)})

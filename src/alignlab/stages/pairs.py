@@ -127,6 +127,7 @@ def _replies(ctx: StageContext, model: Any, rows: list[onpolicy.PromptRow], judg
             do_sample=True,
             temperature=0.8,
             seed=ctx.cfg.seed + 1 + k,
+            progress=Progress(f"{ctx.name}: resampled benign replies ({k + 1})", len(retry)),
         )
         for i, g in zip(retry, sampled):
             attempts[i].append(_clean(g))
