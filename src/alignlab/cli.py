@@ -347,11 +347,10 @@ def main(argv: list[str] | None = None) -> Any:
     quiet_accelerator_notice()
     try:
         return args.func(args)
-    except UserError as exc:
-        print(f"alignlab: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except (Preempted, InternalError) as exc:
-        print(f"alignlab: {exc}", file=sys.stderr)
+    except (UserError, Preempted, InternalError) as exc:
+        # raised inside a stage, a progress bar may have left the line open: the paragraph starts on its own line
+        opening = "\n" if getattr(exc, "during_run", False) else ""
+        print(f"{opening}alignlab: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("alignlab: interrupted; re-run the same command to resume.", file=sys.stderr)

@@ -412,6 +412,7 @@ def _finished_metrics(stage_dir: Path) -> dict[str, Any]:
 def _reported(run_dir: Path, stage: str | None, exc: BaseException) -> BaseException:
     """What the console shows of a failure inside the stages; the traceback goes to the run's error.log.
     Preemption and interrupts pass through; a full disk and any unexpected error become one paragraph."""
+    exc.during_run = True  # type: ignore[attr-defined]  # the CLI starts its paragraph on a new line
     if isinstance(exc, (Preempted, KeyboardInterrupt, SystemExit)):
         return exc
     # on a full disk even the log may not fit
@@ -419,9 +420,9 @@ def _reported(run_dir: Path, stage: str | None, exc: BaseException) -> BaseExcep
         f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} stage {stage}:\n{''.join(traceback.format_exception(exc))}\n")
     if isinstance(exc, UserError):
         return exc
-    if is_disk_full(exc, run_dir):
-        return disk_full(run_dir, stage)
-    return internal_error(run_dir, stage, exc)
+    reported = disk_full(run_dir, stage) if is_disk_full(exc, run_dir) else internal_error(run_dir, stage, exc)
+    reported.during_run = True  # type: ignore[attr-defined]
+    return reported
 
 
 def _write_summary(prep: Prepared, results: dict[str, Any], tracker: Tracker) -> dict[str, Any]:
