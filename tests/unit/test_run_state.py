@@ -43,7 +43,7 @@ def test_an_edited_frozen_config_is_refused_on_resume(tmp_path):
     run_dir = frozen(tmp_path)
     run_state.check_frozen_unedited(run_dir)
     (run_dir / "config.yaml").write_text(yaml.safe_dump({**CONFIG, "seed": 7}))
-    with pytest.raises(RunStateError, match=r"config\.yaml was edited after the run started"):
+    with pytest.raises(RunStateError, match=r"config\.yaml was edited or damaged after the run started"):
         run_state.check_frozen_unedited(run_dir)
 
 
