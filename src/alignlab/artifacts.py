@@ -23,6 +23,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from alignlab.safe_load import refuse_planted
+
 DONE = "DONE"
 COMPLETE = "COMPLETE"
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -109,6 +111,7 @@ def last_complete_checkpoint(folder: Path) -> Path | None:
         why = checkpoint_damage(child)
         if why is None:
             return child
+        refuse_planted(child)  # a file changed into an unsafe pickle is an attack to report, not damage to skip
         aside = _set_aside(child, "damaged")
         print(
             f"[alignlab] note: {child} cannot be resumed from: {why}. Moved it to {aside}; resuming from the "

@@ -96,6 +96,20 @@ def pickle_files(folder: Path) -> list[Path]:
     )
 
 
+def refuse_planted(folder: Path) -> None:
+    """Refuse a checkpoint holding a pickle that the weights-only unpickler rejects (code planted in it), whatever
+    else is wrong with it: a checkpoint that fails its manifest is set aside as damaged only when nothing in it is
+    an attack, which is reported as one."""
+    for path in pickle_files(folder):
+        try:
+            with _allowed():
+                torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise _refusal(path, exc) from None
+        except Exception:  # unreadable (truncated, garbled: the unpickler fails in many ways): damage, not an attack
+            continue
+
+
 def verify_checkpoint(folder: Path) -> None:
     """Refuse a checkpoint folder with any pickle that torch's weights-only unpickler rejects, before a library
     (accelerate's custom objects, DeepSpeed's engine) unpickles it without that restriction. Tensors are
