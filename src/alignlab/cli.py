@@ -72,8 +72,9 @@ def _run(args: argparse.Namespace) -> int:
 def _with_user_configs(args: argparse.Namespace, primary: Any = None) -> list[str]:
     """The overrides, after those naming the user's config folders and file (config/user.py)."""
     from alignlab.config.user import user_overrides
+    from alignlab.models import cache_root
 
-    return [*user_overrides(args.config_dir, args.config, primary), *args.overrides]
+    return [*user_overrides(args.config_dir, args.config, cache_root(), primary), *args.overrides]
 
 
 def _print_info(cfg: Any) -> None:

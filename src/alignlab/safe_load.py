@@ -96,14 +96,25 @@ def pickle_files(folder: Path) -> list[Path]:
     )
 
 
+def _load_weights_only(path: Path) -> None:
+    """Load `path` under torch's weights-only unpickler (and our allowed globals), tensors memory-mapped where the
+    file is in torch's zip format; an old-format pickle is read whole."""
+    with _allowed():
+        try:
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            torch.load(path, map_location="cpu", weights_only=True)
+
+
 def refuse_planted(folder: Path) -> None:
     """Refuse a checkpoint holding a pickle that the weights-only unpickler rejects (code planted in it), whatever
     else is wrong with it: a checkpoint that fails its manifest is set aside as damaged only when nothing in it is
     an attack, which is reported as one."""
     for path in pickle_files(folder):
         try:
-            with _allowed():
-                torch.load(path, map_location="cpu", weights_only=True)
+            _load_weights_only(path)
         except pickle.UnpicklingError as exc:
             raise _refusal(path, exc) from None
         except Exception:  # unreadable (truncated, garbled: the unpickler fails in many ways): damage, not an attack
@@ -116,13 +127,7 @@ def verify_checkpoint(folder: Path) -> None:
     memory-mapped, not read, so the check costs little even for large optimizer states."""
     for path in pickle_files(folder):
         try:
-            with _allowed():
-                try:
-                    torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-                except RuntimeError as exc:  # mmap needs torch's zip format; an old-format pickle is read whole
-                    if "mmap" not in str(exc):
-                        raise
-                    torch.load(path, map_location="cpu", weights_only=True)
+            _load_weights_only(path)
         except pickle.UnpicklingError as exc:
             raise _refusal(path, exc) from None
         except (RuntimeError, EOFError, OSError, ValueError) as exc:

@@ -34,15 +34,18 @@ def primary_folder(config_dirs: list[str], config_name: str) -> Path | None:
     )
 
 
-def user_overrides(config_dirs: list[str], config_file: str | None, primary: Path | None = None) -> list[str]:
-    """Hydra overrides for the user's config folders and file; [] when there are none. With a user `primary`
-    folder, alignlab's conf/ joins the search path (the primary folder is the one Hydra starts from)."""
+def user_overrides(
+    config_dirs: list[str], config_file: str | None, cache: Path, primary: Path | None = None
+) -> list[str]:
+    """Hydra overrides for the user's config folders and file (staged under `cache`, models.cache_root); [] when
+    there are none. With a user `primary` folder, alignlab's conf/ joins the search path (the primary folder is the
+    one Hydra starts from)."""
     paths = [_folder(d) for d in config_dirs]
     if primary is not None:
         paths = [CONF_DIR, *(p for p in paths if p != primary)]
     extra: list[str] = []
     if config_file:
-        folder, name = _staged(config_file)
+        folder, name = _staged(config_file, cache)
         paths.append(folder)
         extra.append(f"experiment={name}")
     if not paths:
@@ -60,7 +63,7 @@ def _folder(path: str) -> Path:
     return folder
 
 
-def _staged(path: str) -> tuple[Path, str]:
+def _staged(path: str, cache: Path) -> tuple[Path, str]:
     """The file under `experiment/` of a cache folder named by its content; returns (folder, option name)."""
     source = Path(path).expanduser()
     if not source.is_file() or source.suffix not in (".yaml", ".yml"):
@@ -69,8 +72,7 @@ def _staged(path: str) -> tuple[Path, str]:
     if not text.lstrip().startswith(GLOBAL):
         text = f"{GLOBAL}\n{text}"
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-    root = Path(os.environ.get("ALIGNLAB_CACHE") or Path.home() / ".cache" / "alignlab").expanduser()
-    folder = root / "configs" / digest
+    folder = cache / "configs" / digest
     target = folder / "experiment" / f"{source.stem}.yaml"
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
