@@ -65,7 +65,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     from alignlab import pipeline
 
-    pipeline.run(cfg)
+    pipeline.run(cfg, force=args.force)
     return 0
 
 
@@ -99,7 +99,7 @@ def _resume(args: argparse.Namespace) -> int:
 def _slurm_submit(args: argparse.Namespace) -> int:
     from alignlab import slurm
 
-    slurm.submit(_with_user_configs(args), dry_run=args.dry_run, multirun=args.multirun)
+    slurm.submit(_with_user_configs(args), dry_run=args.dry_run, multirun=args.multirun, force=args.force)
     return 0
 
 
@@ -184,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+FORCE_HELP = (
+    "an unfinished run started with other slurm.* / launcher.* settings continues with these (without it: refused)"
+)
+
+
 def _add_run(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser(
         "run",
@@ -197,6 +202,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     )
     run.add_argument("--info", action="store_true", help="print where configs are searched and each group's option")
     run.add_argument("-m", "--multirun", action="store_true", help="a sweep: comma lists, ranges, hydra/sweeper=...")
+    run.add_argument("--force", action="store_true", help=FORCE_HELP)
     _add_config_sources(run)
     run.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
     run.set_defaults(func=_run)
@@ -240,6 +246,7 @@ def _add_slurm(sub: argparse._SubParsersAction) -> None:
     )
     submit.add_argument("--dry-run", action="store_true", help="print the sbatch script instead of submitting it")
     submit.add_argument("-m", "--multirun", action="store_true", help="a sweep as one Slurm array job")
+    submit.add_argument("--force", action="store_true", help=FORCE_HELP)
     submit.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
     _add_config_sources(submit, primary=False)
     submit.set_defaults(func=_slurm_submit)

@@ -271,11 +271,36 @@ def finished(run_dir: Path, cfg: DictConfig) -> bool:
     return all(is_done(run_dir / stage) for stage in cfg.pipeline.stages)
 
 
-def freeze(cfg: DictConfig) -> Prepared:
+def check_resources(run_dir: Path, cfg: DictConfig, force: bool, adopt: bool = True) -> None:
+    """An unfinished run started with other slurm.* / launcher.* settings: these are not part of its id, so the same
+    command names the same run, and its resumes read the frozen ones. Refused unless `force`, which moves the run
+    to the new settings (with `adopt`, written into its frozen config); never silently half-applied."""
+    changes = run_state.resource_changes(run_dir, snapshot(cfg))
+    if not changes or finished(run_dir, cfg):
+        return
+    shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changes[:5])
+    more = f" and {len(changes) - 5} more" if len(changes) > 5 else ""
+    done = [s for s in cfg.pipeline.stages if is_done(run_dir / s)]
+    if not force:
+        raise RunStateError(
+            f"Run error: run '{run_dir}' exists, unfinished (done: {', '.join(done) or 'no stage yet'}), and was "
+            f"started with other resources ({shown}{more}). slurm.* and launcher.* are not part of a run's id, so "
+            "these settings name the same run. Choose: resume it as it was (`alignlab resume "
+            f"{run_dir}`); continue it on the new resources with --force (its frozen config takes the new slurm.* "
+            "and launcher.* settings; finished stages and checkpoints are kept); or start a separate run with "
+            "run.id=<new name>."
+        )
+    if adopt:
+        run_state.adopt_resources(run_dir, snapshot(cfg))
+        print(f"[alignlab] note: run {run_dir} continues on new resources ({shown}{more}), as --force asked")
+
+
+def freeze(cfg: DictConfig, force: bool = False) -> Prepared:
     """Validate everything and write the run directory (frozen config, run info) without training: what a Slurm
     submission does before `sbatch`, so the job reads the config composed here."""
     prep = prepare(cfg)
     run_state.check_same_config(prep.run_dir, snapshot(cfg))
+    check_resources(prep.run_dir, cfg, force)
     with run_state.locked(prep.run_dir):
         record_run(prep)
     return prep
@@ -302,13 +327,15 @@ def resume(run_dir: str | Path) -> dict[str, Any]:
     return run(load_frozen(run_dir), run_dir=Path(run_dir))
 
 
-def run(cfg: DictConfig, console: Any = None, run_dir: Path | None = None) -> dict[str, Any]:
+def run(cfg: DictConfig, console: Any = None, run_dir: Path | None = None, force: bool = False) -> dict[str, Any]:
     """Run (or resume) the pipeline described by a validated config; returns per-stage metrics. With several ranks
-    (launcher.nproc_per_node x launcher.nnodes) this process freezes the run and starts them (launch.py)."""
+    (launcher.nproc_per_node x launcher.nnodes) this process freezes the run and starts them (launch.py).
+    `force`: an unfinished run started with other slurm.* / launcher.* settings continues with these."""
     console = console or Console()
     prep = prepare(cfg, run_dir)
     if run_dir is None:  # composed anew (`alignlab run`), not read from the run's own frozen file
         run_state.check_same_config(prep.run_dir, snapshot(cfg))
+        check_resources(prep.run_dir, cfg, force)
     console.header(prep)
     commit = _git_commit(Path(__file__).parent)
     changed = code_changed(prep.run_dir, list(cfg.pipeline.stages), commit)

@@ -32,6 +32,9 @@ from alignlab.errors import RunStateError
 LOCK, DIGEST = "run.lock", "config.sha256"
 # Keys that say where and how a run executes, not what it computes (they are outside the run id's hash too).
 PLACEMENT = ("run", "logger", "slurm", "launcher")
+# Of those, the ones a resumed job runs with (the frozen file's, read by `alignlab resume` in a Slurm job): changing
+# them on an unfinished run is refused unless the user says to adopt them. The rendezvous port is picked per job.
+RESOURCES, PER_JOB = ("slurm", "launcher"), ("launcher.master_port",)
 
 
 def digest(text: str) -> str:
@@ -76,6 +79,29 @@ def check_same_config(run_dir: Path, snapshot: dict[str, Any]) -> None:
             "computed with the old one. Resume it as it was with `alignlab resume " + str(run_dir) + "`, or start "
             "a new run: run.id=<new name> (or leave run.id unset: the id is then a hash of the config)."
         )
+
+
+def resource_changes(run_dir: Path, snapshot: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(key, frozen value, new value) for each slurm.* / launcher.* setting `snapshot` changes in an existing run."""
+    frozen_path = run_dir / "config.yaml"
+    if not frozen_path.is_file():
+        return []
+    frozen = OmegaConf.to_container(OmegaConf.load(frozen_path), resolve=False)
+    old, new = ({k: c[k] for k in RESOURCES if k in c} for c in (frozen, snapshot))
+    return [change for change in _differences(_flat(old), _flat(new)) if change[0] not in PER_JOB]
+
+
+def adopt_resources(run_dir: Path, snapshot: dict[str, Any]) -> None:
+    """Rewrite the frozen config's slurm.* and launcher.* with `snapshot`'s (and its digest), everything else as it
+    was: the run's later resumes (a requeued Slurm job's included) then use the resources it was moved to."""
+    check_frozen_unedited(run_dir)
+    frozen = OmegaConf.load(run_dir / "config.yaml")
+    for key in RESOURCES:
+        if key in snapshot:
+            frozen[key] = snapshot[key]
+    text = OmegaConf.to_yaml(frozen)
+    atomic_write_text(run_dir / "config.yaml", text)
+    atomic_write_text(run_dir / DIGEST, digest(text) + "\n")
 
 
 @contextlib.contextmanager

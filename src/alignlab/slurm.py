@@ -173,8 +173,9 @@ def sbatch(script: Path) -> str:
     return proc.stdout.strip().split(";")[0]  # --parsable prints "<id>" or "<id>;<cluster>"
 
 
-def submit(overrides: list[str], dry_run: bool = False, multirun: bool = False) -> str | None:
-    """`alignlab slurm submit`: returns the job id (None for a dry run)."""
+def submit(overrides: list[str], dry_run: bool = False, multirun: bool = False, force: bool = False) -> str | None:
+    """`alignlab slurm submit`: returns the job id (None for a dry run). `force`: an unfinished run started with
+    other slurm.* / launcher.* settings moves to these (pipeline.check_resources)."""
     if multirun:
         return _submit_sweep(overrides, dry_run)
     from alignlab import pipeline
@@ -192,11 +193,12 @@ def submit(overrides: list[str], dry_run: bool = False, multirun: bool = False) 
     if dry_run:
         with contextlib.redirect_stdout(sys.stderr):
             pipeline.prepare(cfg)  # every check a submission makes (data, model, tokenizer); writes no run files
+        pipeline.check_resources(run_dir, cfg, force, adopt=False)
         print(text, end="")
         return None
     require_sbatch(run_dir / SCRIPT_NAME)
     fresh = not run_dir.exists()
-    pipeline.freeze(cfg)
+    pipeline.freeze(cfg, force)
     script = run_dir / SCRIPT_NAME
     atomic_write_text(script, text)
     try:

@@ -47,10 +47,9 @@ def test_quick_default_on_real_smollm2(tmp_path, cache_dir):
             "safety/helpful_rate/bundled_benign",
             "judge2/refusal_rate/bundled_harmful",  # the rule judge beside the probe
             "judge2/disagreement/bundled_benign",
-            "eval/kl_to_ref",
         ):
             assert 0 <= metrics[key] <= (1 if "rate" in key else 1e6), key
-    assert before["eval/kl_to_ref"] == 0 and after["eval/kl_to_ref"] > 0
+    assert "eval/kl_to_ref" not in before and after["eval/kl_to_ref"] > 0  # the start is the reference
     if BENCHMARKS.is_dir():
         assert "safety/harmful_content_rate/harmbench" in after and "safety/over_refusal_rate/xstest_safe" in after
 

@@ -63,7 +63,7 @@ def test_eval_compares_base_merged_and_lora_checkpoint(tmp_path, cache_dir, benc
     (comparison,) = (runs / "eval").glob("comparison-*.json")
     results = json.loads(comparison.read_text())["models"]
     base, merged, adapter = (results[k] for k in ("tiny", str(trained / "model"), str(last)))
-    assert base["eval/kl_to_ref"] == 0.0 and merged["eval/kl_to_ref"] > 0
+    assert "eval/kl_to_ref" not in base and merged["eval/kl_to_ref"] > 0  # the reference has no KL to itself
     # the LoRA checkpoint of the last step, merged at load, is the stage's final model
     for key in ("eval/kl_to_ref", "bias/crows_pairs_stereotype_pct", "bias/bbq_ambig_accuracy"):
         assert adapter[key] == pytest.approx(merged[key], abs=1e-3), key

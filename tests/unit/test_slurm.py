@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from alignlab import cli, pipeline, slurm
 from alignlab.config import compose_config, validate
@@ -425,6 +425,36 @@ def test_a_finished_run_is_not_submitted_again(tmp_path, monkeypatch, capsys, ca
     assert cli.main(["slurm", "submit", *TINY, "run.id=done", "slurm.partition=gpu"]) == 2
     err = capsys.readouterr().err
     assert f"run {run} has finished every stage" in err and "run.id=<new name>" in err and not calls.exists()
+
+
+def test_an_unfinished_run_moves_to_new_resources_only_when_asked(tmp_path, monkeypatch, capsys, cache_dir):
+    """slurm.* and launcher.* name the same run: changing them on an unfinished one is refused with the three ways
+    on (resume as it was, --force, a new run.id); --force writes them into the frozen config its job resumes from,
+    the rest of that file unchanged; a dry run with --force writes nothing."""
+    monkeypatch.chdir(tmp_path)
+    calls = fake_sbatch(tmp_path, monkeypatch)
+    assert cli.main(["slurm", "submit", *TINY, "run.id=r"]) == 0
+    run = tmp_path / "runs" / "tiny" / "r"
+    (run / "sft").mkdir()
+    (run / "sft" / "DONE").write_text("x")
+    frozen = (run / "config.yaml").read_text()
+    moved = [*TINY, "run.id=r", "slurm.partition=gpu", "slurm.mem=64G"]
+    capsys.readouterr()
+    assert cli.main(["slurm", "submit", *moved]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "runs/tiny/r' exists, unfinished (done: sft)" in err and "slurm.partition: None -> 'gpu'" in err
+    assert "`alignlab resume " in err and "--force" in err and "run.id=<new name>" in err
+    assert (run / "config.yaml").read_text() == frozen and calls.read_text().count("\n") == 1
+    assert cli.main(["slurm", "submit", "--dry-run", "--force", *moved]) == 0
+    assert (run / "config.yaml").read_text() == frozen  # a dry run adopts nothing
+    assert cli.main(["run", *moved]) == 2  # `alignlab run` refuses the same way
+    assert "exists, unfinished" in capsys.readouterr().err
+    assert cli.main(["slurm", "submit", "--force", *moved]) == 0
+    after = pipeline.load_frozen(run)  # its digest was rewritten with it: the job's resume accepts it
+    assert after.slurm.partition == "gpu" and after.slurm.mem == "64G"
+    assert OmegaConf.to_container(after.algo) == OmegaConf.to_container(OmegaConf.create(frozen).algo)
+    assert calls.read_text().count("\n") == 2 and "continues on new resources" in capsys.readouterr().out
+    assert cli.main(["slurm", "submit", "--dry-run", *moved]) == 0  # now the same resources: nothing to refuse
 
 
 def test_sweep_freezes_every_member_then_submits_one_array(tmp_path, monkeypatch, capsys, cache_dir):

@@ -7,12 +7,15 @@
                        success) and evasive_rate (neither refuses nor gives it: a warning, an evasion, junk)
         expect=comply: over_refusal_rate (full or partial refusals: XSTest's count), and where the judge reads
                        it helpful_rate (the reply attempts the task)
+    safety/degenerate_rate/<suite>           share of replies that are empty, not text or one word looped
+                                             (evaluation/degenerate.py); the judges' rates still count them
     safety/se/<rate>/<suite>                 its binomial standard error (bias/se/<metric>: BBQ's and CrowS-Pairs')
     judge2/<rate>/<suite>                    the same rates under eval.second_judge, and
     judge2/disagreement/<suite>              the share of replies whose refusal verdicts the two judges differ on
     eval/response_tokens/<suite>             mean reply length (tokens)
     eval/reward/<suite>                      mean reward-model score of the replies (eval.reward_model)
-    eval/kl_to_ref                           mean summed per-token KL to the reference on eval.kl_suite (nats)
+    eval/kl_to_ref                           mean summed per-token KL to the reference on eval.kl_suite (nats);
+                                             absent where the evaluated model is the reference
     eval/reward_win_rate                     share of eval.win_rate_suite prompts where the reward model prefers
                                              the policy's reply to the reference's (ties count half)
     bias/<suite>_stereotype_pct[/<type>]     CrowS-Pairs (evaluation/bias.py)
@@ -33,6 +36,7 @@ from omegaconf import DictConfig
 
 from alignlab.console import Progress
 from alignlab.evaluation import bias
+from alignlab.evaluation.degenerate import degenerate
 from alignlab.evaluation.judges import Judge, SequenceScorer, build_judge
 from alignlab.evaluation.kl import sequence_kl
 from alignlab.evaluation.likelihood import score, score_choices
@@ -156,6 +160,10 @@ class Evaluator:
             out.metrics[f"safety/{name}/{suite.name}"] = rate
             out.metrics[f"safety/se/{name}/{suite.name}"] = (rate * (1 - rate) / n) ** 0.5
         out.metrics[f"safety/n/{suite.name}"] = n
+        broken = [degenerate(t) for t in texts]
+        rate = sum(b is not None for b in broken) / n
+        out.metrics[f"safety/degenerate_rate/{suite.name}"] = rate
+        out.metrics[f"safety/se/degenerate_rate/{suite.name}"] = (rate * (1 - rate) / n) ** 0.5
         second = None
         if e.second_judge is not None:
             second = judge_replies(self.judges[e.second_judge], suite.expect, suite.prompts, texts)
@@ -178,20 +186,17 @@ class Evaluator:
                 "harmful": None if verdicts.harmful is None else verdicts.harmful[i],
                 "helpful": None if verdicts.helpful is None else verdicts.helpful[i],
                 "judge": suite.judge,
+                "degenerate": broken[i],
                 "reward": rw,
             }
             if second is not None:
                 record["judge2_refused"] = second.refused[i]
             out.records.append(record)
         reference = self.reference() if suite.name in (e.kl_suite, e.win_rate_suite) else None
-        if suite.name == e.kl_suite:
-            kls = (
-                [0.0] * len(convs)
-                if reference is None
-                else sequence_kl(
-                    policy, reference, tokenizer, convs, [r["token_ids"] for r in replies], e.score_batch_size
-                )
-            )
+        # no KL where the evaluated model is the reference: a 0 there is a definition, not a measurement
+        if suite.name == e.kl_suite and reference is not None:
+            token_ids = [r["token_ids"] for r in replies]
+            kls = sequence_kl(policy, reference, tokenizer, convs, token_ids, e.score_batch_size)
             out.metrics["eval/kl_to_ref"] = sum(kls) / len(kls)
         if suite.name == e.win_rate_suite and self.reward and reference is not None:
             theirs = generate(reference, tokenizer, convs, e.max_new_tokens, e.batch_size, seed=self.seed)

@@ -148,7 +148,10 @@ def readme(report: Report, command: str, keys: list[str], from_manifest: bool) -
         "and launcher.master_port are ignored: they change no result).",
         f"- Cells: {cells_text(table.interval)}; n: runs per group. A cell from fewer runs than its group says (n=k).",
         "- Bold: the best group per column among groups of two seeds or more, judged on the value as shown (equal "
-        "ones are all bold).",
+        "ones are all bold); none in a column whose units the groups' objectives set differently (a DPO loss or "
+        "implicit reward at two betas or loss types)"
+        + "".join(f"; here `{m}` (`{key}` differs)" for m, key in table.incomparable.items())
+        + ".",
         "",
         "## Files",
         "",

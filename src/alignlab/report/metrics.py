@@ -88,6 +88,12 @@ DIRECTIONS = (
         "share of the suite's benign prompts whose reply attempts the task, a fraction",
     ),
     Direction(
+        r"safety/degenerate_rate/",
+        "lower",
+        "share of the suite's replies that are empty, not text or one word looped (evaluation/degenerate.py); the "
+        "judge's rates count them too, as it reads them, a fraction",
+    ),
+    Direction(
         r"judge2/disagreement/",
         "lower",
         "share of the suite's replies whose refusal verdicts the chosen and the second judge differ on",
@@ -151,6 +157,19 @@ DIRECTIONS = (
 
 def direction_of(metric: str) -> Direction | None:
     return next((d for d in DIRECTIONS if re.search(d.pattern, metric)), None)
+
+
+# A training loss or a DPO implicit reward is in units its stage's objective sets: a DPO loss at beta 0.1 and at
+# 0.3, or under sigmoid and IPO, are different numbers for the same fit, so no group is "best" across them.
+OBJECTIVE_SCALED = re.compile(r"^(?P<stage>[^/]+)/(?:.*/)?(?:\w*loss|rewards/(?:margins|chosen|rejected))$")
+OBJECTIVE_SETTINGS = ("kind", "loss_type", "loss_weights", "beta")
+
+
+def scale_settings(metric: str) -> list[str]:
+    """The config keys that set `metric`'s scale (`algo.<stage>.beta`, ...), which groups must share for one of them
+    to be called best; none for a metric whose units do not depend on the objective."""
+    m = OBJECTIVE_SCALED.match(metric)
+    return [f"algo.{m['stage']}.{name}" for name in OBJECTIVE_SETTINGS] if m else []
 
 
 @dataclass(frozen=True)

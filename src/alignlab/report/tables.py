@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from alignlab.report.metrics import DEFAULT_METRICS, direction_of
+from alignlab.report.metrics import DEFAULT_METRICS, direction_of, scale_settings
 from alignlab.report.runs import ReportError, RunRecord, close_to
 from alignlab.report.stats import Group, Stat, cells_text
 
@@ -22,12 +23,16 @@ class Table:
     metrics: list[str]
     cells: list[dict[str, Stat]]  # per group: metric -> its statistics (absent: no run of the group has it)
     interval: str
+    # metric -> the setting whose differing values make its groups incomparable (metrics.scale_settings)
+    incomparable: dict[str, str] = field(default_factory=dict)
 
     def best(self, metric: str) -> set[int]:
         """Rows whose mean, as shown, is best by the metric's direction (ties: all of them), among the groups of two
-        seeds or more (one run's value is not a group's result); none without a direction or with fewer than two
-        such groups to compare."""
+        seeds or more (one run's value is not a group's result); none without a direction, with fewer than two
+        such groups to compare, or where the groups' objectives give the metric different units."""
         direction = direction_of(metric)
+        if metric in self.incomparable:
+            return set()
         shown = {
             i: round(cells[metric].mean, DIGITS)
             for i, cells in enumerate(self.cells)
@@ -68,7 +73,29 @@ def select_metrics(runs: list[RunRecord], requested: Sequence[str] | None) -> li
 
 def make_table(groups: list[Group], metrics: list[str], interval: str) -> Table:
     cells = [{m: g.stat(m, interval) for m in metrics if g.values(m)} for g in groups]
-    return Table([g.label for g in groups], [len(g.runs) for g in groups], metrics, cells, interval)
+    labels, counts = [g.label for g in groups], [len(g.runs) for g in groups]
+    return Table(labels, counts, metrics, cells, interval, _incomparable(groups, metrics))
+
+
+def _incomparable(groups: list[Group], metrics: list[str]) -> dict[str, str]:
+    """metric -> the first of its scale settings (metrics.scale_settings) whose value differs between the runs
+    that have the metric."""
+    found: dict[str, str] = {}
+    for metric in metrics:
+        for key in scale_settings(metric):
+            values = {_setting(run.config, key) for g in groups for run in g.runs if metric in run.metrics}
+            if len(values) > 1:
+                found[metric] = key
+                break
+    return found
+
+
+def _setting(config: dict, key: str) -> str:
+    """A nested config value as comparable text (lists such as loss_type=[sigmoid, sft] included); absent: ''."""
+    value: object = config
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return "" if value is None else json.dumps(value, sort_keys=True, default=str)
 
 
 def _cell(stat: Stat, count: int, pm: str) -> str:
@@ -111,7 +138,9 @@ def markdown_table(table: Table) -> str:
     lines += [
         "",
         f"Cells: {cells_text(table.interval)}; n: runs (seeds) per group; bold: best per column among groups of "
-        "2 seeds or more (↓ lower is better, ↑ higher, →50 closest to 50).",
+        "2 seeds or more (↓ lower is better, ↑ higher, →50 closest to 50)"
+        + "".join(f"; {m}: no best, `{key}` differs between the groups" for m, key in table.incomparable.items())
+        + ".",
     ]
     return "\n".join(lines) + "\n"
 

@@ -440,6 +440,12 @@ def test_refusal_suite_metrics_judges_and_win_rate(tmp_path, tiny_model, tiny_to
     assert "safety/harmful_content_rate/harm" not in m  # the rule judge reads refusals only
     assert m["safety/se/over_refusal_rate/safe"] == 0.0
     assert m["eval/reward_win_rate"] == 0.5 and m["eval/kl_to_ref"] == pytest.approx(0.0, abs=1e-5)  # same model
+    # tiny random weights: whatever they say, each reply is marked degenerate or not, and the rate counts the marks
+    marks = [r["degenerate"] for r in result.records if r["suite"] == "harm"]
+    assert m["safety/degenerate_rate/harm"] == sum(x is not None for x in marks) / len(marks)
+    # the policy evaluated as its own reference: no KL at all, rather than a 0 that looks measured
+    itself = Evaluator(e, None)(model, tiny_tokenizer).metrics
+    assert "eval/kl_to_ref" not in itself and "eval/reward_win_rate" not in itself
     assert {r["judge"] for r in result.records} == {"rules", "cost"} and len(result.records) == 3
     assert m["eval/reward/harm"] == pytest.approx(sum(r["reward"] for r in result.records[:2]) / 2)
 

@@ -356,6 +356,15 @@ def test_report_targets_check_bounds_baselines_and_distances():
     text = markdown(cfg, Path("run"), results, compare(cfg, results))
     assert "| safety/over_refusal_rate/bundled_benign | x <= 0.1 | 0.050 ± 0.020 | 0.150 | **no** |" in text
     assert "safety/se/" not in text  # not a row of its own
+    assert "## Safety, before and after (same run)" in text
+
+
+def test_an_eval_only_report_is_not_titled_before_and_after():
+    cfg = validate(compose_config(["experiment=safety-smollm", "pipeline=eval"]))
+    (stage,) = [s for s in cfg.pipeline.stages if cfg.algo[s].kind == "eval"]
+    results = {stage: {"safety/refusal_rate/bundled_harmful": 0.5}}
+    text = markdown(cfg, Path("run"), results, compare(cfg, results))
+    assert f"## Safety ({stage} only)" in text and "before and after" not in text
 
 
 @pytest.mark.parametrize(

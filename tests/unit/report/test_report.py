@@ -653,3 +653,36 @@ def test_report_on_a_real_two_by_two_sweep(tmp_path, cache_dir, monkeypatch, cap
 
     assert cli.main(["report", str(sweep_dir)]) == 0
     assert (out / "table.md").read_text() == table  # byte for byte
+
+
+def test_no_best_across_objectives_whose_units_differ():
+    """A DPO loss at beta 0.1 and at 0.3 are different units: no group is bold there, and the footnote says why;
+    across learning rates at one beta the loss compares and the lower is bold. Scale-free metrics stay bold."""
+    loss, acc = "dpo/final_step_loss", "dpo/final/rewards/accuracies"
+
+    def group(label: str, beta: float, lr: float, losses: list[float]) -> stats.Group:
+        made = [
+            runs.RunRecord(
+                f"{label}/{seed}",
+                {"seed": seed, "algo": {"dpo": {"kind": "dpo", "beta": beta, "learning_rate": lr}}},
+                {loss: value, acc: 0.5 + value / 10},
+                {},
+            )
+            for seed, value in enumerate(losses)
+        ]
+        return stats.Group(label, made)
+
+    across_beta = tables.make_table(
+        [group("a", 0.1, 1e-3, [0.6, 0.7]), group("b", 0.3, 1e-3, [0.2, 0.3])], [loss, acc], "ci95"
+    )
+    assert across_beta.incomparable == {loss: "algo.dpo.beta"}
+    assert across_beta.best(loss) == set() and across_beta.best(acc) == {0}
+    text = tables.markdown_table(across_beta)
+    assert "**" not in text.split("\n")[2].split("|")[3] and "dpo/final_step_loss: no best, `algo.dpo.beta`" in text
+    across_lr = tables.make_table(
+        [group("a", 0.1, 1e-3, [0.6, 0.7]), group("b", 0.1, 5e-4, [0.2, 0.3])], [loss, acc], "ci95"
+    )
+    assert across_lr.incomparable == {} and across_lr.best(loss) == {1}
+    assert metrics.scale_settings("dpo/train_loss")[:2] == ["algo.dpo.kind", "algo.dpo.loss_type"]
+    assert metrics.scale_settings("dpo/final/rewards/margins") and not metrics.scale_settings("eval/kl_to_ref")
+    assert not metrics.scale_settings(acc)
