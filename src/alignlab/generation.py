@@ -3,6 +3,13 @@
 Padding is done with a token that is *not* the end-of-turn marker: SmolLM2 ships `<|im_end|>` as its pad token,
 so masks derived from the pad id would hide the end-of-turn markers inside chat prompts. We pad on the left with
 `<|endoftext|>` (or the tokenizer's EOS when that is a different token) and stop on the end-of-turn token.
+
+Greedy replies come from our own decoding loop (`_greedy`), not `model.generate`: prompts are sorted by their
+token length so a batch pads little, and a row leaves the batch (and its KV cache) as soon as it ends, where
+`generate` keeps computing every finished row until the batch's longest reply is done. Evaluation's replies end
+at very different lengths (a refusal in a dozen tokens, an answer at the cap), so most of a batch's late steps
+were spent on finished rows. The replies are those of `generate` token for token
+(`benchmarks/generation_speed.py` checks it on the default evaluation). Sampling stays with `generate`.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 
 def generation_tokenizer(tokenizer: Any) -> Any:
@@ -56,28 +64,45 @@ def generate(
     stops = stop_ids(tokenizer)
     model.eval()
     device = next(model.parameters()).device
+    texts = [tok.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
+    lengths = [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
     # Longest first: batches of similar length waste less compute on padding.
-    order = sorted(range(len(prompts)), key=lambda i: -len(str(prompts[i])))
+    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
     results: list[dict[str, Any] | None] = [None] * len(prompts)
     generator_seed = seed
     for batch_idx in _batches(order, batch_size):
-        texts = [tok.apply_chat_template(prompts[i], add_generation_prompt=True, tokenize=False) for i in batch_idx]
-        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        enc = tok([texts[i] for i in batch_idx], return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = enc.to(device)
         if do_sample:
             torch.manual_seed(generator_seed)
             generator_seed += 1
-        out = model.generate(
-            **enc,
-            max_new_tokens=max_new_tokens,
-            do_sample=do_sample,
-            temperature=temperature if do_sample else None,
-            top_p=None,
-            top_k=None,
-            eos_token_id=stops,
-            pad_token_id=tok.pad_token_id,
-        )
+            out = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=True,
+                temperature=temperature,
+                top_p=None,
+                top_k=None,
+                eos_token_id=stops,
+                pad_token_id=tok.pad_token_id,
+            )
+            replies = out[:, enc["input_ids"].shape[1] :].tolist()
+        elif is_deepspeed_zero3_enabled():  # generate(synced_gpus) keeps every rank's forward passes in step
+            out = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=stops,
+                pad_token_id=tok.pad_token_id,
+                top_p=None,
+                top_k=None,
+                temperature=None,
+            )
+            replies = out[:, enc["input_ids"].shape[1] :].tolist()
+        else:
+            replies = _greedy(model, enc["input_ids"], enc["attention_mask"], max_new_tokens, stops)
         for row, i in enumerate(batch_idx):
-            reply = out[row, enc["input_ids"].shape[1] :].tolist()
+            reply = replies[row]
             ended = next((k for k, t in enumerate(reply) if t in stops), None)
             ids = reply[:ended] if ended is not None else [t for t in reply if t != tok.pad_token_id]
             results[i] = {
@@ -88,6 +113,41 @@ def generate(
         if progress is not None:
             progress(len(batch_idx))
     return results  # type: ignore[return-value]
+
+
+def _greedy(
+    model: Any, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, stops: list[int]
+) -> list[list[int]]:
+    """Each left-padded row's greedy reply (its stop token included when it ends), computing only the rows still
+    generating: a row that ends leaves the batch, its KV cache rows with it (DynamicCache.batch_select_indices).
+    Positions follow the attention mask, as `generate` sets them, so left padding does not shift a row."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    logits = model(
+        input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, logits_to_keep=1
+    ).logits
+    live = torch.arange(ids.shape[0], device=ids.device)  # original row of each row still in the batch
+    replies: list[list[int]] = [[] for _ in range(ids.shape[0])]
+    stop = torch.tensor(stops, device=ids.device)
+    for step in range(max_new_tokens):
+        token = logits[:, -1].argmax(-1)
+        for row, t in zip(live.tolist(), token.tolist()):
+            replies[row].append(t)
+        going = ~torch.isin(token, stop)
+        if step == max_new_tokens - 1 or not going.any():
+            break
+        if not going.all():
+            keep = going.nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            live, token, mask, positions = live[keep], token[keep], mask[keep], positions[keep]
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        positions = positions[:, -1:] + 1
+        logits = model(
+            input_ids=token[:, None], attention_mask=mask, position_ids=positions, past_key_values=cache
+        ).logits
+    return replies
 
 
 def trim_to_sentence(text: str) -> str:

@@ -166,6 +166,54 @@ def test_generate_and_kl(tiny_model, tiny_tokenizer):
         assert kl == pytest.approx(by_hand, rel=1e-4)
 
 
+def test_greedy_loop_matches_hf_generate_as_rows_end_and_leave_the_batch(tiny_model, tiny_tokenizer):
+    """Our decoding loop drops each row when it ends (generation._greedy); its replies are `generate`'s token for
+    token. The stop token is one the tiny model emits mid-reply in some rows only, so rows leave at different
+    steps, and the prompts differ in length, so the batch is left-padded."""
+    from transformers import AutoModelForCausalLM
+
+    from alignlab.generation import _greedy
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():  # the tiny model's initial weights repeat one token; perturbed, its replies vary
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    tok = generation_tokenizer(tiny_tokenizer)
+    questions = ["Hi", "What is 2 plus 3?", "Name a colour of the sky at noon, please.", "Why?", "Tell me a story"]
+    texts = [
+        tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
+        for q in questions
+    ]
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    width = enc["input_ids"].shape[1]
+
+    def hf(stops: list[int], n: int) -> list[list[int]]:
+        with torch.no_grad():
+            out = model.generate(
+                **enc,
+                max_new_tokens=n,
+                do_sample=False,
+                eos_token_id=stops,
+                pad_token_id=tok.pad_token_id,
+                top_p=None,
+                top_k=None,
+                temperature=None,
+            )
+        rows = out[:, width:].tolist()
+        return [r[: r.index(stops[0]) + 1] if stops[0] in r else r for r in rows]
+
+    free = hf([tok.pad_token_id], 12)  # the pad token is never chosen by argmax here: full-length replies
+    counts: dict[int, int] = {}
+    for row in free:
+        for t in set(row[1:-1]):
+            counts[t] = counts.get(t, 0) + 1
+    stop = next(t for t, c in sorted(counts.items(), key=lambda kv: -kv[1]) if 0 < c < len(free))
+    expected = hf([stop], 12)
+    assert len({len(r) for r in expected}) > 1  # rows end at different steps
+    assert _greedy(model, enc["input_ids"], enc["attention_mask"], 12, [stop]) == expected
+
+
 # ------------------------------------------------------------------------------------------ suites
 def suite(source: str, expect: str, limit: int | None = None):
     from omegaconf import OmegaConf
