@@ -7,7 +7,8 @@
                            127.0.0.1 at launcher.master_port (a free port when unset);
            in a Slurm job: srun, one task per rank (the job asks for --nodes and --ntasks-per-node); each task
                            takes RANK / LOCAL_RANK / WORLD_SIZE from SLURM_PROCID / SLURM_LOCALID / SLURM_NTASKS
-                           and rendezvouses on the first node of the allocation.
+                           and rendezvouses on the first node of the allocation, at the address Slurm itself
+                           reaches that node by (its NodeAddr, looked up once, here, and passed to srun).
 This module knows nothing of the pipeline: pipeline.run calls `spawn`, and rank.py, the rank's entry point, runs
 the pipeline. Every rank runs it; training stages use all of them (TRL / accelerate / DeepSpeed inside the stage,
 configured from `distributed`), other stages run on rank 0 while the rest wait (pipeline.execute). Only rank 0
@@ -25,6 +26,7 @@ import contextlib
 import datetime
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -55,13 +57,15 @@ def command(cfg: DictConfig, run_dir: Path) -> list[str]:
     n, world = cfg.launcher, distributed.planned_world_size(cfg)
     entry = ["-m", "alignlab.rank", str(run_dir)]
     if in_slurm_allocation():
+        master = node_address(first_host(os.environ.get("SLURM_JOB_NODELIST") or socket.gethostname()))
         return [
             "srun",
             f"--nodes={n.nnodes}",
+            "--relative=0",  # the step starts on the allocation's first node, whose address MASTER_ADDR is
             f"--ntasks={world}",
             f"--ntasks-per-node={n.nproc_per_node}",
             "--kill-on-bad-exit=1",
-            "--export=ALL",
+            f"--export=ALL,MASTER_ADDR={master}",
             sys.executable,
             *entry,
         ]
@@ -131,8 +135,8 @@ def _free_port() -> int:
 
 def env_from_slurm(cfg: DictConfig) -> None:
     """RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT for a task started by srun (torch.distributed.run
-    sets them itself). The first node of the job hosts the rendezvous; the port is derived from the job id so that
-    two jobs sharing a node do not collide."""
+    sets them itself). The first node of the job hosts the rendezvous: at the MASTER_ADDR that `command` gave srun,
+    else at that node's name; the port is derived from the job id so that two jobs sharing a node do not collide."""
     if "RANK" in os.environ or "SLURM_PROCID" not in os.environ:
         return
     os.environ["RANK"] = os.environ["SLURM_PROCID"]
@@ -140,7 +144,7 @@ def env_from_slurm(cfg: DictConfig) -> None:
     os.environ["WORLD_SIZE"] = os.environ["SLURM_NTASKS"]
     os.environ["LOCAL_WORLD_SIZE"] = os.environ.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0]
     nodes = os.environ.get("SLURM_STEP_NODELIST") or os.environ["SLURM_JOB_NODELIST"]
-    os.environ["MASTER_ADDR"] = first_host(nodes)
+    os.environ.setdefault("MASTER_ADDR", first_host(nodes))
     job = int(os.environ.get("SLURM_JOB_ID", "0"))
     os.environ["MASTER_PORT"] = str(cfg.launcher.master_port or 20000 + job % 20000)
 
@@ -158,6 +162,21 @@ def first_host(nodelist: str) -> str:
             host += nodelist[i]
             i += 1
     return host
+
+
+def node_address(node: str) -> str:
+    """The address other nodes reach `node` at: its NodeAddr, which slurmctld and the slurmds themselves use (the
+    node's name unless slurm.conf sets another), so it works where node names are not in DNS (NodeName=node001
+    NodeAddr=10.1.0.1). The node's name when scontrol cannot tell. One query per job, from the launching process,
+    rather than one per rank to slurmctld."""
+    try:
+        proc = subprocess.run(
+            ["scontrol", "show", "node", node, "--oneliner"], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return node
+    match = re.search(r"\bNodeAddr=(\S+)", proc.stdout)
+    return match.group(1) if proc.returncode == 0 and match else node
 
 
 def init_process_group(cfg: DictConfig) -> None:

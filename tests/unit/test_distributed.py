@@ -131,16 +131,20 @@ def test_local_launch_uses_torch_distributed_run(monkeypatch, tmp_path):
 
 
 def test_inside_slurm_the_ranks_are_srun_tasks(monkeypatch, tmp_path):
+    """The step starts on the allocation's first node (--relative=0), whose Slurm address every rank rendezvouses at."""
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "node[001-002]")
     monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(launch, "node_address", {"node001": "10.1.0.1"}.__getitem__)
     cmd = launch.command(cfg_of("distributed=zero3", "launcher.nnodes=2", "launcher.nproc_per_node=8"), tmp_path)
     assert cmd == [
         "srun",
         "--nodes=2",
+        "--relative=0",
         "--ntasks=16",
         "--ntasks-per-node=8",
         "--kill-on-bad-exit=1",
-        "--export=ALL",
+        "--export=ALL,MASTER_ADDR=10.1.0.1",
         sys.executable,
         "-m",
         "alignlab.rank",
@@ -161,6 +165,30 @@ def test_inside_slurm_the_ranks_are_srun_tasks(monkeypatch, tmp_path):
 )
 def test_the_first_host_of_a_slurm_nodelist(nodelist, first):
     assert launch.first_host(nodelist) == first
+
+
+def fake_scontrol(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: str) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f"#!/bin/sh\n{script}\n")
+    (bin_dir / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+
+def test_a_node_address_is_its_slurm_node_addr(tmp_path, monkeypatch):
+    fake_scontrol(
+        tmp_path,
+        monkeypatch,
+        '[ "$*" = "show node node001 --oneliner" ] && echo "NodeName=node001 Arch=x86_64 NodeAddr=10.1.0.1 '
+        'NodeHostName=node001 Version=22.05.8"',
+    )
+    assert launch.node_address("node001") == "10.1.0.1"
+
+
+def test_a_node_address_falls_back_to_its_name(tmp_path, monkeypatch):
+    """Where scontrol cannot answer (no controller, no slurm.conf), the name is the best guess, as before."""
+    fake_scontrol(tmp_path, monkeypatch, "echo 'slurm_load_node error: Unable to contact slurm controller' >&2; exit 1")
+    assert launch.node_address("node001") == "node001"
 
 
 def test_a_srun_task_finds_its_rank_and_the_first_node(monkeypatch):
@@ -201,6 +229,10 @@ def test_a_srun_task_finds_its_rank_and_the_first_node(monkeypatch):
         "MASTER_ADDR": "gpu07",
         "MASTER_PORT": str(20000 + 123456 % 20000),
     }
+    os.environ.pop("RANK")
+    os.environ["MASTER_ADDR"] = "10.1.0.7"  # what `command` gave srun (the first node's NodeAddr) is kept
+    launch.env_from_slurm(cfg_of("distributed=zero3", "launcher.nnodes=2", "launcher.nproc_per_node=8"))
+    assert os.environ["MASTER_ADDR"] == "10.1.0.7"
 
 
 def test_held_bytes_counts_params_and_adam_moments():

@@ -4,7 +4,8 @@ Fast: the rendered scripts, word for word; dry runs; sbatch missing or refusing 
 frozen member by member before one array job; the scripts' signal forwarding and requeue, run by bash with a fake
 alignlab and a fake scontrol. Slow, on a real one-node Slurm cluster (tests/slurm_cluster.py): a 2-rank job to
 completion; a job signalled during DPO that checkpoints, requeues and ends with the loss of an uninterrupted run;
-a sweep array whose tasks each run their own member.
+a sweep array whose tasks each run their own member. On a real two-node cluster (two slurmd on this host): a ZeRO-3
+job with one rank per node, signalled, requeued and resumed, that gives the one-process run's losses.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from alignlab.config import compose_config, validate
 if TYPE_CHECKING:
     from slurm_cluster import SlurmCluster
 
-pytest_plugins = ["slurm_cluster"]  # the `slurm_cluster` fixture (tests/slurm_cluster.py)
+pytest_plugins = ["slurm_cluster"]  # the `slurm_cluster` and `slurm_two_nodes` fixtures (tests/slurm_cluster.py)
 
 TINY = ["experiment=tiny", "logger=none", "algo.sft.max_steps=2", "algo.dpo.max_steps=2"]
 
@@ -179,10 +180,9 @@ MULTI_NODE = """
 
     # No `set -e`: alignlab's exit code decides what happens next.
     RUN_DIR=@CWD@/runs/tiny/readme
-    # The ranks rendezvous on the first node of the allocation (alignlab derives the same address from SLURM_*).
-    MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)
-    export MASTER_ADDR
-    echo "alignlab: nodes ${SLURM_JOB_NODELIST}, rendezvous on ${MASTER_ADDR}"
+    # The ranks rendezvous on the first node of the allocation, at its Slurm NodeAddr: alignlab looks it up and
+    # passes it to srun as MASTER_ADDR (its "starting N ranks: srun ..." line shows it).
+    echo "alignlab: nodes ${SLURM_JOB_NODELIST}"
     echo "alignlab: job ${SLURM_JOB_ID} on $(hostname), restart ${SLURM_RESTART_COUNT:-0}, run $RUN_DIR"
 
     # The alignlab of the Python that submitted the job (not PATH's), unless $ALIGNLAB names another command.
@@ -517,9 +517,13 @@ def test_two_rank_job_runs_to_completion(slurm_cluster: SlurmCluster, tmp_path, 
     log = _read(run / f"slurm-{job_id}.out")
     assert job["JobState"] == "COMPLETED" and job["NumTasks"] == "2", log[-3000:]
     assert (run / "sft" / "DONE").is_file() and (run / "dpo" / "DONE").is_file()
-    assert f"alignlab: job {job_id} on {slurm_cluster.node}, restart 0, run {run}" in log
+    assert f"alignlab: job {job_id} on {slurm_cluster.host}, restart 0, run {run}" in log
     assert "starting 2 ranks: srun" in log
     assert "memory/rank1/peak_rss_mib" in json.loads((run / "dpo" / "metrics.json").read_text())
+
+
+def requeued_once(job: dict[str, str]) -> bool:
+    return job.get("Restarts") == "1" and job.get("JobState") == "PENDING"
 
 
 DPO_STEPS = 240  # long enough (~20 s on one core) to signal the job in the middle of DPO
@@ -553,9 +557,7 @@ def test_preempted_job_requeues_and_ends_like_an_uninterrupted_run(
         time.sleep(0.5)
     wandb_id = (run / "wandb_id").read_text()
     subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True)
-    slurm_cluster.wait(
-        job_id, lambda job: job.get("Restarts") == "1" and job.get("JobState") == "PENDING", timeout=60, what="requeued"
-    )
+    slurm_cluster.wait(job_id, requeued_once, timeout=60, what="requeued")
     # Slurm holds a requeued job back for about 2 minutes (its BeginTime); release it sooner, as an admin could,
     # but not within the same few seconds: slurmd revokes the first launch's credential with one-second resolution
     # and kills a relaunch in that second as "Job credential revoked" (seen in CI with StartTime=now).
@@ -564,7 +566,7 @@ def test_preempted_job_requeues_and_ends_like_an_uninterrupted_run(
     log = _read(run / f"slurm-{job_id}.out")
     assert job["JobState"] == "COMPLETED", f"{job}\n{log[-4000:]}"
     assert f"alignlab: requeueing job {job_id}; it will resume {run}" in log
-    assert f"alignlab: job {job_id} on {slurm_cluster.node}, restart 1, run {run}" in log
+    assert f"alignlab: job {job_id} on {slurm_cluster.host}, restart 1, run {run}" in log
     assert re.search(r"dpo: resuming from checkpoint-\d+", log), log[-4000:]
     assert (run / "wandb_id").read_text() == wandb_id
     attempts = [json.loads(line) for line in (run / "attempts.jsonl").read_text().splitlines()]
@@ -600,3 +602,70 @@ def test_sweep_array_runs_each_member_in_its_own_task(slurm_cluster: SlurmCluste
         log = _read(Path(run) / f"slurm-{job_id}_{task}.out")  # the link to the sweep folder's log
         assert f"restart 0, run {run}\n" in log
         assert (Path(run) / "dpo" / "DONE").is_file()
+
+
+PER_RANK = ["algo.sft.batch_size=4", "algo.dpo.batch_size=4"]  # 2 ranks x 4 = the one process's 8
+
+
+def losses(run: Path, stage: str) -> list[float]:
+    """Every logged step's training loss (a resumed stage keeps the steps before its checkpoint in its history)."""
+    return [h["loss"] for h in json.loads((run / stage / "log_history.json").read_text()) if "loss" in h]
+
+
+@pytest.mark.slow
+def test_two_node_zero3_job_requeues_and_gives_the_one_process_losses(
+    slurm_two_nodes: SlurmCluster, tmp_path, monkeypatch, cache_dir
+):
+    """`alignlab slurm submit launcher.nnodes=2` on two Slurm nodes (two slurmd on this host): one ZeRO-3 rank per
+    node, rendezvousing at the first node's NodeAddr as on two machines. SIGUSR1 mid-DPO requeues the job, which
+    resumes on both nodes and ends with every step's loss of one process run with the same global batch (2 x 4 = 8),
+    to the 2-rank tests' tolerance (test_distributed.py)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ALIGNLAB", raising=False)
+    monkeypatch.setenv("SLURM_CONF", str(slurm_two_nodes.conf))  # sbatch, scancel, scontrol; the job inherits it
+    common = [
+        "experiment=tiny",
+        "logger=none",
+        "algo.sft.max_steps=4",
+        f"algo.dpo.max_steps={DPO_STEPS}",
+        "algo.dpo.save_steps=100000",
+    ]
+    reference_cmd = [sys.executable, "-m", "alignlab.cli", "run", *common, f"run.root={tmp_path / 'ref'}"]
+    with open(tmp_path / "reference.log", "w") as ref_log:  # the same run in one process, never interrupted
+        reference = subprocess.Popen(reference_cmd, stdout=ref_log, stderr=subprocess.STDOUT)
+    job_id, run = submit(
+        *common,
+        *PER_RANK,
+        "distributed=zero3",
+        "launcher.nnodes=2",
+        "launcher.nproc_per_node=1",
+        f"run.root={tmp_path / 'job'}",
+        f"slurm.partition={slurm_two_nodes.partition}",
+        "slurm.time=00:15:00",
+    )
+    out = run / f"slurm-{job_id}.out"
+    progress = re.compile(rf"(\d+)/{DPO_STEPS} \[")
+    deadline = time.monotonic() + 300  # a fresh machine first compiles DeepSpeed's CPU op (~40 s)
+    while max(map(int, progress.findall(_read(out))), default=0) < 10:
+        assert time.monotonic() < deadline and not slurm_two_nodes.ended(job_id), _read(out)[-3000:]
+        time.sleep(0.5)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True)
+    slurm_two_nodes.wait(job_id, requeued_once, timeout=120, what="requeued")
+    subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now+5"], check=True)  # as in the test above
+    (job,) = slurm_two_nodes.wait(job_id, timeout=300)
+    log = _read(out)
+    assert job["JobState"] == "COMPLETED", f"{job}\n{log[-4000:]}"
+    assert job["NumNodes"] == "2" and job["NodeList"] == "n[1-2]" and job["NumTasks"] == "2", job
+    srun = "starting 2 ranks: srun --nodes=2 --relative=0 --ntasks=2 --ntasks-per-node=1"
+    assert log.count(srun) == 2 and log.count("--export=ALL,MASTER_ADDR=127.0.0.1 ") == 2, log[-4000:]  # NodeAddr
+    assert f"alignlab: requeueing job {job_id}; it will resume {run}" in log
+    assert f"alignlab: job {job_id} on {slurm_two_nodes.host}, restart 1, run {run}" in log
+    assert re.search(r"dpo: resuming from checkpoint-\d+", log), log[-4000:]
+    assert reference.wait(timeout=300) == 0, _read(tmp_path / "reference.log")[-3000:]
+    (ref_run,) = (tmp_path / "ref" / "tiny").iterdir()
+    for stage, steps in (("sft", 4), ("dpo", DPO_STEPS)):
+        expected = losses(ref_run, stage)
+        print(f"\n{stage} losses, one process: {expected[:3]} ... {expected[-3:]}")
+        print(f"{stage} losses, 2 nodes:     {losses(run, stage)[:3]} ... {losses(run, stage)[-3:]}")
+        assert len(expected) == steps
+        assert losses(run, stage) == pytest.approx(expected, rel=1e-4), stage
