@@ -260,6 +260,14 @@ class PairsStageConfig:
             "chosen reply's likelihood too (evaluation/ches.py). In [0, 1)."
         },
     )
+    ches_drop_from: list[str] = field(
+        default_factory=lambda: ["harmful", "benign"],
+        metadata={
+            "help": "The pair types (harmful, benign) `ches_drop` may drop, its fraction taken of those pairs: on "
+            "this data the most alike pairs are mostly benign ones (a helpful reply and a refusal that share an "
+            "opening), the counterweight against over-refusal, so [harmful] keeps them."
+        },
+    )
     judge: str | None = field(
         default=None,
         metadata={
@@ -345,6 +353,12 @@ def check_pairs(a: DictConfig, key: str) -> None:
         if a[name] is not None:
             check(a[name] >= 0, f"{key}.{name}", f"must be a number of prompts (0 or more) or null, got {a[name]}.")
     check(0 <= a.ches_drop < 1, f"{key}.ches_drop", f"a fraction of the pairs, in [0, 1), got {a.ches_drop}.")
+    kinds = list(a.ches_drop_from)
+    check(
+        bool(kinds) and set(kinds) <= {"harmful", "benign"},
+        f"{key}.ches_drop_from",
+        f"a non-empty list of pair types, harmful and/or benign, got {kinds}.",
+    )
 
 
 def check_sft(a: DictConfig, key: str, cfg: DictConfig) -> None:

@@ -135,8 +135,9 @@ def _replies(ctx: StageContext, model: Any, rows: list[onpolicy.PromptRow], judg
 
 
 def _drop_similar_pairs(ctx: StageContext, model: Any, built: onpolicy.PairBuild) -> None:
-    """Drop the `ches_drop` fraction of the pairs whose chosen and rejected replies the model finds most alike
-    (highest CHES); every pair keeps its score (`ches`) and each dropped prompt's record says so."""
+    """Drop the `ches_drop` fraction of the pairs of the types `ches_drop_from` names whose chosen and rejected
+    replies the model finds most alike (highest CHES); every pair keeps its score (`ches`) and each dropped
+    prompt's record (generations.jsonl) says so, beside its score."""
     pairs = built.pairs
     scores = ches_scores(
         model,
@@ -148,16 +149,21 @@ def _drop_similar_pairs(ctx: StageContext, model: Any, built: onpolicy.PairBuild
     )
     for pair, score in zip(pairs, scores, strict=True):
         pair["ches"] = round(score, 4)
-    n_drop = round(len(pairs) * ctx.algo.ches_drop)
-    dropped = sorted(pairs, key=lambda p: -p["ches"])[:n_drop]
+    candidates = [p for p in pairs if p["type"] in ctx.algo.ches_drop_from]
+    n_drop = round(len(candidates) * ctx.algo.ches_drop)
+    dropped = sorted(candidates, key=lambda p: -p["ches"])[:n_drop]
     gone = {p["prompt"][0]["content"] for p in dropped}
     built.pairs = [p for p in pairs if p["prompt"][0]["content"] not in gone]
+    score_of = {p["prompt"][0]["content"]: p["ches"] for p in pairs}
     for record in built.records:
+        if record["prompt"] in score_of:
+            record["ches"] = score_of[record["prompt"]]
         if record["prompt"] in gone:
             record["outcome"] += " (dropped: high CHES)"
     for p in dropped:
         built.counts[f"{p['type']}/dropped_high_ches"] += 1
-    print(f"[alignlab] {ctx.name}: dropped {n_drop} of {len(pairs)} pairs with the highest CHES")
+    kinds = " and ".join(ctx.algo.ches_drop_from)
+    print(f"[alignlab] {ctx.name}: dropped {n_drop} of {len(candidates)} {kinds} pairs with the highest CHES")
 
 
 def _ask_bias_questions(ctx: StageContext, model: Any, built: onpolicy.PairBuild, asked: set[str]) -> None:

@@ -42,6 +42,49 @@ def test_ches_drop_removes_the_most_alike_pairs_and_says_which(tmp_path, cache_d
             assert p["chosen"][0]["content"] in refusals[p["category"]]
 
 
+def test_ches_drop_from_harmful_keeps_every_benign_pair(tmp_path, cache_dir, tiny_model, monkeypatch):
+    """The tiny model's greedy replies are empty, which leaves no harmful pair: here each harmful prompt gets a
+    compliant reply of its own (words from the prompt, so the pairs' CHES differ), hence a pair."""
+    from alignlab.stages import pairs as pairs_stage
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    replies = pairs_stage._replies
+
+    def compliant(ctx, model, rows, judge):
+        attempts = replies(ctx, model, rows, judge)
+        return [
+            [f"Sure, step one: {' '.join(r.prompt.split()[: 3 + i % 5])}."] if r.type == "harmful" else tries
+            for i, (r, tries) in enumerate(zip(rows, attempts))
+        ]
+
+    monkeypatch.setattr(pairs_stage, "_replies", compliant)
+    kept_all = onpolicy.read_jsonl(_pairs_run(tmp_path / "all") / "pairs.jsonl")
+    stage = _pairs_run(tmp_path / "harm", "algo.pairs.ches_drop=0.5", "algo.pairs.ches_drop_from=[harmful]")
+    kept = onpolicy.read_jsonl(stage / "pairs.jsonl")
+    metrics = json.loads((stage / "metrics.json").read_text())
+    harmful = [p for p in kept_all if p["type"] == "harmful"]
+    assert len(harmful) >= 2 and metrics["pairs/harmful/dropped_high_ches"] == round(len(harmful) * 0.5)
+    assert "pairs/benign/dropped_high_ches" not in metrics
+
+    def prompts(pairs: list[dict], kind: str) -> list[str]:
+        return [p["prompt"][0]["content"] for p in pairs if p["type"] == kind]
+
+    assert prompts(kept, "benign") == prompts(kept_all, "benign")  # every benign pair stays
+    gone = set(prompts(kept_all, "harmful")) - set(prompts(kept, "harmful"))
+    assert len(gone) == round(len(harmful) * 0.5)
+    # the ones dropped are the harmful pairs of highest CHES: no harmful pair kept scores above a dropped one
+    records = {r["prompt"]: r for r in onpolicy.read_jsonl(stage / "generations.jsonl")}
+    assert all(records[g]["outcome"].endswith("(dropped: high CHES)") for g in gone)
+    lowest_gone = min(records[g]["ches"] for g in gone)
+    assert all(p["ches"] <= lowest_gone for p in kept if p["type"] == "harmful")
+
+
+@pytest.mark.parametrize("override", ["algo.pairs.ches_drop_from=[]", "algo.pairs.ches_drop_from=[toxic]"])
+def test_ches_drop_from_names_pair_types(override):
+    with pytest.raises(ConfigError, match=r"algo\.pairs\.ches_drop_from"):
+        validate(compose_config([*BASE, override]))
+
+
 @pytest.mark.parametrize("override", ["algo.pairs.ches_drop=1.0", "algo.pairs.ches_drop=-0.1"])
 def test_ches_drop_must_be_a_fraction_below_one(override):
     with pytest.raises(ConfigError, match=r"algo\.pairs\.ches_drop.*\[0, 1\)"):
