@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "alignlab.console",
             "alignlab.devices",
             "alignlab.generation",
+            "alignlab.steering",
             "alignlab.preemption",
             "alignlab.distributed",
             "alignlab.tracking",

@@ -41,7 +41,15 @@ from alignlab.config.algo import (
 from alignlab.config.compose import CONF_DIR, compose_config
 from alignlab.config.data import DATA_FORMATS, BiasMixConfig, DataConfig, SourceConfig
 from alignlab.config.distributed import DistributedConfig, LauncherConfig, SlurmConfig
-from alignlab.config.eval import SUITE_KINDS, VERDICTS, EvalConfig, JudgeConfig, SuiteConfig, TargetConfig
+from alignlab.config.eval import (
+    SUITE_KINDS,
+    VERDICTS,
+    EvalConfig,
+    JudgeConfig,
+    SteeringConfig,
+    SuiteConfig,
+    TargetConfig,
+)
 from alignlab.config.model import ATTENTION, DTYPES, LoraSpec, ModelConfig, TinyModelSpec, WheelSpec
 from alignlab.config.online import GRPOAlgoConfig, PPOAlgoConfig, PPOLagAlgoConfig
 from alignlab.config.root import AlignlabConfig, LoggerConfig, PipelineConfig, RunConfig, register_schemas
@@ -88,6 +96,7 @@ __all__ = [
     "SFTAlgoConfig",
     "SlurmConfig",
     "SourceConfig",
+    "SteeringConfig",
     "SuiteConfig",
     "TRLTrainConfig",
     "TargetConfig",

@@ -152,6 +152,31 @@ class TargetConfig:
 
 
 @dataclass
+class SteeringConfig:
+    """Activation steering along a refusal direction (steering.py): a training-free baseline to compare trained
+    alignment with, applied to the evaluated model's replies only."""
+
+    layer: int = field(
+        default=12, metadata={"help": "The decoder layer whose input the direction is read from and added to."}
+    )
+    alpha: float = field(
+        default=1.0,
+        metadata={"help": "Multiple of the difference of means added (1: Arditi et al.'s activation addition)."},
+    )
+    conditional: bool = field(
+        default=True,
+        metadata={
+            "help": "Steer only prompts whose activation's cosine with the direction reaches the threshold that "
+            "best separates the training prompts (CAST, Lee et al. 2024); false: every prompt."
+        },
+    )
+    prompts: str = field(
+        default="pkg://alignlab/assets/safety/train_prompts.jsonl",
+        metadata={"help": "Prompts (type harmful | benign) the direction and threshold are fitted on."},
+    )
+
+
+@dataclass
 class EvalConfig:
     """How policies are evaluated: the suites, their judges, generation and scoring settings, and the goals."""
 
@@ -217,6 +242,13 @@ class EvalConfig:
         },
     )
     examples: int = field(default=3, metadata={"help": "Benign replies quoted in report.md."})
+    steering: SteeringConfig | None = field(
+        default=None,
+        metadata={
+            "help": "A comparison baseline, not alignment: refusal suites' replies (and KL) come from the model with "
+            "a refusal direction added (steering.py); eval/steered_rate/<suite>: the share of prompts steered."
+        },
+    )
     targets: list[TargetConfig] = field(
         default_factory=list, metadata={"help": "Goals report.md checks the last evaluation against (met / missed)."}
     )
@@ -277,6 +309,11 @@ def check_eval(e: DictConfig, in_pipeline: bool) -> None:
     if e.win_rate_suite is not None:
         check(e.reward_model is not None, "eval.reward_model", "eval.win_rate_suite needs a reward model.")
     check(e.dpo_beta > 0, "eval.dpo_beta", f"must be positive, got {e.dpo_beta}.")
+    if e.steering is not None:
+        check(
+            e.steering.layer >= 0, "eval.steering.layer", f"a decoder layer index (0 or more), got {e.steering.layer}."
+        )
+        check(e.steering.alpha != 0, "eval.steering.alpha", "0 adds nothing; set eval.steering=null to turn it off.")
     for i, t in enumerate(e.targets):
         check_target(f"eval.targets[{i}]", t)
 

@@ -73,6 +73,7 @@ SECTIONS: list[tuple[str, str, list[tuple[str, type]]]] = [
             (_at("eval.suites.<name>"), evaluation.SuiteConfig),
             (_at("eval.judges.<name>"), evaluation.JudgeConfig),
             (_at("eval.targets[<i>]"), evaluation.TargetConfig),
+            (_at("eval.steering"), evaluation.SteeringConfig),
         ],
     ),
     ("logger", "conf/logger/", [(_at("logger"), root.LoggerConfig)]),

@@ -27,6 +27,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from alignlab.console import Progress
+from alignlab.data.onpolicy import read_prompts
 from alignlab.evaluation import bias
 from alignlab.evaluation.degenerate import degenerate
 from alignlab.evaluation.judges import Judge, SequenceScorer, build_judge
@@ -42,6 +44,8 @@ from alignlab.evaluation.kl import sequence_kl
 from alignlab.evaluation.likelihood import score, score_choices
 from alignlab.evaluation.suites import Suite, load_suite
 from alignlab.generation import generate
+from alignlab.steering import Steer, Steered
+from alignlab.steering import fit as fit_steering
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,7 @@ class Evaluator:
     ) -> None:
         self.e, self.seed, self.log = e, seed, log
         self._reference_loader, self._reference = reference, None
+        self._steering: tuple[Any, Steer] | None = None  # (the policy it was fitted on, the fit)
         self.suites: list[Suite] = []
         self.skipped: list[str] = []
         for name, spec in e.suites.items():
@@ -141,18 +146,56 @@ class Evaluator:
         return out
 
     # ---------------------------------------------------------------------------------------- suite kinds
+    def _steer(self, policy: Any, tokenizer: Any) -> Steer | None:
+        """eval.steering fitted on `policy` (once per policy object), or None when it is off."""
+        spec = self.e.steering
+        if spec is None:
+            return None
+        if self._steering is None or self._steering[0] is not policy:
+            rows = read_prompts(spec.prompts)
+            harmful, benign = ([r.prompt for r in rows if r.type == t] for t in ("harmful", "benign"))
+            fitted = fit_steering(
+                policy, tokenizer, harmful, benign, spec.layer, spec.alpha, spec.conditional, self.e.score_batch_size
+            )
+            self._steering = (policy, fitted)
+            cut = "every prompt" if fitted.threshold is None else f"prompts at cosine >= {fitted.threshold:.3f}"
+            self.log(f"[alignlab] eval: steering at layer {spec.layer}, alpha {spec.alpha:g}, on {cut}")
+        return self._steering[1]
+
+    def _by_gate(self, gates: list[bool], policy: Any, steer: Steer | None, work: Callable[[list[int]], list]) -> list:
+        """`work(indices)` on the steered prompts with the steering applied and on the others without, merged
+        back in order (everything unsteered when `steer` is None)."""
+        results: list[Any] = [None] * len(gates)
+        for on in (True, False):
+            idx = [i for i, g in enumerate(gates) if g == on]
+            if idx:
+                with steer.applied(policy) if on and steer is not None else contextlib.nullcontext():
+                    for i, r in zip(idx, work(idx), strict=True):
+                        results[i] = r
+        return results
+
     def _refusal(self, suite: Suite, policy: Any, tokenizer: Any, out: Evaluation) -> None:
         e = self.e
         convs = [[{"role": "user", "content": p}] for p in suite.prompts]
-        replies = generate(
+        steer = self._steer(policy, tokenizer)
+        gates = steer.gates(policy, tokenizer, convs, e.score_batch_size) if steer else [False] * len(convs)
+        counter = self.progress(suite, len(convs))
+        replies = self._by_gate(
+            gates,
             policy,
-            tokenizer,
-            convs,
-            e.max_new_tokens,
-            e.batch_size,
-            seed=self.seed,
-            progress=self.progress(suite, len(convs)),
+            steer,
+            lambda idx: generate(
+                policy,
+                tokenizer,
+                [convs[i] for i in idx],
+                e.max_new_tokens,
+                e.batch_size,
+                seed=self.seed,
+                progress=counter,
+            ),
         )
+        if steer is not None:
+            out.metrics[f"eval/steered_rate/{suite.name}"] = sum(gates) / len(gates)
         texts = [r["text"] for r in replies]
         n = len(texts)
         verdicts = judge_replies(self.judges[suite.judge], suite.expect, suite.prompts, texts)
@@ -191,12 +234,30 @@ class Evaluator:
             }
             if second is not None:
                 record["judge2_refused"] = second.refused[i]
+            if steer is not None:
+                record["steered"] = gates[i]
             out.records.append(record)
         reference = self.reference() if suite.name in (e.kl_suite, e.win_rate_suite) else None
-        # no KL where the evaluated model is the reference: a 0 there is a definition, not a measurement
-        if suite.name == e.kl_suite and reference is not None:
+        # no KL where the evaluated model is the reference: a 0 there is a definition, not a measurement. A steered
+        # model's reference is the model without the steering, unless eval.reference names another.
+        kl_ref = reference if reference is not None else policy if steer is not None else None
+        if suite.name == e.kl_suite and kl_ref is not None:
             token_ids = [r["token_ids"] for r in replies]
-            kls = sequence_kl(policy, reference, tokenizer, convs, token_ids, e.score_batch_size)
+            kls: list[float] = [0.0] * len(convs)
+            for on in (True, False):
+                idx = [i for i, g in enumerate(gates) if g == on]
+                if idx:
+                    scored = Steered(policy, steer) if on and steer is not None else policy
+                    part = sequence_kl(
+                        scored,
+                        kl_ref,
+                        tokenizer,
+                        [convs[i] for i in idx],
+                        [token_ids[i] for i in idx],
+                        e.score_batch_size,
+                    )
+                    for i, kl in zip(idx, part, strict=True):
+                        kls[i] = kl
             out.metrics["eval/kl_to_ref"] = sum(kls) / len(kls)
         if suite.name == e.win_rate_suite and self.reward and reference is not None:
             theirs = generate(reference, tokenizer, convs, e.max_new_tokens, e.batch_size, seed=self.seed)
