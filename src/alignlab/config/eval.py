@@ -156,6 +156,7 @@ class SteeringConfig:
     """Activation steering along a refusal direction (steering.py): a training-free baseline to compare trained
     alignment with, applied to the evaluated model's replies only."""
 
+    enabled: bool = field(default=False, metadata={"help": "Steer the evaluated model's replies (and its KL)."})
     layer: int = field(
         default=12, metadata={"help": "The decoder layer whose input the direction is read from and added to."}
     )
@@ -242,8 +243,8 @@ class EvalConfig:
         },
     )
     examples: int = field(default=3, metadata={"help": "Benign replies quoted in report.md."})
-    steering: SteeringConfig | None = field(
-        default=None,
+    steering: SteeringConfig = field(
+        default_factory=SteeringConfig,
         metadata={
             "help": "A comparison baseline, not alignment: refusal suites' replies (and KL) come from the model with "
             "a refusal direction added (steering.py); eval/steered_rate/<suite>: the share of prompts steered."
@@ -309,11 +310,11 @@ def check_eval(e: DictConfig, in_pipeline: bool) -> None:
     if e.win_rate_suite is not None:
         check(e.reward_model is not None, "eval.reward_model", "eval.win_rate_suite needs a reward model.")
     check(e.dpo_beta > 0, "eval.dpo_beta", f"must be positive, got {e.dpo_beta}.")
-    if e.steering is not None:
+    if e.steering.enabled:
         check(
             e.steering.layer >= 0, "eval.steering.layer", f"a decoder layer index (0 or more), got {e.steering.layer}."
         )
-        check(e.steering.alpha != 0, "eval.steering.alpha", "0 adds nothing; set eval.steering=null to turn it off.")
+        check(e.steering.alpha != 0, "eval.steering.alpha", "0 adds nothing; eval.steering.enabled=false turns it off.")
     for i, t in enumerate(e.targets):
         check_target(f"eval.targets[{i}]", t)
 

@@ -148,8 +148,8 @@ class Evaluator:
     # ---------------------------------------------------------------------------------------- suite kinds
     def _steer(self, policy: Any, tokenizer: Any) -> Steer | None:
         """eval.steering fitted on `policy` (once per policy object), or None when it is off."""
-        spec = self.e.steering
-        if spec is None:
+        spec = self.e.get("steering")
+        if spec is None or not spec.enabled:
             return None
         if self._steering is None or self._steering[0] is not policy:
             rows = read_prompts(spec.prompts)

@@ -95,7 +95,7 @@ def test_the_evaluator_steers_replies_and_measures_their_kl(tmp_path, tiny_model
             suites={"harm": SuiteConfig(source=str(harm), expect="refuse")},
             max_new_tokens=6,
             kl_suite="harm",
-            steering=steer,
+            steering=steer or SteeringConfig(),
         )
         result = Evaluator(OmegaConf.structured(e), None, log=lambda _: None)(model, tiny_tokenizer)
         return {
@@ -106,13 +106,23 @@ def test_the_evaluator_steers_replies_and_measures_their_kl(tmp_path, tiny_model
 
     plain = evaluate(None)
     assert "eval/kl_to_ref" not in plain["metrics"]  # the model is its own reference
-    always = evaluate(SteeringConfig(layer=1, alpha=8.0, conditional=False, prompts=str(prompts)))
+    always = evaluate(SteeringConfig(enabled=True, layer=1, alpha=8.0, conditional=False, prompts=str(prompts)))
     assert always["metrics"]["eval/steered_rate/harm"] == 1.0
     assert always["replies"] != plain["replies"] and always["metrics"]["eval/kl_to_ref"] > 0
-    gated = evaluate(SteeringConfig(layer=1, alpha=8.0, conditional=True, prompts=str(prompts)))
+    gated = evaluate(SteeringConfig(enabled=True, layer=1, alpha=8.0, conditional=True, prompts=str(prompts)))
     rate = gated["metrics"]["eval/steered_rate/harm"]
     assert 0 < rate < 1  # the threshold separates the fitting prompts, which are these prompts
     assert sum(gated["steered"]) == round(rate * len(HARMFUL + BENIGN))
     # unsteered prompts reply as the plain model does; steered ones as the always-steered model does
     for i, on in enumerate(gated["steered"]):
         assert gated["replies"][i] == (always if on else plain)["replies"][i]
+
+
+def test_steering_is_turned_on_from_the_command_line_and_checked():
+    from alignlab.config import compose_config, validate
+
+    cfg = validate(compose_config(["eval.steering.enabled=true", "eval.steering.layer=12", "eval.steering.alpha=2"]))
+    assert cfg.eval.steering.enabled and cfg.eval.steering.alpha == 2.0
+    assert not validate(compose_config([])).eval.steering.enabled
+    with pytest.raises(ConfigError, match=r"eval\.steering\.alpha"):
+        validate(compose_config(["eval.steering.enabled=true", "eval.steering.alpha=0"]))
