@@ -76,27 +76,16 @@ def generate(
         if do_sample:
             torch.manual_seed(generator_seed)
             generator_seed += 1
+        if do_sample or is_deepspeed_zero3_enabled():  # generate(synced_gpus) keeps ZeRO-3 ranks in step
             out = model.generate(
                 **enc,
                 max_new_tokens=max_new_tokens,
-                do_sample=True,
-                temperature=temperature,
+                do_sample=do_sample,
+                temperature=temperature if do_sample else None,
                 top_p=None,
                 top_k=None,
                 eos_token_id=stops,
                 pad_token_id=tok.pad_token_id,
-            )
-            replies = out[:, enc["input_ids"].shape[1] :].tolist()
-        elif is_deepspeed_zero3_enabled():  # generate(synced_gpus) keeps every rank's forward passes in step
-            out = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                eos_token_id=stops,
-                pad_token_id=tok.pad_token_id,
-                top_p=None,
-                top_k=None,
-                temperature=None,
             )
             replies = out[:, enc["input_ids"].shape[1] :].tolist()
         else:
