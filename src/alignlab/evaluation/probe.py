@@ -56,6 +56,7 @@ from alignlab.artifacts import file_sha256
 from alignlab.console import Progress
 from alignlab.errors import DataError
 from alignlab.evaluation import labels as project_labels
+from alignlab.evaluation.binomial import wilson
 from alignlab.evaluation.refusal import DEFAULT_RULES, RuleSet, is_refusal, read_xstest
 from alignlab.models import cache_root, load_model, load_tokenizer, resolve_model_path
 
@@ -427,12 +428,7 @@ class Agreement:
 
     def interval(self, z: float = 1.96) -> tuple[float, float]:
         """Wilson score interval: unlike the normal approximation, it stays inside [0, 1] near 100%."""
-        if not self.n:
-            return math.nan, math.nan
-        p, n = self.rate, self.n
-        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-        half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-        return centre - half, centre + half
+        return wilson(self.agree, self.n, z) if self.n else (math.nan, math.nan)
 
     def __str__(self) -> str:
         if not self.n:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from alignlab.evaluation.binomial import Z_95, wilson
 from alignlab.report.metrics import proportion_of
 from alignlab.report.runs import SEED, ReportError, RunRecord, close_to
 
@@ -219,17 +220,6 @@ def pooled_proportion(values: Sequence[float], counts: Sequence[float], scale: f
         z = t_quantile(n - 1)
     low, high = wilson(p * effective, effective, z)
     return Stat(scale * p, None, n, tuple(values), (scale * low, scale * high))
-
-
-Z_95 = 1.959964  # the normal quantile of a two-sided 95% interval
-
-
-def wilson(hits: float, total: float, z: float = Z_95) -> tuple[float, float]:
-    """The Wilson score interval of hits / total (Wilson 1927)."""
-    p = hits / total
-    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def interval_text(interval: str) -> str:
