@@ -23,7 +23,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from alignlab.safe_load import refuse_planted
+from alignlab.safe_load import verify_checkpoint
 
 DONE = "DONE"
 COMPLETE = "COMPLETE"
@@ -111,7 +111,8 @@ def last_complete_checkpoint(folder: Path) -> Path | None:
         why = checkpoint_damage(child)
         if why is None:
             return child
-        refuse_planted(child)  # a file changed into an unsafe pickle is an attack to report, not damage to skip
+        # a file changed into an unsafe pickle is an attack to report, not damage to skip
+        verify_checkpoint(child, skip_damaged=True)
         aside = _set_aside(child, "damaged")
         print(
             f"[alignlab] note: {child} cannot be resumed from: {why}. Moved it to {aside}; resuming from the "

@@ -44,8 +44,8 @@ def _run(args: argparse.Namespace) -> int:
 
     primary = primary_folder(args.config_dir, args.config_name)
     overrides = _with_user_configs(args, primary)
-    if args.multirun and (args.cfg or args.info or args.config_name != "config"):
-        raise ConfigError("Config error: --cfg, --info and --config-name are for one run; drop -m.")
+    if args.multirun and (args.cfg or args.info or args.force or args.config_name != "config"):
+        raise ConfigError("Config error: --cfg, --info, --force and --config-name are for one run; drop -m.")
     if args.multirun:
         from alignlab import sweep
 
@@ -99,6 +99,8 @@ def _resume(args: argparse.Namespace) -> int:
 def _slurm_submit(args: argparse.Namespace) -> int:
     from alignlab import slurm
 
+    if args.multirun and args.force:
+        raise ConfigError("Config error: --force is for one run; drop -m.")
     slurm.submit(_with_user_configs(args), dry_run=args.dry_run, multirun=args.multirun, force=args.force)
     return 0
 

@@ -66,10 +66,9 @@ def check_frozen_unedited(run_dir: Path) -> None:
 def check_same_config(run_dir: Path, snapshot: dict[str, Any]) -> None:
     """A run folder that exists was started with this config, up to where and how it runs (`PLACEMENT`). Only for
     a config composed anew: a resumed run reads the frozen file itself (`check_frozen_unedited` guards that)."""
-    frozen_path = run_dir / "config.yaml"
-    if not frozen_path.is_file():
+    frozen = _frozen(run_dir)
+    if frozen is None:
         return
-    frozen = OmegaConf.to_container(OmegaConf.load(frozen_path), resolve=False)
     changed = _differences(_flat(_computed(frozen)), _flat(_computed(snapshot)))
     if changed:
         shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changed[:5])
@@ -83,10 +82,9 @@ def check_same_config(run_dir: Path, snapshot: dict[str, Any]) -> None:
 
 def resource_changes(run_dir: Path, snapshot: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     """(key, frozen value, new value) for each slurm.* / launcher.* setting `snapshot` changes in an existing run."""
-    frozen_path = run_dir / "config.yaml"
-    if not frozen_path.is_file():
+    frozen = _frozen(run_dir)
+    if frozen is None:
         return []
-    frozen = OmegaConf.to_container(OmegaConf.load(frozen_path), resolve=False)
     old, new = ({k: c[k] for k in RESOURCES if k in c} for c in (frozen, snapshot))
     return [change for change in _differences(_flat(old), _flat(new)) if change[0] not in PER_JOB]
 
@@ -154,6 +152,12 @@ def _alive(path: Path) -> bool:
         return False
     except PermissionError:  # it exists, owned by someone else
         return True
+
+
+def _frozen(run_dir: Path) -> dict[str, Any] | None:
+    """The run folder's frozen config as a plain dict, unresolved; None for a folder not started yet."""
+    path = run_dir / "config.yaml"
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False) if path.is_file() else None
 
 
 def _computed(config: dict[str, Any]) -> dict[str, Any]:

@@ -108,29 +108,22 @@ def _load_weights_only(path: Path) -> None:
             torch.load(path, map_location="cpu", weights_only=True)
 
 
-def refuse_planted(folder: Path) -> None:
-    """Refuse a checkpoint holding a pickle that the weights-only unpickler rejects (code planted in it), whatever
-    else is wrong with it: a checkpoint that fails its manifest is set aside as damaged only when nothing in it is
-    an attack, which is reported as one."""
-    for path in pickle_files(folder):
-        try:
-            _load_weights_only(path)
-        except pickle.UnpicklingError as exc:
-            raise _refusal(path, exc) from None
-        except Exception:  # unreadable (truncated, garbled: the unpickler fails in many ways): damage, not an attack
-            continue
-
-
-def verify_checkpoint(folder: Path) -> None:
+def verify_checkpoint(folder: Path, skip_damaged: bool = False) -> None:
     """Refuse a checkpoint folder with any pickle that torch's weights-only unpickler rejects, before a library
     (accelerate's custom objects, DeepSpeed's engine) unpickles it without that restriction. Tensors are
-    memory-mapped, not read, so the check costs little even for large optimizer states."""
+    memory-mapped, not read, so the check costs little even for large optimizer states. `skip_damaged`: for a
+    checkpoint already failing its manifest, about to be set aside, an unreadable file is passed over (the
+    unpickler fails on truncated or garbled files in many ways): only a planted one, an attack, is reported."""
     for path in pickle_files(folder):
         try:
             _load_weights_only(path)
         except pickle.UnpicklingError as exc:
             raise _refusal(path, exc) from None
-        except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        except Exception as exc:
+            if skip_damaged:
+                continue
+            if not isinstance(exc, (RuntimeError, EOFError, OSError, ValueError)):
+                raise
             raise RunStateError(
                 f"Cannot read {path}: {' '.join(str(exc).split())[:300]}. The checkpoint is damaged; move {folder} "
                 f"aside to resume from the previous checkpoint."

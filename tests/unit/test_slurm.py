@@ -455,6 +455,9 @@ def test_an_unfinished_run_moves_to_new_resources_only_when_asked(tmp_path, monk
     assert OmegaConf.to_container(after.algo) == OmegaConf.to_container(OmegaConf.create(frozen).algo)
     assert calls.read_text().count("\n") == 2 and "continues on new resources" in capsys.readouterr().out
     assert cli.main(["slurm", "submit", "--dry-run", *moved]) == 0  # now the same resources: nothing to refuse
+    for command in (["slurm", "submit"], ["run"]):  # a sweep's members are many runs: --force is for one
+        assert cli.main([*command, "-m", "--force", *TINY, "algo.dpo.beta=0.1,0.2"]) == 2
+        assert "--force" in capsys.readouterr().err
 
 
 def test_sweep_freezes_every_member_then_submits_one_array(tmp_path, monkeypatch, capsys, cache_dir):

@@ -162,16 +162,15 @@ class Evaluator:
             self.log(f"[alignlab] eval: steering at layer {spec.layer}, alpha {spec.alpha:g}, on {cut}")
         return self._steering[1]
 
-    def _by_gate(self, gates: list[bool], policy: Any, steer: Steer | None, work: Callable[[list[int]], list]) -> list:
-        """`work(indices)` on the steered prompts with the steering applied and on the others without, merged
-        back in order (everything unsteered when `steer` is None)."""
+    @staticmethod
+    def _by_gate(gates: list[bool], work: Callable[[list[int], bool], list]) -> list:
+        """`work(indices, steered)` on the steered prompts and on the others, merged back in prompt order."""
         results: list[Any] = [None] * len(gates)
         for on in (True, False):
             idx = [i for i, g in enumerate(gates) if g == on]
             if idx:
-                with steer.applied(policy) if on and steer is not None else contextlib.nullcontext():
-                    for i, r in zip(idx, work(idx), strict=True):
-                        results[i] = r
+                for i, r in zip(idx, work(idx, on), strict=True):
+                    results[i] = r
         return results
 
     def _refusal(self, suite: Suite, policy: Any, tokenizer: Any, out: Evaluation) -> None:
@@ -180,20 +179,15 @@ class Evaluator:
         steer = self._steer(policy, tokenizer)
         gates = steer.gates(policy, tokenizer, convs, e.score_batch_size) if steer else [False] * len(convs)
         counter = self.progress(suite, len(convs))
-        replies = self._by_gate(
-            gates,
-            policy,
-            steer,
-            lambda idx: generate(
-                policy,
-                tokenizer,
-                [convs[i] for i in idx],
-                e.max_new_tokens,
-                e.batch_size,
-                seed=self.seed,
-                progress=counter,
-            ),
-        )
+
+        def reply(idx: list[int], on: bool) -> list[dict[str, Any]]:  # `on` only where there is a steer
+            with steer.applied(policy) if on else contextlib.nullcontext():
+                batch = [convs[i] for i in idx]
+                return generate(
+                    policy, tokenizer, batch, e.max_new_tokens, e.batch_size, seed=self.seed, progress=counter
+                )
+
+        replies = self._by_gate(gates, reply)
         if steer is not None:
             out.metrics[f"eval/steered_rate/{suite.name}"] = sum(gates) / len(gates)
         texts = [r["text"] for r in replies]
@@ -243,21 +237,13 @@ class Evaluator:
         kl_ref = reference if reference is not None else policy if steer is not None else None
         if suite.name == e.kl_suite and kl_ref is not None:
             token_ids = [r["token_ids"] for r in replies]
-            kls: list[float] = [0.0] * len(convs)
-            for on in (True, False):
-                idx = [i for i, g in enumerate(gates) if g == on]
-                if idx:
-                    scored = Steered(policy, steer) if on and steer is not None else policy
-                    part = sequence_kl(
-                        scored,
-                        kl_ref,
-                        tokenizer,
-                        [convs[i] for i in idx],
-                        [token_ids[i] for i in idx],
-                        e.score_batch_size,
-                    )
-                    for i, kl in zip(idx, part, strict=True):
-                        kls[i] = kl
+
+            def kl(idx: list[int], on: bool) -> list[float]:  # the steered model against the same one unsteered
+                scored = Steered(policy, steer) if on else policy
+                batch, ids = [convs[i] for i in idx], [token_ids[i] for i in idx]
+                return sequence_kl(scored, kl_ref, tokenizer, batch, ids, e.score_batch_size)
+
+            kls = self._by_gate(gates, kl)
             out.metrics["eval/kl_to_ref"] = sum(kls) / len(kls)
         if suite.name == e.win_rate_suite and self.reward and reference is not None:
             theirs = generate(reference, tokenizer, convs, e.max_new_tokens, e.batch_size, seed=self.seed)

@@ -132,7 +132,7 @@ def _settings(runs: list[RunRecord]) -> list[dict[str, str]]:
     """Each run's settings, key -> value text: its sweep overrides when every run has them, else its config."""
     if all(run.overrides is not None for run in runs):
         return [dict(_split_override(o) for o in run.overrides or []) for run in runs]
-    return [_flatten(run.config) for run in runs]
+    return [flatten(run.config) for run in runs]
 
 
 def _varying(settings: list[dict[str, str]]) -> list[str]:
@@ -149,11 +149,12 @@ def _split_override(override: str) -> tuple[str, str]:
     return key.lstrip("+~"), value
 
 
-def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """A nested config as `a.b.c` -> value text (as_text), as runs' settings are compared."""
     flat: dict[str, str] = {}
     for key, value in config.items():
         if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = as_text(value)
     return flat

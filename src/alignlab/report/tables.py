@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from alignlab.report.metrics import DEFAULT_METRICS, direction_of, scale_settings
 from alignlab.report.runs import ReportError, RunRecord, close_to
-from alignlab.report.stats import Group, Stat, cells_text
+from alignlab.report.stats import Group, Stat, cells_text, flatten
 
 DIGITS = 3  # decimals shown in the tables; "best" is judged on the shown value, so equal-looking cells tie
 
@@ -81,21 +80,13 @@ def _incomparable(groups: list[Group], metrics: list[str]) -> dict[str, str]:
     """metric -> the first of its scale settings (metrics.scale_settings) whose value differs between the runs
     that have the metric."""
     found: dict[str, str] = {}
+    settings = [(run, flatten(run.config)) for g in groups for run in g.runs]
     for metric in metrics:
         for key in scale_settings(metric):
-            values = {_setting(run.config, key) for g in groups for run in g.runs if metric in run.metrics}
-            if len(values) > 1:
+            if len({flat.get(key, "") for run, flat in settings if metric in run.metrics}) > 1:
                 found[metric] = key
                 break
     return found
-
-
-def _setting(config: dict, key: str) -> str:
-    """A nested config value as comparable text (lists such as loss_type=[sigmoid, sft] included); absent: ''."""
-    value: object = config
-    for part in key.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
-    return "" if value is None else json.dumps(value, sort_keys=True, default=str)
 
 
 def _cell(stat: Stat, count: int, pm: str) -> str:
