@@ -212,6 +212,16 @@ def test_greedy_loop_matches_hf_generate_as_rows_end_and_leave_the_batch(tiny_mo
     expected = hf([stop], 12)
     assert len({len(r) for r in expected}) > 1  # rows end at different steps
     assert _greedy(model, enc["input_ids"], enc["attention_mask"], 12, [stop]) == expected
+    # the prefix all rows share computed once: the rows' own tokens after it give the same replies
+    from alignlab.generation import _prefill_prefix, shared_prefix
+
+    ids = tok(texts, add_special_tokens=False)["input_ids"]
+    prefix = shared_prefix(ids)
+    assert tok.decode(prefix) == "<|im_start|>user\n"  # the tiny chat template has no system prompt
+    rest = tok.pad({"input_ids": [i[len(prefix) :] for i in ids]}, return_tensors="pt")
+    cache = _prefill_prefix(model, prefix, torch.device("cpu"))
+    assert _greedy(model, rest["input_ids"], rest["attention_mask"], 12, [stop], cache) == expected
+    assert cache.get_seq_length() == len(prefix)  # each batch copies the prefix's cache, leaving it as it was
 
 
 # ------------------------------------------------------------------------------------------ suites
@@ -432,3 +442,13 @@ def test_bad_targets_name_the_key(targets, names):
         _with_targets(targets)
     for name in names:
         assert name in str(err.value)
+
+
+def test_the_shared_prefix_leaves_each_prompt_a_token_of_its_own():
+    from alignlab.generation import shared_prefix
+
+    assert shared_prefix([[1, 2, 3, 4], [1, 2, 3, 5, 6]]) == [1, 2, 3]
+    assert shared_prefix([[1, 2, 3], [1, 2, 3, 4]]) == [1, 2]  # the shorter prompt keeps its last token
+    assert shared_prefix([[7, 8], [9, 8]]) == []
+    assert shared_prefix([[1, 2, 3]]) == [1, 2]
+    assert shared_prefix([]) == []
