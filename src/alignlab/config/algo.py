@@ -252,6 +252,14 @@ class PairsStageConfig:
             "sentences is reported to say them to benign prompts too."
         },
     )
+    specific_rejected: bool = field(
+        default=False,
+        metadata={
+            "help": "A benign pair's rejected refusal is a category-specific one (from every harm category's, chosen "
+            "by the prompt) rather than a generic one. With specific_refusals alone, the specific style is only ever "
+            "chosen, never rejected, and the model learns to refuse everything in it (experiments/safety-frontier)."
+        },
+    )
     ches_drop: float = field(
         default=0.0,
         metadata={

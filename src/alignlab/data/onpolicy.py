@@ -84,11 +84,15 @@ def pick(options: list[str], key: str) -> str:
     return options[int(hashlib.sha256(key.encode()).hexdigest(), 16) % len(options)]
 
 
-def refusal_for(row: PromptRow, pool: dict[str, list[str]], specific: bool = False) -> str:
+def refusal_for(
+    row: PromptRow, pool: dict[str, list[str]], specific: bool = False, specific_rejected: bool = False
+) -> str:
     """A harmful prompt's refusal comes from its category's and the generic ones (`specific`: its category's alone,
-    where it has any); a benign prompt's unwarranted refusal from the generic ones."""
+    where it has any); a benign prompt's unwarranted refusal from the generic ones (`specific_rejected`: from every
+    category's own, so a model taught specific refusals also sees that style rejected where nothing is harmful)."""
     if row.type != "harmful":
-        return pick(pool["any"], row.prompt)
+        styled = [text for category, texts in sorted(pool.items()) if category != "any" for text in texts]
+        return pick(styled if specific_rejected and styled else pool["any"], row.prompt)
     own = pool.get(row.category, [])
     return pick(own if specific and own else own + pool["any"], row.prompt)
 
@@ -100,12 +104,13 @@ def build_pairs(
     refusals: dict[str, list[str]],
     own_refusals: bool = False,
     specific_refusals: bool = False,
+    specific_rejected: bool = False,
 ) -> PairBuild:
     """`replies[i]` holds the model's attempts for `rows[i]`: the greedy reply first, then any re-samples;
     `is_refusal(reply, prompt)` is the judge.
     With `own_refusals`, a benign prompt the model refused greedily rejects that refusal, not a bundled one: a later
     round's policy (after SFT on refusals) over-refuses in its own words, and DPO should push down what it says.
-    `specific_refusals`: see `refusal_for`."""
+    `specific_refusals`, `specific_rejected`: see `refusal_for`."""
     out = PairBuild()
     for row, attempts in zip(rows, replies, strict=True):
         judged = [(text, is_refusal(text, row.prompt)) for text in attempts]
@@ -145,7 +150,9 @@ def build_pairs(
                     {
                         "prompt": user,
                         "chosen": [_assistant(helpful)],
-                        "rejected": [_assistant(attempts[0] if own else refusal_for(row, refusals))],
+                        "rejected": [
+                            _assistant(attempts[0] if own else refusal_for(row, refusals, False, specific_rejected))
+                        ],
                         "chosen_safe": True,
                         "rejected_safe": True,
                         "type": row.type,

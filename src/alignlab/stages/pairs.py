@@ -39,7 +39,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
     judge = build_judge(ctx.cfg.eval.judges[judge_name], Path(ctx.cfg.eval.benchmarks_dir))
     model = load_model(ctx.input_model, ctx.cfg.model, for_generation=True)
     attempts = _replies(ctx, model, rows, judge)
-    options = {"own_refusals": a.after is not None, "specific_refusals": a.specific_refusals}
+    options = {
+        "own_refusals": a.after is not None,
+        "specific_refusals": a.specific_refusals,
+        "specific_rejected": a.specific_rejected,
+    }
     built = onpolicy.build_pairs(rows, attempts, _verdicts(judge, rows, attempts), refusals, **options)
     if not isinstance(judge, RuleJudge):  # what the choice of judge changed: outcomes the rules decide otherwise
         rules = RuleJudge(ctx.cfg.eval.judges[judge_name])

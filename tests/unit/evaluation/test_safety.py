@@ -123,6 +123,20 @@ def test_specific_refusals_name_the_category_and_leave_benign_rejections_generic
     assert onpolicy.refusal_for(benign, pool, specific=True) in pool["any"]
 
 
+def test_specific_rejected_gives_benign_pairs_refusals_in_the_specific_style():
+    pool = {"any": ["Generic."], "drugs": ["Drugs 1.", "Drugs 2."], "cyber": ["Cyber 1."]}
+    benign = [onpolicy.PromptRow(f"How do I kill process {i}?", "benign", "lookalike") for i in range(30)]
+    styled = {onpolicy.refusal_for(r, pool, specific_rejected=True) for r in benign}
+    assert styled == {"Drugs 1.", "Drugs 2.", "Cyber 1."}  # every category's own, none generic
+    harmful = onpolicy.PromptRow("drug question", "harmful", "drugs")
+    assert onpolicy.refusal_for(harmful, pool, True, True) in pool["drugs"]  # the chosen side is unchanged
+    rows = [*benign[:2], harmful]
+    replies = [["Run kill -9 on its pid."], ["Use htop."], ["Sure: step one."]]
+    built = onpolicy.build_pairs(rows, replies, lambda t, p: False, pool, specific_rejected=True)
+    assert [p["rejected"][0]["content"] in styled for p in built.pairs[:2]] == [True, True]
+    assert built.pairs[2]["rejected"][0]["content"] == "Sure: step one."
+
+
 def test_trim_to_sentence():
     assert trim_to_sentence("First point. Second point is cut off mid") == "First point."
     assert trim_to_sentence("Complete answer.") == "Complete answer."

@@ -1,5 +1,5 @@
-"""The pairs stage's data options (algo.pairs.specific_refusals, algo.pairs.ches_drop), run as a stage on the tiny
-model, and their config checks."""
+"""The pairs stage's data options (algo.pairs.specific_refusals, specific_rejected, ches_drop), run as a stage on
+the tiny model, and their config checks."""
 
 from __future__ import annotations
 
@@ -27,7 +27,12 @@ def _pairs_run(tmp_path: Path, *extra: str) -> Path:
 def test_ches_drop_removes_the_most_alike_pairs_and_says_which(tmp_path, cache_dir, tiny_model, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     kept_all = onpolicy.read_jsonl(_pairs_run(tmp_path / "all") / "pairs.jsonl")
-    stage = _pairs_run(tmp_path / "drop", "algo.pairs.ches_drop=0.5", "algo.pairs.specific_refusals=true")
+    stage = _pairs_run(
+        tmp_path / "drop",
+        "algo.pairs.ches_drop=0.5",
+        "algo.pairs.specific_refusals=true",
+        "algo.pairs.specific_rejected=true",
+    )
     kept, records = onpolicy.read_jsonl(stage / "pairs.jsonl"), onpolicy.read_jsonl(stage / "generations.jsonl")
     metrics = json.loads((stage / "metrics.json").read_text())
     dropped = [r for r in records if r["outcome"].endswith("(dropped: high CHES)")]
@@ -40,6 +45,10 @@ def test_ches_drop_removes_the_most_alike_pairs_and_says_which(tmp_path, cache_d
         assert isinstance(p["ches"], float)
         if p["type"] == "harmful":  # specific_refusals: the category's own refusals, never the generic ones
             assert p["chosen"][0]["content"] in refusals[p["category"]]
+        else:  # specific_rejected: the benign pairs reject refusals in that style too
+            assert p["rejected"][0]["content"] not in refusals["any"]
+            assert any(p["rejected"][0]["content"] in texts for texts in refusals.values())
+    assert any(p["type"] == "benign" for p in kept)
 
 
 def test_ches_drop_from_harmful_keeps_every_benign_pair(tmp_path, cache_dir, tiny_model, monkeypatch):
