@@ -153,7 +153,8 @@ def plot(settings: list[Path], out: Path) -> None:
         for k, (label, runs) in enumerate(groups):
             xs = [r["probe"][f"safety/over_refusal_rate/{benign}"] for r in runs]
             ys = [1 - r["probe"][f"safety/refusal_rate/{harm}"] for r in runs]
-            ax.scatter(xs, ys, label=label, marker="os^vD<>p*h"[k % 10], color=f"C{k % 10}")
+            # a distinct marker and colour pair for up to 60 settings
+            ax.scatter(xs, ys, label=label, marker="os^vD<>p*hXP"[k % 12], color=f"C{k % 10}")
         ax.axvline(0.10, color="grey", linestyle=":")
         ax.axhline(0.10, color="grey", linestyle=":")
         ax.fill_between([0, 0.10], 0, 0.10, color="green", alpha=0.1)
