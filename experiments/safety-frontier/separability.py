@@ -34,28 +34,10 @@ from alignlab.data.onpolicy import read_prompts
 from alignlab.evaluation.binomial import wilson
 from alignlab.evaluation.probe import fit_head
 from alignlab.evaluation.suites import load_suite
-from alignlab.generation import generation_tokenizer
 from alignlab.models import cache_root, load_model, load_tokenizer, resolve_model_path
+from alignlab.steering import last_token_states
 
 PAIRS = (("bundled_harmful", "bundled_benign"), ("harmbench", "xstest_safe"))
-
-
-@torch.no_grad()
-def activations(model, tokenizer, prompts: list[str], layers: list[int], batch_size: int) -> dict[int, torch.Tensor]:
-    """The residual stream entering each of `layers` at each prompt's last token (the generation prompt's end),
-    from one forward pass per batch."""
-    tok = generation_tokenizer(tokenizer)
-    out: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
-    for start in range(0, len(prompts), batch_size):
-        texts = [
-            tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
-            for p in prompts[start : start + batch_size]
-        ]
-        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        hidden = model(**enc, output_hidden_states=True).hidden_states
-        for layer in layers:
-            out[layer].append(hidden[layer][:, -1].float())  # left padding: every prompt ends in the last column
-    return {layer: torch.cat(rows) for layer, rows in out.items()}
 
 
 def auroc(positive: torch.Tensor, negative: torch.Tensor) -> float:
@@ -91,8 +73,13 @@ def main() -> None:
         suite = load_suite(name, cfg.eval.suites[name], Path(cfg.eval.benchmarks_dir), cfg.seed)
         if suite is not None:
             suites[name] = suite.prompts
-    train_acts = activations(model, tokenizer, [row.prompt for row in train], args.layers, args.batch_size)
-    test_acts = {n: activations(model, tokenizer, ps, args.layers, args.batch_size) for n, ps in suites.items()}
+
+    def states(prompts: list[str]) -> dict[int, torch.Tensor]:
+        convs = [[{"role": "user", "content": p}] for p in prompts]
+        return last_token_states(model, tokenizer, convs, args.layers, args.batch_size)
+
+    train_acts = states([row.prompt for row in train])
+    test_acts = {name: states(prompts) for name, prompts in suites.items()}
 
     print(f"model {path}; read-out fitted on {len(train)} training prompts ({int(labels.sum())} harmful)\n")
     print(

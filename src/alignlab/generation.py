@@ -78,19 +78,11 @@ def generate(
     results: list[dict[str, Any] | None] = [None] * len(prompts)
     generator_seed = seed
     for batch_idx in _batches(order, batch_size):
+        enc = tok.pad({"input_ids": [token_ids[i][len(prefix) :] for i in batch_idx]}, return_tensors="pt")
+        enc = enc.to(device)
         if greedy:
-            suffixes = tok.pad({"input_ids": [token_ids[i][len(prefix) :] for i in batch_idx]}, return_tensors="pt")
-            replies = _greedy(
-                model,
-                suffixes["input_ids"].to(device),
-                suffixes["attention_mask"].to(device),
-                max_new_tokens,
-                stops,
-                prefix_cache,
-            )
+            replies = _greedy(model, enc["input_ids"], enc["attention_mask"], max_new_tokens, stops, prefix_cache)
         else:  # generate(synced_gpus) keeps ZeRO-3 ranks in step
-            enc = tok([texts[i] for i in batch_idx], return_tensors="pt", padding=True, add_special_tokens=False)
-            enc = enc.to(device)
             if do_sample:
                 torch.manual_seed(generator_seed)
                 generator_seed += 1

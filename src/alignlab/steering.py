@@ -112,24 +112,32 @@ def best_threshold(positive: list[float], negative: list[float]) -> float:
     return max(cuts, key=lambda t: (balanced(t), -t))
 
 
-@torch.no_grad()
 def last_token_activations(
     model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]], layer: int, batch_size: int
 ) -> torch.Tensor:
     """The residual stream entering decoder layer `layer` at each prompt's last token (the generation prompt's
     end, where the reply's first token is decided), one row per prompt, in fp32."""
+    return last_token_states(model, tokenizer, prompts, [layer], batch_size)[layer]
+
+
+@torch.no_grad()
+def last_token_states(
+    model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]], layers: list[int], batch_size: int
+) -> dict[int, torch.Tensor]:
+    """`last_token_activations` for several layers from one forward pass per batch: layer -> one row per prompt."""
     tok = generation_tokenizer(tokenizer)
     device = next(model.parameters()).device
-    rows = []
+    rows: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     for start in range(0, len(prompts), batch_size):
         texts = [
             tok.apply_chat_template(p, add_generation_prompt=True, tokenize=False)
             for p in prompts[start : start + batch_size]
         ]
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        hidden = model(**enc, output_hidden_states=True).hidden_states[layer]  # [0]: the embeddings
-        rows.append(hidden[:, -1].float())  # left padding: every prompt ends in the last column
-    return torch.cat(rows)
+        hidden = model(**enc, output_hidden_states=True).hidden_states  # [0]: the embeddings
+        for layer in layers:
+            rows[layer].append(hidden[layer][:, -1].float())  # left padding: every prompt ends in the last column
+    return {layer: torch.cat(parts) for layer, parts in rows.items()}
 
 
 def cosines(acts: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:

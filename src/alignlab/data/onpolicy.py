@@ -91,8 +91,8 @@ def refusal_for(
     where it has any); a benign prompt's unwarranted refusal from the generic ones (`specific_rejected`: from every
     category's own, so a model taught specific refusals also sees that style rejected where nothing is harmful)."""
     if row.type != "harmful":
-        styled = [text for category, texts in sorted(pool.items()) if category != "any" for text in texts]
-        return pick(styled if specific_rejected and styled else pool["any"], row.prompt)
+        styled = [t for c, texts in sorted(pool.items()) if c != "any" for t in texts] if specific_rejected else []
+        return pick(styled or pool["any"], row.prompt)
     own = pool.get(row.category, [])
     return pick(own if specific and own else own + pool["any"], row.prompt)
 
