@@ -37,7 +37,7 @@ from alignlab import devices, distributed, launch, preemption, run_state
 from alignlab.artifacts import atomic_write_json, atomic_write_text, is_done, mark_done
 from alignlab.config import POLICY_KINDS, TRAINING_KINDS, validate
 from alignlab.console import Console, quiet_libraries
-from alignlab.data import mix
+from alignlab.data import mix, onpolicy
 from alignlab.data.sources import fingerprint
 from alignlab.errors import ConfigError, Preempted, RunStateError, UserError, disk_full, internal_error, is_disk_full
 from alignlab.evaluation import report as run_report
@@ -170,6 +170,19 @@ def load_stage_pairs(prep: Prepared, console: Any) -> None:
     if prep.cfg.data.sft is None:
         written = prep.run_dir / str(prep.pairs_from) / "pairs.jsonl"
         prep.sft_rows = data_lib.as_sft(mix.sft_pairs(prep.cfg.data.bias, prep.pairs, written))
+        prep.sft_rows += stage_openings(prep.cfg, prep.run_dir, str(prep.pairs_from))
+
+
+def stage_openings(cfg: DictConfig, run_dir: Path, stage: str | None) -> list[dict]:
+    """The reply openings (`opening_tokens`) the pairs stage `stage` and the earlier rounds it follows wrote, as
+    SFT rows with an `opening` instead of a completion (stages/sft.py trains on them with no end-of-turn)."""
+    rows: list[dict] = []
+    while stage is not None:
+        path = run_dir / stage / "openings.jsonl"
+        if path.is_file():
+            rows += [{"prompt": o["prompt"], "opening": o["opening"]} for o in onpolicy.read_jsonl(path)]
+        stage = cfg.algo[stage].after
+    return rows
 
 
 def _check_inputs_unchanged(run_dir: Path, fingerprints: dict[str, str]) -> None:

@@ -276,6 +276,16 @@ class PairsStageConfig:
             "opening), the counterweight against over-refusal, so [harmful] keeps them."
         },
     )
+    opening_tokens: int = field(
+        default=0,
+        metadata={
+            "help": "Teach the refusal decision on every training prompt this round did not make pairs of: a "
+            "harmful prompt's target is the first opening_tokens tokens of a bundled refusal, a benign prompt's the "
+            "first opening_tokens tokens of the model's own greedy reply (dropped where the judge calls it a "
+            "refusal). The SFT stages train on these openings with no end-of-turn after them, so the model learns "
+            "how to begin, not to stop there (<stage>/openings.jsonl). 0: off."
+        },
+    )
     judge: str | None = field(
         default=None,
         metadata={
@@ -361,6 +371,7 @@ def check_pairs(a: DictConfig, key: str) -> None:
         if a[name] is not None:
             check(a[name] >= 0, f"{key}.{name}", f"must be a number of prompts (0 or more) or null, got {a[name]}.")
     check(0 <= a.ches_drop < 1, f"{key}.ches_drop", f"a fraction of the pairs, in [0, 1), got {a.ches_drop}.")
+    check(a.opening_tokens >= 0, f"{key}.opening_tokens", f"a number of tokens (0: off), got {a.opening_tokens}.")
     kinds = list(a.ches_drop_from)
     check(
         bool(kinds) and set(kinds) <= {"harmful", "benign"},

@@ -26,6 +26,7 @@ from alignlab.models import load_model
 from alignlab.training.context import StageContext
 
 PAIRS_FILE = "pairs.jsonl"
+OPENINGS_FILE = "openings.jsonl"  # reply openings the SFT stages train on (`opening_tokens`)
 TABLE_COLUMNS = ("prompt", "type", "category", "reply", "refused", "outcome")
 
 
@@ -60,6 +61,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
             built.counts[f"bias_{p['kind']}"] += 1
     if a.bias_prompts:  # a later round in a run with data.bias (config.validate): the policy's own bias answers
         _ask_bias_questions(ctx, model, built, used | {p["prompt"][0]["content"] for p in earlier})
+    if a.opening_tokens:
+        asked = used | {r.prompt for r in rows}
+        openings = _openings(ctx, model, [r for r in prompts if r.prompt not in asked], refusals, judge, built)
+        onpolicy.write_jsonl(ctx.stage_dir / OPENINGS_FILE, openings)
     onpolicy.write_jsonl(ctx.stage_dir / "generations.jsonl", built.records)
     onpolicy.write_jsonl(ctx.stage_dir / PAIRS_FILE, earlier + built.pairs)
     table = [[r[k] for k in TABLE_COLUMNS] for r in built.records]
@@ -168,6 +173,52 @@ def _drop_similar_pairs(ctx: StageContext, model: Any, built: onpolicy.PairBuild
         built.counts[f"{p['type']}/dropped_high_ches"] += 1
     kinds = " and ".join(ctx.algo.ches_drop_from)
     print(f"[alignlab] {ctx.name}: dropped {n_drop} of {len(candidates)} {kinds} pairs with the highest CHES")
+
+
+def _openings(
+    ctx: StageContext,
+    model: Any,
+    rows: list[onpolicy.PromptRow],
+    refusals: dict[str, list[str]],
+    judge: Judge,
+    built: onpolicy.PairBuild,
+) -> list[dict[str, Any]]:
+    """The first `opening_tokens` tokens of the reply each of `rows` should get: a bundled refusal's for a harmful
+    prompt (no generation), the model's own greedy reply's for a benign one (a few decoding steps), left out where
+    the judge calls that opening a refusal. The pairs teach what follows an opening; these teach the decision on
+    every labelled prompt, which the model's own hidden states already separate well (experiments/safety-frontier,
+    separability.md)."""
+    n, tok = ctx.algo.opening_tokens, ctx.tokenizer
+    harmful = [r for r in rows if r.type == "harmful"]
+    benign = [r for r in rows if r.type == "benign"]
+    print(f"[alignlab] {ctx.name}: reply openings for {len(harmful)} harmful and {len(benign)} benign prompts")
+    own = generate(
+        model,
+        tok,
+        [[{"role": "user", "content": r.prompt}] for r in benign],
+        n,
+        ctx.algo.batch_size,
+        seed=ctx.cfg.seed,
+        progress=Progress(f"{ctx.name}: benign openings", len(benign)),
+    )
+    texts = [tok.decode(g["token_ids"][:n], skip_special_tokens=True) for g in own]
+    refused = judge.refused([r.prompt for r in benign], texts) if benign else []
+    out = []
+    for row in harmful:
+        ids = tok(onpolicy.refusal_for(row, refusals, ctx.algo.specific_refusals), add_special_tokens=False)
+        out.append(_opening_row(row, tok.decode(ids["input_ids"][:n])))
+    for row, text, no in zip(benign, texts, refused, strict=True):
+        if no or not text.strip():
+            built.counts["openings/benign_refused_left_out"] += 1
+        else:
+            out.append(_opening_row(row, text))
+    for kind in ("harmful", "benign"):
+        built.counts[f"openings/{kind}"] = sum(o["type"] == kind for o in out)
+    return out
+
+
+def _opening_row(row: onpolicy.PromptRow, text: str) -> dict[str, Any]:
+    return {"prompt": [{"role": "user", "content": row.prompt}], "opening": text, "type": row.type}
 
 
 def _ask_bias_questions(ctx: StageContext, model: Any, built: onpolicy.PairBuild, asked: set[str]) -> None:

@@ -1,7 +1,8 @@
 """Supervised fine-tuning stage: trl.SFTTrainer on conversational prompt/completion rows.
 
 Loss on the completion only (the assistant reply, ending with the chat template's end-of-turn token), so the
-model learns to answer and to stop, with the same prompt tokens the DPO stage will see.
+model learns to answer and to stop, with the same prompt tokens the DPO stage will see. Reply openings (a pairs
+stage's `opening_tokens`) are trained on without that end-of-turn token.
 """
 
 from __future__ import annotations
@@ -57,11 +58,38 @@ def build_trainer(ctx: StageContext) -> AlignlabSFTTrainer:
         return AlignlabSFTTrainer(
             model=model,
             args=args,
-            train_dataset=Dataset.from_list(ctx.sft_rows),
+            train_dataset=train_dataset(ctx.sft_rows or [], ctx.tokenizer),
             processing_class=ctx.tokenizer,
             peft_config=lora_config(ctx.cfg.model, model),
             group_by_length=a.group_by_length,
         )
+
+
+def train_dataset(rows: list[dict[str, Any]], tokenizer: Any) -> Dataset:
+    """The rows as SFTTrainer takes them; with reply openings among them (`algo.pairs.opening_tokens`), every row
+    tokenized here, since SFTTrainer closes each completion with the end-of-turn token and an opening must not end
+    there."""
+    if not any(row.get("opening") is not None for row in rows):
+        return Dataset.from_list(rows)
+    return Dataset.from_list([_tokenized(row, tokenizer) for row in rows])
+
+
+def _tokenized(row: dict[str, Any], tok: Any) -> dict[str, list[int]]:
+    """A conversational prompt/completion row tokenized as SFTTrainer does it (the completion starts where the
+    prompt alone and the whole conversation diverge), or an opening: the prompt's ids, then the opening's, nothing
+    after."""
+    prompt = _ids(tok, tok.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False))
+    if row.get("opening") is not None:
+        ids = prompt + _ids(tok, row["opening"])
+        n = len(prompt)
+    else:
+        ids = _ids(tok, tok.apply_chat_template(row["prompt"] + row["completion"], tokenize=False))
+        n = next((i for i, (a, b) in enumerate(zip(prompt, ids)) if a != b), min(len(prompt), len(ids)))
+    return {"input_ids": ids, "completion_mask": [0] * n + [1] * (len(ids) - n)}
+
+
+def _ids(tok: Any, text: str) -> list[int]:
+    return tok(text, add_special_tokens=False)["input_ids"]
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
