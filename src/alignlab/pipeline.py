@@ -170,19 +170,8 @@ def load_stage_pairs(prep: Prepared, console: Any) -> None:
     if prep.cfg.data.sft is None:
         written = prep.run_dir / str(prep.pairs_from) / "pairs.jsonl"
         prep.sft_rows = data_lib.as_sft(mix.sft_pairs(prep.cfg.data.bias, prep.pairs, written))
-        prep.sft_rows += stage_openings(prep.cfg, prep.run_dir, str(prep.pairs_from))
-
-
-def stage_openings(cfg: DictConfig, run_dir: Path, stage: str | None) -> list[dict]:
-    """The reply openings (`opening_tokens`) the pairs stage `stage` and the earlier rounds it follows wrote, as
-    SFT rows with an `opening` instead of a completion (stages/sft.py trains on them with no end-of-turn)."""
-    rows: list[dict] = []
-    while stage is not None:
-        path = run_dir / stage / "openings.jsonl"
-        if path.is_file():
-            rows += [{"prompt": o["prompt"], "opening": o["opening"]} for o in onpolicy.read_jsonl(path)]
-        stage = cfg.algo[stage].after
-    return rows
+        openings = onpolicy.read_openings(prep.run_dir, str(prep.pairs_from), prep.cfg.algo)
+        prep.sft_rows += [{"prompt": o["prompt"], "opening": o["opening"]} for o in openings]  # stages/sft.py
 
 
 def _check_inputs_unchanged(run_dir: Path, fingerprints: dict[str, str]) -> None:

@@ -286,6 +286,15 @@ class PairsStageConfig:
             "how to begin, not to stop there (<stage>/openings.jsonl). 0: off."
         },
     )
+    opening_pairs: bool = field(
+        default=False,
+        metadata={
+            "help": "With opening_tokens: each opening also gets one to reject (a harmful prompt's: the model's own "
+            "greedy opening, where the judge does not call it a refusal; a benign prompt's: a bundled refusal's), and "
+            "the DPO stages train on these opening pairs beside the full ones, so refusing a benign prompt is pushed "
+            "down, not only its own opening up."
+        },
+    )
     judge: str | None = field(
         default=None,
         metadata={
@@ -372,6 +381,7 @@ def check_pairs(a: DictConfig, key: str) -> None:
             check(a[name] >= 0, f"{key}.{name}", f"must be a number of prompts (0 or more) or null, got {a[name]}.")
     check(0 <= a.ches_drop < 1, f"{key}.ches_drop", f"a fraction of the pairs, in [0, 1), got {a.ches_drop}.")
     check(a.opening_tokens >= 0, f"{key}.opening_tokens", f"a number of tokens (0: off), got {a.opening_tokens}.")
+    check(not a.opening_pairs or a.opening_tokens > 0, f"{key}.opening_pairs", "needs opening_tokens > 0.")
     kinds = list(a.ches_drop_from)
     check(
         bool(kinds) and set(kinds) <= {"harmful", "benign"},

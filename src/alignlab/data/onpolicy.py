@@ -170,6 +170,19 @@ def _assistant(text: str) -> dict[str, str]:
     return {"role": "assistant", "content": text}
 
 
+def read_openings(run_dir: Path, stage: str | None, algo: Any) -> list[dict[str, Any]]:
+    """The reply openings (`opening_tokens`) the pairs stage `stage` of a run and the earlier rounds it follows
+    (`after`, read from the run's `algo` config) wrote: prompt, opening, type, and with `opening_pairs` the
+    opening to reject (null where there is none)."""
+    rows: list[dict[str, Any]] = []
+    while stage is not None:
+        path = run_dir / stage / "openings.jsonl"
+        if path.is_file():
+            rows += read_jsonl(path)
+        stage = algo[stage].after
+    return rows
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """The rows `write_jsonl` wrote (blank lines skipped): the stages' pairs and generations files."""
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

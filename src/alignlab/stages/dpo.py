@@ -23,9 +23,10 @@ from trl import DPOConfig, DPOTrainer
 from alignlab import data as data_lib
 from alignlab import devices, distributed
 from alignlab.config import dpo_loss_types
+from alignlab.data import onpolicy
 from alignlab.data.sources import fingerprint
 from alignlab.models import lora_config
-from alignlab.training import lm_head
+from alignlab.training import lm_head, tokenized
 from alignlab.training.context import StageContext, load_reference, reference_path, training_model
 from alignlab.training.ref_cache import RefLogpCache
 from alignlab.training.sampling import length_grouped
@@ -65,6 +66,15 @@ class AlignlabDPOTrainer(DPOTrainer):
         self.ref_stats["ref_logps/cached_pairs"] += len(dataset) - (self.ref_stats["ref_logps/computed_pairs"] - before)
         self.ref_stats["ref_logps/seconds"] += time.perf_counter() - started
         return out
+
+    def _prepare_dataset(self, dataset: Dataset, processing_class: Any, args: DPOConfig, dataset_name: str) -> Dataset:
+        """Pairs already tokenized (`preference_dataset`) go in as they are, less those whose prompt alone fills
+        `max_length`, which TRL drops too; TRL's own preparation has no such path."""
+        if "prompt_ids" not in dataset.column_names:
+            return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+        if args.max_length is None or args.truncation_mode != "keep_start":
+            return dataset
+        return dataset.filter(lambda row: len(row["prompt_ids"]) < args.max_length)
 
     def _get_train_sampler(self, train_dataset: Dataset | None = None) -> Any:
         """transformers' LengthGroupedSampler (random megabatches, sorted within) on the length a pair occupies in a
@@ -112,7 +122,7 @@ def build_trainer(ctx: StageContext) -> AlignlabDPOTrainer:
     compact = lm_head.use_compact(a.lm_head, policy, devices.training_device())
     share = compact and a.share_prompt in (True, "auto")
     ref = reference_model(ctx, policy, lora=peft is not None, precompute=precompute)
-    pairs = Dataset.from_list(data_lib.without_labels(ctx.pairs))  # safety labels are the cost model's
+    pairs = preference_dataset(ctx)
     if precompute:
         pairs = on_disk(pairs, ctx.stage_dir / "pairs")
     scored = pairs
@@ -139,6 +149,22 @@ def build_trainer(ctx: StageContext) -> AlignlabDPOTrainer:
         )
     trainer.ref_stats["ref_logps/seconds"] += key_seconds
     return trainer
+
+
+def preference_dataset(ctx: StageContext) -> Dataset:
+    """The stage's pairs (their safety labels are the cost model's, left out), and the opening pairs of the pairs
+    stage that wrote them (`algo.pairs.opening_pairs`): with those, every pair is tokenized here
+    (training/tokenized.py), since TRL closes each reply with the end-of-turn token and an opening must not end
+    there."""
+    pairs = data_lib.without_labels(ctx.pairs or [])
+    source = str(ctx.cfg.data.preference.path)
+    openings = []
+    if source.startswith("stage:"):
+        written = onpolicy.read_openings(ctx.stage_dir.parent, source.split(":", 1)[1], ctx.cfg.algo)
+        openings = [o for o in written if o.get("rejected") is not None]
+    if not openings:
+        return Dataset.from_list(pairs)
+    return Dataset.from_list([tokenized.pair(p, ctx.tokenizer) for p in pairs + openings])
 
 
 def reference_model(ctx: StageContext, policy: Any, lora: bool, precompute: bool) -> Any:

@@ -185,40 +185,48 @@ def _openings(
 ) -> list[dict[str, Any]]:
     """The first `opening_tokens` tokens of the reply each of `rows` should get: a bundled refusal's for a harmful
     prompt (no generation), the model's own greedy reply's for a benign one (a few decoding steps), left out where
-    the judge calls that opening a refusal. The pairs teach what follows an opening; these teach the decision on
-    every labelled prompt, which the model's own hidden states already separate well (experiments/safety-frontier,
-    separability.md)."""
-    n, tok = ctx.algo.opening_tokens, ctx.tokenizer
-    harmful = [r for r in rows if r.type == "harmful"]
-    benign = [r for r in rows if r.type == "benign"]
-    print(f"[alignlab] {ctx.name}: reply openings for {len(harmful)} harmful and {len(benign)} benign prompts")
-    own = generate(
+    the judge calls that opening a refusal. With `opening_pairs`, each also gets the opening to reject: the model's
+    own for a harmful prompt (none where it already refuses), a bundled refusal's for a benign one. The pairs teach
+    what follows an opening; these teach the decision on every labelled prompt, which the model's own hidden states
+    already separate well (experiments/safety-frontier, separability.md)."""
+    a, tok = ctx.algo, ctx.tokenizer
+    asked = [r for r in rows if r.type == "benign" or a.opening_pairs]
+    print(f"[alignlab] {ctx.name}: reply openings for {len(rows)} prompts, {len(asked)} of them the model's own")
+    replies = generate(
         model,
         tok,
-        [[{"role": "user", "content": r.prompt}] for r in benign],
-        n,
-        ctx.algo.batch_size,
+        [[{"role": "user", "content": r.prompt}] for r in asked],
+        a.opening_tokens,
+        a.batch_size,
         seed=ctx.cfg.seed,
-        progress=Progress(f"{ctx.name}: benign openings", len(benign)),
+        progress=Progress(f"{ctx.name}: own openings", len(asked)),
     )
-    texts = [tok.decode(g["token_ids"][:n], skip_special_tokens=True) for g in own]
-    refused = judge.refused([r.prompt for r in benign], texts) if benign else []
+    texts = [tok.decode(g["token_ids"][: a.opening_tokens], skip_special_tokens=True) for g in replies]
+    refused = judge.refused([r.prompt for r in asked], texts) if asked else []
+    own = {r.prompt: (text, no or not text.strip()) for r, text, no in zip(asked, texts, refused, strict=True)}
     out = []
-    for row in harmful:
-        ids = tok(onpolicy.refusal_for(row, refusals, ctx.algo.specific_refusals), add_special_tokens=False)
-        out.append(_opening_row(row, tok.decode(ids["input_ids"][:n])))
-    for row, text, no in zip(benign, texts, refused, strict=True):
-        if no or not text.strip():
+    for row in rows:
+        refusal = onpolicy.refusal_for(row, refusals, a.specific_refusals, a.specific_rejected)
+        refusal = tok.decode(tok(refusal, add_special_tokens=False)["input_ids"][: a.opening_tokens])
+        text, refuses = own.get(row.prompt, ("", True))
+        if row.type == "harmful":
+            record = _opening_row(row, refusal, (None if refuses else text) if a.opening_pairs else None)
+        elif refuses:
             built.counts["openings/benign_refused_left_out"] += 1
+            continue
         else:
-            out.append(_opening_row(row, text))
+            record = _opening_row(row, text, refusal if a.opening_pairs else None)
+        out.append(record)
     for kind in ("harmful", "benign"):
         built.counts[f"openings/{kind}"] = sum(o["type"] == kind for o in out)
+        if a.opening_pairs:
+            built.counts[f"openings/{kind}_pairs"] = sum(o["type"] == kind and o["rejected"] is not None for o in out)
     return out
 
 
-def _opening_row(row: onpolicy.PromptRow, text: str) -> dict[str, Any]:
-    return {"prompt": [{"role": "user", "content": row.prompt}], "opening": text, "type": row.type}
+def _opening_row(row: onpolicy.PromptRow, text: str, rejected: str | None) -> dict[str, Any]:
+    user = [{"role": "user", "content": row.prompt}]
+    return {"prompt": user, "opening": text, "rejected": rejected, "type": row.type}
 
 
 def _ask_bias_questions(ctx: StageContext, model: Any, built: onpolicy.PairBuild, asked: set[str]) -> None:

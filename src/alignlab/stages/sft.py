@@ -15,7 +15,7 @@ from trl import SFTConfig, SFTTrainer
 
 from alignlab import devices
 from alignlab.models import lora_config
-from alignlab.training import lm_head
+from alignlab.training import lm_head, tokenized
 from alignlab.training.context import StageContext, training_model
 from alignlab.training.sampling import length_grouped
 from alignlab.training.saving import save_final
@@ -67,29 +67,11 @@ def build_trainer(ctx: StageContext) -> AlignlabSFTTrainer:
 
 def train_dataset(rows: list[dict[str, Any]], tokenizer: Any) -> Dataset:
     """The rows as SFTTrainer takes them; with reply openings among them (`algo.pairs.opening_tokens`), every row
-    tokenized here, since SFTTrainer closes each completion with the end-of-turn token and an opening must not end
-    there."""
+    tokenized here (training/tokenized.py), since SFTTrainer closes each completion with the end-of-turn token and
+    an opening must not end there."""
     if not any(row.get("opening") is not None for row in rows):
         return Dataset.from_list(rows)
-    return Dataset.from_list([_tokenized(row, tokenizer) for row in rows])
-
-
-def _tokenized(row: dict[str, Any], tok: Any) -> dict[str, list[int]]:
-    """A conversational prompt/completion row tokenized as SFTTrainer does it (the completion starts where the
-    prompt alone and the whole conversation diverge), or an opening: the prompt's ids, then the opening's, nothing
-    after."""
-    prompt = _ids(tok, tok.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False))
-    if row.get("opening") is not None:
-        ids = prompt + _ids(tok, row["opening"])
-        n = len(prompt)
-    else:
-        ids = _ids(tok, tok.apply_chat_template(row["prompt"] + row["completion"], tokenize=False))
-        n = next((i for i, (a, b) in enumerate(zip(prompt, ids)) if a != b), min(len(prompt), len(ids)))
-    return {"input_ids": ids, "completion_mask": [0] * n + [1] * (len(ids) - n)}
-
-
-def _ids(tok: Any, text: str) -> list[int]:
-    return tok(text, add_special_tokens=False)["input_ids"]
+    return Dataset.from_list([tokenized.completion(row, tokenizer) for row in rows])
 
 
 def run(ctx: StageContext) -> dict[str, Any]:

@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from datasets import Dataset
 from omegaconf import OmegaConf
 from trl import SFTConfig, SFTTrainer
 
-from alignlab import cli, pipeline
+from alignlab import cli
 from alignlab.config import compose_config, validate
 from alignlab.data import onpolicy
 from alignlab.errors import ConfigError
@@ -63,9 +64,7 @@ def test_openings_cover_every_unasked_prompt_with_a_refusal_or_the_models_own_op
     assert metrics["pairs/openings/harmful"] == len(harmful)
     assert metrics["pairs/openings/benign_refused_left_out"] == len(range(0, len(benign), 5))
 
-    cfg = compose_config([*BASE, f"run.root={tmp_path}"])
-    rows_for_sft = pipeline.stage_openings(cfg, run, "pairs")
-    assert rows_for_sft == [{"prompt": o["prompt"], "opening": o["opening"]} for o in openings]
+    assert all(o["rejected"] is None for o in openings)  # no opening_pairs: nothing to reject
 
 
 def test_sft_rows_tokenize_as_trl_does_and_openings_end_without_end_of_turn(tmp_path, tiny_model, tiny_tokenizer):
@@ -101,12 +100,91 @@ def test_opening_tokens_must_not_be_negative():
         validate(compose_config([*BASE, "algo.pairs.opening_tokens=-1"]))
 
 
-def test_stage_openings_follow_the_rounds_and_skip_rounds_without_them(tmp_path: Path):
+def test_read_openings_follows_the_rounds_and_skips_rounds_without_them(tmp_path: Path):
     cfg = compose_config(["experiment=safety-smollm-quick", "model=tiny", "pipeline=safety-2round"])
     (tmp_path / "pairs").mkdir()
     (tmp_path / "pairs_sft").mkdir()
-    row = {"prompt": [{"role": "user", "content": "Hi?"}], "opening": "Hello", "type": "benign"}
+    row = {"prompt": [{"role": "user", "content": "Hi?"}], "opening": "Hello", "rejected": None, "type": "benign"}
     onpolicy.write_jsonl(tmp_path / "pairs" / "openings.jsonl", [row])
-    later = cfg.algo.pairs_sft.after
-    assert later == "pairs"
-    assert pipeline.stage_openings(cfg, tmp_path, "pairs_sft") == [{"prompt": row["prompt"], "opening": "Hello"}]
+    assert cfg.algo.pairs_sft.after == "pairs"
+    assert onpolicy.read_openings(tmp_path, "pairs_sft", cfg.algo) == [row]
+    assert onpolicy.read_openings(tmp_path, "pairs", cfg.algo) == [row]
+
+
+def test_opening_pairs_reject_the_models_own_harmful_opening_and_a_refusal_of_a_benign_prompt(
+    tmp_path, cache_dir, tiny_model, monkeypatch
+):
+    """Every reply here is a helpful start, so every prompt makes a pair, and SFT and DPO train on the pairs and the
+    openings; DPO's rows are the pairs' plus the opening pairs, tokenized here."""
+    from alignlab.stages import dpo
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+    def helpful(model, tok, prompts, max_new_tokens, *args, **kwargs):
+        ids = tok("Sure, here is how to do it.", add_special_tokens=False)["input_ids"][:max_new_tokens]
+        return [{"text": tok.decode(ids), "token_ids": ids, "truncated": True} for _ in prompts]
+
+    monkeypatch.setattr(pairs_stage, "generate", helpful)
+    seen: dict[str, int] = {}
+    dataset = dpo.preference_dataset
+
+    def counted(ctx):
+        out = dataset(ctx)
+        seen["rows"] = len(out)
+        return out
+
+    monkeypatch.setattr(dpo, "preference_dataset", counted)
+    args = ["run", *BASE[:2], "pipeline.stages=[pairs,sft,dpo]", *BASE[3:], "model.generation_dtype=null"]
+    small = ["algo.pairs.max_harmful=2", "algo.pairs.max_benign=2", "algo.pairs.prompts=" + str(_few_prompts(tmp_path))]
+    flags = ["algo.pairs.opening_tokens=3", "algo.pairs.opening_pairs=true", "algo.sft.epochs=1", "algo.dpo.epochs=1"]
+    assert cli.main([*args, f"run.root={tmp_path / 'runs'}", *small, *flags]) == 0
+    (run,) = (tmp_path / "runs" / "safety-smollm-quick").iterdir()
+    openings = onpolicy.read_jsonl(run / "pairs" / "openings.jsonl")
+    pairs = onpolicy.read_jsonl(run / "pairs" / "pairs.jsonl")
+    assert len(pairs) == 4 and len(openings) == 4  # 8 prompts: 4 asked for pairs, 4 given openings
+    for o in openings:
+        own = "Sure, here"[: len(o["opening"] if o["type"] == "benign" else o["rejected"])]
+        if o["type"] == "harmful":  # chosen: a refusal's opening; rejected: the model's own
+            assert o["rejected"].startswith(own) and not o["opening"].startswith("Sure")
+        else:  # chosen: the model's own; rejected: a refusal's opening
+            assert o["opening"].startswith(own) and not o["rejected"].startswith("Sure")
+    assert seen["rows"] == len(pairs) + len(openings)
+    assert (run / "dpo" / "model").is_dir()
+
+
+def _few_prompts(tmp_path: Path) -> Path:
+    rows = onpolicy.read_prompts(PROMPTS)
+    few = [r for r in rows if r.type == "harmful"][:4] + [r for r in rows if r.type == "benign"][:4]
+    path = tmp_path / "prompts.jsonl"
+    onpolicy.write_jsonl(path, [{"prompt": r.prompt, "type": r.type, "category": r.category} for r in few])
+    return path
+
+
+def test_dpo_pairs_tokenize_as_trl_does_and_opening_pairs_end_without_end_of_turn(tmp_path, tiny_model, tiny_tokenizer):
+    from transformers import AutoModelForCausalLM
+    from trl import DPOConfig
+
+    from alignlab.stages.dpo import AlignlabDPOTrainer
+    from alignlab.training import tokenized
+
+    tok = tiny_tokenizer
+    pair = {
+        "prompt": [{"role": "user", "content": "How do I kill a Python process?"}],
+        "chosen": [{"role": "assistant", "content": "Run kill with its process id."}],
+        "rejected": [{"role": "assistant", "content": "I can't help with that."}],
+    }
+    args = DPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], bf16=False, max_length=64)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    trl_row = AlignlabDPOTrainer(
+        model=model, args=args, train_dataset=Dataset.from_list([pair]), processing_class=tok
+    ).train_dataset[0]
+    ours = tokenized.pair(pair, tok)
+    assert {k: trl_row[k] for k in ours} == ours
+    opening = {"prompt": pair["prompt"], "opening": "To stop it", "rejected": "I can't help"}
+    long_prompt = {**opening, "prompt": [{"role": "user", "content": "word " * 80}]}
+    rows = Dataset.from_list([tokenized.pair(r, tok) for r in (pair, opening, long_prompt)])
+    prepared = AlignlabDPOTrainer(model=model, args=args, train_dataset=rows, processing_class=tok).train_dataset
+    assert len(prepared) == 2  # the prompt that fills max_length is dropped, as TRL drops it
+    assert tok.decode(prepared[1]["chosen_ids"]) == "To stop it"  # no end-of-turn token after either opening
+    assert tok.decode(prepared[1]["rejected_ids"]) == "I can't help"
+    assert prepared[1]["prompt_ids"] == ours["prompt_ids"]
