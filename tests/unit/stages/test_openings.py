@@ -188,3 +188,11 @@ def test_dpo_pairs_tokenize_as_trl_does_and_opening_pairs_end_without_end_of_tur
     assert tok.decode(prepared[1]["chosen_ids"]) == "To stop it"  # no end-of-turn token after either opening
     assert tok.decode(prepared[1]["rejected_ids"]) == "I can't help"
     assert prepared[1]["prompt_ids"] == ours["prompt_ids"]
+
+
+def test_the_openings_preset_turns_both_options_on_over_the_default():
+    cfg = validate(compose_config(["experiment=safety-smollm-openings"]))
+    default = validate(compose_config(["experiment=safety-smollm"]))
+    assert (cfg.algo.pairs.opening_tokens, cfg.algo.pairs.opening_pairs, cfg.algo.pairs.max_benign) == (8, True, 160)
+    assert (default.algo.pairs.opening_tokens, default.algo.pairs.opening_pairs) == (0, False)
+    assert cfg.eval.targets == default.eval.targets and cfg.pipeline.stages == default.pipeline.stages
