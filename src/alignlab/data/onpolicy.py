@@ -170,13 +170,16 @@ def _assistant(text: str) -> dict[str, str]:
     return {"role": "assistant", "content": text}
 
 
+OPENINGS_FILE = "openings.jsonl"  # a pairs stage's reply openings (`opening_tokens`)
+
+
 def read_openings(run_dir: Path, stage: str | None, algo: Any) -> list[dict[str, Any]]:
     """The reply openings (`opening_tokens`) the pairs stage `stage` of a run and the earlier rounds it follows
     (`after`, read from the run's `algo` config) wrote: prompt, opening, type, and with `opening_pairs` the
     opening to reject (null where there is none)."""
     rows: list[dict[str, Any]] = []
     while stage is not None:
-        path = run_dir / stage / "openings.jsonl"
+        path = run_dir / stage / OPENINGS_FILE
         if path.is_file():
             rows += read_jsonl(path)
         stage = algo[stage].after

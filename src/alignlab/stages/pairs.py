@@ -26,7 +26,6 @@ from alignlab.models import load_model
 from alignlab.training.context import StageContext
 
 PAIRS_FILE = "pairs.jsonl"
-OPENINGS_FILE = "openings.jsonl"  # reply openings the SFT stages train on (`opening_tokens`)
 TABLE_COLUMNS = ("prompt", "type", "category", "reply", "refused", "outcome")
 
 
@@ -64,7 +63,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if a.opening_tokens:
         asked = used | {r.prompt for r in rows}
         openings = _openings(ctx, model, [r for r in prompts if r.prompt not in asked], refusals, judge, built)
-        onpolicy.write_jsonl(ctx.stage_dir / OPENINGS_FILE, openings)
+        onpolicy.write_jsonl(ctx.stage_dir / onpolicy.OPENINGS_FILE, openings)
     onpolicy.write_jsonl(ctx.stage_dir / "generations.jsonl", built.records)
     onpolicy.write_jsonl(ctx.stage_dir / PAIRS_FILE, earlier + built.pairs)
     table = [[r[k] for k in TABLE_COLUMNS] for r in built.records]
