@@ -201,6 +201,16 @@ class KTOAlgoConfig(TrainConfig):
         default=1.0,
         metadata={"help": "KTOConfig.undesirable_weight: the weight of the rejected (undesirable) replies."},
     )
+    final_eval: bool = field(
+        default=True,
+        metadata={
+            "help": "KTO's metrics (rewards of the desirable and undesirable replies, KL) for the final policy on its "
+            "training pairs."
+        },
+    )
+    final_eval_max_pairs: int | None = field(
+        default=None, metadata={"help": "Score a seeded sample of that many pairs; None: all of them."}
+    )
 
 
 @dataclass
@@ -422,8 +432,7 @@ def check_dpo(a: DictConfig, key: str, cfg: DictConfig) -> None:
             f"{len(a.loss_weights)} weights for {len(losses)} loss types {losses}.",
         )
     positive(a, "beta", key)
-    if a.final_eval_max_pairs is not None:
-        check(a.final_eval_max_pairs > 0, f"{key}.final_eval_max_pairs", "must be positive or null.")
+    _check_final_eval(a, key)
     choice(a, "f_divergence_type", key)
     _check_label_smoothing(a, key, losses)
     if a.ld_alpha is not None:
@@ -448,6 +457,12 @@ def check_kto(a: DictConfig, key: str, cfg: DictConfig) -> None:
     choice(a, "loss_type", key)
     for name in ("beta", "desirable_weight", "undesirable_weight"):
         positive(a, name, key)
+    _check_final_eval(a, key)
+
+
+def _check_final_eval(a: DictConfig, key: str) -> None:
+    if a.final_eval_max_pairs is not None:
+        check(a.final_eval_max_pairs > 0, f"{key}.final_eval_max_pairs", "must be positive or null.")
 
 
 def _check_label_smoothing(a: DictConfig, key: str, losses: list[str]) -> None:
