@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import BENCHMARKS
+from conftest import BENCHMARKS, REPO
 from omegaconf import DictConfig
 
 from alignlab.config import compose_config, validate
@@ -41,6 +41,13 @@ HARM_CATEGORIES = {
 def bundled(name: str) -> list[dict]:
     path = resolve_local(f"pkg://alignlab/assets/safety/{name}")
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def study_prompts() -> list[dict]:
+    """Training prompts a study writes beside the bundled ones (experiments/<study>/data/*prompts.jsonl): held to
+    the same rules, since a run trains on them."""
+    files = sorted((REPO / "experiments").glob("*/data/*prompts.jsonl"))
+    return [json.loads(line) for f in files for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 # ------------------------------------------------------------------------------------------- judge
@@ -286,7 +293,8 @@ def test_training_prompts_cover_the_harm_categories_and_lookalikes():
 
 
 def test_eval_prompts_are_disjoint_from_training():
-    train, held_out = bundled("train_prompts.jsonl"), bundled("eval_prompts.jsonl")
+    train, held_out = bundled("train_prompts.jsonl") + study_prompts(), bundled("eval_prompts.jsonl")
+    assert len({r["prompt"] for r in train}) == len(train)  # a study's prompts add to the bundled ones
     counts = Counter(r["type"] for r in held_out)
     assert counts["harmful"] >= 100 and counts["benign"] >= 100
     assert {r["category"] for r in held_out if r["type"] == "harmful"} == HARM_CATEGORIES
@@ -317,7 +325,7 @@ def test_bundled_prompts_are_not_copied_from_benchmarks():
     with open(BENCHMARKS / "xstest" / "xstest_prompts.csv", encoding="utf-8", newline="") as f:
         public += [r["prompt"] for r in csv.DictReader(f)]
     public_grams = set().union(*(_ngrams(p, 6) for p in public))
-    ours = bundled("train_prompts.jsonl") + bundled("eval_prompts.jsonl")
+    ours = bundled("train_prompts.jsonl") + bundled("eval_prompts.jsonl") + study_prompts()
     copied = [r["prompt"] for r in ours if _ngrams(r["prompt"], 6) & public_grams]
     assert len(copied) <= 0.02 * len(ours), copied[:5]  # a shared 6-word phrase by chance, at most
     # Short prompts have few 6-grams: also no near-copy of any benchmark prompt as a whole.
