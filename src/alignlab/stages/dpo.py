@@ -31,7 +31,7 @@ from alignlab.training.context import StageContext, load_reference, reference_pa
 from alignlab.training.ref_cache import RefLogpCache
 from alignlab.training.sampling import length_grouped
 from alignlab.training.saving import save_final
-from alignlab.training.trainer import dpo_precomputes, train, trl_args
+from alignlab.training.trainer import dpo_precomputes, final_metrics, train, trl_args
 
 
 class AlignlabDPOTrainer(DPOTrainer):
@@ -218,7 +218,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if trainer.precompute_ref_logps:
         metrics.update({k: round(v, 3) for k, v in trainer.ref_stats.items()})
     if ctx.algo.final_eval:
-        final = trainer.evaluate()  # TRL names its metrics eval_rewards/accuracies, ...
-        metrics.update({"final/" + k.removeprefix("eval_"): v for k, v in final.items()})
+        metrics.update(final_metrics(trainer))
     save_final(trainer, ctx)
     return metrics

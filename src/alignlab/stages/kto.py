@@ -20,7 +20,7 @@ from alignlab import data as data_lib
 from alignlab.models import lora_config
 from alignlab.training.context import StageContext, training_model
 from alignlab.training.saving import save_final
-from alignlab.training.trainer import train, trl_args
+from alignlab.training.trainer import final_metrics, train, trl_args
 
 
 def unpaired(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -71,7 +71,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
     metrics["kto/desirable_rows"] = sum(rows["label"])
     metrics["kto/undesirable_rows"] = len(rows) - sum(rows["label"])
     if ctx.algo.final_eval:
-        final = trainer.evaluate()  # TRL names its metrics eval_rewards/chosen_sum, eval_kl, ...
-        metrics.update({"final/" + k.removeprefix("eval_"): v for k, v in final.items()})
+        metrics.update(final_metrics(trainer))
     save_final(trainer, ctx)
     return metrics

@@ -211,3 +211,9 @@ def memory_per_rank(model: torch.nn.Module, optimizer: Any) -> dict[str, float]:
             out[f"memory/rank{r}/{part}_mib"] = round(held[f"{part}_bytes"] / mib, 4)
         out[f"memory/rank{r}/peak_rss_mib"] = round(held["peak_rss_bytes"] / mib, 1)
     return out
+
+
+def final_metrics(trainer: Trainer) -> dict[str, Any]:
+    """The trained policy evaluated on the stage's eval set (its own training pairs, for DPO and KTO), TRL's
+    `eval_` names (eval_rewards/margins, ...) renamed `final/` so they do not read as a held-out evaluation."""
+    return {"final/" + k.removeprefix("eval_"): v for k, v in trainer.evaluate().items()}
