@@ -19,7 +19,7 @@ from alignlab import cli, pipeline
 from alignlab import data as data_lib
 from alignlab.config import compose_config, validate
 from alignlab.console import Console
-from alignlab.data import bias
+from alignlab.data import bias, mix
 from alignlab.errors import ConfigError, DataError
 
 DIMENSIONS = {
@@ -493,11 +493,27 @@ def test_training_never_uses_the_evaluations_wordings():
 
 def test_free_only_is_the_pairs_as_before():
     templates = bias.load_templates()
-    assert bias.build_pairs(templates, 60, seed=2) == bias.build_pairs(templates, 60, seed=2, presentations={"free": 1})
+    before = bias.build_pairs(templates, 60, seed=2)
+    assert before == bias.build_pairs(templates, 60, seed=2, presentations={"free": 1})
+    assert before == bias.build_pairs(templates, 60, seed=2, presentations={"free": 1, "listed": 0, "lettered": 0})
+
+
+def test_the_documented_command_reaches_the_pairs_stage():
+    """The experiment README's override composes (every presentation is a key of the data config, so a plain
+    `data.bias.presentations={...}` needs no `+`) and the pairs stage deals the ways it names."""
+    cfg = validate(
+        compose_config(["experiment=safety-bias-smollm", "data.bias.presentations={free: 1, listed: 1, lettered: 1}"])
+    )
+    assert dict(cfg.data.bias.presentations) == WAYS
+    assert dict(validate(compose_config(["experiment=safety-bias-smollm"])).data.bias.presentations)["free"] == 1.0
+    pairs = mix.mixed_pairs(cfg.data.bias, 100, seed=3)
+    assert {p.get("presentation", "free") for p in pairs if p.get("people")} == set(WAYS)
 
 
 def test_presentations_are_checked():
-    with pytest.raises(ConfigError, match=r"data\.bias\.presentations"):
+    with pytest.raises(ConfigError, match=r"unknown key 'data\.bias\.presentations\.shouted'"):
         validate(compose_config(["experiment=safety-bias-smollm", "data.bias.presentations={free: 1, shouted: 1}"]))
+    with pytest.raises(ConfigError, match=r"'data\.bias\.presentations': expected weights >= 0"):
+        validate(compose_config(["experiment=safety-bias-smollm", "data.bias.presentations.listed=-1"]))
     with pytest.raises(DataError, match="presentations"):
         bias.build_pairs(bias.load_templates(), 10, seed=0, presentations={"free": 0})
