@@ -26,6 +26,7 @@ BIAS_HEADLINE = (
     "_disambig_accuracy_conflicting",
     "_disambig_unknown_rate_aligned",
     "_disambig_unknown_rate_conflicting",
+    "_unknown_gap",
 )
 
 
