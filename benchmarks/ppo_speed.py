@@ -7,12 +7,17 @@ process (so peak memory is per row), and prints one table.
 
     .venv/bin/python benchmarks/ppo_speed.py                        # SmolLM2-135M-Instruct, batch 8, 32 tokens
     .venv/bin/python benchmarks/ppo_speed.py --steps 4 --batch-size 16 --mini-batch-size 8 --response-length 48
+    .venv/bin/python benchmarks/ppo_speed.py --profile          # + where each of our rows' iterations go
 
 Rows: TRL's setup is full fine-tuning in fp32 with a separate critic initialised from the reward model and a
 frozen reference copy; "alignlab fp32 critic" is the same setup in our stage (the like-for-like row); then our
 bf16 autocast, and our defaults (bf16 autocast, value head on the policy's trunk). One PPO iteration = sample the
 batch, score it, `--ppo-epochs` passes of optimizer steps over mini-batches. The first iteration is warm-up and
 not timed. The reward model is the policy's weights with a fresh one-output head (its scores are not the point).
+
+Every row reports the seconds an iteration spends sampling (TRL's `batch_generation`, our `generate` call); our rows
+also split the rest into the scoring passes (policy log-probabilities, reference, values), the reward model, and the
+PPO epochs. `--profile` adds torch.profiler's operator table over the timed iterations of each of our rows.
 """
 
 from __future__ import annotations
@@ -23,7 +28,11 @@ import os
 import resource
 import subprocess
 import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from dpo_speed import scratch, smollm2  # the default experiment's model, converted once
 
@@ -46,6 +55,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=3, help="PPO iterations per row; the first is not timed")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads, the same for every row")
     p.add_argument("--trl-venv", type=Path, default=REPO / ".venv-trl112")
+    p.add_argument("--profile", action="store_true", help="torch.profiler over our rows' timed iterations")
     p.add_argument("--side", choices=["driver", "ours"], default="driver", help=argparse.SUPPRESS)
     p.add_argument("--reward", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--label", help=argparse.SUPPRESS)
@@ -65,12 +75,68 @@ def make_reward(policy: Path, out: Path) -> None:
     tok.save_pretrained(out)
 
 
+class Phases:
+    """Wall-clock seconds per phase of the timed iterations (the first, warm-up, is left out), taken by wrapping the
+    functions the PPO stage calls where it looks them up; with `profile`, torch.profiler runs over the same
+    iterations. A measuring harness only: the stage's code is not changed."""
+
+    def __init__(self, profile: bool) -> None:
+        import torch
+
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.iteration = -1
+        self.profiler = torch.profiler.profile() if profile else None
+        self.table = ""
+
+    def wrap(self, module: Any, name: str, phase: str) -> None:
+        inner: Callable[..., Any] = getattr(module, name)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                if self.iteration > 0:
+                    self.seconds[phase] += time.perf_counter() - started
+
+        setattr(module, name, timed)
+
+    def wrap_iterations(self, recipe_class: type, last: int) -> None:
+        inner = recipe_class.train_step
+
+        def step(recipe: Any, it: int) -> dict[str, Any]:
+            self.iteration = it
+            if self.profiler is not None and it == 1:
+                self.profiler.start()
+            metrics = inner(recipe, it)
+            if self.profiler is not None and it == last:
+                self.profiler.stop()
+                averages = self.profiler.key_averages()
+                self.table = averages.table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=48)
+            return metrics
+
+        recipe_class.train_step = step
+
+    def per_iteration(self, timed: int) -> dict[str, float]:
+        """Seconds per timed iteration: sampling, the scoring passes, the reward model (the rest of the rollout),
+        the advantages, the PPO epochs."""
+        s = {k: v / timed for k, v in self.seconds.items()}
+        return {
+            "generation": s["generation"],
+            "scoring passes": s["scoring passes"],
+            "reward model": s["rollout"] - s["generation"] - s["scoring passes"],
+            "advantages": s["advantages"],
+            "PPO epochs": s["PPO epochs"],
+        }
+
+
 def run_ours(args: argparse.Namespace) -> None:
     """One alignlab PPO stage in this process: the stage function itself, on the benchmark prompts."""
     import torch
 
     from alignlab.config import compose_config, validate
     from alignlab.models import load_tokenizer
+    from alignlab.rl import rollout
     from alignlab.stages import ppo
     from alignlab.tracking import Tracker
     from alignlab.training.context import StageContext
@@ -105,12 +171,21 @@ def run_ours(args: argparse.Namespace) -> None:
         cfg, "ppo", work / "ppo", str(args.policy), str(args.policy), tokenizer, pairs, None, Tracker(cfg, work)
     )
     ctx.stage_dir.mkdir(parents=True)
+    phases = Phases(args.profile)
+    phases.wrap(rollout, "_sample", "generation")
+    phases.wrap(rollout, "_logps_and_values", "scoring passes")
+    phases.wrap(ppo, "rollout", "rollout")
+    phases.wrap(ppo, "targets", "advantages")
+    phases.wrap(ppo, "ppo_epochs", "PPO epochs")
+    phases.wrap_iterations(ppo.PPORecipe, args.steps - 1)
     ppo.run(ctx)
     history = json.loads((ctx.stage_dir / "log_history.json").read_text())
     timed = [h["iteration_seconds"] for h in history[1:]]
     tokens = sum(h["eval/response_tokens"] * args.batch_size for h in history[1:])
     result = {
         "seconds_per_iteration": sum(timed) / len(timed),
+        "phases": phases.per_iteration(len(timed)),
+        "profile": phases.table,
         "response_tokens_per_second": tokens / sum(timed),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "final_metrics": {k: v for k, v in history[-1].items() if "/" in k},
@@ -166,6 +241,7 @@ def main() -> None:
         "seconds_per_iteration": trl["seconds_per_iteration"],
         "response_tokens_per_second": trl["tokens_per_second"],
         "peak_rss_mib": trl["peak_rss_mib"],
+        "phases": {"generation": trl["generation_seconds_per_iteration"]},
     }
     for label in OURS:
         out = work / f"{label.replace(' ', '_')}.json"
@@ -184,6 +260,7 @@ def main() -> None:
                 "--out",
                 str(out),
                 *shared,
+                *(["--profile"] if args.profile else []),
             ],
             check=True,
             stdout=subprocess.DEVNULL,
@@ -204,6 +281,17 @@ def main() -> None:
             f"| {label} | {s:.2f} | {1 / s:.3f} | {r['response_tokens_per_second']:.1f} | "
             f"{r['peak_rss_mib']:.0f} | {base / s:.2f}x |"
         )
+    names = list(rows[next(iter(OURS))]["phases"])
+    print("\nSeconds per timed iteration, by phase (TRL's: its sampling only)\n")
+    print("| implementation | " + " | ".join(names) + " |")
+    print("| --- |" + " ---: |" * len(names))
+    for label, r in rows.items():
+        cells = [f"{r['phases'][n]:.2f}" if n in r["phases"] else "-" for n in names]
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    for label, r in rows.items():
+        if r.get("profile"):
+            print(f"\n{label}: torch.profiler over the timed iterations, top operators by self CPU time")
+            print(r["profile"])
     (work / "table.json").write_text(json.dumps(rows, indent=2))
     print(f"\nraw results: {work}")
 
