@@ -4,21 +4,25 @@ Padding is done with a token that is *not* the end-of-turn marker: SmolLM2 ships
 so masks derived from the pad id would hide the end-of-turn markers inside chat prompts. We pad on the left with
 `<|endoftext|>` (or the tokenizer's EOS when that is a different token) and stop on the end-of-turn token.
 
-Greedy replies come from our own decoding loop (`_greedy`), not `model.generate`: prompts are sorted by their
+Greedy replies come from our own decoding loop (`decode`), not `model.generate`: prompts are sorted by their
 token length so a batch pads little, and a row leaves the batch (and its KV cache) as soon as it ends, where
 `generate` keeps computing every finished row until the batch's longest reply is done. Evaluation's replies end
 at very different lengths (a refusal in a dozen tokens, an answer at the cap), so most of a batch's late steps
 were spent on finished rows. The token prefix every prompt of a call shares (the chat template's system prompt and
 the user turn's opening: 24 of the default evaluation's 47 prompt tokens on average) is run through the model
 once and its KV cache copied to each batch, instead of being recomputed for every row. The replies are those of
-`generate` token for token (`benchmarks/generation_speed.py` checks it on the default evaluation). Sampling
-stays with `generate`.
+`generate` token for token (`benchmarks/generation_speed.py` checks it on the default evaluation). Sampled replies
+(PPO's rollouts, resampled pair replies) come from the same loop, each row's next token drawn from its own
+temperature-scaled, top-k-cut distribution as `generate` draws it; they are not `generate`'s token for token, since
+`generate` also draws for finished rows, which takes different random numbers. Under ZeRO-3 every path stays with
+`generate(synced_gpus)`, which keeps the ranks in step.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -70,9 +74,10 @@ def generate(
     texts = [tok.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
     token_ids = tok(texts, add_special_tokens=False)["input_ids"]
     lengths = [len(ids) for ids in token_ids]
-    greedy = not do_sample and not is_deepspeed_zero3_enabled()
-    prefix = shared_prefix(token_ids) if greedy else []
-    prefix_cache = _prefill_prefix(model, prefix, device) if prefix else None
+    own_loop = not is_deepspeed_zero3_enabled()
+    prefix = shared_prefix(token_ids) if own_loop else []
+    prefix_cache = prefill_prefix(model, prefix, device) if prefix else None
+    sampler = Sampler(temperature, 0, torch.Generator(device).manual_seed(seed)) if do_sample else None
     # Longest first: batches of similar length waste less compute on padding.
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
     results: list[dict[str, Any] | None] = [None] * len(prompts)
@@ -80,8 +85,9 @@ def generate(
     for batch_idx in _batches(order, batch_size):
         enc = tok.pad({"input_ids": [token_ids[i][len(prefix) :] for i in batch_idx]}, return_tensors="pt")
         enc = enc.to(device)
-        if greedy:
-            replies = _greedy(model, enc["input_ids"], enc["attention_mask"], max_new_tokens, stops, prefix_cache)
+        if own_loop:
+            ids, mask = enc["input_ids"], enc["attention_mask"]
+            replies = decode(model, ids, mask, max_new_tokens, stops, prefix_cache, sampler)
         else:  # generate(synced_gpus) keeps ZeRO-3 ranks in step
             if do_sample:
                 torch.manual_seed(generator_seed)
@@ -124,7 +130,7 @@ def shared_prefix(token_ids: list[list[int]]) -> list[int]:
 
 
 @torch.no_grad()
-def _prefill_prefix(model: Any, prefix: list[int], device: torch.device) -> Any:
+def prefill_prefix(model: Any, prefix: list[int], device: torch.device) -> Any:
     """The KV cache of the shared prefix, computed once for one row."""
     from transformers import DynamicCache
 
@@ -133,16 +139,37 @@ def _prefill_prefix(model: Any, prefix: list[int], device: torch.device) -> Any:
     return cache
 
 
-def _greedy(
+@dataclass
+class Sampler:
+    """Draws each row's next token as `generate(do_sample=True, temperature=..., top_k=...)` does: logits divided by
+    the temperature, all but the `top_k` largest dropped (0: none), softmax, one multinomial draw: from `generator`
+    (on the model's device) so a seeded call is reproducible, or from torch's global generator (None), whose state
+    a training checkpoint carries."""
+
+    temperature: float
+    top_k: int = 0
+    generator: torch.Generator | None = None
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.float() / self.temperature
+        if 0 < self.top_k < logits.shape[-1]:
+            kth = torch.topk(logits, self.top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        return torch.multinomial(torch.softmax(logits, -1), 1, generator=self.generator).squeeze(1)
+
+
+def decode(
     model: Any,
     ids: torch.Tensor,
     mask: torch.Tensor,
     max_new_tokens: int,
     stops: list[int],
     prefix_cache: Any = None,
+    sampler: Sampler | None = None,
 ) -> list[list[int]]:
-    """Each left-padded row's greedy reply (its stop token included when it ends), computing only the rows still
-    generating: a row that ends leaves the batch, its KV cache rows with it (DynamicCache.batch_select_indices).
+    """Each left-padded row's reply, greedy or drawn by `sampler` (its stop token included when it ends), computing
+    only the rows still generating: a row that ends leaves the batch, its KV cache rows with it
+    (DynamicCache.batch_select_indices).
     With `prefix_cache` (one row's cache of the tokens every row starts with), `ids` hold what follows the prefix:
     each row is the prefix, its padding, then its own tokens, which the attention mask makes the same computation
     as the padding first. Positions follow the attention mask, as `generate` sets them, so padding does not shift a
@@ -163,7 +190,7 @@ def _greedy(
     replies: list[list[int]] = [[] for _ in range(ids.shape[0])]
     stop = torch.tensor(stops, device=ids.device)
     for step in range(max_new_tokens):
-        token = logits[:, -1].argmax(-1)
+        token = logits[:, -1].argmax(-1) if sampler is None else sampler(logits[:, -1])
         for row, t in zip(live.tolist(), token.tolist()):
             replies[row].append(t)
         going = ~torch.isin(token, stop)

@@ -15,7 +15,7 @@ import torch
 from accelerate import Accelerator
 from omegaconf import DictConfig
 
-from alignlab.generation import generation_tokenizer, stop_ids
+from alignlab.generation import Sampler, decode, generation_tokenizer, prefill_prefix, shared_prefix, stop_ids
 from alignlab.rl.actor_critic import ActorCritic
 from alignlab.rl.scorers import Scorer
 from alignlab.training.context import StageContext
@@ -85,7 +85,11 @@ def _sample(
     ac: ActorCritic, acc: Accelerator, ctx: StageContext, conversations: list[list[dict[str, str]]]
 ) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor, torch.Tensor]:
     """Left-padded prompts (a long one keeps its end, where the question is) and the sampled replies after them,
-    padded on the right past their first stop token: ids, attention mask, prompt length, reply mask, cut off."""
+    padded on the right past their first stop token: ids, attention mask, prompt length, reply mask, cut off.
+    Replies come from our decoding loop (generation.decode: finished rows leave the batch, the prompts' shared
+    prefix is computed once), drawn from torch's global generator, which a checkpoint restores; under ZeRO-3 from
+    `generate`, which keeps the ranks in step."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
     from trl.models.utils import unwrap_model_for_generation
 
     a = ctx.algo
@@ -94,15 +98,27 @@ def _sample(
     stops = stop_ids(ctx.tokenizer)
     texts = [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
     max_prompt = max(ctx.cfg.data.max_length - a.max_new_tokens, 8)
-    enc = tok(
-        texts, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt, add_special_tokens=False
-    ).to(acc.device)
+    encode = {"truncation": True, "max_length": max_prompt, "add_special_tokens": False}
+    enc = tok(texts, return_tensors="pt", padding=True, **encode).to(acc.device)
     P = enc["input_ids"].shape[1]
-    ac.eval()
-    chunks = []
     gen_batch = a.generation_batch_size or a.batch_size
+    own_loop = not is_deepspeed_zero3_enabled()
+    ac.eval()
+    replies: list[list[int]] = []
     with unwrap_model_for_generation(ac, acc) as unwrapped, acc.autocast():
+        if own_loop:
+            token_ids = tok(texts, **encode)["input_ids"]
+            prefix = shared_prefix(token_ids)
+            cache = prefill_prefix(unwrapped.policy, prefix, acc.device) if prefix else None
+            sampler = Sampler(a.temperature, a.top_k or 0)
         for i in range(0, len(texts), gen_batch):
+            if own_loop:
+                rest = [t[len(prefix) :] for t in token_ids[i : i + gen_batch]]
+                rest = tok.pad({"input_ids": rest}, return_tensors="pt").to(acc.device)
+                replies += decode(
+                    unwrapped.policy, rest["input_ids"], rest["attention_mask"], a.max_new_tokens, stops, cache, sampler
+                )
+                continue
             out = unwrapped.policy.generate(
                 input_ids=enc["input_ids"][i : i + gen_batch],
                 attention_mask=enc["attention_mask"][i : i + gen_batch],
@@ -114,9 +130,9 @@ def _sample(
                 eos_token_id=stops,
                 pad_token_id=tok.pad_token_id,
             )
-            chunks.append(out[:, P:])
-    T = max(c.shape[1] for c in chunks)
-    reply = torch.cat([torch.nn.functional.pad(c, (0, T - c.shape[1]), value=tok.pad_token_id) for c in chunks])
+            replies += out[:, P:].tolist()
+    T = max(len(r) for r in replies)
+    reply = torch.tensor([r + [tok.pad_token_id] * (T - len(r)) for r in replies], device=acc.device)
     mask, truncated = response_mask(reply, stops)
     reply = torch.where(mask.bool(), reply, tok.pad_token_id)
     ids = torch.cat([enc["input_ids"], reply], 1)

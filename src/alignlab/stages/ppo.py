@@ -108,7 +108,11 @@ class PPORecipe:
     def _place_frozen_models(self, deepspeed: bool) -> None:
         """Under DeepSpeed, frozen models become inference engines: under ZeRO-3 they were loaded sharded like the
         policy (and every rank runs each of their forward passes together, so none waits on another); below
-        stage 3 each rank holds a whole copy. Otherwise the reference moves to the device."""
+        stage 3 each rank holds a whole copy, in DeepSpeed's bf16 / fp16 when the config sets it. Otherwise the
+        reference moves to the device and, at bf16 / fp16, the reference and the scorers' models are held in that
+        precision, as DeepSpeed holds them: frozen, they need no fp32 master weights, and kept in fp32 under
+        autocast they had each weight cast again on every forward pass (13% of a bf16 iteration,
+        `benchmarks/ppo_speed.py --profile`), while the reward model ran in fp32 outside autocast altogether."""
         if deepspeed:
             from trl.models.utils import prepare_deepspeed
 
@@ -116,8 +120,15 @@ class PPORecipe:
             for s in self.scorers:
                 if isinstance(s, ModelScorer):
                     s.scorer.model = prepare_deepspeed(s.scorer.model, self.acc)
-        elif self.reference is not None:
-            self.reference.to(self.acc.device)
+        else:
+            dtype = frozen_dtype(self.acc.mixed_precision)
+            if self.reference is not None:
+                self.reference.to(self.acc.device)
+                if dtype is not None:
+                    self.reference.to(dtype)
+            for s in self.scorers:
+                if isinstance(s, ModelScorer) and dtype is not None:
+                    s.scorer.model.to(dtype)
 
     def train(self) -> None:
         """The iterations from the resumed one on; a signal stops the loop at the next one, with a checkpoint."""
@@ -224,6 +235,11 @@ def iterations(a: DictConfig, n_prompts: int) -> int:
     if a.max_steps > 0:
         return int(a.max_steps)
     return max(1, math.ceil(a.epochs * n_prompts / a.batch_size))
+
+
+def frozen_dtype(mixed_precision: str) -> torch.dtype | None:
+    """The dtype frozen models are held in under accelerate's mixed precision ('bf16' or 'fp16'); None: as loaded."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
 
 
 def _accelerator(ctx: StageContext) -> tuple[Accelerator, bool]:

@@ -188,12 +188,12 @@ def test_generate_and_kl(tiny_model, tiny_tokenizer):
 
 
 def test_greedy_loop_matches_hf_generate_as_rows_end_and_leave_the_batch(tiny_model, tiny_tokenizer):
-    """Our decoding loop drops each row when it ends (generation._greedy); its replies are `generate`'s token for
+    """Our decoding loop drops each row when it ends (generation.decode); its replies are `generate`'s token for
     token. The stop token is one the tiny model emits mid-reply in some rows only, so rows leave at different
     steps, and the prompts differ in length, so the batch is left-padded."""
     from transformers import AutoModelForCausalLM
 
-    from alignlab.generation import _greedy
+    from alignlab.generation import decode
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
     torch.manual_seed(0)
@@ -232,17 +232,46 @@ def test_greedy_loop_matches_hf_generate_as_rows_end_and_leave_the_batch(tiny_mo
     stop = next(t for t, c in sorted(counts.items(), key=lambda kv: -kv[1]) if 0 < c < len(free))
     expected = hf([stop], 12)
     assert len({len(r) for r in expected}) > 1  # rows end at different steps
-    assert _greedy(model, enc["input_ids"], enc["attention_mask"], 12, [stop]) == expected
+    assert decode(model, enc["input_ids"], enc["attention_mask"], 12, [stop]) == expected
     # the prefix all rows share computed once: the rows' own tokens after it give the same replies
-    from alignlab.generation import _prefill_prefix, shared_prefix
+    from alignlab.generation import prefill_prefix, shared_prefix
 
     ids = tok(texts, add_special_tokens=False)["input_ids"]
     prefix = shared_prefix(ids)
     assert tok.decode(prefix) == "<|im_start|>user\n"  # the tiny chat template has no system prompt
     rest = tok.pad({"input_ids": [i[len(prefix) :] for i in ids]}, return_tensors="pt")
-    cache = _prefill_prefix(model, prefix, torch.device("cpu"))
-    assert _greedy(model, rest["input_ids"], rest["attention_mask"], 12, [stop], cache) == expected
+    cache = prefill_prefix(model, prefix, torch.device("cpu"))
+    assert decode(model, rest["input_ids"], rest["attention_mask"], 12, [stop], cache) == expected
     assert cache.get_seq_length() == len(prefix)  # each batch copies the prefix's cache, leaving it as it was
+    # sampling through the same loop: top-k 1 is greedy; a seeded generator repeats its draws
+    from alignlab.generation import Sampler
+
+    def sampled(seed: int, top_k: int = 0) -> list[list[int]]:
+        sampler = Sampler(0.7, top_k, torch.Generator().manual_seed(seed))
+        return decode(model, rest["input_ids"], rest["attention_mask"], 12, [stop], cache, sampler)
+
+    assert sampled(1, top_k=1) == expected
+    assert sampled(1) == sampled(1) != sampled(2)
+    assert sampled(1) != expected
+
+
+@pytest.mark.parametrize(("temperature", "top_k"), [(1.0, 0), (0.7, 0), (0.7, 5)])
+def test_sampler_draws_from_the_distribution_generate_draws_from(temperature, top_k):
+    """The next-token distribution of our sampler is `generate`'s: its temperature and top-k warpers, softmax. 20,000
+    draws from one row of logits against the warped probabilities (total variation; 0.02 is ~4 standard errors)."""
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper
+
+    from alignlab.generation import Sampler
+
+    logits = torch.randn(1, 12, generator=torch.Generator().manual_seed(0)) * 2
+    warpers = LogitsProcessorList([TemperatureLogitsWarper(temperature)] + ([TopKLogitsWarper(top_k)] if top_k else []))
+    expected = torch.softmax(warpers(None, logits.clone()), -1)[0]
+    sampler = Sampler(temperature, top_k, torch.Generator().manual_seed(1))
+    draws = sampler(logits.expand(20_000, -1))
+    observed = torch.bincount(draws, minlength=12).float() / len(draws)
+    assert 0.5 * (observed - expected).abs().sum().item() < 0.02
+    if top_k:
+        assert set(draws.unique().tolist()) <= set(logits[0].topk(top_k).indices.tolist())
 
 
 # ------------------------------------------------------------------------------------------ suites

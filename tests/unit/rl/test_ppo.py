@@ -354,3 +354,32 @@ def test_safety_ppo_experiment_differs_from_the_dpo_default_only_in_the_method()
     for stage in ("eval_before", "pairs", "sft", "eval_after"):
         assert ppo_cfg.algo[stage] == dpo_cfg.algo[stage]
     assert ppo_cfg.algo.ppo.reward == "stage:rm"
+
+
+@pytest.mark.parametrize(("precision", "dtype"), [("bf16", torch.bfloat16), ("fp32", torch.float32)])
+def test_frozen_models_are_held_in_the_mixed_precision(
+    tmp_path, cache_dir, tiny_model, tiny_tokenizer, precision, dtype
+):
+    """Reference and reward model are frozen: at bf16 they are held in bf16 (no fp32 copy for autocast to cast on
+    every forward pass), at fp32 left as loaded; the policy keeps fp32 master weights either way."""
+    from accelerate.state import AcceleratorState
+    from stage_fixtures import context
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from alignlab.stages.ppo import PPORecipe
+
+    rm_dir = tmp_path / "rm"
+    rm_config = AutoConfig.from_pretrained(tiny_model, num_labels=1)
+    AutoModelForSequenceClassification.from_config(rm_config).save_pretrained(rm_dir)
+    tiny_tokenizer.save_pretrained(rm_dir)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    overrides = [o for o in TOY if not o.startswith(("experiment=", "logger=", "algo.ppo.reward="))]
+    ctx = context(tmp_path, "ppo", *overrides, f"algo.ppo.reward={rm_dir}", f"algo.ppo.precision={precision}")
+    recipe = PPORecipe(ctx)
+    recipe.setup()
+    assert recipe.reference is not None  # full fine-tuning: a separate frozen copy
+    assert next(recipe.reference.parameters()).dtype == dtype
+    assert next(recipe.scorers[0].scorer.model.parameters()).dtype == dtype
+    assert next(recipe.ac.parameters()).dtype == torch.float32
+    metrics = recipe.train_step(0)
+    assert math.isfinite(metrics["objective/kl"]) and abs(metrics["objective/kl"]) < 0.05  # reference = start policy
