@@ -15,7 +15,7 @@ bf16 autocast, and our defaults (bf16 autocast, value head on the policy's trunk
 batch, score it, `--ppo-epochs` passes of optimizer steps over mini-batches. The first iteration is warm-up and
 not timed. The reward model is the policy's weights with a fresh one-output head (its scores are not the point).
 
-Every row reports the seconds an iteration spends sampling (TRL's `batch_generation`, our `generate` call); our rows
+Every row reports the seconds an iteration spends sampling (TRL's `batch_generation`, our rollout's `_sample`); our rows
 also split the rest into the scoring passes (policy log-probabilities, reference, values), the reward model, and the
 PPO epochs. `--profile` adds torch.profiler's operator table over the timed iterations of each of our rows.
 """

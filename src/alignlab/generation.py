@@ -1,4 +1,4 @@
-"""Batched greedy (or sampled) chat generation, shared by on-policy pair building and evaluation.
+"""Batched greedy (or sampled) chat generation, shared by on-policy pair building, evaluation and PPO's rollouts.
 
 Padding is done with a token that is *not* the end-of-turn marker: SmolLM2 ships `<|im_end|>` as its pad token,
 so masks derived from the pad id would hide the end-of-turn markers inside chat prompts. We pad on the left with
@@ -143,7 +143,7 @@ def prefill_prefix(model: Any, prefix: list[int], device: torch.device) -> Any:
 class Sampler:
     """Draws each row's next token as `generate(do_sample=True, temperature=..., top_k=...)` does: logits divided by
     the temperature, all but the `top_k` largest dropped (0: none), softmax, one multinomial draw: from `generator`
-    (on the model's device) so a seeded call is reproducible, or from torch's global generator (None), whose state
+    (on the logits' device) so a seeded call is reproducible, or from torch's global generator (None), whose state
     a training checkpoint carries."""
 
     temperature: float
@@ -158,6 +158,7 @@ class Sampler:
         return torch.multinomial(torch.softmax(logits, -1), 1, generator=self.generator).squeeze(1)
 
 
+@torch.no_grad()
 def decode(
     model: Any,
     ids: torch.Tensor,

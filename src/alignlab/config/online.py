@@ -187,6 +187,7 @@ def _check_ppo(a: DictConfig, key: str) -> None:
         f"({a.mini_batch_size} x {a.grad_accum}).",
     )
     positive(a, "ppo_epochs", key)
+    check(a.top_k is None or a.top_k >= 0, f"{key}.top_k", f"must be >= 0 (0 or null: off), got {a.top_k}.")
     check(a.cliprange > 0 and a.cliprange_value > 0, f"{key}.cliprange", "clip ranges must be positive.")
     check(0 <= a.gamma <= 1 and 0 <= a.lam <= 1, f"{key}.gamma", "gamma and lam must lie in [0, 1].")
     check(a.kl_coef >= 0, f"{key}.kl_coef", f"must be >= 0, got {a.kl_coef}.")

@@ -109,10 +109,13 @@ class PPORecipe:
         """Under DeepSpeed, frozen models become inference engines: under ZeRO-3 they were loaded sharded like the
         policy (and every rank runs each of their forward passes together, so none waits on another); below
         stage 3 each rank holds a whole copy, in DeepSpeed's bf16 / fp16 when the config sets it. Otherwise the
-        reference moves to the device and, at bf16 / fp16, the reference and the scorers' models are held in that
-        precision, as DeepSpeed holds them: frozen, they need no fp32 master weights, and kept in fp32 under
-        autocast they had each weight cast again on every forward pass (13% of a bf16 iteration,
-        `benchmarks/ppo_speed.py --profile`), while the reward model ran in fp32 outside autocast altogether."""
+        reference moves to the device and, at bf16, the reference and the scorers' models are held in bf16, as
+        DeepSpeed holds them: frozen, they need no fp32 master weights, and kept in fp32 under autocast they had
+        each weight cast again on every forward pass (13% of a bf16 iteration, `benchmarks/ppo_speed.py
+        --profile`), while the reward model ran in fp32 outside autocast altogether. The price: with full
+        fine-tuning the policy (fp32 weights under autocast: its norms in fp32) and a bf16 reference differ by
+        rounding even where their weights are equal, a KL floor of about 1e-3 per token on a random tiny model;
+        under LoRA the reference is the policy with its adapter off, and there is none."""
         if deepspeed:
             from trl.models.utils import prepare_deepspeed
 
@@ -238,8 +241,10 @@ def iterations(a: DictConfig, n_prompts: int) -> int:
 
 
 def frozen_dtype(mixed_precision: str) -> torch.dtype | None:
-    """The dtype frozen models are held in under accelerate's mixed precision ('bf16' or 'fp16'); None: as loaded."""
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
+    """The dtype frozen models are held in under accelerate's mixed precision: bf16 at bf16; None (as loaded)
+    otherwise. Not fp16: a model trained in bf16 can overflow fp16 in its residual stream, and the reward model runs
+    outside autocast, so fp16 weights would make its whole forward pass fp16."""
+    return torch.bfloat16 if mixed_precision == "bf16" else None
 
 
 def _accelerator(ctx: StageContext) -> tuple[Accelerator, bool]:

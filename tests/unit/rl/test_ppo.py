@@ -173,6 +173,7 @@ def test_pipelines_compose_with_their_stage_kinds():
         (["algo.ppo.reward=contains:x", "algo.ppo.value_model=critic"], "algo.ppo.critic_init"),
         (["+algo.ppo.extra.whiten=true"], "algo.ppo.extra"),
         (["pipeline.stages=[sft,ppo,rm]"], "algo.ppo.reward"),
+        (["algo.ppo.top_k=-1"], "algo.ppo.top_k"),
     ],
 )
 def test_bad_ppo_settings_name_the_key(overrides, key):
@@ -356,12 +357,16 @@ def test_safety_ppo_experiment_differs_from_the_dpo_default_only_in_the_method()
     assert ppo_cfg.algo.ppo.reward == "stage:rm"
 
 
-@pytest.mark.parametrize(("precision", "dtype"), [("bf16", torch.bfloat16), ("fp32", torch.float32)])
+@pytest.mark.parametrize(
+    ("precision", "dtype", "kl_floor"), [("bf16", torch.bfloat16, 0.05), ("fp32", torch.float32, 1e-4)]
+)
 def test_frozen_models_are_held_in_the_mixed_precision(
-    tmp_path, cache_dir, tiny_model, tiny_tokenizer, precision, dtype
+    tmp_path, cache_dir, tiny_model, tiny_tokenizer, precision, dtype, kl_floor
 ):
     """Reference and reward model are frozen: at bf16 they are held in bf16 (no fp32 copy for autocast to cast on
-    every forward pass), at fp32 left as loaded; the policy keeps fp32 master weights either way."""
+    every forward pass), at fp32 left as loaded; the policy keeps fp32 master weights either way. The first
+    iteration's KL is the reference's distance from the starting policy: zero in fp32, bf16 rounding at bf16
+    (about 0.01 to 0.02 a reply of 16 tokens here)."""
     from accelerate.state import AcceleratorState
     from stage_fixtures import context
     from transformers import AutoConfig, AutoModelForSequenceClassification
@@ -382,4 +387,44 @@ def test_frozen_models_are_held_in_the_mixed_precision(
     assert next(recipe.scorers[0].scorer.model.parameters()).dtype == dtype
     assert next(recipe.ac.parameters()).dtype == torch.float32
     metrics = recipe.train_step(0)
-    assert math.isfinite(metrics["objective/kl"]) and abs(metrics["objective/kl"]) < 0.05  # reference = start policy
+    assert abs(metrics["objective/kl"]) < kl_floor  # the reference is the starting policy
+
+
+def test_rollouts_with_top_k_1_are_generates_greedy_replies(tmp_path, cache_dir):
+    """Rollouts come from our decoding loop over the prompts' shared prefix; at top-k 1 its draws are greedy, so
+    they are `generate`'s greedy replies to the same left-padded prompts, one of them cut on the left to fit."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from stage_fixtures import context
+
+    from alignlab.generation import generation_tokenizer, stop_ids
+    from alignlab.models import load_model
+    from alignlab.rl.actor_critic import ActorCritic
+    from alignlab.rl.rollout import _sample
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    overrides = [o for o in TOY if not o.startswith(("experiment=", "logger="))]
+    ctx = context(tmp_path, "ppo", *overrides, "algo.ppo.top_k=1", "algo.ppo.precision=fp32", "data.max_length=64")
+    policy = load_model(ctx.input_model, ctx.cfg.model)
+    torch.manual_seed(0)
+    with torch.no_grad():  # the tiny model's initial weights repeat one token; perturbed, its replies vary
+        for p in policy.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    questions = ["Hi", "What is 2 plus 3?", "Why?", "Tell me a long story about " + "a dragon and a knight " * 4]
+    conversations = [[{"role": "user", "content": q}] for q in questions]
+    ids, attn, P, mask, _ = _sample(ActorCritic(policy, 1), Accelerator(cpu=True), ctx, conversations)
+
+    tok = generation_tokenizer(ctx.tokenizer)
+    tok.truncation_side = "left"
+    texts = [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
+    assert len(tok(texts[-1], add_special_tokens=False)["input_ids"]) > 64 - 16  # the long prompt is cut
+    enc = tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=64 - 16, add_special_tokens=False)
+    assert torch.equal(ids[:, :P], enc["input_ids"]) and torch.equal(attn[:, :P], enc["attention_mask"])
+    stops = stop_ids(ctx.tokenizer)
+    with torch.no_grad():
+        out = policy.generate(
+            **enc, max_new_tokens=16, do_sample=False, eos_token_id=stops, pad_token_id=tok.pad_token_id, top_k=None
+        )
+    for row, reply, m in zip(out[:, P:].tolist(), ids[:, P:], mask):
+        expected = row[: next((k + 1 for k, t in enumerate(row) if t in stops), len(row))]
+        assert reply[m.bool()].tolist() == expected
