@@ -98,8 +98,8 @@ def _sample(
     stops = stop_ids(ctx.tokenizer)
     texts = [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
     max_prompt = max(ctx.cfg.data.max_length - a.max_new_tokens, 8)
-    encode = {"truncation": True, "max_length": max_prompt, "add_special_tokens": False}
-    enc = tok(texts, return_tensors="pt", padding=True, **encode).to(acc.device)
+    token_ids = tok(texts, truncation=True, max_length=max_prompt, add_special_tokens=False)["input_ids"]
+    enc = tok.pad({"input_ids": token_ids}, return_tensors="pt").to(acc.device)
     P = enc["input_ids"].shape[1]
     gen_batch = a.generation_batch_size or a.batch_size
     own_loop = not is_deepspeed_zero3_enabled()
@@ -107,7 +107,6 @@ def _sample(
     replies: list[list[int]] = []
     with unwrap_model_for_generation(ac, acc) as unwrapped, acc.autocast():
         if own_loop:
-            token_ids = tok(texts, **encode)["input_ids"]
             prefix = shared_prefix(token_ids)
             cache = prefill_prefix(unwrapped.policy, prefix, acc.device) if prefix else None
             sampler = Sampler(a.temperature, a.top_k or 0)

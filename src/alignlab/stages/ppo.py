@@ -126,12 +126,10 @@ class PPORecipe:
         else:
             dtype = frozen_dtype(self.acc.mixed_precision)
             if self.reference is not None:
-                self.reference.to(self.acc.device)
-                if dtype is not None:
-                    self.reference.to(dtype)
+                self.reference.to(self.acc.device, dtype=dtype)
             for s in self.scorers:
-                if isinstance(s, ModelScorer) and dtype is not None:
-                    s.scorer.model.to(dtype)
+                if isinstance(s, ModelScorer):
+                    s.scorer.model.to(dtype=dtype)
 
     def train(self) -> None:
         """The iterations from the resumed one on; a signal stops the loop at the next one, with a checkpoint."""
