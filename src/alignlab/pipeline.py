@@ -170,7 +170,7 @@ def load_stage_pairs(prep: Prepared, console: Any) -> None:
     if prep.cfg.data.sft is None:
         written = prep.run_dir / str(prep.pairs_from) / "pairs.jsonl"
         prep.sft_rows = data_lib.as_sft(mix.sft_pairs(prep.cfg.data.bias, prep.pairs, written))
-        openings = onpolicy.read_openings(prep.run_dir, str(prep.pairs_from), prep.cfg.algo)
+        openings = onpolicy.read_openings(prep.run_dir, str(prep.pairs_from), prep.cfg.algo, for_sft=True)
         prep.sft_rows += [{"prompt": o["prompt"], "opening": o["opening"]} for o in openings]  # stages/sft.py
 
 

@@ -305,6 +305,15 @@ class PairsStageConfig:
             "down, not only its own opening up."
         },
     )
+    opening_sft: bool = field(
+        default=True,
+        metadata={
+            "help": "With opening_pairs: the SFT stages train on the openings too. false: only DPO's opening pairs "
+            "see them, so the refusal openings are taught only against the reply to avoid, never as plain "
+            "likelihood (SFT on them raised the refusal on benign prompts as much as on harmful ones: "
+            "experiments/safety-frontier), and SFT trains on the full pairs alone, a fraction of the time."
+        },
+    )
     judge: str | None = field(
         default=None,
         metadata={
@@ -392,6 +401,12 @@ def check_pairs(a: DictConfig, key: str) -> None:
     check(0 <= a.ches_drop < 1, f"{key}.ches_drop", f"a fraction of the pairs, in [0, 1), got {a.ches_drop}.")
     check(a.opening_tokens >= 0, f"{key}.opening_tokens", f"a number of tokens (0: off), got {a.opening_tokens}.")
     check(not a.opening_pairs or a.opening_tokens > 0, f"{key}.opening_pairs", "needs opening_tokens > 0.")
+    check(
+        a.opening_sft or a.opening_pairs,
+        f"{key}.opening_sft",
+        "false leaves the openings to DPO's opening pairs alone, so it needs opening_pairs=true (without them no "
+        "stage would train on the openings).",
+    )
     kinds = list(a.ches_drop_from)
     check(
         bool(kinds) and set(kinds) <= {"harmful", "benign"},

@@ -111,11 +111,13 @@ def test_read_openings_follows_the_rounds_and_skips_rounds_without_them(tmp_path
     assert onpolicy.read_openings(tmp_path, "pairs", cfg.algo) == [row]
 
 
+@pytest.mark.parametrize("opening_sft", [True, False])
 def test_opening_pairs_reject_the_models_own_harmful_opening_and_a_refusal_of_a_benign_prompt(
-    tmp_path, cache_dir, tiny_model, monkeypatch
+    tmp_path, cache_dir, tiny_model, monkeypatch, opening_sft
 ):
     """Every reply here is a helpful start, so every prompt makes a pair, and SFT and DPO train on the pairs and the
-    openings; DPO's rows are the pairs' plus the opening pairs, tokenized here."""
+    openings (SFT on the openings only with `opening_sft`); DPO's rows are the pairs' plus the opening pairs,
+    tokenized here."""
     from alignlab.stages import dpo
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
@@ -125,18 +127,24 @@ def test_opening_pairs_reject_the_models_own_harmful_opening_and_a_refusal_of_a_
         return [{"text": tok.decode(ids), "token_ids": ids, "truncated": True} for _ in prompts]
 
     monkeypatch.setattr(pairs_stage, "generate", helpful)
-    seen: dict[str, int] = {}
-    dataset = dpo.preference_dataset
+    seen: dict[str, list] = {}
+    dataset, sft_dataset = dpo.preference_dataset, sft.train_dataset
 
     def counted(ctx):
         out = dataset(ctx)
-        seen["rows"] = len(out)
+        seen["rows"] = list(out)
         return out
 
+    def sft_counted(rows, tok):
+        seen["sft_rows"] = list(rows)
+        return sft_dataset(rows, tok)
+
     monkeypatch.setattr(dpo, "preference_dataset", counted)
+    monkeypatch.setattr(sft, "train_dataset", sft_counted)
     args = ["run", *BASE[:2], "pipeline.stages=[pairs,sft,dpo]", *BASE[3:], "model.generation_dtype=null"]
     small = ["algo.pairs.max_harmful=2", "algo.pairs.max_benign=2", "algo.pairs.prompts=" + str(_few_prompts(tmp_path))]
     flags = ["algo.pairs.opening_tokens=3", "algo.pairs.opening_pairs=true", "algo.sft.epochs=1", "algo.dpo.epochs=1"]
+    flags.append(f"algo.pairs.opening_sft={str(opening_sft).lower()}")
     assert cli.main([*args, f"run.root={tmp_path / 'runs'}", *small, *flags]) == 0
     (run,) = (tmp_path / "runs" / "safety-smollm-quick").iterdir()
     openings = onpolicy.read_jsonl(run / "pairs" / "openings.jsonl")
@@ -148,8 +156,18 @@ def test_opening_pairs_reject_the_models_own_harmful_opening_and_a_refusal_of_a_
             assert o["rejected"].startswith(own) and not o["opening"].startswith("Sure")
         else:  # chosen: the model's own; rejected: a refusal's opening
             assert o["opening"].startswith(own) and not o["rejected"].startswith("Sure")
-    assert seen["rows"] == len(pairs) + len(openings)
+    assert len(seen["rows"]) == len(pairs) + len(openings)
+    with_opening = [r for r in seen["sft_rows"] if "opening" in r]
+    assert len(seen["sft_rows"]) - len(with_opening) == len(pairs)  # the pairs' chosen replies, either way
+    assert sorted(r["opening"] for r in with_opening) == (sorted(o["opening"] for o in openings) if opening_sft else [])
     assert (run / "dpo" / "model").is_dir()
+
+
+def test_openings_left_to_dpo_need_opening_pairs():
+    left_to_dpo = [*BASE, "algo.pairs.opening_tokens=8", "algo.pairs.opening_sft=false"]
+    with pytest.raises(ConfigError, match=r"algo\.pairs\.opening_sft.*opening_pairs=true"):
+        validate(compose_config(left_to_dpo))
+    assert not validate(compose_config([*left_to_dpo, "algo.pairs.opening_pairs=true"])).algo.pairs.opening_sft
 
 
 def _few_prompts(tmp_path: Path) -> Path:
