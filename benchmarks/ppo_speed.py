@@ -8,12 +8,17 @@ process (so peak memory is per row), and prints one table.
     .venv/bin/python benchmarks/ppo_speed.py                        # SmolLM2-135M-Instruct, batch 8, 32 tokens
     .venv/bin/python benchmarks/ppo_speed.py --steps 4 --batch-size 16 --mini-batch-size 8 --response-length 48
     .venv/bin/python benchmarks/ppo_speed.py --profile          # + where each of our rows' iterations go
+    .venv/bin/python benchmarks/ppo_speed.py --device cuda --model-config benchmarks/models/llama-1b.json  # a GPU
 
 Rows: TRL's setup is full fine-tuning in fp32 with a separate critic initialised from the reward model and a
 frozen reference copy; "alignlab fp32 critic" is the same setup in our stage (the like-for-like row); then our
 bf16 autocast, and our defaults (bf16 autocast, value head on the policy's trunk). One PPO iteration = sample the
 batch, score it, `--ppo-epochs` passes of optimizer steps over mini-batches. The first iteration is warm-up and
 not timed. The reward model is the policy's weights with a fresh one-output head (its scores are not the point).
+
+`--device cuda` runs every row (TRL's too) on the first GPU, and the memory column is then the peak CUDA memory
+allocated instead of the peak resident memory; `--device cpu` (the default) hides any GPU from every row.
+`--model-config` measures a randomly initialised model of a config.json's shape (SmolLM2's tokenizer) instead.
 
 Every row reports the seconds an iteration spends sampling (TRL's `batch_generation`, our rollout's `_sample`); our rows
 also split the rest into the scoring passes (policy log-probabilities, reference, values), the reward model, and the
@@ -34,7 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dpo_speed import scratch, smollm2  # the default experiment's model, converted once
+from dpo_speed import random_model, scratch, smollm2  # the default experiment's model, converted once
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = REPO / "src/alignlab/assets/safety/train_prompts.jsonl"
@@ -48,6 +53,8 @@ OURS = {  # row label -> alignlab overrides
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--policy", type=Path, help="causal LM folder (default: SmolLM2-135M-Instruct, converted once)")
+    p.add_argument("--model-config", type=Path, help="a config.json: a randomly initialised model of that shape")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where every row runs")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--mini-batch-size", type=int, default=4)
     p.add_argument("--ppo-epochs", type=int, default=1)
@@ -142,6 +149,10 @@ def run_ours(args: argparse.Namespace) -> None:
     from alignlab.training.context import StageContext
 
     torch.set_num_threads(args.threads)
+    if (args.device == "cuda") != torch.cuda.is_available():  # the driver hides GPUs from cpu rows
+        raise SystemExit(f"--device {args.device}, but torch.cuda.is_available() is {torch.cuda.is_available()}")
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     work = scratch("ppo-speed-")
     overrides = [
         "experiment=tiny",
@@ -188,6 +199,8 @@ def run_ours(args: argparse.Namespace) -> None:
         "profile": phases.table,
         "response_tokens_per_second": tokens / sum(timed),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "device": args.device,
+        **({"peak_cuda_mib": torch.cuda.max_memory_allocated() / 2**20} if args.device == "cuda" else {}),
         "final_metrics": {k: v for k, v in history[-1].items() if "/" in k},
     }
     args.out.write_text(json.dumps(result, indent=2))
@@ -198,9 +211,18 @@ def main() -> None:
     if args.side == "ours":
         run_ours(args)
         return
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():  # before the TRL venv is built or any model converted
+            raise SystemExit("--device cuda: torch.cuda.is_available() is False on this machine (no GPU visible).")
+    # every row in its own process; a cpu benchmark hides any GPU so that neither side picks it up by itself
+    env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": ""} if args.device == "cpu" else {})}
     policy = args.policy or smollm2()
     subprocess.run(["bash", str(REPO / "benchmarks/trl112_env.sh"), str(args.trl_venv)], check=True)
     work = scratch("ppo-speed-")
+    if args.model_config:
+        policy = random_model(args.model_config, policy, work / "model")
     reward = work / "reward"
     make_reward(policy, reward)
     shared = [
@@ -216,6 +238,8 @@ def main() -> None:
         str(args.steps),
         "--threads",
         str(args.threads),
+        "--device",
+        args.device,
     ]
     rows: dict[str, dict] = {}
     out = work / "trl.json"
@@ -235,12 +259,14 @@ def main() -> None:
         ],
         check=True,
         stdout=subprocess.DEVNULL,
+        env=env,
     )
     trl = json.loads(out.read_text())
     rows["TRL 1.12 PPOTrainer (fp32, critic)"] = {
         "seconds_per_iteration": trl["seconds_per_iteration"],
         "response_tokens_per_second": trl["tokens_per_second"],
         "peak_rss_mib": trl["peak_rss_mib"],
+        **({"peak_cuda_mib": trl["peak_cuda_mib"]} if "peak_cuda_mib" in trl else {}),
         "phases": {"generation": trl["generation_seconds_per_iteration"]},
     }
     for label in OURS:
@@ -265,21 +291,24 @@ def main() -> None:
             check=True,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            env=env,
         )
         rows[label] = json.loads(out.read_text())
     base = rows["TRL 1.12 PPOTrainer (fp32, critic)"]["seconds_per_iteration"]
     print(
         f"\nPPO on {policy.name}: batch {args.batch_size}, mini-batch {args.mini_batch_size}, "
         f"{args.ppo_epochs} PPO epoch(s), up to {args.response_length} reply tokens, {args.steps - 1} timed "
-        f"iterations, {args.threads} torch threads\n"
+        f"iterations, {args.threads} torch threads, {args.device}\n"
     )
-    print("| implementation | s / iteration | updates / s | reply tokens / s | peak RSS (MiB) | speed-up vs TRL |")
+    memory = "peak_cuda_mib" if args.device == "cuda" else "peak_rss_mib"
+    column = "peak CUDA allocated (MiB)" if args.device == "cuda" else "peak RSS (MiB)"
+    print(f"| implementation | s / iteration | updates / s | reply tokens / s | {column} | speed-up vs TRL |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for label, r in rows.items():
         s = r["seconds_per_iteration"]
         print(
             f"| {label} | {s:.2f} | {1 / s:.3f} | {r['response_tokens_per_second']:.1f} | "
-            f"{r['peak_rss_mib']:.0f} | {base / s:.2f}x |"
+            f"{r[memory]:.0f} | {base / s:.2f}x |"
         )
     names = list(rows[next(iter(OURS))]["phases"])
     print("\nSeconds per timed iteration, by phase (TRL's: its sampling only)\n")

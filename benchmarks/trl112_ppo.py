@@ -3,7 +3,7 @@
 alignlab writes its own PPO stage; the issue asks how many PPO updates per second it makes against
 `trl.experimental.ppo.PPOTrainer` from TRL 1.12 (the last TRL release that ships one) on the same model, batch and
 response length. This script is the TRL side. It runs in its own virtual environment (trl 1.12, transformers 5.23,
-torch 2.13 CPU; see benchmarks/trl112_env.sh) and does not import alignlab.
+torch 2.13; see benchmarks/trl112_env.sh) and does not import alignlab.
 
     bash benchmarks/trl112_env.sh                                   # once: creates .venv-trl112
     .venv-trl112/bin/python benchmarks/trl112_ppo.py --policy DIR --reward DIR \\
@@ -17,15 +17,16 @@ model's initialisation, as TRL's own PPO example does. --prompts is JSON lines w
 
 One PPO iteration (one TRL "update") is: sample --batch-size responses of up to --response-length tokens, score them
 with the reference, value and reward models, then --ppo-epochs passes over the batch in mini-batches of
---mini-batch-size, one optimizer step per mini-batch. Everything runs in float32 on the CPU. What is measured, written
-to --out and printed as JSON:
+--mini-batch-size, one optimizer step per mini-batch. Everything runs in float32, on the CPU or (--device cuda) the
+first GPU, where the clock waits for the GPU at every mark. What is measured, written to --out and printed as JSON:
 
 - seconds per iteration, averaged over all iterations but the first (warm-up), and its inverse, updates per second;
 - rollouts (sampled responses) per second;
 - tokens per second: response tokens up to and including the stop token (what PPO trains on) per wall-clock
   second of whole iterations, and sampled tokens (batch x generated width, what `generate` computed) per second of
   generation alone;
-- peak resident memory of the process (ru_maxrss), and the resident memory once the four models were loaded;
+- peak resident memory of the process (ru_maxrss), and the resident memory once the four models were loaded; on a
+  GPU also the peak CUDA memory allocated;
 - the metrics TRL logged for the last iteration (objective/kl, objective/scores, loss/policy_avg, ...).
 
 Things about TRL 1.12's PPOTrainer that a comparison has to know:
@@ -109,6 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pad-token", default="<|endoftext|>")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--lora-r", type=int, default=0, help="LoRA rank for the policy; 0 (default) trains it fully")
     p.add_argument("--stock-accumulation", action="store_true", help="keep TRL's one optimizer step per epoch")
     p.add_argument("--init-tiny", action="store_true", help="first write tiny random models to --policy/--reward")
@@ -121,6 +123,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.steps < 2:
         p.error("--steps must be at least 2: the first iteration is warm-up")
     return args
+
+
+def sync() -> None:
+    """Wait for the GPU's queued work, so that a wall-clock mark counts it (a no-op on the CPU)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def rss_mib() -> float:
@@ -181,9 +189,11 @@ class Clock(TrainerCallback):
         self.logs: list[dict] = []
 
     def on_train_begin(self, args, state, control, **kwargs):
+        sync()
         self.marks = [time.perf_counter()]
 
     def on_step_end(self, args, state, control, **kwargs):
+        sync()
         self.marks.append(time.perf_counter())
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -195,14 +205,17 @@ def instrument_generation(ppo_module, stop_id: int, record: list[dict]) -> None:
     original = ppo_module.batch_generation
 
     def timed(model, queries, *rest, **kwargs):
+        sync()
         start = time.perf_counter()
         query_responses, logits = original(model, queries, *rest, **kwargs)
+        sync()
+        seconds = time.perf_counter() - start
         responses = query_responses[:, queries.shape[1] :]
         width = responses.shape[1]
         first_stop = ppo_module.first_true_indices(responses == stop_id)  # width where there is none
         record.append(
             {
-                "seconds": time.perf_counter() - start,
+                "seconds": seconds,
                 "sampled_tokens": responses.numel(),
                 "response_tokens": int(torch.clamp(first_stop + 1, max=width).sum()),
                 "stopped": int((first_stop < width).sum()),
@@ -236,6 +249,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch.cuda.is_available() is False (no GPU visible to this venv's torch)")
     if args.init_tiny:
         init_tiny(args.tokenizer, args.policy, args.reward, args.seed)
     if args.init_reward:
@@ -276,7 +291,7 @@ def main(argv: list[str] | None = None) -> dict:
     workdir = tempfile.TemporaryDirectory(prefix="trl112-ppo-")
     config = PPOConfig(
         output_dir=workdir.name,
-        use_cpu=True,
+        use_cpu=args.device == "cpu",
         bf16=False,
         fp16=False,
         gradient_checkpointing=False,
@@ -336,7 +351,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "framework": "trl.experimental.ppo.PPOTrainer",
         "versions": versions(),
-        "device": "cpu",
+        "device": args.device,
         "dtype": "float32",
         "torch_threads": torch.get_num_threads(),
         "policy": str(args.policy),
@@ -365,6 +380,7 @@ def main(argv: list[str] | None = None) -> dict:
         "optimizer_steps_per_iteration": len(optimizer_steps) / args.steps,
         "rss_after_load_mib": round(rss_loaded, 1),
         "peak_rss_mib": round(rss_mib(), 1),
+        **({"peak_cuda_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1)} if args.device == "cuda" else {}),
         "final_metrics": metrics[-1] if metrics else None,
         "final_metrics_corrected": corrected(metrics[-1], cells_filled) if metrics else None,
     }

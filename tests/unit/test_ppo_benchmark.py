@@ -62,3 +62,16 @@ def test_our_ppo_row_reports_its_phases_and_profile(tmp_path, tiny_model):
     # the phases are parts of the timed iterations (the warm-up one left out), so they cannot add up to more
     assert sum(phases.values()) <= row["seconds_per_iteration"] * 1.05 + 0.05
     assert "aten::" in row["profile"]
+    assert row["device"] == "cpu" and "peak_cuda_mib" not in row
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal where no GPU is visible")
+@pytest.mark.parametrize("side", ["driver", "ours"])
+def test_device_cuda_without_a_gpu_stops_before_any_work(tmp_path, side):
+    """The driver must refuse before it builds the TRL venv or converts a model; our side before it loads one."""
+    args = [sys.executable, str(SCRIPT), "--device", "cuda", "--trl-venv", str(tmp_path / "venv")]
+    if side == "ours":
+        args += ["--side", "ours", "--label", "alignlab fp32 critic", "--policy", str(tmp_path / "absent")]
+    run = subprocess.run(args, capture_output=True, text=True, timeout=120, env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert run.returncode != 0 and "--device cuda" in run.stderr and "torch.cuda.is_available()" in run.stderr
+    assert not (tmp_path / "venv").exists()
