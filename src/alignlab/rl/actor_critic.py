@@ -46,11 +46,19 @@ class ActorCritic(torch.nn.Module):
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
         self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
 
-    def forward(self, ids: torch.Tensor, attn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, ids: torch.Tensor, attn: torch.Tensor, logits_to_keep: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits of the last `logits_to_keep` positions (0: all, as transformers counts them) and the values at
+        every position."""
         # Left-padded prompts: positions count real tokens only, as generation counted them.
         pos = (attn.cumsum(1) - 1).clamp(min=0)
         out = self.policy(
-            input_ids=ids, attention_mask=attn, position_ids=pos, output_hidden_states=self.heads is not None
+            input_ids=ids,
+            attention_mask=attn,
+            position_ids=pos,
+            output_hidden_states=self.heads is not None,
+            logits_to_keep=logits_to_keep,
         )
         if self.heads is not None:
             values = self.heads(out.hidden_states[-1].to(self.heads.weight.dtype))

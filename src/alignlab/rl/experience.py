@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from alignlab.rl import ppo_core as core
 from alignlab.rl.actor_critic import ActorCritic
-from alignlab.rl.rollout import Rollout, sequence_logps
+from alignlab.rl.rollout import Rollout, reply_logps
 
 
 @dataclass
@@ -68,9 +68,9 @@ def ppo_epochs(
         for start in range(0, B, a.mini_batch_size):
             idx = perm[start : start + a.mini_batch_size]
             with acc.accumulate(ac), acc.autocast():
-                logits, values = ac(r.ids[idx], r.attn[idx])
                 P, m = r.prompt_len, r.mask[idx]
-                logp = sequence_logps(logits, r.ids[idx], P, a.temperature)
+                logits, values = ac(r.ids[idx], r.attn[idx], logits_to_keep=r.ids.shape[1] - P + 1)
+                logp = reply_logps(logits, r.ids[idx, P:], a.temperature)
                 pg_loss, pg = core.policy_loss(logp, r.logp[idx], t.advantages[idx], m, a.cliprange)
                 v = values[:, P - 1 : -1].float()
                 vf_losses = [
@@ -85,7 +85,7 @@ def ppo_epochs(
                 if acc.sync_gradients:
                     scheduler.step()
                 optimizer.zero_grad()
-            entropy = core.masked_mean(core.entropy_from_logits(logits[:, P - 1 : -1].detach() / a.temperature), m)
+            entropy = core.masked_mean(core.entropy_from_logits(logits[:, :-1].detach() / a.temperature), m)
             _add(
                 stats,
                 {

@@ -57,10 +57,12 @@ def response_mask(reply_ids: torch.Tensor, stops: list[int]) -> tuple[torch.Tens
     return (~seen_before).long(), ~is_stop.any(1)
 
 
-def sequence_logps(logits: torch.Tensor, ids: torch.Tensor, prompt_len: int, temperature: float) -> torch.Tensor:
-    """Log-probabilities of the reply tokens at the sampling temperature (logits at t predict token t + 1)."""
-    reply_logits = logits[:, prompt_len - 1 : -1].float() / temperature
-    return torch.log_softmax(reply_logits, -1).gather(-1, ids[:, prompt_len:, None]).squeeze(-1)
+def reply_logps(logits: torch.Tensor, reply_ids: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Log-probabilities of the T reply tokens at the sampling temperature, from the logits of the last T + 1
+    positions (`logits_to_keep=T + 1`: the prompt's last token predicts the first reply token; the last position
+    predicts past the reply and is dropped). Only these positions go through the LM head: over a 49k vocabulary
+    the prompt's logits were a large share of a scoring pass and of their log-softmax, and PPO never reads them."""
+    return torch.log_softmax(logits[:, :-1].float() / temperature, -1).gather(-1, reply_ids[..., None]).squeeze(-1)
 
 
 @torch.no_grad()
@@ -152,17 +154,19 @@ def _logps_and_values(
     `mini_batch_size` chunks. With LoRA and no separate reference, the reference is the policy with its adapter
     switched off."""
     logps, ref_logps, values = [], [], []
+    keep = ids.shape[1] - P + 1  # the reply's positions and the prompt's last (reply_logps)
     for i in range(0, ids.shape[0], a.mini_batch_size):
         sl = slice(i, i + a.mini_batch_size)
         with acc.autocast():
-            logits, v = ac(ids[sl], attn[sl])
-            logps.append(sequence_logps(logits, ids[sl], P, a.temperature))
+            logits, v = ac(ids[sl], attn[sl], logits_to_keep=keep)
+            logps.append(reply_logps(logits, ids[sl, P:], a.temperature))
             values.append(v[:, P - 1 : -1].float())
             if reference is None:
                 with acc.unwrap_model(ac).policy.disable_adapter():
-                    ref_logits, _ = ac(ids[sl], attn[sl])
+                    ref_logits, _ = ac(ids[sl], attn[sl], logits_to_keep=keep)
             else:
                 pos = (attn[sl].cumsum(1) - 1).clamp(min=0)
-                ref_logits = reference(input_ids=ids[sl], attention_mask=attn[sl], position_ids=pos).logits
-            ref_logps.append(sequence_logps(ref_logits, ids[sl], P, a.temperature))
+                ref_out = reference(input_ids=ids[sl], attention_mask=attn[sl], position_ids=pos, logits_to_keep=keep)
+                ref_logits = ref_out.logits
+            ref_logps.append(reply_logps(ref_logits, ids[sl, P:], a.temperature))
     return torch.cat(logps), torch.cat(ref_logps), torch.cat(values)

@@ -428,3 +428,32 @@ def test_rollouts_with_top_k_1_are_generates_greedy_replies(tmp_path, cache_dir)
     for row, reply, m in zip(out[:, P:].tolist(), ids[:, P:], mask):
         expected = row[: next((k + 1 for k, t in enumerate(row) if t in stops), len(row))]
         assert reply[m.bool()].tolist() == expected
+
+
+@pytest.mark.parametrize("heads", [True, False])
+def test_reply_logps_from_the_kept_positions_equal_those_of_the_full_logits(tiny_model, heads):
+    """The scoring passes and the PPO epochs put only the reply's positions (and the prompt's last) through the LM
+    head: the log-probabilities, entropies and values must be those of the whole sequence's forward pass."""
+    from transformers import AutoModelForSequenceClassification
+
+    from alignlab.models import load_model
+    from alignlab.rl.actor_critic import ActorCritic
+    from alignlab.rl.rollout import reply_logps
+
+    cfg = validate(compose_config([*TOY, "model.lora.enabled=false"]))
+    torch.manual_seed(0)
+    policy = load_model(tiny_model, cfg.model)
+    critics = None if heads else [AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=1)]
+    ac = ActorCritic(policy, 1, critics).eval()
+    P, T, temperature = 7, 5, 0.7
+    ids = torch.randint(5, policy.config.vocab_size, (3, P + T))
+    attn = torch.ones_like(ids)
+    attn[0, :3] = 0  # a left-padded prompt
+    with torch.no_grad():
+        full, values = ac(ids, attn)
+        kept, kept_values = ac(ids, attn, logits_to_keep=T + 1)
+    expected = torch.log_softmax(full[:, P - 1 : -1].float() / temperature, -1)
+    expected = expected.gather(-1, ids[:, P:, None]).squeeze(-1)
+    assert kept.shape[1] == T + 1 and torch.allclose(reply_logps(kept, ids[:, P:], temperature), expected, atol=1e-6)
+    assert torch.allclose(core.entropy_from_logits(kept[:, :-1]), core.entropy_from_logits(full[:, P - 1 : -1]))
+    assert torch.equal(kept_values, values)
