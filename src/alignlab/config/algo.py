@@ -305,13 +305,13 @@ class PairsStageConfig:
             "down, not only its own opening up."
         },
     )
-    opening_sft: bool = field(
-        default=True,
+    opening_sft: list[str] = field(
+        default_factory=lambda: ["harmful", "benign"],
         metadata={
-            "help": "With opening_pairs: the SFT stages train on the openings too. false: only DPO's opening pairs "
-            "see them, so the refusal openings are taught only against the reply to avoid, never as plain "
-            "likelihood (SFT on them raised the refusal on benign prompts as much as on harmful ones: "
-            "experiments/safety-frontier), and SFT trains on the full pairs alone, a fraction of the time."
+            "help": "The prompt types (harmful, benign) whose openings the SFT stages train on; the others' only "
+            "through DPO's opening pairs (so it needs opening_pairs unless both are listed). []: SFT trains on the "
+            "full pairs alone, in a fraction of the time; [benign]: the refusal openings are taught only against "
+            "the reply to avoid, never as plain likelihood (experiments/safety-frontier)."
         },
     )
     judge: str | None = field(
@@ -401,11 +401,17 @@ def check_pairs(a: DictConfig, key: str) -> None:
     check(0 <= a.ches_drop < 1, f"{key}.ches_drop", f"a fraction of the pairs, in [0, 1), got {a.ches_drop}.")
     check(a.opening_tokens >= 0, f"{key}.opening_tokens", f"a number of tokens (0: off), got {a.opening_tokens}.")
     check(not a.opening_pairs or a.opening_tokens > 0, f"{key}.opening_pairs", "needs opening_tokens > 0.")
+    sft_types = list(a.opening_sft)
     check(
-        a.opening_sft or a.opening_pairs,
+        set(sft_types) <= {"harmful", "benign"},
         f"{key}.opening_sft",
-        "false leaves the openings to DPO's opening pairs alone, so it needs opening_pairs=true (without them no "
-        "stage would train on the openings).",
+        f"a list of prompt types, harmful and/or benign (or []), got {sft_types}.",
+    )
+    check(
+        set(sft_types) == {"harmful", "benign"} or a.opening_pairs or not a.opening_tokens,
+        f"{key}.opening_sft",
+        f"{sft_types} leaves the other type's openings to DPO's opening pairs, so it needs opening_pairs=true "
+        "(without them no stage would train on those openings).",
     )
     kinds = list(a.ches_drop_from)
     check(

@@ -176,12 +176,14 @@ OPENINGS_FILE = "openings.jsonl"  # a pairs stage's reply openings (`opening_tok
 def read_openings(run_dir: Path, stage: str | None, algo: Any, *, for_sft: bool = False) -> list[dict[str, Any]]:
     """The reply openings (`opening_tokens`) the pairs stage `stage` of a run and the earlier rounds it follows
     (`after`, read from the run's `algo` config) wrote: prompt, opening, type, and with `opening_pairs` the
-    opening to reject (null where there is none). `for_sft`: only the rounds whose `opening_sft` is on."""
+    opening to reject (null where there is none). `for_sft`: only those of the types each round's `opening_sft`
+    lists."""
     rows: list[dict[str, Any]] = []
     while stage is not None:
         path = run_dir / stage / OPENINGS_FILE
-        if path.is_file() and (not for_sft or algo[stage].opening_sft):
-            rows += read_jsonl(path)
+        if path.is_file():
+            kept = set(algo[stage].opening_sft) if for_sft else {"harmful", "benign"}
+            rows += [r for r in read_jsonl(path) if r["type"] in kept]
         stage = algo[stage].after
     return rows
 

@@ -111,12 +111,12 @@ def test_read_openings_follows_the_rounds_and_skips_rounds_without_them(tmp_path
     assert onpolicy.read_openings(tmp_path, "pairs", cfg.algo) == [row]
 
 
-@pytest.mark.parametrize("opening_sft", [True, False])
+@pytest.mark.parametrize("opening_sft", [["harmful", "benign"], [], ["benign"]])
 def test_opening_pairs_reject_the_models_own_harmful_opening_and_a_refusal_of_a_benign_prompt(
     tmp_path, cache_dir, tiny_model, monkeypatch, opening_sft
 ):
     """Every reply here is a helpful start, so every prompt makes a pair, and SFT and DPO train on the pairs and the
-    openings (SFT on the openings only with `opening_sft`); DPO's rows are the pairs' plus the opening pairs,
+    openings (SFT on those of the types `opening_sft` lists); DPO's rows are the pairs' plus the opening pairs,
     tokenized here."""
     from alignlab.stages import dpo
 
@@ -144,7 +144,7 @@ def test_opening_pairs_reject_the_models_own_harmful_opening_and_a_refusal_of_a_
     args = ["run", *BASE[:2], "pipeline.stages=[pairs,sft,dpo]", *BASE[3:], "model.generation_dtype=null"]
     small = ["algo.pairs.max_harmful=2", "algo.pairs.max_benign=2", "algo.pairs.prompts=" + str(_few_prompts(tmp_path))]
     flags = ["algo.pairs.opening_tokens=3", "algo.pairs.opening_pairs=true", "algo.sft.epochs=1", "algo.dpo.epochs=1"]
-    flags.append(f"algo.pairs.opening_sft={str(opening_sft).lower()}")
+    flags.append(f"algo.pairs.opening_sft=[{','.join(opening_sft)}]")
     assert cli.main([*args, f"run.root={tmp_path / 'runs'}", *small, *flags]) == 0
     (run,) = (tmp_path / "runs" / "safety-smollm-quick").iterdir()
     openings = onpolicy.read_jsonl(run / "pairs" / "openings.jsonl")
@@ -159,15 +159,24 @@ def test_opening_pairs_reject_the_models_own_harmful_opening_and_a_refusal_of_a_
     assert len(seen["rows"]) == len(pairs) + len(openings)
     with_opening = [r for r in seen["sft_rows"] if "opening" in r]
     assert len(seen["sft_rows"]) - len(with_opening) == len(pairs)  # the pairs' chosen replies, either way
-    assert sorted(r["opening"] for r in with_opening) == (sorted(o["opening"] for o in openings) if opening_sft else [])
+    expected = sorted(o["opening"] for o in openings if o["type"] in opening_sft)
+    assert sorted(r["opening"] for r in with_opening) == expected
+    assert {o["type"] for o in openings} == {"harmful", "benign"}  # so each case leaves out what it should
     assert (run / "dpo" / "model").is_dir()
 
 
-def test_openings_left_to_dpo_need_opening_pairs():
-    left_to_dpo = [*BASE, "algo.pairs.opening_tokens=8", "algo.pairs.opening_sft=false"]
+@pytest.mark.parametrize("types", ["[]", "[benign]", "[harmful]"])
+def test_openings_left_to_dpo_need_opening_pairs(types):
+    left_to_dpo = [*BASE, "algo.pairs.opening_tokens=8", f"algo.pairs.opening_sft={types}"]
     with pytest.raises(ConfigError, match=r"algo\.pairs\.opening_sft.*opening_pairs=true"):
         validate(compose_config(left_to_dpo))
-    assert not validate(compose_config([*left_to_dpo, "algo.pairs.opening_pairs=true"])).algo.pairs.opening_sft
+    cfg = validate(compose_config([*left_to_dpo, "algo.pairs.opening_pairs=true"]))
+    assert str(list(cfg.algo.pairs.opening_sft)).replace("'", "").replace(" ", "") == types.replace(" ", "")
+
+
+def test_opening_sft_names_prompt_types():
+    with pytest.raises(ConfigError, match=r"algo\.pairs\.opening_sft.*harmful and/or benign"):
+        validate(compose_config([*BASE, "algo.pairs.opening_sft=[refusal]"]))
 
 
 def _few_prompts(tmp_path: Path) -> Path:
