@@ -47,6 +47,7 @@ DpoLossType = Literal[
 FDivergence = Literal["reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"]
 DPO_LOSS_TYPES = get_args(DpoLossType)
 F_DIVERGENCES = get_args(FDivergence)
+PAIR_TYPES = frozenset({"harmful", "benign"})  # the safety pairs' prompt types (`ches_drop_from`, `opening_sft`)
 
 
 @dataclass
@@ -403,19 +404,19 @@ def check_pairs(a: DictConfig, key: str) -> None:
     check(not a.opening_pairs or a.opening_tokens > 0, f"{key}.opening_pairs", "needs opening_tokens > 0.")
     sft_types = list(a.opening_sft)
     check(
-        set(sft_types) <= {"harmful", "benign"},
+        set(sft_types) <= PAIR_TYPES,
         f"{key}.opening_sft",
         f"a list of prompt types, harmful and/or benign (or []), got {sft_types}.",
     )
     check(
-        set(sft_types) == {"harmful", "benign"} or a.opening_pairs or not a.opening_tokens,
+        set(sft_types) == PAIR_TYPES or a.opening_pairs or not a.opening_tokens,
         f"{key}.opening_sft",
         f"{sft_types} leaves the other type's openings to DPO's opening pairs, so it needs opening_pairs=true "
         "(without them no stage would train on those openings).",
     )
     kinds = list(a.ches_drop_from)
     check(
-        bool(kinds) and set(kinds) <= {"harmful", "benign"},
+        bool(kinds) and set(kinds) <= PAIR_TYPES,
         f"{key}.ches_drop_from",
         f"a non-empty list of pair types, harmful and/or benign, got {kinds}.",
     )

@@ -182,8 +182,7 @@ def read_openings(run_dir: Path, stage: str | None, algo: Any, *, for_sft: bool 
     while stage is not None:
         path = run_dir / stage / OPENINGS_FILE
         if path.is_file():
-            kept = set(algo[stage].opening_sft) if for_sft else {"harmful", "benign"}
-            rows += [r for r in read_jsonl(path) if r["type"] in kept]
+            rows += [r for r in read_jsonl(path) if not for_sft or r["type"] in algo[stage].opening_sft]
         stage = algo[stage].after
     return rows
 
