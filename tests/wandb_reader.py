@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,19 @@ HEADER = 7
 CHUNK_HEADER = 7
 
 
-def records(path: Path) -> list[Any]:
+def records(path: Path, wait_s: float = 30.0) -> list[Any]:
+    """The file's records, once it holds the run's `exit` record or after `wait_s`: `run.finish()` can return
+    before W&B's service process has written the file out (test_tracking failed so in 2 of 5 runs on a 2-core
+    machine), so a reader right after it may otherwise miss records."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        out = _parse(path)
+        if any(r.WhichOneof("record_type") == "exit" for r in out) or time.monotonic() > deadline:
+            return out
+        time.sleep(0.2)
+
+
+def _parse(path: Path) -> list[Any]:
     data = path.read_bytes()
     assert data[:4] == b":W&B", f"{path} is not a W&B run file"
     out, pending, pos = [], b"", HEADER
