@@ -18,13 +18,14 @@ from wandb.proto import wandb_internal_pb2
 BLOCK = 32 * 1024
 HEADER = 7
 CHUNK_HEADER = 7
+WAIT_S = 30.0  # how long records() waits for a run file's exit record
 
 
-def records(path: Path, wait_s: float = 30.0) -> list[Any]:
-    """The file's records, once it holds the run's `exit` record or after `wait_s`: `run.finish()` can return
+def records(path: Path) -> list[Any]:
+    """The file's records, once it holds the run's `exit` record or after WAIT_S: `run.finish()` can return
     before W&B's service process has written the file out (test_tracking failed so in 2 of 5 runs on a 2-core
     machine), so a reader right after it may otherwise miss records."""
-    deadline = time.monotonic() + wait_s
+    deadline = time.monotonic() + WAIT_S
     while True:
         out = _parse(path)
         if any(r.WhichOneof("record_type") == "exit" for r in out) or time.monotonic() > deadline:
