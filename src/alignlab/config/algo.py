@@ -327,7 +327,20 @@ class PairsStageConfig:
     batch_size: int = field(default=64, metadata={"help": "Prompts generated at once."})
     benign_resamples: int = field(
         default=2,
-        metadata={"help": "A benign prompt the model refuses is re-sampled (T=0.8) this often for a helpful reply."},
+        metadata={
+            "help": "A benign prompt the model refuses (with helpful_chosen: or whose reply does not attempt the "
+            "task) is re-sampled (T=0.8) this often for a helpful reply."
+        },
+    )
+    helpful_chosen: bool = field(
+        default=False,
+        metadata={
+            "help": "A benign pair's chosen reply must be one the judge reads as attempting the task (its helpful "
+            "axis), not merely one it does not call a refusal: about one in eight of SmolLM2-135M-Instruct's greedy "
+            "replies to the bundled benign prompts loop or evade ('Boil an egg: Boil an egg: ...'), and a pair that "
+            "prefers such a reply to a refusal teaches evasion. No helpful try: no pair. Needs a judge with a "
+            "helpful axis (probe)."
+        },
     )
     after: str | None = field(
         default=None,

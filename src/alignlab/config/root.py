@@ -151,6 +151,12 @@ def check_pipeline(cfg: DictConfig, stages: list[str]) -> None:
                 f"algo.{stage}.judge",
                 f"no judge '{name}' under eval.judges (have: {', '.join(cfg.eval.judges)}).",
             )
+            check(
+                not cfg.algo[stage].helpful_chosen or cfg.eval.judges[name].kind == "probe",
+                f"algo.{stage}.helpful_chosen",
+                f"needs a judge that reads whether a reply attempts the task (kind probe); the pairs judge '{name}' "
+                f"is of kind {cfg.eval.judges[name].kind}. Set algo.{stage}.judge to a probe judge.",
+            )
     producer = _from_stage(cfg.data.preference)
     for i, stage in enumerate(stages):
         if kinds[i] in TRAINING_KINDS and producer:

@@ -105,12 +105,14 @@ def build_pairs(
     own_refusals: bool = False,
     specific_refusals: bool = False,
     specific_rejected: bool = False,
+    is_helpful: Callable[[str, str], bool] | None = None,
 ) -> PairBuild:
     """`replies[i]` holds the model's attempts for `rows[i]`: the greedy reply first, then any re-samples;
     `is_refusal(reply, prompt)` is the judge.
     With `own_refusals`, a benign prompt the model refused greedily rejects that refusal, not a bundled one: a later
     round's policy (after SFT on refusals) over-refuses in its own words, and DPO should push down what it says.
-    `specific_refusals`, `specific_rejected`: see `refusal_for`."""
+    `specific_refusals`, `specific_rejected`: see `refusal_for`. `is_helpful(reply, prompt)` (algo.pairs
+    `helpful_chosen`): a benign pair's chosen reply must also attempt the task, not only not refuse."""
     out = PairBuild()
     for row, attempts in zip(rows, replies, strict=True):
         judged = [(text, is_refusal(text, row.prompt)) for text in attempts]
@@ -140,9 +142,10 @@ def build_pairs(
                     }
                 )
         else:
-            helpful = next((t for t, refused in judged if not refused and t.strip()), None)
+            answers = [t for t, refused in judged if not refused and t.strip()]
+            helpful = next((t for t in answers if is_helpful is None or is_helpful(t, row.prompt)), None)
             if helpful is None:
-                record["outcome"] = "refuses on every try: no pair"
+                record["outcome"] = "no helpful reply: no pair" if answers else "refuses on every try: no pair"
             else:
                 own = own_refusals and judged[0][1] and attempts[0].strip()
                 record["outcome"] = "pair: helpful reply > own refusal" if own else "pair: helpful reply > refusal"

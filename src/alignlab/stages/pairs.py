@@ -44,10 +44,14 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "specific_refusals": a.specific_refusals,
         "specific_rejected": a.specific_rejected,
     }
-    built = onpolicy.build_pairs(rows, attempts, _verdicts(judge, rows, attempts), refusals, **options)
+    helpful = _helpful_verdicts(judge, rows, attempts) if a.helpful_chosen else None
+    built = onpolicy.build_pairs(
+        rows, attempts, _verdicts(judge, rows, attempts), refusals, **options, is_helpful=helpful
+    )
     if not isinstance(judge, RuleJudge):  # what the choice of judge changed: outcomes the rules decide otherwise
         rules = RuleJudge(ctx.cfg.eval.judges[judge_name])
-        by_rules = onpolicy.build_pairs(rows, attempts, _verdicts(rules, rows, attempts), refusals, **options)
+        verdicts = _verdicts(rules, rows, attempts)
+        by_rules = onpolicy.build_pairs(rows, attempts, verdicts, refusals, **options, is_helpful=helpful)
         built.counts["changed_vs_rules"] = sum(
             x["outcome"] != y["outcome"] for x, y in zip(built.records, by_rules.records, strict=True)
         )
@@ -106,9 +110,17 @@ def _verdicts(judge: Judge, rows: list[onpolicy.PromptRow], attempts: list[list[
     return lambda reply, prompt: refused[(prompt, reply)]
 
 
+def _helpful_verdicts(judge: Any, rows: list[onpolicy.PromptRow], attempts: list[list[str]]) -> Any:
+    """`judge`'s helpful axis on every attempt at a benign prompt, as the `is_helpful(reply, prompt)` that
+    `onpolicy.build_pairs` asks (config validation has made sure the judge reads it)."""
+    flat = [(r.prompt, text) for r, tries in zip(rows, attempts, strict=True) if r.type == "benign" for text in tries]
+    helpful = dict(zip(flat, judge.helpful([p for p, _ in flat], [t for _, t in flat]), strict=True)) if flat else {}
+    return lambda reply, prompt: helpful[(prompt, reply)]
+
+
 def _replies(ctx: StageContext, model: Any, rows: list[onpolicy.PromptRow], judge: Judge) -> list[list[str]]:
-    """Each prompt's greedy reply, then for benign prompts the judge calls refused a few sampled tries: a helpful
-    reply of its own beats none."""
+    """Each prompt's greedy reply, then for benign prompts the judge calls refused (with `helpful_chosen`: or not
+    attempting the task) a few sampled tries: a helpful reply of its own beats none."""
     a = ctx.algo
     prompts = [[{"role": "user", "content": r.prompt}] for r in rows]
     print(f"[alignlab] {ctx.name}: generating replies to {len(rows)} prompts")
@@ -123,8 +135,11 @@ def _replies(ctx: StageContext, model: Any, rows: list[onpolicy.PromptRow], judg
     )
     attempts = [[_clean(g)] for g in greedy]
     benign = [i for i, r in enumerate(rows) if r.type == "benign"]
-    refused = judge.refused([rows[i].prompt for i in benign], [attempts[i][0] for i in benign])
-    retry = [i for i, no in zip(benign, refused, strict=True) if no]
+    asked, first = [rows[i].prompt for i in benign], [attempts[i][0] for i in benign]
+    wanting = judge.refused(asked, first)
+    if a.helpful_chosen:
+        wanting = [no or not ok for no, ok in zip(wanting, judge.helpful(asked, first), strict=True)]
+    retry = [i for i, bad in zip(benign, wanting, strict=True) if bad]
     for k in range(a.benign_resamples if retry else 0):
         sampled = generate(
             model,

@@ -110,6 +110,45 @@ def test_pairs_routed_by_prompt_type_and_judge():
     assert [r["refused"] for r in built.records] == [False, True, False, True, True]
 
 
+def test_helpful_chosen_skips_replies_that_do_not_attempt_the_task():
+    """With `is_helpful` (algo.pairs.helpful_chosen), a looping or evasive reply the judge does not call a refusal
+    is not chosen: the next try that attempts the task is, and with none the prompt gives no pair."""
+    rows = [
+        onpolicy.PromptRow("How do I boil an egg?", "benign", "general"),
+        onpolicy.PromptRow("Kill a zombie process?", "benign", "lookalike"),
+        onpolicy.PromptRow("Email for IKEA?", "benign", "general"),
+        onpolicy.PromptRow("How do I cook meth?", "harmful", "drugs"),
+    ]
+    loop = "Boil an egg: Boil an egg: Boil an egg:"
+    replies = [
+        [loop, "Simmer it for nine minutes, then cool it in cold water."],  # loops greedily, helpful when sampled
+        ["I cannot help with that.", "Run `kill` on its parent process."],  # refused, then helpful
+        ["IKEA.com.com. IKEA.com.com.", "I can't."],  # evasive, then a refusal: nothing helpful
+        ["First, get pseudoephedrine and..."],  # harmful: not judged for helpfulness
+    ]
+    helpful = {"Simmer it for nine minutes, then cool it in cold water.", "Run `kill` on its parent process."}
+    asked = []
+
+    def is_helpful(reply: str, prompt: str) -> bool:
+        asked.append(prompt)
+        return reply in helpful
+
+    plain = onpolicy.build_pairs(rows, replies, is_refusal, POOL)
+    built = onpolicy.build_pairs(rows, replies, is_refusal, POOL, is_helpful=is_helpful)
+    assert [p["chosen"][0]["content"] for p in plain.pairs if p["type"] == "benign"] == [
+        loop,
+        "Run `kill` on its parent process.",
+        "IKEA.com.com. IKEA.com.com.",
+    ]
+    assert [p["chosen"][0]["content"] for p in built.pairs if p["type"] == "benign"] == [
+        "Simmer it for nine minutes, then cool it in cold water.",
+        "Run `kill` on its parent process.",
+    ]
+    assert built.counts["benign/no_helpful_reply"] == 1 and built.counts["benign/pair"] == 2
+    assert built.counts["harmful/pair"] == 1 and rows[3].prompt not in asked
+    assert built.records[2]["outcome"] == "no helpful reply: no pair"
+
+
 def test_refusal_choice_is_deterministic_and_varied():
     row = onpolicy.PromptRow("How do I cook meth?", "harmful", "drugs")
     assert onpolicy.refusal_for(row, POOL) == onpolicy.refusal_for(row, POOL)

@@ -1,5 +1,5 @@
-"""The pairs stage's data options (algo.pairs.specific_refusals, specific_rejected, ches_drop), run as a stage on
-the tiny model, and their config checks."""
+"""The pairs stage's data options (algo.pairs.specific_refusals, specific_rejected, ches_drop, helpful_chosen), run
+as a stage on the tiny model, and their config checks."""
 
 from __future__ import annotations
 
@@ -126,3 +126,50 @@ def test_a_learned_pairs_judge_counts_the_outcomes_the_rules_would_change(tmp_pa
     metrics = json.loads((stage / "metrics.json").read_text())
     records = onpolicy.read_jsonl(stage / "generations.jsonl")
     assert 0 <= metrics["pairs/changed_vs_rules"] <= len(records) == 16
+
+
+def test_helpful_chosen_needs_a_judge_that_reads_helpfulness():
+    with pytest.raises(ConfigError, match=r"algo\.pairs\.helpful_chosen.*'rules' is of kind rules"):
+        validate(compose_config([*BASE, "algo.pairs.helpful_chosen=true"]))
+    validate(compose_config(["experiment=safety-smollm", "algo.pairs.helpful_chosen=true"]))  # the probe: fine
+
+
+def test_helpful_chosen_resamples_unhelpful_benign_replies_and_chooses_only_helpful_ones(
+    tmp_path, cache_dir, tiny_model, monkeypatch
+):
+    """The stage with a probe judge whose helpful axis is replaced by a rule (a reply is helpful when it has a
+    digit): every benign greedy reply the judge finds unhelpful is resampled, and every benign pair's chosen reply
+    is one it finds helpful; prompts with no such try give no pair."""
+    from alignlab.evaluation.probe import ProbeJudge
+    from alignlab.stages import pairs as pairs_stage
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    files = [label_file(tmp_path / "labels.jsonl", "set-a")]
+    tiny_probe(monkeypatch, tmp_path / "judge-cache")
+    monkeypatch.setattr(ProbeJudge, "refused", lambda self, prompts, replies: [False] * len(replies))
+    monkeypatch.setattr(
+        ProbeJudge, "helpful", lambda self, prompts, replies: [any(c.isdigit() for c in t) for t in replies]
+    )
+    calls = []
+    generate = pairs_stage.generate
+
+    def numbered(model, tok, prompts, *args, **kwargs):
+        out = generate(model, tok, prompts, *args, **kwargs)
+        calls.append(kwargs.get("do_sample", False))
+        if kwargs.get("do_sample"):  # the second resample of every other prompt has a number in it
+            for i, g in enumerate(out):
+                g["text"] = f"Step {i}." if i % 2 == 0 and len([c for c in calls if c]) == 2 else "Hm."
+        else:
+            for g in out:
+                g["text"] = "Well."
+        return out
+
+    monkeypatch.setattr(pairs_stage, "generate", numbered)
+    judge = ["eval.judge=probe", f"eval.judges.probe.labels=[{files[0]}]"]
+    stage = _pairs_run(tmp_path, *judge, "algo.pairs.helpful_chosen=true")
+    pairs = onpolicy.read_jsonl(stage / "pairs.jsonl")
+    metrics = json.loads((stage / "metrics.json").read_text())
+    benign = [p for p in pairs if p["type"] == "benign"]
+    assert calls == [False, True, True]  # greedy, then both resamples of the 8 benign prompts
+    assert [p["chosen"][0]["content"] for p in benign] == ["Step 0.", "Step 2.", "Step 4.", "Step 6."]
+    assert metrics["pairs/benign/no_helpful_reply"] == 4 and metrics["pairs/benign"] == 4
