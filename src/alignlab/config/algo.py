@@ -351,6 +351,15 @@ class PairsStageConfig:
             "stages after it read these."
         },
     )
+    reask_benign: bool = field(
+        default=False,
+        metadata={
+            "help": "A later round also asks the current policy the earlier rounds' benign prompts again (greedy), and "
+            "where it refuses one (with helpful_chosen: or its reply does not attempt the task) that pair's rejected "
+            "reply becomes the policy's own: DPO then pushes down what the model it starts from says, evasive "
+            "answers included, not only a bundled refusal (experiments/safety-frontier). Needs after."
+        },
+    )
     bias_prompts: int = field(
         default=0,
         metadata={
@@ -415,6 +424,11 @@ def check_pairs(a: DictConfig, key: str) -> None:
     check(0 <= a.ches_drop < 1, f"{key}.ches_drop", f"a fraction of the pairs, in [0, 1), got {a.ches_drop}.")
     check(a.opening_tokens >= 0, f"{key}.opening_tokens", f"a number of tokens (0: off), got {a.opening_tokens}.")
     check(not a.opening_pairs or a.opening_tokens > 0, f"{key}.opening_pairs", "needs opening_tokens > 0.")
+    check(
+        not a.reask_benign or a.after is not None,
+        f"{key}.reask_benign",
+        "asks an earlier round's benign prompts again, so it needs after: <the earlier pairs stage>.",
+    )
     sft_types = list(a.opening_sft)
     check(
         set(sft_types) <= PAIR_TYPES,

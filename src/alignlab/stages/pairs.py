@@ -5,8 +5,9 @@ table) feed the SFT and DPO stages that follow (`data.preference.path: stage:<th
 A later round (`after: <earlier pairs stage>`) asks the policy it is given, typically the SFT model, prompts the
 earlier round did not use, so that DPO also learns from the replies of the model it starts from (the DPO paper
 samples its pairs from the SFT model) on prompts SFT never saw; its output is the earlier pairs plus the new ones.
-With `bias_prompts`, it also asks fresh template bias questions and rejects the policy's own wrong answers
-(data/bias.py, `onpolicy_pairs`)."""
+With `reask_benign`, it also asks the earlier rounds' benign prompts again and rejects the policy's own refusals
+and evasions of them. With `bias_prompts`, it also asks fresh template bias questions and rejects the policy's own
+wrong answers (data/bias.py, `onpolicy_pairs`)."""
 
 from __future__ import annotations
 
@@ -38,22 +39,27 @@ def run(ctx: StageContext) -> dict[str, Any]:
     judge_name = pairs_judge(ctx.cfg, ctx.name)
     judge = build_judge(ctx.cfg.eval.judges[judge_name], Path(ctx.cfg.eval.benchmarks_dir))
     model = load_model(ctx.input_model, ctx.cfg.model, for_generation=True)
-    attempts = _replies(ctx, model, rows, judge)
+    built = onpolicy.PairBuild()
+    if a.reask_benign:
+        earlier = _reask_benign(ctx, model, judge, earlier, built)
+    attempts = _replies(ctx, model, rows, judge) if rows else []
     options = {
         "own_refusals": a.after is not None,
         "specific_refusals": a.specific_refusals,
         "specific_rejected": a.specific_rejected,
     }
     helpful = _helpful_verdicts(judge, rows, attempts) if a.helpful_chosen else None
-    built = onpolicy.build_pairs(
+    new = onpolicy.build_pairs(
         rows, attempts, _verdicts(judge, rows, attempts), refusals, **options, is_helpful=helpful
     )
+    built.pairs, built.records = new.pairs, built.records + new.records
+    built.counts.update(new.counts)
     if not isinstance(judge, RuleJudge):  # what the choice of judge changed: outcomes the rules decide otherwise
         rules = RuleJudge(ctx.cfg.eval.judges[judge_name])
         verdicts = _verdicts(rules, rows, attempts)
         by_rules = onpolicy.build_pairs(rows, attempts, verdicts, refusals, **options, is_helpful=helpful)
         built.counts["changed_vs_rules"] = sum(
-            x["outcome"] != y["outcome"] for x, y in zip(built.records, by_rules.records, strict=True)
+            x["outcome"] != y["outcome"] for x, y in zip(new.records, by_rules.records, strict=True)
         )
     if a.ches_drop:
         _drop_similar_pairs(ctx, model, built)
@@ -89,6 +95,43 @@ def _earlier_round(ctx: StageContext) -> tuple[list[dict[str, Any]], set[str]]:
     return earlier, used
 
 
+def _reask_benign(
+    ctx: StageContext, model: Any, judge: Any, earlier: list[dict[str, Any]], built: onpolicy.PairBuild
+) -> list[dict[str, Any]]:
+    """`reask_benign`: the earlier rounds' benign pairs, each whose prompt the policy now refuses (with
+    `helpful_chosen`: or answers without attempting the task) rejecting the policy's own greedy reply instead of
+    the earlier one. The chosen reply stays the earlier round's; a reply the policy gets right leaves its pair as
+    it was. Each prompt asked gets a record (`generations.jsonl`)."""
+    a = ctx.algo
+    at = [i for i, p in enumerate(earlier) if p["type"] == "benign"]
+    if not at:
+        return earlier
+    convs = [earlier[i]["prompt"] for i in at]
+    greedy = generate(
+        model,
+        ctx.tokenizer,
+        convs,
+        a.max_new_tokens,
+        a.batch_size,
+        seed=ctx.cfg.seed,
+        progress=Progress(f"{ctx.name}: earlier benign prompts again", len(convs)),
+    )
+    texts = [_clean(g) for g in greedy]
+    asked = [c[-1]["content"] for c in convs]
+    refused = judge.refused(asked, texts)
+    helps = judge.helpful(asked, texts) if a.helpful_chosen else [True] * len(texts)
+    out = list(earlier)
+    for i, prompt, text, no, ok in zip(at, asked, texts, refused, helps, strict=True):
+        wrong = (no or not ok) and bool(text.strip())
+        if wrong:
+            out[i] = {**earlier[i], "rejected": [{"role": "assistant", "content": text}]}
+        outcome = "asked again: own reply rejected" if wrong else "asked again: pair kept"
+        built.counts[f"benign/{outcome.split(': ')[1].replace(' ', '_')}"] += 1
+        record = {"prompt": prompt, "type": "benign", "category": earlier[i].get("category"), "reply": text}
+        built.records.append(record | {"refused": no, "outcome": outcome})
+    return out
+
+
 def _new_prompts(ctx: StageContext, rows: list[onpolicy.PromptRow], used: set[str]) -> list[onpolicy.PromptRow]:
     """`max_harmful` harmful and `max_benign` benign prompts no earlier round asked, in a seeded order."""
     a = ctx.algo
@@ -106,7 +149,7 @@ def _verdicts(judge: Judge, rows: list[onpolicy.PromptRow], attempts: list[list[
     """`judge` on every attempt at once (a model judge batches), as the `is_refusal(reply, prompt)` that
     `onpolicy.build_pairs` asks."""
     flat = [(r.prompt, text) for r, tries in zip(rows, attempts, strict=True) for text in tries]
-    refused = dict(zip(flat, judge.refused([p for p, _ in flat], [t for _, t in flat]), strict=True))
+    refused = dict(zip(flat, judge.refused([p for p, _ in flat], [t for _, t in flat]), strict=True)) if flat else {}
     return lambda reply, prompt: refused[(prompt, reply)]
 
 

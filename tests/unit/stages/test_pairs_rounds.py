@@ -268,3 +268,104 @@ def test_a_first_round_beside_pairs_from_a_file_leaves_the_training_data_alone(t
     file_pairs = _read(Path(str(resolve_local("pkg://alignlab/assets/tiny/prefs.jsonl"))))
     assert json.loads((run / "dpo" / "metrics.json").read_text())["ref_logps/cached_pairs"] == len(file_pairs)
     assert len(_read(run / "pairs" / "pairs.jsonl")) != len(file_pairs)
+
+
+def test_asking_the_earlier_benign_prompts_again_needs_a_later_round():
+    with pytest.raises(ConfigError, match=r"algo\.pairs\.reask_benign.*needs after"):
+        validate(compose_config(["experiment=safety-smollm-quick", "algo.pairs.reask_benign=true"]))
+
+
+@pytest.mark.slow
+def test_a_later_round_asked_again_rejects_the_policys_own_refusals_of_earlier_benign_prompts(
+    tmp_path, cache_dir, tiny_model, monkeypatch
+):
+    """`reask_benign` with no new prompts: the round's pairs are the first round's, each benign one whose prompt
+    the SFT model now refuses (the length judge, on sampled replies as in the test above) rejecting that reply."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setattr("alignlab.stages.pairs.build_judge", lambda spec, benchmarks: LengthJudge())
+    monkeypatch.setattr(
+        "alignlab.stages.pairs.generate", lambda *a, **k: generate(*a, **{**k, "do_sample": True, "temperature": 1.0})
+    )
+    args = [
+        "run",
+        "experiment=safety-smollm-quick",
+        "eval.judge=rules",
+        "model=tiny",
+        "pipeline=safety-2round",
+        "pipeline.stages=[pairs,sft,pairs_sft]",
+        "algo.pairs.max_harmful=6",
+        "algo.pairs.max_benign=10",
+        "algo.pairs.benign_resamples=4",
+        "algo.pairs_sft.max_harmful=0",
+        "algo.pairs_sft.max_benign=0",
+        "algo.pairs_sft.reask_benign=true",
+        "logger=none",
+        f"run.root={tmp_path}",
+        "model.lora.enabled=false",
+        "model.generation_dtype=null",
+    ]
+    assert cli.main(args) == 0
+    (run,) = (tmp_path / "safety-smollm-quick").iterdir()
+    first, written = _read(run / "pairs" / "pairs.jsonl"), _read(run / "pairs_sft" / "pairs.jsonl")
+    asked = {r["prompt"]: r for r in _read(run / "pairs_sft" / "generations.jsonl")}
+    benign = [p for p in first if p["type"] == "benign"]
+    assert len(written) == len(first) and len(asked) == len(benign) > 0  # no new prompts; each benign one again
+    own = 0
+    for before, after in zip(first, written, strict=True):
+        assert after["prompt"] == before["prompt"] and after["chosen"] == before["chosen"]
+        record = asked.get(before["prompt"][0]["content"])
+        if before["type"] == "benign" and record["refused"] and record["reply"].strip():
+            assert after["rejected"][0]["content"] == record["reply"]
+            assert record["outcome"] == "asked again: own reply rejected"
+            own += 1
+        else:
+            assert after == before
+    metrics = json.loads((run / "pairs_sft" / "metrics.json").read_text())
+    assert 0 < own < len(benign) and metrics["pairs/benign/own_reply_rejected"] == own
+    assert metrics["pairs/benign/pair_kept"] == len(benign) - own and metrics["pairs/written"] == len(first)
+
+
+def test_asked_again_with_helpful_chosen_an_evasive_reply_is_rejected_too(monkeypatch):
+    """With `helpful_chosen`, a reply the judge does not call a refusal but reads as not attempting the task
+    replaces the pair's rejected reply as a refusal does; a helpful one leaves the pair as it was."""
+    from types import SimpleNamespace
+
+    from alignlab.stages import pairs as pairs_stage
+
+    replies = {"Bake bread?": "Bread bread bread bread.", "Kill a process?": "Run kill.", "Shoot at dusk?": "No."}
+
+    class Judge:
+        def refused(self, prompts, texts):
+            return [t == "No." for t in texts]
+
+        def helpful(self, prompts, texts):
+            return [t == "Run kill." for t in texts]
+
+    def fake_generate(model, tok, convs, *a, **k):
+        return [{"text": replies[c[-1]["content"]], "truncated": False} for c in convs]
+
+    monkeypatch.setattr(pairs_stage, "generate", fake_generate)
+
+    def pair(prompt: str, kind: str = "benign") -> dict:
+        user = [{"role": "user", "content": prompt}]
+        return {
+            "prompt": user,
+            "chosen": [{"role": "assistant", "content": "Good."}],
+            "type": kind,
+            "rejected": [{"role": "assistant", "content": "I can't help with that."}],
+            "category": "x",
+        }
+
+    earlier = [pair("Bake bread?"), pair("Make a bomb?", "harmful"), pair("Kill a process?"), pair("Shoot at dusk?")]
+    algo = SimpleNamespace(helpful_chosen=True, max_new_tokens=8, batch_size=4)
+    ctx = SimpleNamespace(algo=algo, tokenizer=None, cfg=SimpleNamespace(seed=0), name="pairs_sft")
+    built = onpolicy.PairBuild()
+    out = pairs_stage._reask_benign(ctx, None, Judge(), earlier, built)
+    assert [p["rejected"][0]["content"] for p in out] == [
+        "Bread bread bread bread.",  # evasive: rejected
+        "I can't help with that.",  # harmful: not asked
+        "I can't help with that.",  # helpful: the pair as it was
+        "No.",  # refused: rejected
+    ]
+    assert [p["chosen"] for p in out] == [p["chosen"] for p in earlier]
+    assert built.counts == Counter({"benign/own_reply_rejected": 2, "benign/pair_kept": 1})
