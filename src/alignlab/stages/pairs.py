@@ -42,13 +42,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
     built = onpolicy.PairBuild()
     if a.reask_benign:
         earlier = _reask_benign(ctx, model, judge, earlier, built)
-    attempts = _replies(ctx, model, rows, judge) if rows else []
+    attempts, raw = _replies(ctx, model, rows, judge) if rows else ([], [])
     options = {
         "own_refusals": a.after is not None,
         "specific_refusals": a.specific_refusals,
         "specific_rejected": a.specific_rejected,
     }
-    helpful = _helpful_verdicts(judge, rows, attempts) if a.helpful_chosen else None
+    helpful = _helpful_verdicts(judge, rows, attempts, raw) if a.helpful_chosen else None
     new = onpolicy.build_pairs(
         rows, attempts, _verdicts(judge, rows, attempts), refusals, **options, is_helpful=helpful
     )
@@ -99,9 +99,10 @@ def _reask_benign(
     ctx: StageContext, model: Any, judge: Any, earlier: list[dict[str, Any]], built: onpolicy.PairBuild
 ) -> list[dict[str, Any]]:
     """`reask_benign`: the earlier rounds' benign pairs, each whose prompt the policy now refuses (with
-    `helpful_chosen`: or answers without attempting the task) rejecting the policy's own greedy reply instead of
-    the earlier one. The chosen reply stays the earlier round's; a reply the policy gets right leaves its pair as
-    it was. Each prompt asked gets a record (`generations.jsonl`)."""
+    `helpful_chosen`: or answers without attempting the task, judged as generated) rejecting the policy's own
+    greedy reply instead of the earlier one. The chosen reply stays the earlier round's; a reply the policy gets
+    right, or the chosen reply said again, leaves its pair as it was. Each prompt asked gets a record
+    (`generations.jsonl`)."""
     a = ctx.algo
     at = [i for i, p in enumerate(earlier) if p["type"] == "benign"]
     if not at:
@@ -119,10 +120,11 @@ def _reask_benign(
     texts = [_clean(g) for g in greedy]
     asked = [c[-1]["content"] for c in convs]
     refused = judge.refused(asked, texts)
-    helps = judge.helpful(asked, texts) if a.helpful_chosen else [True] * len(texts)
+    helps = judge.helpful(asked, [g["text"] for g in greedy]) if a.helpful_chosen else [True] * len(texts)
     out = list(earlier)
     for i, prompt, text, no, ok in zip(at, asked, texts, refused, helps, strict=True):
-        wrong = (no or not ok) and bool(text.strip())
+        # the chosen reply itself, said again, stays chosen: a pair never rejects what it prefers
+        wrong = (no or not ok) and bool(text.strip()) and text != earlier[i]["chosen"][0]["content"]
         if wrong:
             out[i] = {**earlier[i], "rejected": [{"role": "assistant", "content": text}]}
         outcome = "asked again: own reply rejected" if wrong else "asked again: pair kept"
@@ -153,17 +155,26 @@ def _verdicts(judge: Judge, rows: list[onpolicy.PromptRow], attempts: list[list[
     return lambda reply, prompt: refused[(prompt, reply)]
 
 
-def _helpful_verdicts(judge: Any, rows: list[onpolicy.PromptRow], attempts: list[list[str]]) -> Any:
+def _helpful_verdicts(
+    judge: Any, rows: list[onpolicy.PromptRow], attempts: list[list[str]], raw: list[list[str]]
+) -> Any:
     """`judge`'s helpful axis on every attempt at a benign prompt, as the `is_helpful(reply, prompt)` that
-    `onpolicy.build_pairs` asks (config validation has made sure the judge reads it)."""
-    flat = [(r.prompt, text) for r, tries in zip(rows, attempts, strict=True) if r.type == "benign" for text in tries]
-    helpful = dict(zip(flat, judge.helpful([p for p, _ in flat], [t for _, t in flat]), strict=True)) if flat else {}
+    `onpolicy.build_pairs` asks (config validation has made sure the judge reads it). Each attempt is judged as
+    generated (`raw`), before a reply cut off at max_new_tokens is trimmed to its last full sentence: the judge
+    was fitted on untrimmed replies, and a trimmed one ("Here's a simple recipe:") reads as no attempt."""
+    benign = [(r, c, w) for r, c, w in zip(rows, attempts, raw, strict=True) if r.type == "benign"]
+    keys = [(r.prompt, text) for r, tries, _ in benign for text in tries]
+    texts = [text for _, _, tries in benign for text in tries]
+    helpful = dict(zip(keys, judge.helpful([p for p, _ in keys], texts), strict=True)) if keys else {}
     return lambda reply, prompt: helpful[(prompt, reply)]
 
 
-def _replies(ctx: StageContext, model: Any, rows: list[onpolicy.PromptRow], judge: Judge) -> list[list[str]]:
+def _replies(
+    ctx: StageContext, model: Any, rows: list[onpolicy.PromptRow], judge: Judge
+) -> tuple[list[list[str]], list[list[str]]]:
     """Each prompt's greedy reply, then for benign prompts the judge calls refused (with `helpful_chosen`: or not
-    attempting the task) a few sampled tries: a helpful reply of its own beats none."""
+    attempting the task) a few sampled tries: a helpful reply of its own beats none. Returns the tries as the pairs
+    use them (cut-off replies trimmed to a sentence) and as generated."""
     a = ctx.algo
     prompts = [[{"role": "user", "content": r.prompt}] for r in rows]
     print(f"[alignlab] {ctx.name}: generating replies to {len(rows)} prompts")
@@ -176,12 +187,13 @@ def _replies(ctx: StageContext, model: Any, rows: list[onpolicy.PromptRow], judg
         seed=ctx.cfg.seed,
         progress=Progress(f"{ctx.name}: greedy replies", len(prompts)),
     )
-    attempts = [[_clean(g)] for g in greedy]
+    attempts, raw = [[_clean(g)] for g in greedy], [[g["text"]] for g in greedy]
     benign = [i for i, r in enumerate(rows) if r.type == "benign"]
-    asked, first = [rows[i].prompt for i in benign], [attempts[i][0] for i in benign]
-    wanting = judge.refused(asked, first)
+    asked = [rows[i].prompt for i in benign]
+    wanting = judge.refused(asked, [attempts[i][0] for i in benign])
     if a.helpful_chosen:
-        wanting = [no or not ok for no, ok in zip(wanting, judge.helpful(asked, first), strict=True)]
+        helps = judge.helpful(asked, [raw[i][0] for i in benign])
+        wanting = [no or not ok for no, ok in zip(wanting, helps, strict=True)]
     retry = [i for i, bad in zip(benign, wanting, strict=True) if bad]
     for k in range(a.benign_resamples if retry else 0):
         sampled = generate(
@@ -197,7 +209,8 @@ def _replies(ctx: StageContext, model: Any, rows: list[onpolicy.PromptRow], judg
         )
         for i, g in zip(retry, sampled):
             attempts[i].append(_clean(g))
-    return attempts
+            raw[i].append(g["text"])
+    return attempts, raw
 
 
 def _drop_similar_pairs(ctx: StageContext, model: Any, built: onpolicy.PairBuild) -> None:

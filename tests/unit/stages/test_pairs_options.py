@@ -60,11 +60,12 @@ def test_ches_drop_from_harmful_keeps_every_benign_pair(tmp_path, cache_dir, tin
     replies = pairs_stage._replies
 
     def compliant(ctx, model, rows, judge):
-        attempts = replies(ctx, model, rows, judge)
-        return [
+        attempts, raw = replies(ctx, model, rows, judge)
+        own = [
             [f"Sure, step one: {' '.join(r.prompt.split()[: 3 + i % 5])}."] if r.type == "harmful" else tries
             for i, (r, tries) in enumerate(zip(rows, attempts))
         ]
+        return own, [o if r.type == "harmful" else w for r, o, w in zip(rows, own, raw)]
 
     monkeypatch.setattr(pairs_stage, "_replies", compliant)
     kept_all = onpolicy.read_jsonl(_pairs_run(tmp_path / "all") / "pairs.jsonl")

@@ -327,36 +327,41 @@ def test_a_later_round_asked_again_rejects_the_policys_own_refusals_of_earlier_b
 
 def test_asked_again_with_helpful_chosen_an_evasive_reply_is_rejected_too(monkeypatch):
     """With `helpful_chosen`, a reply the judge does not call a refusal but reads as not attempting the task
-    replaces the pair's rejected reply as a refusal does; a helpful one leaves the pair as it was."""
+    replaces the pair's rejected reply as a refusal does. Helpfulness is judged on the reply as generated, before a
+    cut-off reply is trimmed to its last sentence; a helpful reply, or the chosen one said again, leaves the pair."""
     from types import SimpleNamespace
 
     from alignlab.stages import pairs as pairs_stage
 
-    replies = {"Bake bread?": "Bread bread bread bread.", "Kill a process?": "Run kill.", "Shoot at dusk?": "No."}
+    replies = {
+        "Bake bread?": ("Bread bread bread bread.", False),
+        "Kill a process?": ("Run kill. Then read the parent's", True),  # cut off: trimmed to "Run kill."
+        "Shoot at dusk?": ("No.", False),
+        "Say hi?": ("Good.", False),  # the chosen reply itself
+    }
 
     class Judge:
         def refused(self, prompts, texts):
             return [t == "No." for t in texts]
 
         def helpful(self, prompts, texts):
-            return [t == "Run kill." for t in texts]
+            return [t.startswith("Run kill. Then") for t in texts]  # only the untrimmed reply reads as helpful
 
     def fake_generate(model, tok, convs, *a, **k):
-        return [{"text": replies[c[-1]["content"]], "truncated": False} for c in convs]
+        return [dict(zip(("text", "truncated"), replies[c[-1]["content"]], strict=True)) for c in convs]
 
     monkeypatch.setattr(pairs_stage, "generate", fake_generate)
 
     def pair(prompt: str, kind: str = "benign") -> dict:
         user = [{"role": "user", "content": prompt}]
-        return {
-            "prompt": user,
-            "chosen": [{"role": "assistant", "content": "Good."}],
+        refusal = [{"role": "assistant", "content": "I can't help with that."}]
+        return {"prompt": user, "chosen": [{"role": "assistant", "content": "Good."}], "rejected": refusal} | {
             "type": kind,
-            "rejected": [{"role": "assistant", "content": "I can't help with that."}],
             "category": "x",
         }
 
-    earlier = [pair("Bake bread?"), pair("Make a bomb?", "harmful"), pair("Kill a process?"), pair("Shoot at dusk?")]
+    prompts = ["Bake bread?", "Make a bomb?", "Kill a process?", "Shoot at dusk?", "Say hi?"]
+    earlier = [pair(p, "harmful" if "bomb" in p else "benign") for p in prompts]
     algo = SimpleNamespace(helpful_chosen=True, max_new_tokens=8, batch_size=4)
     ctx = SimpleNamespace(algo=algo, tokenizer=None, cfg=SimpleNamespace(seed=0), name="pairs_sft")
     built = onpolicy.PairBuild()
@@ -364,8 +369,9 @@ def test_asked_again_with_helpful_chosen_an_evasive_reply_is_rejected_too(monkey
     assert [p["rejected"][0]["content"] for p in out] == [
         "Bread bread bread bread.",  # evasive: rejected
         "I can't help with that.",  # harmful: not asked
-        "I can't help with that.",  # helpful: the pair as it was
+        "I can't help with that.",  # helpful as generated: the pair as it was
         "No.",  # refused: rejected
+        "I can't help with that.",  # the chosen reply again: never rejected
     ]
     assert [p["chosen"] for p in out] == [p["chosen"] for p in earlier]
-    assert built.counts == Counter({"benign/own_reply_rejected": 2, "benign/pair_kept": 1})
+    assert built.counts == Counter({"benign/own_reply_rejected": 2, "benign/pair_kept": 2})
