@@ -157,18 +157,24 @@ class LengthJudge:
         return [len(text) % 2 == 0 for text in replies]
 
 
-@pytest.mark.slow
-def test_the_second_round_asks_the_sft_model_new_prompts_and_dpo_trains_on_both(
-    tmp_path, cache_dir, tiny_model, monkeypatch
-):
+@pytest.fixture
+def sampled_and_judged_by_length(monkeypatch):
     """The tiny model's greedy replies are empty and its samples noise, so in the pairs stages only, sampling stands
-    in for its greedy replies and a judge keyed on the text's length for the refusal rules: some first replies to
-    benign prompts are then refusals, and some re-samples helpful."""
+    in for its greedy replies and LengthJudge for the refusal rules."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setattr("alignlab.stages.pairs.build_judge", lambda spec, benchmarks: LengthJudge())
     monkeypatch.setattr(
         "alignlab.stages.pairs.generate", lambda *a, **k: generate(*a, **{**k, "do_sample": True, "temperature": 1.0})
     )
+
+
+@pytest.mark.slow
+def test_the_second_round_asks_the_sft_model_new_prompts_and_dpo_trains_on_both(
+    tmp_path, cache_dir, tiny_model, sampled_and_judged_by_length
+):
+    """The tiny model's greedy replies are empty and its samples noise, so in the pairs stages only, sampling stands
+    in for its greedy replies and a judge keyed on the text's length for the refusal rules: some first replies to
+    benign prompts are then refusals, and some re-samples helpful."""
     args = [
         "run",
         "experiment=safety-smollm-quick",
@@ -277,15 +283,10 @@ def test_asking_the_earlier_benign_prompts_again_needs_a_later_round():
 
 @pytest.mark.slow
 def test_a_later_round_asked_again_rejects_the_policys_own_refusals_of_earlier_benign_prompts(
-    tmp_path, cache_dir, tiny_model, monkeypatch
+    tmp_path, cache_dir, tiny_model, sampled_and_judged_by_length
 ):
     """`reask_benign` with no new prompts: the round's pairs are the first round's, each benign one whose prompt
     the SFT model now refuses (the length judge, on sampled replies as in the test above) rejecting that reply."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setattr("alignlab.stages.pairs.build_judge", lambda spec, benchmarks: LengthJudge())
-    monkeypatch.setattr(
-        "alignlab.stages.pairs.generate", lambda *a, **k: generate(*a, **{**k, "do_sample": True, "temperature": 1.0})
-    )
     args = [
         "run",
         "experiment=safety-smollm-quick",
