@@ -24,4 +24,5 @@ def context(tmp_path: Path, stage: str, *overrides: str) -> StageContext:
         prep.pairs,
         prep.sft_rows,
         Tracker(cfg, tmp_path),
+        pairs_from=prep.pairs_from,
     )

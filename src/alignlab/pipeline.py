@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -39,7 +40,16 @@ from alignlab.config import POLICY_KINDS, TRAINING_KINDS, validate
 from alignlab.console import Console, quiet_libraries
 from alignlab.data import mix, onpolicy
 from alignlab.data.sources import fingerprint
-from alignlab.errors import ConfigError, Preempted, RunStateError, UserError, disk_full, internal_error, is_disk_full
+from alignlab.errors import (
+    ConfigError,
+    DataError,
+    Preempted,
+    RunStateError,
+    UserError,
+    disk_full,
+    internal_error,
+    is_disk_full,
+)
 from alignlab.evaluation import report as run_report
 from alignlab.models import cache_root, load_tokenizer, resolve_model_path
 from alignlab.stages import STAGES, TRAINING_ARGS
@@ -164,6 +174,13 @@ def check_model_fits_config(path: str, model_cfg: DictConfig) -> None:
 
 
 def load_stage_pairs(prep: Prepared, console: Any) -> None:
+    if _nothing_to_correct(prep):
+        prep.pairs, prep.sft_rows = [], []
+        console.warning(
+            f"the correction round '{prep.pairs_from}' found no mistake to train on: the DPO and KTO stages after it "
+            "pass the policy on as it is."
+        )
+        return
     prep.pairs, report = data_lib.load_stage_pairs(prep.run_dir, str(prep.pairs_from), prep.cfg.data, prep.tokenizer)
     prep.reports.append(report)
     console.data_report(report)
@@ -172,6 +189,29 @@ def load_stage_pairs(prep: Prepared, console: Any) -> None:
         prep.sft_rows = data_lib.as_sft(mix.sft_pairs(prep.cfg.data.bias, prep.pairs, written))
         openings = onpolicy.read_openings(prep.run_dir, str(prep.pairs_from), prep.cfg.algo, for_sft=True)
         prep.sft_rows += [{"prompt": o["prompt"], "opening": o["opening"]} for o in openings]  # stages/sft.py
+
+
+def _nothing_to_correct(prep: Prepared) -> bool:
+    """A correction round (`failures_only`) whose policy made no mistake writes an empty pairs file; any other
+    empty pairs file is an error (data.load_stage_pairs)."""
+    stage = str(prep.pairs_from)
+    written = prep.run_dir / stage / "pairs.jsonl"
+    return bool(prep.cfg.algo[stage].get("failures_only")) and written.is_file() and not written.read_text().strip()
+
+
+def _pass_policy_on(ctx: StageContext) -> dict[str, Any]:
+    """A DPO or KTO stage after a correction round that found no mistake: its model/ is the policy it was given,
+    copied whole (via a temporary folder, as save_model does), so the stages after it and a resume read it as
+    any finished stage's model."""
+    if not distributed.is_main():
+        return {}
+    tmp = ctx.stage_dir / f".model.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(ctx.input_model, tmp)
+    if ctx.model_dir.exists():  # an earlier attempt died between rename and DONE: keep it aside, never delete
+        ctx.model_dir.rename(ctx.stage_dir / f"model.previous-{os.getpid()}")
+    os.replace(tmp, ctx.model_dir)
+    return {"pairs/trained": 0}
 
 
 def _check_inputs_unchanged(run_dir: Path, fingerprints: dict[str, str]) -> None:
@@ -379,12 +419,29 @@ def execute(prep: Prepared, console: Any = None) -> dict[str, Any]:
                 if kind in TRAINING_KINDS and prep.pairs_from and prep.pairs is None:
                     load_stage_pairs(prep, console)
                 ctx = StageContext(
-                    cfg, stage, stage_dir, policy, prep.base_model, prep.tokenizer, prep.pairs, prep.sft_rows, tracker
+                    cfg,
+                    stage,
+                    stage_dir,
+                    policy,
+                    prep.base_model,
+                    prep.tokenizer,
+                    prep.pairs,
+                    prep.sft_rows,
+                    tracker,
+                    pairs_from=prep.pairs_from,
                 )
                 stage_dir.mkdir(parents=True, exist_ok=True)
                 console.stage_start(stage, kind)
                 started, peak = time.time(), devices.PeakMemory()
-                metrics = STAGES[kind](ctx)
+                if prep.pairs == [] and kind in ("dpo", "kto"):
+                    metrics = _pass_policy_on(ctx)
+                elif prep.pairs == [] and kind in TRAINING_KINDS:
+                    raise DataError(
+                        f"Data error: stage '{stage}' ({kind}) trains on the pairs of the correction round "
+                        f"'{prep.pairs_from}', which found no mistake; only a dpo or kto stage can follow it then."
+                    )
+                else:
+                    metrics = STAGES[kind](ctx)
                 metrics["wall_seconds"] = round(time.time() - started, 2)
                 metrics.update(peak.metrics())
                 devices.release_freed_memory()  # what this stage freed is not kept for the next one

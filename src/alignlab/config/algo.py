@@ -347,8 +347,8 @@ class PairsStageConfig:
         metadata={
             "help": "A later round: the name of an earlier pairs stage. This one asks the current policy (e.g. the "
             "SFT model) the next max_harmful / max_benign prompts no earlier round used, rejects its own refusals "
-            "of benign ones, adds no template bias pairs, and writes the earlier pairs plus its own; the training "
-            "stages after it read these."
+            "of benign ones (with helpful_chosen: its evasions too), adds no template bias pairs, and writes the "
+            "earlier pairs plus its own; the training stages after it read these."
         },
     )
     reask_benign: bool = field(
@@ -358,6 +358,18 @@ class PairsStageConfig:
             "where it refuses one (with helpful_chosen: or its reply does not attempt the task) that pair's rejected "
             "reply becomes the policy's own: DPO then pushes down what the model it starts from says, evasive "
             "answers included, not only a bundled refusal (experiments/safety-frontier). Needs after."
+        },
+    )
+    failures_only: bool = field(
+        default=False,
+        metadata={
+            "help": "A correction round (iterative DPO; needs after, e.g. after the first DPO stage): asks the current "
+            "policy every training prompt again, earlier rounds' included (up to max_harmful / max_benign), and makes "
+            "pairs of its mistakes alone: a harmful prompt it does not refuse (a bundled refusal chosen, its reply "
+            "rejected), a benign prompt it refuses (with helpful_chosen: or answers without attempting the task) "
+            "where a re-sample helps (that chosen, its greedy reply rejected). It writes these pairs only, and the "
+            "stages after it read no earlier round's pairs or openings: the DPO stage after it trains on the "
+            "policy's own mistakes, the policy as its reference (pipeline=safety-correct)."
         },
     )
     bias_prompts: int = field(
@@ -428,6 +440,18 @@ def check_pairs(a: DictConfig, key: str) -> None:
         not a.reask_benign or a.after is not None,
         f"{key}.reask_benign",
         "asks an earlier round's benign prompts again, so it needs after: <the earlier pairs stage>.",
+    )
+    check(
+        not a.failures_only or a.after is not None,
+        f"{key}.failures_only",
+        "a correction round asks the policy the earlier rounds' prompts again, so it needs after: <an earlier pairs "
+        "stage>.",
+    )
+    check(
+        not a.failures_only or not (a.opening_tokens or a.reask_benign),
+        f"{key}.failures_only",
+        "a correction round asks every training prompt in full, so it has none left for opening_tokens, and "
+        "reask_benign (the earlier benign prompts again) is part of it: set both off.",
     )
     sft_types = list(a.opening_sft)
     check(

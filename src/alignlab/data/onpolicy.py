@@ -106,13 +106,17 @@ def build_pairs(
     specific_refusals: bool = False,
     specific_rejected: bool = False,
     is_helpful: Callable[[str, str], bool] | None = None,
+    failures_only: bool = False,
 ) -> PairBuild:
     """`replies[i]` holds the model's attempts for `rows[i]`: the greedy reply first, then any re-samples;
     `is_refusal(reply, prompt)` is the judge.
-    With `own_refusals`, a benign prompt the model refused greedily rejects that refusal, not a bundled one: a later
-    round's policy (after SFT on refusals) over-refuses in its own words, and DPO should push down what it says.
+    With `own_refusals`, a benign prompt the model refused greedily (with `is_helpful`: or answered without attempting
+    the task) rejects that reply, not a bundled refusal: a later round's policy (after SFT on refusals) over-refuses
+    in its own words, and DPO should push down what it says.
     `specific_refusals`, `specific_rejected`: see `refusal_for`. `is_helpful(reply, prompt)` (algo.pairs
-    `helpful_chosen`): a benign pair's chosen reply must also attempt the task, not only not refuse."""
+    `helpful_chosen`): a benign pair's chosen reply must also attempt the task, not only not refuse.
+    `failures_only` (with `own_refusals`; algo.pairs `failures_only`): a benign prompt makes a pair only where the
+    greedy reply was wrong, so every pair rejects a reply the model gave (a harmful prompt's pair always does)."""
     out = PairBuild()
     for row, attempts in zip(rows, replies, strict=True):
         judged = [(text, is_refusal(text, row.prompt)) for text in attempts]
@@ -144,11 +148,15 @@ def build_pairs(
         else:
             answers = [t for t, refused in judged if not refused and t.strip()]
             helpful = next((t for t in answers if is_helpful is None or is_helpful(t, row.prompt)), None)
+            evasive = not judged[0][1] and is_helpful is not None and not is_helpful(attempts[0], row.prompt)
+            own = own_refusals and (judged[0][1] or evasive) and bool(attempts[0].strip())
+            wrong = "own evasive reply" if evasive else "own refusal"
             if helpful is None:
                 record["outcome"] = "no helpful reply: no pair" if answers else "refuses on every try: no pair"
+            elif failures_only and not own:
+                record["outcome"] = "helpful at once: no pair"
             else:
-                own = own_refusals and judged[0][1] and attempts[0].strip()
-                record["outcome"] = "pair: helpful reply > own refusal" if own else "pair: helpful reply > refusal"
+                record["outcome"] = f"pair: helpful reply > {wrong}" if own else "pair: helpful reply > refusal"
                 out.pairs.append(
                     {
                         "prompt": user,
@@ -163,7 +171,7 @@ def build_pairs(
                     }
                 )
                 if own:
-                    out.counts["benign/own_refusal_rejected"] += 1
+                    out.counts[f"benign/{wrong.replace(' ', '_')}_rejected"] += 1
         out.counts[f"{row.type}/{record['outcome'].split(':')[0].replace(' ', '_')}"] += 1
         out.records.append(record)
     return out
@@ -180,13 +188,13 @@ def read_openings(run_dir: Path, stage: str | None, algo: Any, *, for_sft: bool 
     """The reply openings (`opening_tokens`) the pairs stage `stage` of a run and the earlier rounds it follows
     (`after`, read from the run's `algo` config) wrote: prompt, opening, type, and with `opening_pairs` the
     opening to reject (null where there is none). `for_sft`: only those of the types each round's `opening_sft`
-    lists."""
+    lists. A correction round (`failures_only`) ends the walk: the stages after it train on its pairs alone."""
     rows: list[dict[str, Any]] = []
     while stage is not None:
         path = run_dir / stage / OPENINGS_FILE
         if path.is_file():
             rows += [r for r in read_jsonl(path) if not for_sft or r["type"] in algo[stage].opening_sft]
-        stage = algo[stage].after
+        stage = None if algo[stage].failures_only else algo[stage].after
     return rows
 
 

@@ -157,10 +157,9 @@ def preference_dataset(ctx: StageContext) -> Dataset:
     (training/tokenized.py), since TRL closes each reply with the end-of-turn token and an opening must not end
     there."""
     pairs = data_lib.without_labels(ctx.pairs or [])
-    source = str(ctx.cfg.data.preference.path)
     openings = []
-    if source.startswith("stage:"):
-        written = onpolicy.read_openings(ctx.stage_dir.parent, source.split(":", 1)[1], ctx.cfg.algo)
+    if ctx.pairs_from is not None:  # the round that wrote them, and the earlier ones it follows
+        written = onpolicy.read_openings(ctx.stage_dir.parent, ctx.pairs_from, ctx.cfg.algo)
         openings = [o for o in written if o.get("rejected") is not None]
     if not openings:
         return Dataset.from_list(pairs)

@@ -7,7 +7,9 @@ earlier round did not use, so that DPO also learns from the replies of the model
 samples its pairs from the SFT model) on prompts SFT never saw; its output is the earlier pairs plus the new ones.
 With `reask_benign`, it also asks the earlier rounds' benign prompts again and rejects the policy's own refusals
 and evasions of them. With `bias_prompts`, it also asks fresh template bias questions and rejects the policy's own
-wrong answers (data/bias.py, `onpolicy_pairs`)."""
+wrong answers (data/bias.py, `onpolicy_pairs`). With `failures_only` it is a correction round (iterative DPO): it
+asks the policy every training prompt again and writes pairs of its mistakes alone, for a DPO stage that starts
+from the policy (pipeline=safety-correct)."""
 
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     prompts = onpolicy.read_prompts(a.prompts)
     refusals = onpolicy.read_refusals(a.refusals)
     earlier, used = _earlier_round(ctx)
-    rows = _new_prompts(ctx, prompts, used)
+    rows = _new_prompts(ctx, prompts, set() if a.failures_only else used)
     judge_name = pairs_judge(ctx.cfg, ctx.name)
     judge = build_judge(ctx.cfg.eval.judges[judge_name], Path(ctx.cfg.eval.benchmarks_dir))
     model = load_model(ctx.input_model, ctx.cfg.model, for_generation=True)
@@ -47,6 +49,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "own_refusals": a.after is not None,
         "specific_refusals": a.specific_refusals,
         "specific_rejected": a.specific_rejected,
+        "failures_only": a.failures_only,
     }
     helpful = _helpful_verdicts(judge, rows, attempts, raw) if a.helpful_chosen else None
     new = onpolicy.build_pairs(
@@ -75,6 +78,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         openings = _openings(ctx, model, [r for r in prompts if r.prompt not in asked], refusals, judge, built)
         onpolicy.write_jsonl(ctx.stage_dir / onpolicy.OPENINGS_FILE, openings)
     onpolicy.write_jsonl(ctx.stage_dir / "generations.jsonl", built.records)
+    if a.failures_only:  # the policy's own mistakes alone: what it already gets right is not trained again
+        earlier = []
     onpolicy.write_jsonl(ctx.stage_dir / PAIRS_FILE, earlier + built.pairs)
     table = [[r[k] for k in TABLE_COLUMNS] for r in built.records]
     ctx.tracker.table(f"{ctx.name}/pairs", list(TABLE_COLUMNS), table)
@@ -135,7 +140,8 @@ def _reask_benign(
 
 
 def _new_prompts(ctx: StageContext, rows: list[onpolicy.PromptRow], used: set[str]) -> list[onpolicy.PromptRow]:
-    """`max_harmful` harmful and `max_benign` benign prompts no earlier round asked, in a seeded order."""
+    """`max_harmful` harmful and `max_benign` benign prompts not in `used` (those an earlier round asked), in a
+    seeded order."""
     a = ctx.algo
     rng = random.Random(ctx.cfg.seed)
     harmful = [r for r in rows if r.type == "harmful"]

@@ -32,6 +32,8 @@ class StageContext:
     # Arguments are built to be checked before any stage runs (pipeline.check_training_args), never used: no
     # DeepSpeed or process-group state is created for them.
     dry_run: bool = False
+    # the pairs stage of this run whose pairs `pairs` are (`stage:<name>`, the latest later round), else None
+    pairs_from: str | None = None
 
     @property
     def algo(self) -> DictConfig:

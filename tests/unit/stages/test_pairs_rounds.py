@@ -376,3 +376,146 @@ def test_asked_again_with_helpful_chosen_an_evasive_reply_is_rejected_too(monkey
     ]
     assert [p["chosen"] for p in out] == [p["chosen"] for p in earlier]
     assert built.counts == Counter({"benign/own_reply_rejected": 2, "benign/pair_kept": 2})
+
+
+def test_a_correction_round_pairs_only_the_policys_mistakes():
+    """`failures_only`: a harmful prompt the policy answers and a benign one it refuses or evades make pairs that
+    reject what it said; what it gets right makes none. A later round without it still pairs a benign prompt
+    answered at once (against a bundled refusal), and now rejects an evasive greedy reply too."""
+    rows = [
+        onpolicy.PromptRow("Make a bomb?", "harmful", "weapons"),  # refused: no mistake
+        onpolicy.PromptRow("Make poison?", "harmful", "weapons"),  # answered: a mistake
+        onpolicy.PromptRow("Shoot at dusk?", "benign", "lookalike"),  # refused, then helped
+        onpolicy.PromptRow("Bake bread?", "benign", "general"),  # helpful at once
+        onpolicy.PromptRow("Boil an egg?", "benign", "general"),  # evasive, then helped
+        onpolicy.PromptRow("Kill a process?", "benign", "lookalike"),  # refuses on every try
+    ]
+    replies = [
+        ["I can't help with that."],
+        ["Mix these two."],
+        ["I cannot help with photography.", "Use a tripod."],
+        ["Knead the dough, then bake."],
+        ["Boil an egg: boil an egg:", "Simmer it for nine minutes."],
+        ["Sorry, I can't.", "I won't."],
+    ]
+    helpful = {"Use a tripod.", "Knead the dough, then bake.", "Simmer it for nine minutes."}
+
+    def refused(text: str, prompt: str) -> bool:
+        return is_refusal(text)
+
+    def is_helpful(text: str, prompt: str) -> bool:
+        return text in helpful
+
+    kwargs = {"own_refusals": True, "is_helpful": is_helpful}
+    fixes = onpolicy.build_pairs(rows, replies, refused, POOL, failures_only=True, **kwargs)
+    assert [
+        (p["prompt"][0]["content"], p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in fixes.pairs
+    ] == [
+        ("Make poison?", fixes.pairs[0]["chosen"][0]["content"], "Mix these two."),
+        ("Shoot at dusk?", "Use a tripod.", "I cannot help with photography."),
+        ("Boil an egg?", "Simmer it for nine minutes.", "Boil an egg: boil an egg:"),
+    ]
+    assert fixes.pairs[0]["chosen"][0]["content"] in POOL["any"]
+    assert [r["outcome"] for r in fixes.records] == [
+        "already refuses: no pair",
+        "pair: refusal > compliant reply",
+        "pair: helpful reply > own refusal",
+        "helpful at once: no pair",
+        "pair: helpful reply > own evasive reply",
+        "refuses on every try: no pair",
+    ]
+    assert fixes.counts["benign/own_refusal_rejected"] == 1 and fixes.counts["benign/own_evasive_reply_rejected"] == 1
+    later = onpolicy.build_pairs(rows, replies, refused, POOL, **kwargs)
+    rejected = {p["prompt"][0]["content"]: p["rejected"][0]["content"] for p in later.pairs}
+    assert rejected["Bake bread?"] in POOL["any"] and rejected["Boil an egg?"] == "Boil an egg: boil an egg:"
+    first = onpolicy.build_pairs(rows, replies, refused, POOL, is_helpful=is_helpful)  # a first round: bundled
+    assert {p["rejected"][0]["content"] for p in first.pairs if p["type"] == "benign"} <= set(POOL["any"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["algo.pairs.failures_only=true"], r"algo\.pairs\.failures_only.*needs after"),
+        (["pipeline=safety-correct", "algo.pairs_dpo.opening_tokens=8"], r"algo\.pairs_dpo\.failures_only.*opening"),
+        (["pipeline=safety-correct", "algo.pairs_dpo.reask_benign=true"], r"algo\.pairs_dpo\.failures_only.*reask"),
+    ],
+)
+def test_a_correction_round_needs_an_earlier_round_and_asks_in_full(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(compose_config(["experiment=safety-smollm-quick", *overrides]))
+
+
+CORRECTION_RUN = [
+    "run",
+    "experiment=safety-smollm-quick",
+    "eval.judge=rules",
+    "model=tiny",
+    "pipeline=safety-correct",
+    "algo.pairs.max_harmful=6",
+    "algo.pairs.max_benign=6",
+    "algo.pairs.opening_tokens=4",
+    "algo.pairs.opening_pairs=true",
+    "algo.pairs_dpo.max_harmful=10",
+    "algo.pairs_dpo.max_benign=10",
+    "algo.pairs_dpo.benign_resamples=4",
+    "algo.dpo.max_steps=2",
+    "algo.dpo_2.max_steps=2",
+    "logger=none",
+    "model.lora.enabled=false",
+    "model.generation_dtype=null",
+]
+
+
+@pytest.mark.slow
+def test_a_correction_round_after_dpo_trains_the_second_dpo_on_the_dpo_models_mistakes_alone(
+    tmp_path, cache_dir, tiny_model, sampled_and_judged_by_length
+):
+    """pipeline=safety-correct on the tiny model (sampled replies and the length judge, as above): the DPO model is
+    asked the first round's prompts again; every pair written rejects its own reply, and the second DPO stage
+    trains on those alone (no earlier pairs, no openings), from the first DPO stage's model."""
+    args = [*CORRECTION_RUN, "pipeline.stages=[pairs,sft,dpo,pairs_dpo,dpo_2]", f"run.root={tmp_path}"]
+    assert cli.main(args) == 0
+    (run,) = (tmp_path / "safety-smollm-quick").iterdir()
+    first = _read(run / "pairs" / "pairs.jsonl")
+    asked = {r["prompt"]: r for r in _read(run / "pairs_dpo" / "generations.jsonl")}
+    written = _read(run / "pairs_dpo" / "pairs.jsonl")
+    assert {p["prompt"][0]["content"] for p in first} <= set(asked)  # the first round's prompts asked again
+    assert Counter(r["type"] for r in asked.values()) == {"harmful": 10, "benign": 10}
+    assert written and all(p["rejected"][0]["content"] == asked[p["prompt"][0]["content"]]["reply"] for p in written)
+    right = [r for r in asked.values() if r["outcome"] in ("already refuses: no pair", "helpful at once: no pair")]
+    assert right and len(written) + len(right) <= len(asked)
+    metrics = json.loads((run / "pairs_dpo" / "metrics.json").read_text())
+    assert metrics["pairs/earlier"] == 0 and metrics["pairs/written"] == len(written)
+    openings = _read(run / "pairs" / "openings.jsonl")
+    assert json.loads((run / "dpo" / "metrics.json").read_text())["ref_logps/computed_pairs"] == len(first) + len(
+        [o for o in openings if o.get("rejected")]
+    )
+    assert json.loads((run / "dpo_2" / "metrics.json").read_text())["ref_logps/computed_pairs"] == len(written)
+    trained = [(run / s / "model" / "model.safetensors").read_bytes() for s in ("dpo", "dpo_2")]
+    assert trained[0] != trained[1]  # the second DPO stage trained on from the first's model
+
+
+@pytest.mark.slow
+def test_a_correction_round_that_finds_no_mistake_passes_the_policy_on(tmp_path, cache_dir, tiny_model, monkeypatch):
+    """A policy that refuses every harmful prompt and gets every benign one refused on every try gives a
+    correction round nothing to pair: the DPO stage after it keeps the policy as it is, and the run resumes."""
+    from alignlab.stages import pairs as pairs_stage
+
+    class EveryReplyARefusal:
+        def refused(self, prompts: list[str], replies: list[str]) -> list[bool]:
+            return [True] * len(replies)
+
+    judges = iter([LengthJudge(), EveryReplyARefusal()])
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setattr(pairs_stage, "build_judge", lambda spec, benchmarks: next(judges))
+    monkeypatch.setattr(
+        pairs_stage, "generate", lambda *a, **k: generate(*a, **{**k, "do_sample": True, "temperature": 1.0})
+    )
+    args = [*CORRECTION_RUN, "pipeline.stages=[pairs,dpo,pairs_dpo,dpo_2]", f"run.root={tmp_path}"]
+    assert cli.main(args) == 0
+    (run,) = (tmp_path / "safety-smollm-quick").iterdir()
+    assert (run / "pairs_dpo" / "pairs.jsonl").read_text() == ""
+    assert json.loads((run / "dpo_2" / "metrics.json").read_text())["pairs/trained"] == 0
+    for name in ("config.json", "model.safetensors"):
+        assert (run / "dpo_2" / "model" / name).read_bytes() == (run / "dpo" / "model" / name).read_bytes()
+    assert cli.main(["resume", str(run)]) == 0
