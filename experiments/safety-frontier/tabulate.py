@@ -139,7 +139,8 @@ def plot(settings: list[Path], out: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(10, 4.5), layout="constrained")
+    rows = -(-(len(settings) + 1) // 3)  # the legend's rows, three settings to a row under the two panels
+    figure = Figure(figsize=(11, 4.5 + 0.17 * rows), layout="constrained")
     FigureCanvasAgg(figure)
     for ax, (harm, benign, title) in zip(
         figure.subplots(1, 2),
@@ -164,7 +165,8 @@ def plot(settings: list[Path], out: Path) -> None:
         ax.set_xlim(left=0)
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-    figure.axes[-1].legend(fontsize=7, loc="upper right")
+    handles, labels = figure.axes[-1].get_legend_handles_labels()
+    figure.legend(handles, labels, fontsize=7, loc="outside lower center", ncols=3)
     figure.savefig(out, dpi=120)
 
 
