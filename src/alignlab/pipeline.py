@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import platform
-import shutil
 import socket
 import subprocess
 import sys
@@ -54,6 +53,7 @@ from alignlab.evaluation import report as run_report
 from alignlab.models import cache_root, load_tokenizer, resolve_model_path
 from alignlab.stages import STAGES, TRAINING_ARGS
 from alignlab.tracking import Tracker, redact
+from alignlab.training import saving
 from alignlab.training.context import StageContext
 
 # stages that read data.preference (pairs, prompts)
@@ -200,17 +200,11 @@ def _nothing_to_correct(prep: Prepared) -> bool:
 
 
 def _pass_policy_on(ctx: StageContext) -> dict[str, Any]:
-    """A DPO or KTO stage after a correction round that found no mistake: its model/ is the policy it was given,
-    copied whole (via a temporary folder, as save_model does), so the stages after it and a resume read it as
-    any finished stage's model."""
+    """A DPO or KTO stage after a correction round that found no mistake keeps the policy it was given (rank 0
+    writes it)."""
     if not distributed.is_main():
         return {}
-    tmp = ctx.stage_dir / f".model.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(ctx.input_model, tmp)
-    if ctx.model_dir.exists():  # an earlier attempt died between rename and DONE: keep it aside, never delete
-        ctx.model_dir.rename(ctx.stage_dir / f"model.previous-{os.getpid()}")
-    os.replace(tmp, ctx.model_dir)
+    saving.pass_on(ctx)
     return {"pairs/trained": 0}
 
 

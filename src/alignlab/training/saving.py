@@ -45,6 +45,20 @@ def save_model(model: torch.nn.Module, ctx: StageContext) -> None:
     tmp = ctx.stage_dir / f".model.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     save_merged(model, ctx.tokenizer, tmp)
+    _install(tmp, ctx)
+
+
+def pass_on(ctx: StageContext) -> None:
+    """`model/` as the policy the stage was given, copied whole (a DPO or KTO stage after a correction round that
+    found no mistake): the stages after it and a resume read it as any finished stage's model."""
+    tmp = ctx.stage_dir / f".model.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(ctx.input_model, tmp)
+    _install(tmp, ctx)
+
+
+def _install(tmp: os.PathLike, ctx: StageContext) -> None:
+    """Move a whole model folder into `model/` in one rename."""
     if ctx.model_dir.exists():  # a previous attempt died between rename and DONE: keep it aside, never delete
         ctx.model_dir.rename(ctx.stage_dir / f"model.previous-{os.getpid()}")
     os.replace(tmp, ctx.model_dir)
