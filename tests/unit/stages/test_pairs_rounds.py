@@ -4,14 +4,17 @@ refusals of benign prompts become rejected replies, its own wrong answers to fre
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from alignlab import cli
 from alignlab.config import compose_config, validate
+from alignlab.config.algo import DPOAlgoConfig
 from alignlab.data import bias, onpolicy
 from alignlab.data.sources import resolve_local
 from alignlab.errors import ConfigError, DataError
@@ -443,6 +446,28 @@ def test_a_correction_round_pairs_only_the_policys_mistakes():
 def test_a_correction_round_needs_an_earlier_round_and_asks_in_full(overrides, message):
     with pytest.raises(ConfigError, match=message):
         validate(compose_config(["experiment=safety-smollm-quick", *overrides]))
+
+
+def test_the_second_dpo_stage_takes_every_setting_of_the_first_but_its_reference():
+    """A setting of dpo that dpo_2 did not follow would train the correction round with another objective unseen
+    (e.g. RPO's loss weights): every field of the DPO schema is interpolated, a new one fails here until it is."""
+    raw = compose_config(["pipeline=safety-correct"]).algo.dpo_2
+    fields = {f.name for f in dataclasses.fields(DPOAlgoConfig)} - {"kind", "reference"}
+    written = OmegaConf.to_container(raw, resolve=False)
+    assert {n for n in fields if written[n] not in (f"${{algo.dpo.{n}}}", f"${{oc.select:algo.dpo.{n}}}")} == set()
+    overrides = [
+        "pipeline=safety-correct",
+        "algo.dpo.loss_type=[sigmoid,sft]",
+        "algo.dpo.loss_weights=[1.0,0.2]",
+        "algo.dpo.label_smoothing=0.1",
+        "algo.dpo.reference=/models/sft",
+        "algo.dpo_2.learning_rate=1e-4",
+    ]
+    cfg = validate(compose_config(["experiment=safety-smollm-quick", *overrides]))
+    first, second = cfg.algo["dpo"], cfg.algo["dpo_2"]
+    assert (second.loss_type, second.loss_weights, second.label_smoothing) == (["sigmoid", "sft"], [1.0, 0.2], 0.1)
+    assert second.reference is None and first.reference == "/models/sft"  # the DPO model is the second's reference
+    assert second.learning_rate == 1e-4 != first.learning_rate  # and one set for dpo_2 alone is its own
 
 
 CORRECTION_RUN = [
