@@ -48,6 +48,34 @@ def test_hub_id_resolves_offline_from_the_cache(tmp_path, tiny_model):
     assert found.returncode == 0 and "layers 2" in found.stdout, found.stderr[-2000:]
 
 
+def test_a_base_model_passed_on_by_its_hub_id_is_saved_as_a_stage_saves_one(tmp_path, tiny_model):
+    """A DPO stage after a correction round that found no mistake passes its policy on (training/saving.py); where
+    that policy is the run's base model named by a Hub id, there is no folder to copy: it is loaded from the Hub
+    cache and saved whole, with its tokenizer, in the stage's model/."""
+    fake_hub_cache(tmp_path / "hub", "org/tiny", tiny_model)
+    code = (
+        "import sys; from pathlib import Path; from omegaconf import OmegaConf\n"
+        "from alignlab.config import ModelConfig; from alignlab.models import load_tokenizer\n"
+        "from alignlab.training import saving\n"
+        "from alignlab.training.context import StageContext\n"
+        "model = OmegaConf.structured(ModelConfig(name='m', source='hub', path='org/tiny'))\n"
+        "ctx = StageContext(cfg=OmegaConf.create({'model': model}), name='dpo_2', stage_dir=Path(sys.argv[1]), "
+        "input_model='org/tiny', base_model='org/tiny', tokenizer=load_tokenizer('org/tiny', model), pairs=None, "
+        "sft_rows=None, tracker=None)\n"
+        "saving.pass_on(ctx)"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
+    stage = tmp_path / "run" / "dpo_2"
+    stage.mkdir(parents=True)
+    done = subprocess.run([sys.executable, "-c", code, str(stage)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.name for p in stage.iterdir()) == ["model"]  # nothing half written beside it
+    assert (stage / "model" / "tokenizer.json").is_file()
+    cfg = model_cfg(source="local")
+    saved, base = load_model(str(stage / "model"), cfg).state_dict(), load_model(tiny_model, cfg).state_dict()
+    assert saved.keys() == base.keys() and all(torch.equal(saved[k], base[k]) for k in base)
+
+
 def test_lora_top_layers_adapts_only_the_last_layers(tiny_model):
     cfg = model_cfg(source="tiny")
     cfg.lora.enabled, cfg.lora.top_layers = True, 1

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import torch
 from transformers import Trainer
 
 from alignlab import distributed
-from alignlab.models import save_merged
+from alignlab.models import load_model, save_merged
 from alignlab.training.context import StageContext
 
 
@@ -49,8 +50,13 @@ def save_model(model: torch.nn.Module, ctx: StageContext) -> None:
 
 
 def pass_on(ctx: StageContext) -> None:
-    """`model/` as the policy the stage was given, copied whole (a DPO or KTO stage after a correction round that
-    found no mistake): the stages after it and a resume read it as any finished stage's model."""
+    """`model/` as the policy the stage was given (a DPO or KTO stage after a correction round that found no
+    mistake): the stages after it and a resume read it as any finished stage's model. A local folder is copied
+    whole; a Hub id (the run's base model, when no stage trained before) is loaded and saved as a stage saves its
+    own."""
+    if not Path(ctx.input_model).is_dir():
+        save_model(load_model(ctx.input_model, ctx.cfg.model), ctx)
+        return
     tmp = ctx.stage_dir / f".model.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(ctx.input_model, tmp)
