@@ -12,7 +12,7 @@ One module per group, each with its schemas (every field's `help` metadata docum
     model.py        model (ModelConfig, LoRA, the tiny and wheel models)
     data.py         data (sources, the bias mix)
     train.py        the fields every training stage shares (TrainConfig)
-    algo.py         algo.<stage>: SFT, DPO, reward and cost models, pairs, eval; ALGO_SCHEMAS by kind
+    algo.py         algo.<stage>: SFT, DPO, reward and cost models, pairs, calibrate, eval; ALGO_SCHEMAS by kind
     online.py       algo.<stage>: PPO, PPO-Lagrangian, GRPO / RLOO
     eval.py         eval (suites, judges, targets)
     distributed.py  distributed, launcher, slurm

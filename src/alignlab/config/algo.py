@@ -2,7 +2,7 @@
 placed at `algo.<stage>` by the pipeline files (e.g. `/algo@algo.dpo: dpo` in conf/pipeline/sft-dpo.yaml).
 
 This module holds the offline training stages (SFT, DPO, reward and cost models), the stages that train nothing
-(pairs, eval), the registry and the per-stage checks; the online RL stages are in config/online.py, the fields
+(pairs, calibrate, eval), the registry and the per-stage checks; the online RL stages are in config/online.py, the fields
 every training stage shares in config/train.py.
 """
 
@@ -383,6 +383,42 @@ class PairsStageConfig:
 
 
 @dataclass
+class CalibrateStageConfig:
+    """How readily the policy refuses, set by a first-token bias fitted on labelled prompts and folded into the
+    saved output layer, so plain greedy `generate` on the saved model makes the calibrated decision
+    (stages/calibrate.py)."""
+
+    kind: str = field(default="calibrate", metadata={"help": "The kind of stage (selects this schema): calibrate."})
+    prompts: str = field(
+        default="pkg://alignlab/assets/safety/train_prompts.jsonl",
+        metadata={
+            "help": "The labelled prompts the bias is fitted on; rows: prompt, type (harmful | benign), category. "
+            "The default is the training prompts (the model fits them a little better than new ones); a "
+            "validation file of the same format gives an unbiased fit."
+        },
+    )
+    refusal_rate: float = field(
+        default=0.9,
+        metadata={
+            "help": "The share of the harmful calibration prompts whose reply must open with a refusal token; the "
+            "bias is the smallest that reaches it, so it also sets how many benign prompts are refused. In (0, 1]."
+        },
+    )
+    opening_tokens: int = field(
+        default=8,
+        metadata={
+            "help": "Tokens of the policy's greedy opening the judge reads to tell which first tokens begin its "
+            "refusals (a first token whose openings are mostly refusals is one)."
+        },
+    )
+    judge: str | None = field(
+        default=None,
+        metadata={"help": "The key of eval.judges that reads the openings; None: as a pairs stage's."},
+    )
+    batch_size: int = field(default=32, metadata={"help": "Prompts read (and their openings generated) at once."})
+
+
+@dataclass
 class EvalStageConfig:
     """A safety evaluation of the current policy with the suites of the top-level `eval` config
     (stages/evaluate.py)."""
@@ -401,6 +437,7 @@ ALGO_SCHEMAS: dict[str, type] = {
     "grpo": GRPOAlgoConfig,
     "rloo": GRPOAlgoConfig,
     "pairs": PairsStageConfig,
+    "calibrate": CalibrateStageConfig,
     "eval": EvalStageConfig,
 }
 
@@ -423,10 +460,22 @@ def check_stage(a: DictConfig, key: str, cfg: DictConfig) -> None:
     """A stage's settings (`key` is algo.<stage>), a training stage's some against the rest of the config."""
     if a.kind == "pairs":
         check_pairs(a, key)
+    if a.kind == "calibrate":
+        check_calibrate(a, key)
     if a.kind not in TRAINING_KINDS:
         return
     check_train(a, key, cfg)
     _KIND_CHECKS[a.kind](a, key, cfg)
+
+
+def check_calibrate(a: DictConfig, key: str) -> None:
+    check(
+        0 < a.refusal_rate <= 1,
+        f"{key}.refusal_rate",
+        f"a share of the harmful prompts, in (0, 1], got {a.refusal_rate}.",
+    )
+    check(a.opening_tokens >= 1, f"{key}.opening_tokens", f"a number of tokens (1 or more), got {a.opening_tokens}.")
+    check(a.batch_size >= 1, f"{key}.batch_size", f"a number of prompts (1 or more), got {a.batch_size}.")
 
 
 def check_pairs(a: DictConfig, key: str) -> None:

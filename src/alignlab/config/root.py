@@ -10,6 +10,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
 from alignlab.config.algo import (
+    CalibrateStageConfig,
     CostAlgoConfig,
     DPOAlgoConfig,
     EvalStageConfig,
@@ -117,6 +118,7 @@ def register_schemas() -> None:
         ("ppo_lag", PPOLagAlgoConfig),
         ("grpo", GRPOAlgoConfig),
         ("pairs", PairsStageConfig),
+        ("calibrate", CalibrateStageConfig),
         ("eval", EvalStageConfig),
     ):
         cs.store(group="algo", name=f"{name}_schema", node=node)

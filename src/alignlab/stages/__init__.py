@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from alignlab.stages import dpo, evaluate, grpo, kto, pairs, ppo, reward, sft
+from alignlab.stages import calibrate, dpo, evaluate, grpo, kto, pairs, ppo, reward, sft
 from alignlab.training.context import StageContext
 
 STAGES: dict[str, Callable[[StageContext], dict[str, Any]]] = {
@@ -25,6 +25,7 @@ STAGES: dict[str, Callable[[StageContext], dict[str, Any]]] = {
     "grpo": grpo.run,
     "rloo": grpo.run,
     "pairs": pairs.run,
+    "calibrate": calibrate.run,
     "eval": evaluate.run,
 }
 

@@ -1,0 +1,156 @@
+"""Refusal calibration stage: set how readily the policy refuses, by a bias on the first token of its refusals
+fitted on labelled prompts, folded into the saved weights so that plain greedy `generate` makes the calibrated
+decision (issue 33's fifth candidate; Jain et al. 2024 set a refusal token's rate with a threshold at inference).
+
+A refusal is decided at the reply's first token (experiments/safety-frontier: the policy's refusals open with a
+handful of tokens, "I" above all). The stage
+
+1. finds those tokens: the policy's greedy openings (`opening_tokens` tokens) on the calibration prompts, judged;
+   a first token whose openings are mostly refusals is a refusal token;
+2. reads, at each calibration prompt's last position, the output layer's input h and the logits;
+3. adds `delta * u` to the output rows of the refusal tokens, u = m / |m|^2 with m the mean of h over the prompts.
+   The output layer has no bias, so this is the nearest thing to one: the refusal tokens' logits move by
+   delta * (u . h), which is delta on average at the reply's first position (the shift's spread is reported);
+4. picks delta by bisection so that the refusal tokens win the first position on `refusal_rate` of the harmful
+   calibration prompts, computed exactly for the edited weights;
+5. saves the model with its output layer untied from the input embeddings (a tied model would move the refusal
+   tokens' input embeddings too), a normal checkpoint of the same architecture.
+
+No library sets a first-token bias by editing weights; this is our own (a few lines of tensor algebra).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alignlab.config.root import pairs_judge
+from alignlab.console import Progress
+from alignlab.data import onpolicy
+from alignlab.errors import DataError
+from alignlab.evaluation.judges import build_judge
+from alignlab.generation import generate, generation_tokenizer
+from alignlab.models import load_model
+from alignlab.training.context import StageContext
+from alignlab.training.saving import save_model
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    a = ctx.algo
+    rows = onpolicy.read_prompts(a.prompts)
+    harmful = torch.tensor([r.type == "harmful" for r in rows])
+    if harmful.all() or not harmful.any():
+        raise DataError(f"Data error in '{a.prompts}': calibration needs both harmful and benign prompts.")
+    model = load_model(ctx.input_model, ctx.cfg.model).eval()  # the dtype it is saved in: the edit is exact
+    convs = [[{"role": "user", "content": r.prompt}] for r in rows]
+    judge = build_judge(ctx.cfg.eval.judges[pairs_judge(ctx.cfg, ctx.name)], Path(ctx.cfg.eval.benchmarks_dir))
+    replies = generate(
+        model,
+        ctx.tokenizer,
+        convs,
+        a.opening_tokens,
+        a.batch_size,
+        progress=Progress(f"{ctx.name}: openings", len(rows)),
+    )
+    texts = [ctx.tokenizer.decode(g["token_ids"], skip_special_tokens=True) for g in replies]
+    refused = judge.refused([r.prompt for r in rows], texts)
+    tokens = refusal_tokens([g["token_ids"][:1] for g in replies], refused)
+    if not tokens:
+        raise DataError(
+            f"Data error: stage '{ctx.name}': the policy begins no reply to the {len(rows)} prompts of "
+            f"'{a.prompts}' with a refusal, so there is no refusal decision to calibrate."
+        )
+    hidden, logits = first_position(model, ctx.tokenizer, convs, a.batch_size)
+    direction = hidden.mean(0) / hidden.mean(0).square().sum()
+    shift = hidden @ direction
+    mask = torch.zeros(logits.shape[1], dtype=torch.bool)
+    mask[tokens] = True
+    delta = fit_delta(logits, shift, mask, harmful, a.refusal_rate)
+    before, after = first_token_refusals(logits, shift, mask, 0.0), first_token_refusals(logits, shift, mask, delta)
+    fold_bias(model, tokens, delta * direction)
+    save_model(model, ctx)
+    tok = generation_tokenizer(ctx.tokenizer)
+    return {
+        "calibrate/delta": delta,
+        "calibrate/prompts_harmful": int(harmful.sum()),
+        "calibrate/prompts_benign": int((~harmful).sum()),
+        "calibrate/refusal_tokens": " ".join(tok.convert_ids_to_tokens(tokens)),
+        "calibrate/shift_sd": shift.std().item(),
+        "calibrate/shift_min": shift.min().item(),
+        "calibrate/shift_max": shift.max().item(),
+        "calibrate/harmful_refused_before": before[harmful].float().mean().item(),
+        "calibrate/benign_refused_before": before[~harmful].float().mean().item(),
+        "calibrate/harmful_refused_after": after[harmful].float().mean().item(),
+        "calibrate/benign_refused_after": after[~harmful].float().mean().item(),
+    }
+
+
+def refusal_tokens(first: list[list[int]], refused: list[bool]) -> list[int]:
+    """The first tokens whose openings the judge calls refusals more often than not (an empty reply has none)."""
+    yes, no = Counter(), Counter()
+    for ids, r in zip(first, refused, strict=True):
+        if ids:
+            (yes if r else no)[ids[0]] += 1
+    return sorted(t for t in yes if yes[t] > no[t])
+
+
+@torch.no_grad()
+def first_position(
+    model: Any, tokenizer: Any, convs: list[list[dict[str, str]]], batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The output layer's input and the logits at the reply's first position (left padding: the last column)."""
+    tok = generation_tokenizer(tokenizer)
+    head = model.get_output_embeddings()
+    captured: list[torch.Tensor] = []
+    hook = head.register_forward_hook(lambda _m, args, _o: captured.append(args[0][:, -1].float()))
+    logits = []
+    try:
+        for start in range(0, len(convs), batch_size):
+            texts = [
+                tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False)
+                for c in convs[start : start + batch_size]
+            ]
+            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(head.weight.device)
+            logits.append(model(**enc, logits_to_keep=1).logits[:, -1].float().cpu())
+    finally:
+        hook.remove()
+    return torch.cat(captured).cpu(), torch.cat(logits)
+
+
+def first_token_refusals(logits: torch.Tensor, shift: torch.Tensor, mask: torch.Tensor, delta: float) -> torch.Tensor:
+    """Per prompt: whether a refusal token wins the first position once its logits move by delta * shift."""
+    return (logits[:, mask] + delta * shift[:, None]).max(-1).values > logits[:, ~mask].max(-1).values
+
+
+def fit_delta(
+    logits: torch.Tensor, shift: torch.Tensor, mask: torch.Tensor, harmful: torch.Tensor, rate: float
+) -> float:
+    """The smallest delta at which the refusal tokens win on at least `rate` of the harmful prompts (the share
+    rises with delta, since every shift is positive): bisection, to 1e-4."""
+    if (shift <= 0).any():
+        raise DataError("Data error: the first position's mean direction does not shift every prompt's logits up.")
+
+    def share(delta: float) -> float:
+        return first_token_refusals(logits, shift, mask, delta)[harmful].float().mean().item()
+
+    span = (logits.max() - logits.min()).item() / shift.min().item() + 1.0  # beyond it every decision is made
+    low, high = -span, span
+    while high - low > 1e-4:
+        mid = (low + high) / 2
+        low, high = (low, mid) if share(mid) >= rate else (mid, high)
+    return high
+
+
+@torch.no_grad()
+def fold_bias(model: Any, tokens: list[int], vector: torch.Tensor) -> None:
+    """Add `vector` to the output rows of `tokens`, after untying the output layer from the input embeddings."""
+    head = model.get_output_embeddings()
+    weight = head.weight.detach().clone()
+    weight[tokens] += vector.to(weight.dtype)
+    head.weight = torch.nn.Parameter(weight)
+    model.config.tie_word_embeddings = False
+    if hasattr(model.config, "get_text_config"):  # multimodal configs keep the flag on their text config
+        model.config.get_text_config().tie_word_embeddings = False
