@@ -56,7 +56,7 @@ def main() -> None:
     harmful = torch.tensor([r.type == "harmful" for r in train])
     fitted = margins([r.prompt for r in train])
     suites = {}
-    for name in {n for pair in PAIRS for n in pair}:
+    for name in (n for pair in PAIRS for n in pair):
         suite = load_suite(name, cfg.eval.suites[name], Path(cfg.eval.benchmarks_dir), cfg.seed)
         if suite is not None:
             suites[name] = margins(suite.prompts)

@@ -2,8 +2,8 @@
 placed at `algo.<stage>` by the pipeline files (e.g. `/algo@algo.dpo: dpo` in conf/pipeline/sft-dpo.yaml).
 
 This module holds the offline training stages (SFT, DPO, reward and cost models), the stages that train nothing
-(pairs, calibrate, eval), the registry and the per-stage checks; the online RL stages are in config/online.py, the fields
-every training stage shares in config/train.py.
+(pairs, calibrate, eval), the registry and the per-stage checks; the online RL stages are in config/online.py, the
+fields every training stage shares in config/train.py.
 """
 
 from __future__ import annotations

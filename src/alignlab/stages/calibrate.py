@@ -5,8 +5,8 @@ decision (issue 33's fifth candidate; Jain et al. 2024 set a refusal token's rat
 A refusal is decided at the reply's first token (experiments/safety-frontier: the policy's refusals open with a
 handful of tokens, "I" above all). The stage
 
-1. finds those tokens: the policy's greedy openings (`opening_tokens` tokens) on the calibration prompts, judged;
-   a first token whose openings are mostly refusals is a refusal token;
+1. finds those tokens: the policy's greedy openings (`opening_tokens` tokens) on the calibration prompts, judged
+   (`<stage>/openings.jsonl`); a first token whose openings are mostly refusals is a refusal token;
 2. reads, at each calibration prompt's last position, the output layer's input h and the logits;
 3. adds `delta * u` to the output rows of the refusal tokens, u = m / |m|^2 with m the mean of h over the prompts.
    The output layer has no bias, so this is the nearest thing to one: the refusal tokens' logits move by
@@ -58,6 +58,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
     texts = [ctx.tokenizer.decode(g["token_ids"], skip_special_tokens=True) for g in replies]
     refused = judge.refused([r.prompt for r in rows], texts)
     tokens = refusal_tokens([g["token_ids"][:1] for g in replies], refused)
+    onpolicy.write_jsonl(  # what the refusal tokens were read from, for inspection
+        ctx.stage_dir / "openings.jsonl",
+        [
+            {"prompt": r.prompt, "type": r.type, "opening": t, "refused": no}
+            for r, t, no in zip(rows, texts, refused, strict=True)
+        ],
+    )
     if not tokens:
         raise DataError(
             f"Data error: stage '{ctx.name}': the policy begins no reply to the {len(rows)} prompts of "

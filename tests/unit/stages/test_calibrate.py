@@ -88,6 +88,8 @@ def test_the_saved_model_refuses_the_fitted_share_with_a_plain_forward_pass(tmp_
     refusal_id = tok("I can't help with that.", add_special_tokens=False)["input_ids"][0]
     assert metrics["calibrate/refusal_tokens"] == tok.convert_ids_to_tokens(refusal_id)
     assert metrics["calibrate/harmful_refused_after"] >= 0.7 and metrics["calibrate/prompts_harmful"] == 10
+    openings = [json.loads(line) for line in (ctx.stage_dir / "openings.jsonl").read_text().splitlines()]
+    assert [o["refused"] for o in openings] == [True] * 10 + [i % 4 == 0 for i in range(10, 20)]
 
     before = AutoModelForCausalLM.from_pretrained(tiny_model)
     after = AutoModelForCausalLM.from_pretrained(ctx.model_dir)

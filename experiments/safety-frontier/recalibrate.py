@@ -1,0 +1,42 @@
+"""The calibrate stage (stages/calibrate.py) run alone on a finished run's DPO model at another refusal_rate: the
+points of one model's calibration curve without training it again. Writes OUT/model and OUT/metrics.json; then
+`alignlab eval model=OUT/model reference=smollm2-135m-instruct eval=safety` evaluates it.
+
+    .venv/bin/python experiments/safety-frontier/recalibrate.py runs/<run> 0.85 calibrated/0.85
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from alignlab.config import compose_config, validate
+from alignlab.models import load_tokenizer
+from alignlab.stages import calibrate
+from alignlab.training.context import StageContext
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("run", type=Path, help="a run folder with dpo/model")
+    p.add_argument("rate", type=float, help="algo.calibrate.refusal_rate")
+    p.add_argument("out", type=Path)
+    p.add_argument("--experiment", default="safety-smollm-openings")
+    args = p.parse_args()
+    overrides = [
+        f"experiment={args.experiment}",
+        "pipeline=safety-calibrated",
+        f"algo.calibrate.refusal_rate={args.rate}",
+    ]
+    cfg = validate(compose_config(overrides))
+    model = str(args.run / "dpo" / "model")
+    ctx = StageContext(cfg, "calibrate", args.out, model, model, load_tokenizer(model, cfg.model), None, None, None)
+    args.out.mkdir(parents=True, exist_ok=True)
+    metrics = calibrate.run(ctx)
+    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    print(json.dumps(metrics, indent=1))
+
+
+if __name__ == "__main__":
+    main()
