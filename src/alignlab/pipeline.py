@@ -138,6 +138,8 @@ def prepare(cfg: DictConfig, run_dir: Path | None = None) -> Prepared:
             prep.sft_rows = data_lib.as_sft(prep.pairs)
         if cfg.data.bias is not None:
             prep.fingerprints.update(mix.check_templates(cfg.data.bias))
+        for stage in (s for s in cfg.pipeline.stages if cfg.algo[s].kind == "calibrate"):
+            onpolicy.read_labelled_prompts(cfg.algo[stage].prompts, f"algo.{stage}.prompts")
         _check_inputs_unchanged(run_dir, prep.fingerprints)
         check_training_args(prep)
     except UserError as exc:

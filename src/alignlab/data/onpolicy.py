@@ -62,6 +62,19 @@ def read_prompts(path: str) -> list[PromptRow]:
     return rows
 
 
+def read_labelled_prompts(path: str, key: str) -> list[PromptRow]:
+    """`read_prompts` for a stage that fits a decision between the two types (`key` names its setting), so both
+    must be there."""
+    rows = read_prompts(path)
+    types = {r.type for r in rows}
+    if types != {"harmful", "benign"}:
+        raise DataError(
+            f"Data error in '{path}' ({key}): needs both harmful and benign prompts, "
+            f"has only {sorted(types) or 'none'}."
+        )
+    return rows
+
+
 def read_refusals(path: str) -> dict[str, list[str]]:
     local = resolve_local(path)
     if local is None or not local.is_file():

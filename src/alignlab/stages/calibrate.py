@@ -40,10 +40,8 @@ from alignlab.training.saving import save_model
 
 def run(ctx: StageContext) -> dict[str, Any]:
     a = ctx.algo
-    rows = onpolicy.read_prompts(a.prompts)
+    rows = onpolicy.read_labelled_prompts(a.prompts, f"algo.{ctx.name}.prompts")  # checked before any stage ran
     harmful = torch.tensor([r.type == "harmful" for r in rows])
-    if harmful.all() or not harmful.any():
-        raise DataError(f"Data error in '{a.prompts}': calibration needs both harmful and benign prompts.")
     model = load_model(ctx.input_model, ctx.cfg.model).eval()  # the dtype it is saved in: the edit is exact
     convs = [[{"role": "user", "content": r.prompt}] for r in rows]
     judge = build_judge(ctx.cfg.eval.judges[pairs_judge(ctx.cfg, ctx.name)], Path(ctx.cfg.eval.benchmarks_dir))

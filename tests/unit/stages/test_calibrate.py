@@ -11,8 +11,9 @@ import torch
 from stage_fixtures import context
 from transformers import AutoModelForCausalLM
 
+from alignlab import cli
 from alignlab.config import compose_config, validate
-from alignlab.errors import ConfigError, DataError
+from alignlab.errors import ConfigError
 from alignlab.generation import generation_tokenizer
 from alignlab.stages import calibrate
 
@@ -40,12 +41,16 @@ def test_the_fitted_delta_is_the_smallest_that_refuses_the_asked_share_of_harmfu
         assert share >= rate > below
 
 
-def test_a_calibration_file_with_one_type_of_prompt_is_refused_before_the_model_loads(tmp_path):
+def test_a_calibration_file_with_one_type_of_prompt_stops_the_run_before_any_stage_trains(tmp_path, capsys):
     rows = tmp_path / "prompts.jsonl"
     rows.write_text(json.dumps({"prompt": "Bake bread?", "type": "benign", "category": "cooking"}) + "\n")
-    ctx = context(tmp_path, "calibrate", *CALIBRATE, f"algo.calibrate.prompts={rows}")
-    with pytest.raises(DataError, match="both harmful and benign"):
-        calibrate.run(ctx)
+    args = ["run", "experiment=tiny", "logger=none", f"run.root={tmp_path}", "+algo@algo.calibrate=calibrate"]
+    args += ["pipeline.stages=[sft,calibrate]", f"algo.calibrate.prompts={rows}"]
+    assert cli.main(args) != 0
+    assert (
+        "algo.calibrate.prompts): needs both harmful and benign prompts, has only ['benign']" in capsys.readouterr().err
+    )
+    assert not list(tmp_path.glob("*/*/sft"))
 
 
 @pytest.mark.parametrize(
