@@ -42,7 +42,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     a = ctx.algo
     rows = onpolicy.read_labelled_prompts(a.prompts, f"algo.{ctx.name}.prompts")  # checked before any stage ran
     harmful = torch.tensor([r.type == "harmful" for r in rows])
-    model = load_model(ctx.input_model, ctx.cfg.model).eval()  # the dtype it is saved in: the edit is exact
+    model = load_model(ctx.input_model, ctx.cfg.model).eval()  # the dtype it is saved in (bf16 rounds the edit)
     convs = [[{"role": "user", "content": r.prompt}] for r in rows]
     judge = build_judge(ctx.cfg.eval.judges[pairs_judge(ctx.cfg, ctx.name)], Path(ctx.cfg.eval.benchmarks_dir))
     replies = generate(
