@@ -22,16 +22,8 @@ TrainAttention = Literal["auto", Attention]
 PRECISIONS = tuple(p for p in get_args(Precision) if p != "auto")
 
 TRAINING_KINDS = ("sft", "dpo", "kto", "rm", "cm", "ppo", "ppo-lag", "grpo", "rloo")
-POLICY_KINDS = (
-    "sft",
-    "dpo",
-    "kto",
-    "ppo",
-    "ppo-lag",
-    "grpo",
-    "rloo",
-    "calibrate",
-)  # stages whose model/ is the next stage's policy
+# stages whose model/ is the next stage's policy
+POLICY_KINDS = ("sft", "dpo", "kto", "ppo", "ppo-lag", "grpo", "rloo", "calibrate")
 SCORER_KINDS = ("rm", "cm")  # stages whose model/ is a reward or cost model
 
 

@@ -77,12 +77,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
     before, after = first_token_refusals(logits, shift, mask, 0.0), first_token_refusals(logits, shift, mask, delta)
     fold_bias(model, tokens, delta * direction)
     save_model(model, ctx)
-    tok = generation_tokenizer(ctx.tokenizer)
     return {
         "calibrate/delta": delta,
         "calibrate/prompts_harmful": int(harmful.sum()),
         "calibrate/prompts_benign": int((~harmful).sum()),
-        "calibrate/refusal_tokens": " ".join(tok.convert_ids_to_tokens(tokens)),
+        "calibrate/refusal_tokens": " ".join(ctx.tokenizer.convert_ids_to_tokens(tokens)),
         "calibrate/shift_sd": shift.std().item(),
         "calibrate/shift_min": shift.min().item(),
         "calibrate/shift_max": shift.max().item(),
