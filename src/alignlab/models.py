@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from alignlab.devices import resolve_generation_dtype
-from alignlab.errors import ModelError
+from alignlab.errors import ConfigError, ModelError
 
 # ChatML, as used by SmolLM2 / Qwen: given to tokenizers that ship without a chat template.
 CHATML_TEMPLATE = (
@@ -28,7 +28,8 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-TINY_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# The last one is unused by the chat template: a spare for `model.refusal_token` in tests.
+TINY_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|reserved_0|>"]
 TINY_CORPUS = Path(__file__).parent / "assets" / "tiny" / "prefs.jsonl"
 
 
@@ -82,7 +83,9 @@ def build_tiny_model(spec: DictConfig, cache: Path) -> Path:
 
     spec_dict = OmegaConf.to_container(spec) if isinstance(spec, DictConfig) else dict(spec)
     corpus_hash = hashlib.sha256(TINY_CORPUS.read_bytes()).hexdigest()[:8]
-    key = hashlib.sha256(json.dumps([spec_dict, corpus_hash], sort_keys=True).encode()).hexdigest()[:12]
+    key = hashlib.sha256(
+        json.dumps([spec_dict, corpus_hash, TINY_SPECIAL_TOKENS], sort_keys=True).encode()
+    ).hexdigest()[:12]
     out = cache / "models" / f"tiny-{key}"
     if (out / "config.json").is_file():
         return out
@@ -242,6 +245,28 @@ def load_tokenizer(path: str, model_cfg: DictConfig) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def refusal_token_id(tokenizer: PreTrainedTokenizerBase, model_cfg: DictConfig) -> int | None:
+    """The id of `model.refusal_token`, or None when it is unset. It must be one special token already in the
+    vocabulary: one the decoder drops with skip_special_tokens and that needs no new embedding row (a new row would
+    give the policy a vocabulary its reference lacks, and the KL between them no meaning)."""
+    token = model_cfg.get("refusal_token")
+    if not token:
+        return None
+    special = {t.content: i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    if token not in special:
+        raise ConfigError(
+            f"Config error at 'model.refusal_token': {token!r} is not a special token of the tokenizer of "
+            f"'{model_cfg.name}'; its special tokens: {', '.join(sorted(special))}."
+        )
+    used = {tokenizer.eos_token, tokenizer.pad_token, tokenizer.bos_token}
+    if token in used or token in (tokenizer.chat_template or ""):
+        raise ConfigError(
+            f"Config error at 'model.refusal_token': {token!r} already has a job (end of sequence, padding or the "
+            "chat template); pick an unused special token."
+        )
+    return special[token]
+
+
 def torch_dtype(name: str) -> Any:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}[name]
 
@@ -282,15 +307,20 @@ def _load_adapter(path: str, model_cfg: DictConfig, dtype: str, attn: str) -> to
     return model.merge_and_unload()
 
 
-def lora_config(model_cfg: DictConfig, model: torch.nn.Module, task_type: str = "CAUSAL_LM") -> Any:
+def lora_config(
+    model_cfg: DictConfig, model: torch.nn.Module, task_type: str = "CAUSAL_LM", tokenizer: Any = None
+) -> Any:
     """A peft LoraConfig from `model.lora` for `model`, or None when LoRA is off. `task_type="SEQ_CLS"` for reward
     and cost models: peft then trains their fresh `score` head in full (it adds it to `modules_to_save`) and
-    never puts an adapter on it."""
+    never puts an adapter on it. A policy's `tokenizer` given: the embedding row of `model.refusal_token` is
+    trained too (peft's trainable tokens; with tied embeddings its output row is the same one), since a spare
+    token's pretrained row says nothing about refusing."""
     if not model_cfg.lora.enabled:
         return None
     from peft import LoraConfig
 
     spec = model_cfg.lora
+    token = refusal_token_id(tokenizer, model_cfg) if tokenizer is not None else None
     targets = spec.target_modules if isinstance(spec.target_modules, str) else list(spec.target_modules)
     layers = None
     if spec.top_layers is not None:
@@ -305,6 +335,7 @@ def lora_config(model_cfg: DictConfig, model: torch.nn.Module, task_type: str = 
         target_modules=targets,
         layers_to_transform=layers,
         task_type=task_type,
+        trainable_token_indices=None if token is None else [token],
     )
 
 

@@ -50,7 +50,7 @@ from alignlab.errors import (
     is_disk_full,
 )
 from alignlab.evaluation import report as run_report
-from alignlab.models import cache_root, load_tokenizer, resolve_model_path
+from alignlab.models import cache_root, load_tokenizer, refusal_token_id, resolve_model_path
 from alignlab.stages import STAGES, TRAINING_ARGS
 from alignlab.tracking import Tracker, redact
 from alignlab.training import saving
@@ -118,6 +118,7 @@ def prepare(cfg: DictConfig, run_dir: Path | None = None) -> Prepared:
     try:
         base = resolve_model_path(cfg.model, cache_root(cfg))
         tokenizer = load_tokenizer(base, cfg.model)
+        refusal_token_id(tokenizer, cfg.model)  # a token the tokenizer lacks stops the run here
         check_model_fits_config(base, cfg.model)
         prep = Prepared(cfg, run_dir, base, tokenizer)
         kinds = {cfg.algo[s].kind for s in cfg.pipeline.stages}
@@ -139,7 +140,7 @@ def prepare(cfg: DictConfig, run_dir: Path | None = None) -> Prepared:
         if cfg.data.bias is not None:
             prep.fingerprints.update(mix.check_templates(cfg.data.bias))
         for stage in (s for s in cfg.pipeline.stages if cfg.algo[s].kind == "calibrate"):
-            onpolicy.read_labelled_prompts(cfg.algo[stage].prompts, f"algo.{stage}.prompts")
+            onpolicy.calibration_prompts(cfg.algo[stage].prompts, f"algo.{stage}.prompts", cfg)
         _check_inputs_unchanged(run_dir, prep.fingerprints)
         check_training_args(prep)
     except UserError as exc:

@@ -252,6 +252,14 @@ class PairsStageConfig:
         default="pkg://alignlab/assets/safety/refusals.jsonl",
         metadata={"help": "Refusals file (the chosen replies to harmful prompts); rows: category (or any), text."},
     )
+    hold_out: float = field(
+        default=0.0,
+        metadata={
+            "help": "Share of the prompts file kept out of every pair and opening (picked by a hash of the prompt, "
+            "so the same in every run and round), written to `<stage>/held_out.jsonl`: a validation split for "
+            "`algo=calibrate` (its prompts: stage:<this stage>). In [0, 1)."
+        },
+    )
     max_harmful: int | None = field(default=None, metadata={"help": "Harmful prompts asked; None: all of them."})
     max_benign: int | None = field(default=None, metadata={"help": "Benign prompts asked; None: all of them."})
     specific_refusals: bool = field(
@@ -394,7 +402,8 @@ class CalibrateStageConfig:
         metadata={
             "help": "The labelled prompts the bias is fitted on; rows: prompt, type (harmful | benign), category. "
             "The default is the training prompts (the model fits them a little better than new ones); a "
-            "validation file of the same format gives an unbiased fit."
+            "validation file of the same format, or stage:<pairs stage> for the prompts that stage held out of "
+            "training (its `hold_out`), gives an unbiased fit."
         },
     )
     refusal_rate: float = field(
@@ -483,6 +492,7 @@ def check_pairs(a: DictConfig, key: str) -> None:
         if a[name] is not None:
             check(a[name] >= 0, f"{key}.{name}", f"must be a number of prompts (0 or more) or null, got {a[name]}.")
     check(0 <= a.ches_drop < 1, f"{key}.ches_drop", f"a fraction of the pairs, in [0, 1), got {a.ches_drop}.")
+    check(0 <= a.hold_out < 1, f"{key}.hold_out", f"a share of the prompts, in [0, 1), got {a.hold_out}.")
     check(a.opening_tokens >= 0, f"{key}.opening_tokens", f"a number of tokens (0: off), got {a.opening_tokens}.")
     check(not a.opening_pairs or a.opening_tokens > 0, f"{key}.opening_pairs", "needs opening_tokens > 0.")
     check(

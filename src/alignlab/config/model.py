@@ -108,6 +108,16 @@ class ModelConfig:
         default=None,
         metadata={"help": "Jinja text or a file; None keeps the tokenizer's own (ChatML if it has none)."},
     )
+    refusal_token: str | None = field(
+        default=None,
+        metadata={
+            "help": "A special token of the tokenizer that opens every refusal the pairs stage writes (chosen on "
+            "harmful prompts, rejected on benign ones), so the model decides to refuse at one token; LoRA trains its "
+            "embedding row, `algo=calibrate` sets its rate, and decoding with skip_special_tokens drops it from the "
+            "text (Jain et al. 2024's refusal tokens). It must already be in the vocabulary (SmolLM2 has unused "
+            "ones, e.g. <empty_output>), so the model keeps its shape. None: refusals open as they are written.",
+        },
+    )
     tiny: TinyModelSpec = field(default_factory=TinyModelSpec, metadata={"help": "The model of source=tiny."})
     wheel: WheelSpec = field(default_factory=WheelSpec, metadata={"help": "The wheel of source=wheel."})
     lora: LoraSpec = field(default_factory=LoraSpec, metadata={"help": "LoRA adapters instead of full fine-tuning."})

@@ -159,6 +159,14 @@ def check_pipeline(cfg: DictConfig, stages: list[str]) -> None:
                 f"needs a judge that reads whether a reply attempts the task (kind probe); the pairs judge '{name}' "
                 f"is of kind {cfg.eval.judges[name].kind}. Set algo.{stage}.judge to a probe judge.",
             )
+        if kinds[i] == "calibrate" and str(cfg.algo[stage].prompts).startswith("stage:"):
+            held = str(cfg.algo[stage].prompts).split(":", 1)[1]
+            check(
+                held in stages[:i] and cfg.algo[held].kind == "pairs" and cfg.algo[held].hold_out > 0,
+                f"algo.{stage}.prompts",
+                f"'stage:{held}' must name a pairs stage that runs before '{stage}' and holds prompts out of "
+                f"training (hold_out > 0; stages: {stages}).",
+            )
     producer = _from_stage(cfg.data.preference)
     for i, stage in enumerate(stages):
         if kinds[i] in TRAINING_KINDS and producer:

@@ -66,16 +66,46 @@ def read_labelled_prompts(path: str, key: str) -> list[PromptRow]:
     """`read_prompts` for a stage that fits a decision between the two types (`key` names its setting), so both
     must be there."""
     rows = read_prompts(path)
-    types = {r.type for r in rows}
-    if types != {"harmful", "benign"}:
-        raise DataError(
-            f"Data error in '{path}' ({key}): needs both harmful and benign prompts, "
-            f"has only {sorted(types) or 'none'}."
-        )
+    _both_types(rows, path, key)
     return rows
 
 
-def read_refusals(path: str) -> dict[str, list[str]]:
+def _both_types(rows: list[PromptRow], where: str, key: str) -> None:
+    types = {r.type for r in rows}
+    if types != {"harmful", "benign"}:
+        raise DataError(
+            f"Data error in '{where}' ({key}): needs both harmful and benign prompts, "
+            f"has only {sorted(types) or 'none'}."
+        )
+
+
+HELD_OUT_FILE = "held_out.jsonl"  # a pairs stage's prompts kept out of training (`hold_out`)
+
+
+def split_held_out(rows: list[PromptRow], share: float) -> tuple[list[PromptRow], list[PromptRow]]:
+    """The rows to train on and those held out: a prompt is held out when its hash falls in the first `share` of
+    the range, so the split needs no seed and a prompt stays on its side whatever else the file holds."""
+    held = {r.prompt for r in rows if int(hashlib.sha256(r.prompt.encode()).hexdigest(), 16) < share * 16**64}
+    return [r for r in rows if r.prompt not in held], [r for r in rows if r.prompt in held]
+
+
+def calibration_prompts(path: str, key: str, cfg: Any, run_dir: Path | None = None) -> list[PromptRow]:
+    """A calibration stage's labelled prompts: a file, or with `stage:<pairs stage>` the prompts that stage holds
+    out of training. Without `run_dir` (before the run) the held-out split is made from the pairs stage's prompts
+    file; with it, read from what the stage wrote."""
+    if not path.startswith("stage:"):
+        return read_labelled_prompts(path, key)
+    stage = path.split(":", 1)[1]
+    if run_dir is not None:
+        rows = [PromptRow(r["prompt"], r["type"], r["category"]) for r in read_jsonl(run_dir / stage / HELD_OUT_FILE)]
+    else:
+        rows = split_held_out(read_prompts(cfg.algo[stage].prompts), cfg.algo[stage].hold_out)[1]
+    _both_types(rows, f"{path} (the prompts '{stage}' holds out of {cfg.algo[stage].prompts})", key)
+    return rows
+
+
+def read_refusals(path: str, marker: str = "") -> dict[str, list[str]]:
+    """The refusal pool by category, each text opened with `marker` (`model.refusal_token`; empty: as written)."""
     local = resolve_local(path)
     if local is None or not local.is_file():
         raise DataError(f"Data error: refusal file '{path}' does not exist.")
@@ -86,7 +116,7 @@ def read_refusals(path: str) -> dict[str, list[str]]:
         obj = json.loads(line)
         if not isinstance(obj.get("text"), str) or not obj["text"].strip():
             raise DataError(f"Data error in '{local}' line {n}: 'text' is missing or empty.")
-        pool.setdefault(str(obj.get("category", "any")), []).append(obj["text"].strip())
+        pool.setdefault(str(obj.get("category", "any")), []).append(marker + obj["text"].strip())
     if not pool.get("any"):
         raise DataError(f"Data error in '{local}': needs refusals with category 'any' (used for every category).")
     return pool
@@ -120,6 +150,7 @@ def build_pairs(
     specific_rejected: bool = False,
     is_helpful: Callable[[str, str], bool] | None = None,
     failures_only: bool = False,
+    refusal_token: str = "",
 ) -> PairBuild:
     """`replies[i]` holds the model's attempts for `rows[i]`: the greedy reply first, then any re-samples;
     `is_refusal(reply, prompt)` is the judge.
@@ -129,7 +160,9 @@ def build_pairs(
     `specific_refusals`, `specific_rejected`: see `refusal_for`. `is_helpful(reply, prompt)` (algo.pairs
     `helpful_chosen`): a benign pair's chosen reply must also attempt the task, not only not refuse.
     `failures_only` (with `own_refusals`; algo.pairs `failures_only`): a benign prompt makes a pair only where the
-    greedy reply was wrong, so every pair rejects a reply the model gave (a harmful prompt's pair always does)."""
+    greedy reply was wrong, so every pair rejects a reply the model gave (a harmful prompt's pair always does).
+    `refusal_token` (`model.refusal_token`) opens a rejected own refusal, as it opens every bundled one: the text
+    the judge read had it decoded away."""
     out = PairBuild()
     for row, attempts in zip(rows, replies, strict=True):
         judged = [(text, is_refusal(text, row.prompt)) for text in attempts]
@@ -170,13 +203,14 @@ def build_pairs(
                 record["outcome"] = "helpful at once: no pair"
             else:
                 record["outcome"] = f"pair: helpful reply > {wrong}" if own else "pair: helpful reply > refusal"
+                rejected = refusal_for(row, refusals, False, specific_rejected)
+                if own:
+                    rejected = attempts[0] if evasive else refusal_token + attempts[0]
                 out.pairs.append(
                     {
                         "prompt": user,
                         "chosen": [_assistant(helpful)],
-                        "rejected": [
-                            _assistant(attempts[0] if own else refusal_for(row, refusals, False, specific_rejected))
-                        ],
+                        "rejected": [_assistant(rejected)],
                         "chosen_safe": True,
                         "rejected_safe": True,
                         "type": row.type,

@@ -98,7 +98,7 @@ def build_actor_critic(ctx: StageContext, scorers: list[Scorer]) -> tuple[ActorC
     """Policy (+ LoRA), value heads or critics, and a separate reference only where the adapter cannot serve."""
     a = ctx.algo
     policy = load_model(ctx.input_model, ctx.cfg.model)
-    peft = lora_config(ctx.cfg.model, policy)
+    peft = lora_config(ctx.cfg.model, policy, tokenizer=ctx.tokenizer)
     if peft is not None:
         from peft import get_peft_model
 

@@ -6,7 +6,8 @@ A refusal is decided at the reply's first token (experiments/safety-frontier: th
 handful of tokens, "I" above all). The stage
 
 1. finds those tokens: the policy's greedy openings (`opening_tokens` tokens) on the calibration prompts, judged
-   (`<stage>/openings.jsonl`); a first token whose openings are mostly refusals is a refusal token;
+   (`<stage>/openings.jsonl`); a first token whose openings are mostly refusals is a refusal token. With
+   `model.refusal_token`, which opens every refusal the policy was trained on, that token alone;
 2. reads, at each calibration prompt's last position, the output layer's input h and the logits;
 3. adds `delta * u` to the output rows of the refusal tokens, u = m / |m|^2 with m the mean of h over the prompts.
    The output layer has no bias, so this is the nearest thing to one: the refusal tokens' logits move by
@@ -33,14 +34,14 @@ from alignlab.data import onpolicy
 from alignlab.errors import DataError
 from alignlab.evaluation.judges import build_judge
 from alignlab.generation import generate, generation_tokenizer
-from alignlab.models import load_model
+from alignlab.models import load_model, refusal_token_id
 from alignlab.training.context import StageContext
 from alignlab.training.saving import save_model
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
     a = ctx.algo
-    rows = onpolicy.read_labelled_prompts(a.prompts, f"algo.{ctx.name}.prompts")  # checked before any stage ran
+    rows = onpolicy.calibration_prompts(a.prompts, f"algo.{ctx.name}.prompts", ctx.cfg, ctx.stage_dir.parent)
     harmful = torch.tensor([r.type == "harmful" for r in rows])
     model = load_model(ctx.input_model, ctx.cfg.model).eval()  # the dtype it is saved in (bf16 rounds the edit)
     convs = [[{"role": "user", "content": r.prompt}] for r in rows]
@@ -55,7 +56,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     )
     texts = [ctx.tokenizer.decode(g["token_ids"], skip_special_tokens=True) for g in replies]
     refused = judge.refused([r.prompt for r in rows], texts)
-    tokens = refusal_tokens([g["token_ids"][:1] for g in replies], refused)
+    marker = refusal_token_id(ctx.tokenizer, ctx.cfg.model)
+    tokens = refusal_tokens([g["token_ids"][:1] for g in replies], refused) if marker is None else [marker]
     onpolicy.write_jsonl(  # what the refusal tokens were read from, for inspection
         ctx.stage_dir / "openings.jsonl",
         [

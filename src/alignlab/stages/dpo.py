@@ -118,7 +118,7 @@ def build_trainer(ctx: StageContext) -> AlignlabDPOTrainer:
     precompute = dpo_precomputes(a)
     args = training_args(ctx)
     policy = training_model(ctx)
-    peft = lora_config(ctx.cfg.model, policy)
+    peft = lora_config(ctx.cfg.model, policy, tokenizer=ctx.tokenizer)
     compact = lm_head.use_compact(a.lm_head, policy, devices.training_device())
     share = compact and a.share_prompt in (True, "auto")
     ref = reference_model(ctx, policy, lora=peft is not None, precompute=precompute)

@@ -114,7 +114,7 @@ def build_trainer(ctx: StageContext) -> GRPOTrainer | RLOOTrainer:
         train_dataset=prompts,
         eval_dataset=prompts,
         processing_class=ctx.tokenizer,
-        peft_config=lora_config(ctx.cfg.model, policy),
+        peft_config=lora_config(ctx.cfg.model, policy, tokenizer=ctx.tokenizer),
     )
     for function in functions:  # a reward model scores where the policy runs
         if isinstance(function.scorer, ModelScorer):

@@ -65,7 +65,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         train_dataset=rows,
         eval_dataset=Dataset.from_list(unpaired(scored_pairs(pairs, ctx))) if ctx.algo.final_eval else None,
         processing_class=ctx.tokenizer,
-        peft_config=lora_config(ctx.cfg.model, policy),
+        peft_config=lora_config(ctx.cfg.model, policy, tokenizer=ctx.tokenizer),
     )
     metrics = train(trainer, ctx)
     metrics["kto/desirable_rows"] = sum(rows["label"])

@@ -34,8 +34,10 @@ TABLE_COLUMNS = ("prompt", "type", "category", "reply", "refused", "outcome")
 
 def run(ctx: StageContext) -> dict[str, Any]:
     a = ctx.algo
-    prompts = onpolicy.read_prompts(a.prompts)
-    refusals = onpolicy.read_refusals(a.refusals)
+    prompts, held = onpolicy.split_held_out(onpolicy.read_prompts(a.prompts), a.hold_out)
+    if a.hold_out:
+        onpolicy.write_jsonl(ctx.stage_dir / onpolicy.HELD_OUT_FILE, [vars(r) for r in held])
+    refusals = onpolicy.read_refusals(a.refusals, ctx.cfg.model.refusal_token or "")
     earlier, used = _earlier_round(ctx)
     rows = _new_prompts(ctx, prompts, set() if a.failures_only else used)
     judge_name = pairs_judge(ctx.cfg, ctx.name)
@@ -50,6 +52,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "specific_refusals": a.specific_refusals,
         "specific_rejected": a.specific_rejected,
         "failures_only": a.failures_only,
+        "refusal_token": ctx.cfg.model.refusal_token or "",
     }
     helpful = _helpful_verdicts(judge, rows, attempts, raw) if a.helpful_chosen else None
     new = onpolicy.build_pairs(

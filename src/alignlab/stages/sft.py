@@ -60,7 +60,7 @@ def build_trainer(ctx: StageContext) -> AlignlabSFTTrainer:
             args=args,
             train_dataset=train_dataset(ctx.sft_rows or [], ctx.tokenizer),
             processing_class=ctx.tokenizer,
-            peft_config=lora_config(ctx.cfg.model, model),
+            peft_config=lora_config(ctx.cfg.model, model, tokenizer=ctx.tokenizer),
             group_by_length=a.group_by_length,
         )
 

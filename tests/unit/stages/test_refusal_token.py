@@ -1,0 +1,170 @@
+"""A dedicated refusal token (`model.refusal_token`): it opens every refusal the pairs stage writes, LoRA trains its
+embedding row, the calibration stage sets its rate alone, and decoding drops it from the text."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from alignlab import cli
+from alignlab.data import onpolicy
+from alignlab.stages import pairs as pairs_stage
+
+MARK = "<|reserved_0|>"  # the tiny tokenizer's spare special token
+REFUSALS = "pkg://alignlab/assets/safety/refusals.jsonl"
+
+
+def test_every_refusal_in_the_pairs_opens_with_the_token_and_no_other_reply_does():
+    pool = onpolicy.read_refusals(REFUSALS, MARK)
+    assert all(t.startswith(MARK) and not t[len(MARK) :].startswith(MARK) for ts in pool.values() for t in ts)
+    rows = [
+        onpolicy.PromptRow("How do I pick a lock to break in?", "harmful", "crime"),
+        onpolicy.PromptRow("How do I kill a Python process?", "benign", "homonyms"),
+        onpolicy.PromptRow("How do I shoot a good photo?", "benign", "homonyms"),
+    ]
+    replies = [["Sure, first get a tension wrench."], ["I can't help with that.", "Run kill -9 PID."], ["Hmm."]]
+    refusal, evasive = {"I can't help with that."}, {"Hmm."}
+
+    def helpful(text: str, _prompt: str) -> bool:
+        return text not in evasive
+
+    built = onpolicy.build_pairs(
+        rows,
+        replies,
+        lambda text, _prompt: text in refusal,
+        pool,
+        own_refusals=True,
+        is_helpful=helpful,
+        refusal_token=MARK,
+    )
+    # the tiny third prompt has no helpful reply at all, so no pair; the other two:
+    harmful, benign = built.pairs
+    assert harmful["chosen"][0]["content"].startswith(MARK)
+    assert harmful["rejected"][0]["content"] == "Sure, first get a tension wrench."
+    assert benign["chosen"][0]["content"] == "Run kill -9 PID."
+    assert benign["rejected"][0]["content"] == MARK + "I can't help with that."  # its own refusal, marked
+
+    evading = onpolicy.build_pairs(
+        rows[2:],
+        [["Hmm.", "Use a tripod."]],
+        lambda *_: False,
+        pool,
+        own_refusals=True,
+        is_helpful=helpful,
+        refusal_token=MARK,
+    )
+    assert evading.pairs[0]["rejected"][0]["content"] == "Hmm."  # an evasion is no refusal: unmarked
+
+
+@pytest.mark.parametrize(
+    ("token", "says"),
+    [
+        (
+            "<nope>",
+            "is not a special token of the tokenizer of 'tiny-llama'; its special tokens: <|endoftext|>, <|im_end|>",
+        ),
+        ("<|im_end|>", "already has a job"),
+    ],
+)
+def test_a_token_that_cannot_mark_refusals_stops_the_run_before_any_stage(tmp_path, cache_dir, token, says, capsys):
+    args = ["run", "experiment=tiny", "logger=none", f"run.root={tmp_path}", f"model.refusal_token='{token}'"]
+    assert cli.main(args) != 0
+    err = capsys.readouterr().err
+    assert "model.refusal_token" in err and says in err
+    assert not list(tmp_path.glob("*/*/sft"))
+
+
+def test_pairs_sft_and_calibration_train_and_set_the_token(tmp_path, cache_dir, tiny_model, monkeypatch):
+    """The tiny model's greedy replies are empty, which leaves no harmful pair: here each harmful prompt gets a
+    compliant reply. After pairs, SFT with LoRA and calibration: every refusal trained on opens with the token, SFT
+    moved the token's embedding row and no other, the calibration biased that token alone, and the saved model
+    puts it first on the share of harmful prompts the stage reports; decoded, it leaves no trace in the text."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    replies = pairs_stage._replies
+
+    def compliant(ctx, model, rows, judge):
+        attempts, raw = replies(ctx, model, rows, judge)
+        own = [
+            [f"Sure, step {i}: do it."] if r.type == "harmful" else a for i, (r, a) in enumerate(zip(rows, attempts))
+        ]
+        return own, [o if r.type == "harmful" else w for r, o, w in zip(rows, own, raw)]
+
+    monkeypatch.setattr(pairs_stage, "_replies", compliant)
+    args = ["run", "experiment=safety-smollm-quick", "model=tiny", "logger=none", "eval.judge=rules"]
+    args += ["model.generation_dtype=null", "model.lora.enabled=true", f"model.refusal_token='{MARK}'"]
+    args += ["algo.pairs.max_harmful=6", "algo.pairs.max_benign=6", "algo.pairs.opening_tokens=3"]
+    args += ["+algo@algo.calibrate=calibrate", "pipeline.stages=[pairs,sft,calibrate]"]
+    args += ["algo.pairs.hold_out=0.05", "algo.calibrate.prompts=stage:pairs", "algo.calibrate.refusal_rate=0.5"]
+    assert cli.main([*args, f"run.root={tmp_path}"]) == 0
+    (run,) = (tmp_path / "safety-smollm-quick").iterdir()
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    mark = tok.convert_tokens_to_ids(MARK)
+    pairs = onpolicy.read_jsonl(run / "pairs" / "pairs.jsonl")
+    refusals = [p["chosen"] if p["type"] == "harmful" else p["rejected"] for p in pairs]
+    answers = [p["rejected"] if p["type"] == "harmful" else p["chosen"] for p in pairs]
+    assert {p["type"] for p in pairs} == {"harmful", "benign"}
+    assert all(r[0]["content"].startswith(MARK) for r in refusals)
+    assert not any(MARK in a[0]["content"] for a in answers)
+    assert tok(refusals[0][0]["content"], add_special_tokens=False)["input_ids"][0] == mark
+    openings = onpolicy.read_jsonl(run / "pairs" / "openings.jsonl")
+    assert all(o["opening"].startswith(MARK) for o in openings if o["type"] == "harmful")
+    held = onpolicy.read_jsonl(run / "pairs" / "held_out.jsonl")
+    trained = {p["prompt"][0]["content"] for p in pairs} | {o["prompt"][0]["content"] for o in openings}
+    assert held and not trained & {r["prompt"] for r in held}
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model).get_input_embeddings().weight
+    tuned = AutoModelForCausalLM.from_pretrained(run / "sft" / "model").get_input_embeddings().weight
+    assert (tuned != base).any(-1).nonzero().flatten().tolist() == [mark]
+
+    metrics = json.loads((run / "calibrate" / "metrics.json").read_text())
+    assert metrics["calibrate/refusal_tokens"] == MARK
+    harmful = [r["prompt"] for r in held if r["type"] == "harmful"]
+    assert metrics["calibrate/prompts_harmful"] == len(harmful)
+    calibrated = AutoModelForCausalLM.from_pretrained(run / "calibrate" / "model")
+    head = calibrated.lm_head.weight
+    sft_head = AutoModelForCausalLM.from_pretrained(run / "sft" / "model").get_output_embeddings().weight
+    assert (head != sft_head).any(-1).nonzero().flatten().tolist() == [mark]
+    convs = [[{"role": "user", "content": p}] for p in harmful]
+    texts = [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in convs]
+    tok.padding_side = "left"
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.no_grad():
+        first = calibrated(**enc).logits[:, -1].argmax(-1)
+    assert (first == mark).float().mean().item() == pytest.approx(metrics["calibrate/harmful_refused_after"])
+    assert metrics["calibrate/harmful_refused_after"] >= 0.5
+    assert tok.decode([mark, *tok("No.", add_special_tokens=False)["input_ids"]], skip_special_tokens=True) == "No."
+
+
+def test_held_out_prompts_stay_out_of_training_and_are_what_the_calibration_reads():
+    rows = onpolicy.read_prompts("pkg://alignlab/assets/safety/train_prompts.jsonl")
+    train, held = onpolicy.split_held_out(rows, 0.15)
+    assert len(train) + len(held) == len(rows) and not {r.prompt for r in train} & {r.prompt for r in held}
+    assert 0.10 < len(held) / len(rows) < 0.20 and {r.type for r in held} == {"harmful", "benign"}
+    again, _ = onpolicy.split_held_out([r for r in rows if r.type == "harmful"], 0.15)  # a prompt keeps its side
+    assert {r.prompt for r in again} == {r.prompt for r in train if r.type == "harmful"}
+    assert onpolicy.split_held_out(rows, 0.0) == (rows, [])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "says"),
+    [
+        (["algo.calibrate.prompts=stage:sft"], "'stage:sft' must name a pairs stage that runs before 'calibrate'"),
+        (["algo.calibrate.prompts=stage:pairs"], "holds prompts out of training (hold_out > 0"),
+        (
+            ["algo.pairs.hold_out=1.0", "algo.calibrate.prompts=stage:pairs"],
+            "'algo.pairs.hold_out': a share of the prompts, in [0, 1), got 1.0",
+        ),
+    ],
+)
+def test_a_calibration_split_no_pairs_stage_holds_out_is_named(overrides, says):
+    from alignlab.config import compose_config, validate
+    from alignlab.errors import ConfigError
+
+    base = ["experiment=safety-smollm", "pipeline=safety-calibrated"]
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        validate(compose_config([*base, *overrides]))
