@@ -3,6 +3,8 @@ points of one model's calibration curve without training it again. Writes OUT/mo
 `alignlab eval model=OUT/model reference=smollm2-135m-instruct eval=safety` evaluates it.
 
     .venv/bin/python experiments/safety-frontier/recalibrate.py runs/<run> 0.85 calibrated/0.85
+    .venv/bin/python experiments/safety-frontier/recalibrate.py runs/<run> 0.9 calibrated/token \
+        'model.refusal_token="<empty_output>"' algo.calibrate.prompts=runs/<run>/pairs/held_out.jsonl
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ def main() -> None:
     p.add_argument("rate", type=float, help="algo.calibrate.refusal_rate")
     p.add_argument("out", type=Path)
     p.add_argument("--experiment", default="safety-smollm-openings")
+    p.add_argument("overrides", nargs="*", help="more Hydra overrides, e.g. the run's model.refusal_token")
     args = p.parse_args()
     overrides = [
         f"experiment={args.experiment}",
         "pipeline=safety-calibrated",
         f"algo.calibrate.refusal_rate={args.rate}",
+        *args.overrides,
     ]
     cfg = validate(compose_config(overrides))
     model = str(args.run / "dpo" / "model")

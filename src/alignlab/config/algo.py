@@ -420,6 +420,14 @@ class CalibrateStageConfig:
             "refusals (a first token whose openings are mostly refusals is one)."
         },
     )
+    later_tokens: int = field(
+        default=64,
+        metadata={
+            "help": "With `model.refusal_token`: tokens of each greedy reply whose positions after the first are "
+            "read; the token is pushed down at them, so it can open a reply and not turn one into a refusal "
+            "mid-way."
+        },
+    )
     judge: str | None = field(
         default=None,
         metadata={"help": "The key of eval.judges that reads the openings; None: as a pairs stage's."},
@@ -484,6 +492,7 @@ def check_calibrate(a: DictConfig, key: str) -> None:
         f"a share of the harmful prompts, in (0, 1], got {a.refusal_rate}.",
     )
     check(a.opening_tokens >= 1, f"{key}.opening_tokens", f"a number of tokens (1 or more), got {a.opening_tokens}.")
+    check(a.later_tokens >= 2, f"{key}.later_tokens", f"a number of tokens (2 or more), got {a.later_tokens}.")
     check(a.batch_size >= 1, f"{key}.batch_size", f"a number of prompts (1 or more), got {a.batch_size}.")
 
 

@@ -115,7 +115,8 @@ class ModelConfig:
             "harmful prompts, rejected on benign ones), so the model decides to refuse at one token; LoRA trains its "
             "embedding row, `algo=calibrate` sets its rate, and decoding with skip_special_tokens drops it from the "
             "text (Jain et al. 2024's refusal tokens). It must already be in the vocabulary (SmolLM2 has unused "
-            "ones, e.g. <empty_output>), so the model keeps its shape. None: refusals open as they are written.",
+            "ones, e.g. <empty_output>), so the model keeps its shape; on the command line Hydra wants it quoted: "
+            "'model.refusal_token=\"<empty_output>\"'. None: refusals open as they are written.",
         },
     )
     tiny: TinyModelSpec = field(default_factory=TinyModelSpec, metadata={"help": "The model of source=tiny."})

@@ -7,7 +7,10 @@ handful of tokens, "I" above all). The stage
 
 1. finds those tokens: the policy's greedy openings (`opening_tokens` tokens) on the calibration prompts, judged
    (`<stage>/openings.jsonl`); a first token whose openings are mostly refusals is a refusal token. With
-   `model.refusal_token`, which opens every refusal the policy was trained on, that token alone;
+   `model.refusal_token`, which opens every refusal the policy was trained on, that token alone, which must
+   then also lose every later position: u is fitted to shift the first position and not the later ones of the
+   policy's greedy replies (`later_tokens`), and a second direction pushes the token down at those (a token that
+   switches a reply to a refusal mid-way is what training it alone produced: experiments/safety-frontier);
 2. reads, at each calibration prompt's last position, the output layer's input h and the logits;
 3. adds `delta * u` to the output rows of the refusal tokens, u = m / |m|^2 with m the mean of h over the prompts.
    The output layer has no bias, so this is the nearest thing to one: the refusal tokens' logits move by
@@ -33,6 +36,7 @@ from alignlab.console import Progress
 from alignlab.data import onpolicy
 from alignlab.errors import DataError
 from alignlab.evaluation.judges import build_judge
+from alignlab.evaluation.likelihood import context_ids, right_padded
 from alignlab.generation import generate, generation_tokenizer
 from alignlab.models import load_model, refusal_token_id
 from alignlab.training.context import StageContext
@@ -46,17 +50,17 @@ def run(ctx: StageContext) -> dict[str, Any]:
     model = load_model(ctx.input_model, ctx.cfg.model).eval()  # the dtype it is saved in (bf16 rounds the edit)
     convs = [[{"role": "user", "content": r.prompt}] for r in rows]
     judge = build_judge(ctx.cfg.eval.judges[pairs_judge(ctx.cfg, ctx.name)], Path(ctx.cfg.eval.benchmarks_dir))
+    marker = refusal_token_id(ctx.tokenizer, ctx.cfg.model)
     replies = generate(
         model,
         ctx.tokenizer,
         convs,
-        a.opening_tokens,
+        a.opening_tokens if marker is None else max(a.opening_tokens, a.later_tokens),
         a.batch_size,
         progress=Progress(f"{ctx.name}: openings", len(rows)),
     )
-    texts = [ctx.tokenizer.decode(g["token_ids"], skip_special_tokens=True) for g in replies]
+    texts = [ctx.tokenizer.decode(g["token_ids"][: a.opening_tokens], skip_special_tokens=True) for g in replies]
     refused = judge.refused([r.prompt for r in rows], texts)
-    marker = refusal_token_id(ctx.tokenizer, ctx.cfg.model)
     tokens = refusal_tokens([g["token_ids"][:1] for g in replies], refused) if marker is None else [marker]
     onpolicy.write_jsonl(  # what the refusal tokens were read from, for inspection
         ctx.stage_dir / "openings.jsonl",
@@ -71,15 +75,39 @@ def run(ctx: StageContext) -> dict[str, Any]:
             f"'{a.prompts}' with a refusal, so there is no refusal decision to calibrate."
         )
     hidden, logits = first_position(model, ctx.tokenizer, convs, a.batch_size)
-    direction = hidden.mean(0) / hidden.mean(0).square().sum()
-    shift = hidden @ direction
     mask = torch.zeros(logits.shape[1], dtype=torch.bool)
     mask[tokens] = True
-    delta = fit_delta(logits, shift, mask, harmful, a.refusal_rate)
+    extra: dict[str, Any] = {}
+    if marker is None:
+        direction = hidden.mean(0) / hidden.mean(0).square().sum()
+        shift = hidden @ direction
+        delta = fit_delta(logits, shift, mask, harmful, a.refusal_rate)
+        vector = delta * direction
+    else:
+        later, margin = later_positions(model, ctx.tokenizer, convs, [g["token_ids"] for g in replies], marker, a)
+        direction, away = first_position_directions(hidden, later)
+        shift = hidden @ direction
+        delta, push = 0.0, 0.0
+        for _ in range(2):  # delta moves the later positions a little, the push the first ones: each fitted twice
+            push = push_down(margin + delta * (later @ direction), later @ away)
+            moved = logits.clone()
+            moved[:, marker] -= push * (hidden @ away)
+            delta = fit_delta(moved, shift, mask, harmful, a.refusal_rate)
+        vector = delta * direction - push * away
+        logits = logits.clone()
+        logits[:, marker] -= push * (hidden @ away)
+        after_later = margin + later @ vector
+        extra = {
+            "calibrate/later_positions": len(margin),
+            "calibrate/later_token_wins_before": int((margin > 0).sum()),
+            "calibrate/later_token_wins_after": int((after_later > 0).sum()),
+            "calibrate/later_push": push,
+            "calibrate/first_shift_of_push_max": (push * (hidden @ away)).abs().max().item(),
+        }
     before, after = first_token_refusals(logits, shift, mask, 0.0), first_token_refusals(logits, shift, mask, delta)
-    fold_bias(model, tokens, delta * direction)
+    fold_bias(model, tokens, vector)
     save_model(model, ctx)
-    return {
+    return extra | {
         "calibrate/delta": delta,
         "calibrate/prompts_harmful": int(harmful.sum()),
         "calibrate/prompts_benign": int((~harmful).sum()),
@@ -124,6 +152,67 @@ def first_position(
     finally:
         hook.remove()
     return torch.cat(captured).cpu(), torch.cat(logits)
+
+
+LATER_GAP = 5.0  # logits by which a dedicated refusal token must lose every later position read
+
+
+@torch.no_grad()
+def later_positions(
+    model: Any, tokenizer: Any, convs: list[list[dict[str, str]]], replies: list[list[int]], token: int, a: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """At every position of the policy's greedy replies after the first: the output layer's input, and by how many
+    logits `token` beats the best other token there (negative: it loses). A dedicated refusal token belongs at the
+    first position only; these are where it must not win."""
+    tok = generation_tokenizer(tokenizer)
+    head = model.get_output_embeddings()
+    captured: list[torch.Tensor] = []
+    hook = head.register_forward_hook(lambda _m, args, _o: captured.append(args[0].float()))
+    hidden, margins = [], []
+    try:
+        for start in range(0, len(convs), a.batch_size):
+            seqs, spans = [], []
+            for conv, reply in zip(convs[start : start + a.batch_size], replies[start : start + a.batch_size]):
+                prompt = context_ids(tok, conv)
+                seqs.append(prompt + reply[: a.later_tokens])
+                spans.append((len(prompt), min(len(reply), a.later_tokens)))
+            ids, attn = right_padded(seqs, tok.pad_token_id)
+            captured.clear()
+            logits = model(input_ids=ids.to(head.weight.device), attention_mask=attn.to(head.weight.device)).logits
+            for i, (p_len, r_len) in enumerate(spans):
+                span = slice(p_len, p_len + r_len - 1)  # predicting the reply's second token onwards
+                at = logits[i, span].float()
+                others = at.clone()
+                others[:, token] = float("-inf")
+                margins.append((at[:, token] - others.max(-1).values).cpu())
+                hidden.append(captured[0][i, span].cpu())
+    finally:
+        hook.remove()
+    return torch.cat(hidden), torch.cat(margins)
+
+
+def first_position_directions(first: torch.Tensor, later: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two directions of the output layer's input: u with u . h = 1 at the first positions and 0 at the later ones,
+    and v the other way round (ridge regressions, each group weighted equally), so that adding `delta * u - push *
+    v` to a token's output row moves its logit at the reply's first position by about delta and pushes it down
+    everywhere after."""
+    x = torch.cat([first, later]).double()
+    w = torch.cat([torch.full((len(first),), 0.5 / len(first)), torch.full((len(later),), 0.5 / len(later))]).double()
+    y = torch.zeros(len(x), 2, dtype=torch.float64)
+    y[: len(first), 0] = 1.0
+    y[len(first) :, 1] = 1.0
+    gram = x.T @ (w[:, None] * x)
+    gram += 1e-4 * gram.trace() / len(gram) * torch.eye(len(gram), dtype=torch.float64)
+    u, v = torch.linalg.solve(gram, x.T @ (w[:, None] * y)).float().T
+    return u, v
+
+
+def push_down(margin: torch.Tensor, away: torch.Tensor) -> float:
+    """The smallest push along `away` that leaves the token LATER_GAP logits behind the best other token at every
+    later position where `away` reaches (away . h > 0.1; the count where it still wins is reported)."""
+    reach = away > 0.1
+    need = (margin[reach] + LATER_GAP) / away[reach]
+    return max(0.0, need.max().item()) if reach.any() else 0.0
 
 
 def first_token_refusals(logits: torch.Tensor, shift: torch.Tensor, mask: torch.Tensor, delta: float) -> torch.Tensor:

@@ -137,6 +137,9 @@ def test_pairs_sft_and_calibration_train_and_set_the_token(tmp_path, cache_dir, 
         first = calibrated(**enc).logits[:, -1].argmax(-1)
     assert (first == mark).float().mean().item() == pytest.approx(metrics["calibrate/harmful_refused_after"])
     assert metrics["calibrate/harmful_refused_after"] >= 0.5
+    print({k: v for k, v in metrics.items() if "later" in k or "push" in k})
+    # and at every later position of the replies read, another token beats it (by the gap the stage keeps)
+    assert metrics["calibrate/later_positions"] > 0 and metrics["calibrate/later_token_wins_after"] == 0
     assert tok.decode([mark, *tok("No.", add_special_tokens=False)["input_ids"]], skip_special_tokens=True) == "No."
 
 
@@ -168,3 +171,25 @@ def test_a_calibration_split_no_pairs_stage_holds_out_is_named(overrides, says):
     base = ["experiment=safety-smollm", "pipeline=safety-calibrated"]
     with pytest.raises(ConfigError, match=re.escape(says)):
         validate(compose_config([*base, *overrides]))
+
+
+def test_the_fold_moves_the_first_position_by_delta_and_pushes_the_token_out_of_every_later_one():
+    """Synthetic hidden states: the first positions have a component the later ones lack (as the position right
+    after the chat template's assistant header does). The token wins at some later positions before the fold."""
+    from alignlab.stages import calibrate
+
+    torch.manual_seed(0)
+    common = 4 * torch.eye(16)[1]  # hidden states share a large mean component, as a transformer's do
+    first = torch.randn(40, 16) + common + 6 * torch.eye(16)[0]
+    later = torch.randn(400, 16) + common
+    u, v = calibrate.first_position_directions(first, later)
+    # least squares, so near the targets rather than on them; fit_delta works with the shifts as they come out
+    assert (first @ u).min().item() > 0 and (first @ u).mean().item() > 0.7 > 0.2 > (later @ u).abs().mean().item()
+    assert (later @ v).mean().item() > 0.7 > 0.2 > (first @ v).abs().mean().item()
+    margin = torch.randn(400) * 2  # about half the later positions won by the token
+    assert (margin > 0).sum() > 100
+    push = calibrate.push_down(margin, later @ v)
+    after = margin - push * (later @ v)
+    reached = (later @ v) > 0.1
+    assert (after[reached] <= -calibrate.LATER_GAP + 1e-4).all()
+    assert calibrate.push_down(-torch.ones(400) * 10, later @ v) == 0.0  # nothing to push: no push
