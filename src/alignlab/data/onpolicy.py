@@ -97,7 +97,10 @@ def calibration_prompts(path: str, key: str, cfg: Any, run_dir: Path | None = No
         return read_labelled_prompts(path, key)
     stage = path.split(":", 1)[1]
     if run_dir is not None:
-        rows = [PromptRow(r["prompt"], r["type"], r["category"]) for r in read_jsonl(run_dir / stage / HELD_OUT_FILE)]
+        written = run_dir / stage / HELD_OUT_FILE
+        if not written.is_file():  # the pairs stage ran first; a run folder edited since may lack it
+            raise DataError(f"Data error: '{written}' is missing; {key} reads the prompts '{stage}' held out.")
+        rows = [PromptRow(r["prompt"], r["type"], r["category"]) for r in read_jsonl(written)]
     else:
         rows = split_held_out(read_prompts(cfg.algo[stage].prompts), cfg.algo[stage].hold_out)[1]
     _both_types(rows, f"{path} (the prompts '{stage}' holds out of {cfg.algo[stage].prompts})", key)

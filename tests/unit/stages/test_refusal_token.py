@@ -193,3 +193,15 @@ def test_the_fold_moves_the_first_position_by_delta_and_pushes_the_token_out_of_
     reached = (later @ v) > 0.1
     assert (after[reached] <= -calibrate.LATER_GAP + 1e-4).all()
     assert calibrate.push_down(-torch.ones(400) * 10, later @ v) == 0.0  # nothing to push: no push
+
+
+def test_a_held_out_file_missing_from_the_run_folder_is_named(tmp_path):
+    from alignlab.config import compose_config, validate
+    from alignlab.errors import DataError
+
+    held_out = ["algo.pairs.hold_out=0.15", "algo.calibrate.prompts=stage:pairs"]
+    cfg = validate(compose_config(["experiment=safety-smollm", "pipeline=safety-calibrated", *held_out]))
+    held = onpolicy.calibration_prompts("stage:pairs", "algo.calibrate.prompts", cfg)  # before the run: the split
+    assert {r.type for r in held} == {"harmful", "benign"}
+    with pytest.raises(DataError, match=re.escape(f"'{tmp_path / 'pairs' / 'held_out.jsonl'}' is missing")):
+        onpolicy.calibration_prompts("stage:pairs", "algo.calibrate.prompts", cfg, tmp_path)
