@@ -28,6 +28,13 @@ class TinyModelSpec:
     vocab_size: int = field(default=384, metadata={"help": "Tokens in the trained BPE vocabulary."})
     max_position_embeddings: int = field(default=512, metadata={"help": "Longest sequence the model accepts."})
     seed: int = field(default=0, metadata={"help": "Seed of the random weights (the same model in every run)."})
+    spare_special_tokens: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Special tokens the chat template does not use, added after the BPE vocabulary (one for "
+            "`model.refusal_token` in tests)."
+        },
+    )
 
 
 @dataclass

@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from alignlab import cli
+from alignlab.config import TinyModelSpec
 from alignlab.data import onpolicy
+from alignlab.models import build_tiny_model
 from alignlab.stages import pairs as pairs_stage
 
-MARK = "<|reserved_0|>"  # the tiny tokenizer's spare special token
+MARK = "<|reserved_0|>"
+SPARE = f"model.tiny.spare_special_tokens=['{MARK}']"  # a tiny tokenizer with it as a spare special token
 REFUSALS = "pkg://alignlab/assets/safety/refusals.jsonl"
 
 
@@ -78,7 +83,13 @@ def test_a_token_that_cannot_mark_refusals_stops_the_run_before_any_stage(tmp_pa
     assert not list(tmp_path.glob("*/*/sft"))
 
 
-def test_pairs_sft_and_calibration_train_and_set_the_token(tmp_path, cache_dir, tiny_model, monkeypatch):
+@pytest.fixture
+def tiny_model(cache_dir) -> Path:
+    """The tiny model whose tokenizer holds MARK (what a run with SPARE builds, from the same cache)."""
+    return build_tiny_model(OmegaConf.structured(TinyModelSpec(spare_special_tokens=[MARK])), cache_dir)
+
+
+def test_pairs_sft_and_calibration_train_and_set_the_token(tmp_path, tiny_model, monkeypatch):
     """The tiny model's greedy replies are empty, which leaves no harmful pair: here each harmful prompt gets a
     compliant reply. After pairs, SFT with LoRA and calibration: every refusal trained on opens with the token, SFT
     moved the token's embedding row and no other, the calibration biased that token alone, and the saved model
@@ -95,7 +106,7 @@ def test_pairs_sft_and_calibration_train_and_set_the_token(tmp_path, cache_dir, 
 
     monkeypatch.setattr(pairs_stage, "_replies", compliant)
     args = ["run", "experiment=safety-smollm-quick", "model=tiny", "logger=none", "eval.judge=rules"]
-    args += ["model.generation_dtype=null", "model.lora.enabled=true", f"model.refusal_token='{MARK}'"]
+    args += ["model.generation_dtype=null", "model.lora.enabled=true", SPARE, f"model.refusal_token='{MARK}'"]
     args += ["algo.pairs.max_harmful=6", "algo.pairs.max_benign=6", "algo.pairs.opening_tokens=3"]
     args += ["+algo@algo.calibrate=calibrate", "pipeline.stages=[pairs,sft,calibrate]"]
     args += ["algo.pairs.hold_out=0.05", "algo.calibrate.prompts=stage:pairs", "algo.calibrate.refusal_rate=0.5"]
