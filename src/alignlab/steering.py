@@ -82,17 +82,29 @@ def fit(
     alpha: float,
     conditional: bool,
     batch_size: int = 32,
+    source: Any = None,
 ) -> Steer:
     """The difference of mean last-token activations (harmful minus benign) at `layer`, times `alpha` (1: Arditi
-    et al.'s activation addition); with `conditional`, the cosine threshold that best separates the two sets."""
-    n_layers = len(decoder_layers(model))
-    if not 0 <= layer < n_layers:
-        raise ConfigError(
-            f"Config error at 'eval.steering.layer': the model has decoder layers 0..{n_layers - 1}, got {layer}."
-        )
+    et al.'s activation addition); with `conditional`, the cosine threshold that best separates the two sets.
+
+    `source`: a model of the same architecture the direction is read from instead (None: `model` itself). Arditi
+    et al. read it off models that refuse; on one that complies, harmful minus benign encodes the topic, not a
+    refusal, so a refusing model's direction is the one to carry over (as Kissane et al. 2024 carry a chat model's
+    to its base model). The threshold is fitted on `model`'s own activations, the ones its gate reads."""
+    for m, what in ((model, "the model"), (source, "eval.steering.direction_from")):
+        if m is not None and not 0 <= layer < (n_layers := len(decoder_layers(m))):
+            raise ConfigError(
+                f"Config error at 'eval.steering.layer': {what} has decoder layers 0..{n_layers - 1}, got {layer}."
+            )
     convs = [[{"role": "user", "content": p}] for p in harmful + benign]
     acts = last_token_activations(model, tokenizer, convs, layer, batch_size)
-    direction = acts[: len(harmful)].mean(0) - acts[len(harmful) :].mean(0)
+    read = acts if source is None else last_token_activations(source, tokenizer, convs, layer, batch_size)
+    if read.shape[1] != acts.shape[1]:
+        raise ConfigError(
+            f"Config error at 'eval.steering.direction_from': its hidden size is {read.shape[1]}, the evaluated "
+            f"model's {acts.shape[1]}; the direction must come from a model of the same architecture."
+        )
+    direction = read[: len(harmful)].mean(0) - read[len(harmful) :].mean(0)
     threshold = None
     if conditional:
         cos = cosines(acts, direction)

@@ -175,6 +175,14 @@ class SteeringConfig:
         default="pkg://alignlab/assets/safety/train_prompts.jsonl",
         metadata={"help": "Prompts (type harmful | benign) the direction and threshold are fitted on."},
     )
+    direction_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "A model folder of the same architecture the direction is read from (a trained run's "
+            "`dpo/model`): a refusing model's direction for a model that does not refuse; the threshold is still "
+            "fitted on the evaluated model. None: the evaluated model's own direction."
+        },
+    )
 
 
 @dataclass
@@ -315,6 +323,12 @@ def check_eval(e: DictConfig, in_pipeline: bool) -> None:
             e.steering.layer >= 0, "eval.steering.layer", f"a decoder layer index (0 or more), got {e.steering.layer}."
         )
         check(e.steering.alpha != 0, "eval.steering.alpha", "0 adds nothing; eval.steering.enabled=false turns it off.")
+        source = e.steering.direction_from
+        check(
+            source is None or (Path(source) / "config.json").is_file(),
+            "eval.steering.direction_from",
+            f"'{source}' is not a model folder (no config.json in it).",
+        )
     for i, t in enumerate(e.targets):
         check_target(f"eval.targets[{i}]", t)
 

@@ -154,12 +154,28 @@ class Evaluator:
         if self._steering is None or self._steering[0] is not policy:
             rows = read_prompts(spec.prompts)
             harmful, benign = ([r.prompt for r in rows if r.type == t] for t in ("harmful", "benign"))
+            source = None
+            if spec.get("direction_from"):
+                from transformers import AutoModelForCausalLM
+
+                source = AutoModelForCausalLM.from_pretrained(spec.direction_from, dtype=policy.dtype)
+                source = source.to(next(policy.parameters()).device).eval()
             fitted = fit_steering(
-                policy, tokenizer, harmful, benign, spec.layer, spec.alpha, spec.conditional, self.e.score_batch_size
+                policy,
+                tokenizer,
+                harmful,
+                benign,
+                spec.layer,
+                spec.alpha,
+                spec.conditional,
+                self.e.score_batch_size,
+                source,
             )
+            del source
             self._steering = (policy, fitted)
             cut = "every prompt" if fitted.threshold is None else f"prompts at cosine >= {fitted.threshold:.3f}"
-            self.log(f"[alignlab] eval: steering at layer {spec.layer}, alpha {spec.alpha:g}, on {cut}")
+            origin = f" (direction from {spec.direction_from})" if spec.get("direction_from") else ""
+            self.log(f"[alignlab] eval: steering at layer {spec.layer}, alpha {spec.alpha:g}, on {cut}{origin}")
         return self._steering[1]
 
     @staticmethod

@@ -1,8 +1,11 @@
 """Activation steering (steering.py), the frontier study's training-free baseline: the direction is the difference
 of mean activations computed by hand, the hook adds it where the hidden states show it, the conditional threshold
-separates by hand-checked balanced accuracy, and the evaluator's steered replies and KL come with it."""
+separates by hand-checked balanced accuracy, a direction read from another model is that model's with the threshold
+fitted on the steered one, and the evaluator's steered replies and KL come with it."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 import torch
@@ -126,3 +129,46 @@ def test_steering_is_turned_on_from_the_command_line_and_checked():
     assert not validate(compose_config([])).eval.steering.enabled
     with pytest.raises(ConfigError, match=r"eval\.steering\.alpha"):
         validate(compose_config(["eval.steering.enabled=true", "eval.steering.alpha=0"]))
+
+
+def test_a_direction_read_from_another_model_is_its_own_with_the_threshold_of_the_steered_one(
+    tmp_path, tiny_model, tiny_tokenizer
+):
+    """`eval.steering.direction_from`: the vector is the source's difference of means, the gate's threshold the one
+    that separates the fitting prompts in the evaluated model's own activations; the evaluator loads the folder."""
+    model, source = _model(tiny_model), _model(tiny_model)
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    own = steering.fit(source, tiny_tokenizer, HARMFUL, BENIGN, layer=1, alpha=2.0, conditional=True)
+    carried = steering.fit(model, tiny_tokenizer, HARMFUL, BENIGN, 1, 2.0, True, source=source)
+    assert torch.equal(carried.vector, own.vector)
+    convs = [[{"role": "user", "content": p}] for p in HARMFUL + BENIGN]
+    cos = steering.cosines(steering.last_token_activations(model, tiny_tokenizer, convs, 1, 8), own.vector).tolist()
+    assert carried.threshold == steering.best_threshold(cos[: len(HARMFUL)], cos[len(HARMFUL) :])
+
+    source.save_pretrained(tmp_path / "source")
+    prompts = write_jsonl(
+        tmp_path / "train.jsonl",
+        [{"prompt": p, "type": "harmful"} for p in HARMFUL] + [{"prompt": p, "type": "benign"} for p in BENIGN],
+    )
+    harm = write_jsonl(tmp_path / "harm.jsonl", [{"prompt": p} for p in HARMFUL])
+    spec = SteeringConfig(
+        enabled=True, layer=1, alpha=2.0, prompts=str(prompts), direction_from=str(tmp_path / "source")
+    )
+    e = EvalConfig(suites={"harm": SuiteConfig(source=str(harm), expect="refuse")}, max_new_tokens=2, steering=spec)
+    logged: list[str] = []
+    evaluator = Evaluator(OmegaConf.structured(e), None, log=logged.append)
+    evaluator(model, tiny_tokenizer)
+    assert torch.allclose(evaluator._steer(model, tiny_tokenizer).vector, own.vector, atol=1e-5)
+    assert any(f"direction from {tmp_path / 'source'}" in line for line in logged)
+
+
+def test_a_direction_source_that_is_no_model_folder_is_named(tmp_path):
+    from alignlab.config import compose_config, validate
+
+    args = ["eval.steering.enabled=true", f"eval.steering.direction_from={tmp_path}"]
+    with pytest.raises(
+        ConfigError, match=re.escape(f"eval.steering.direction_from': '{tmp_path}' is not a model folder")
+    ):
+        validate(compose_config(args))
