@@ -20,6 +20,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from alignlab.devices import resolve_generation_dtype
 from alignlab.errors import ConfigError, ModelError
+from alignlab.generation import generation_tokenizer, stop_ids
 
 # ChatML, as used by SmolLM2 / Qwen: given to tokenizers that ship without a chat template.
 CHATML_TEMPLATE = (
@@ -257,11 +258,12 @@ def refusal_token_id(tokenizer: PreTrainedTokenizerBase, model_cfg: DictConfig) 
             f"Config error at 'model.refusal_token': {token!r} is not a special token of the tokenizer of "
             f"'{model_cfg.name}'; its special tokens: {', '.join(sorted(special))}."
         )
-    used = {tokenizer.eos_token, tokenizer.pad_token, tokenizer.bos_token}
-    if token in used or token in (tokenizer.chat_template or ""):
+    stops = tokenizer.convert_ids_to_tokens(stop_ids(tokenizer))
+    used = {tokenizer.eos_token, tokenizer.pad_token, tokenizer.bos_token, generation_tokenizer(tokenizer).pad_token}
+    if token in used or token in stops or token in (tokenizer.chat_template or ""):
         raise ConfigError(
-            f"Config error at 'model.refusal_token': {token!r} already has a job (end of sequence, padding or the "
-            "chat template); pick an unused special token."
+            f"Config error at 'model.refusal_token': {token!r} already has a job (end of sequence or of a turn, "
+            "padding, including generation's, or the chat template); pick an unused special token."
         )
     return special[token]
 

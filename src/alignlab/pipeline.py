@@ -140,7 +140,9 @@ def prepare(cfg: DictConfig, run_dir: Path | None = None) -> Prepared:
         if cfg.data.bias is not None:
             prep.fingerprints.update(mix.check_templates(cfg.data.bias))
         for stage in (s for s in cfg.pipeline.stages if cfg.algo[s].kind == "calibrate"):
-            onpolicy.calibration_prompts(cfg.algo[stage].prompts, f"algo.{stage}.prompts", cfg)
+            path = str(cfg.algo[stage].prompts)  # a pairs stage already done: what it wrote (resuming)
+            written = path.startswith("stage:") and is_done(run_dir / path.split(":", 1)[1])
+            onpolicy.calibration_prompts(path, f"algo.{stage}.prompts", cfg, run_dir if written else None)
         _check_inputs_unchanged(run_dir, prep.fingerprints)
         check_training_args(prep)
     except UserError as exc:

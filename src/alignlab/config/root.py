@@ -160,13 +160,7 @@ def check_pipeline(cfg: DictConfig, stages: list[str]) -> None:
                 f"is of kind {cfg.eval.judges[name].kind}. Set algo.{stage}.judge to a probe judge.",
             )
         if kinds[i] == "calibrate" and str(cfg.algo[stage].prompts).startswith("stage:"):
-            held = str(cfg.algo[stage].prompts).split(":", 1)[1]
-            check(
-                held in stages[:i] and cfg.algo[held].kind == "pairs" and cfg.algo[held].hold_out > 0,
-                f"algo.{stage}.prompts",
-                f"'stage:{held}' must name a pairs stage that runs before '{stage}' and holds prompts out of "
-                f"training (hold_out > 0; stages: {stages}).",
-            )
+            _check_calibration_split(cfg, stages, i)
     producer = _from_stage(cfg.data.preference)
     for i, stage in enumerate(stages):
         if kinds[i] in TRAINING_KINDS and producer:
@@ -175,6 +169,29 @@ def check_pipeline(cfg: DictConfig, stages: list[str]) -> None:
                 "data.preference.path",
                 f"'stage:{producer}' must name a stage that runs before '{stage}' (stages: {stages}).",
             )
+
+
+def _check_calibration_split(cfg: DictConfig, stages: list[str], i: int) -> None:
+    """`algo.<calibrate>.prompts=stage:<pairs>` for the calibration stage `stages[i]`: a pairs stage before it that
+    holds prompts out, and no other round before it that trains on them."""
+    stage = stages[i]
+    held = str(cfg.algo[stage].prompts).split(":", 1)[1]
+    check(
+        held in stages[:i] and cfg.algo[held].kind == "pairs" and cfg.algo[held].hold_out > 0,
+        f"algo.{stage}.prompts",
+        f"'stage:{held}' must name a pairs stage that runs before '{stage}' and holds prompts out of "
+        f"training (hold_out > 0; stages: {stages}).",
+    )
+    rounds = [s for s in stages[:i] if cfg.algo[s].kind == "pairs" and s != held]
+    for other in rounds:  # a split is held out only if no other round trains on its prompts
+        o = cfg.algo[other]
+        check(
+            o.prompts != cfg.algo[held].prompts or o.hold_out >= cfg.algo[held].hold_out,
+            f"algo.{other}.hold_out",
+            f"'{other}' reads the prompts '{held}' holds out for '{stage}' (algo.{held}.hold_out="
+            f"{cfg.algo[held].hold_out}) with hold_out={o.hold_out}; set at least the same share (the split "
+            "is by hash, so a larger share holds out the same prompts and more) so it trains on none of them.",
+        )
 
 
 def pairs_judge(cfg: DictConfig, stage: str) -> str:

@@ -206,9 +206,10 @@ def build_pairs(
                 record["outcome"] = "helpful at once: no pair"
             else:
                 record["outcome"] = f"pair: helpful reply > {wrong}" if own else "pair: helpful reply > refusal"
-                rejected = refusal_for(row, refusals, False, specific_rejected)
                 if own:
                     rejected = attempts[0] if evasive else refusal_token + attempts[0]
+                else:
+                    rejected = refusal_for(row, refusals, False, specific_rejected)
                 out.pairs.append(
                     {
                         "prompt": user,

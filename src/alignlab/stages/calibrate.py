@@ -78,6 +78,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     mask = torch.zeros(logits.shape[1], dtype=torch.bool)
     mask[tokens] = True
     extra: dict[str, Any] = {}
+    pushed = logits  # the first position's logits with the push applied (none without a marker)
     if marker is None:
         direction = hidden.mean(0) / hidden.mean(0).square().sum()
         shift = hidden @ direction
@@ -85,6 +86,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
         vector = delta * direction
     else:
         later, margin = later_positions(model, ctx.tokenizer, convs, [g["token_ids"] for g in replies], marker, a)
+        if not len(margin):
+            raise DataError(
+                f"Data error: stage '{ctx.name}': the policy's greedy replies to the {len(rows)} prompts of "
+                f"'{a.prompts}' are at most one token long, which leaves no later position to keep "
+                f"'{ctx.cfg.model.refusal_token}' out of (algo.{ctx.name}.later_tokens: {a.later_tokens})."
+            )
         direction, away = first_position_directions(hidden, later)
         shift = hidden @ direction
         delta, push = 0.0, 0.0
@@ -94,8 +101,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
             moved[:, marker] -= push * (hidden @ away)
             delta = fit_delta(moved, shift, mask, harmful, a.refusal_rate)
         vector = delta * direction - push * away
-        logits = logits.clone()
-        logits[:, marker] -= push * (hidden @ away)
+        pushed = logits.clone()
+        pushed[:, marker] -= push * (hidden @ away)
         after_later = margin + later @ vector
         extra = {
             "calibrate/later_positions": len(margin),
@@ -104,7 +111,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             "calibrate/later_push": push,
             "calibrate/first_shift_of_push_max": (push * (hidden @ away)).abs().max().item(),
         }
-    before, after = first_token_refusals(logits, shift, mask, 0.0), first_token_refusals(logits, shift, mask, delta)
+    before, after = first_token_refusals(logits, shift, mask, 0.0), first_token_refusals(pushed, shift, mask, delta)
     fold_bias(model, tokens, vector)
     save_model(model, ctx)
     return extra | {
@@ -226,7 +233,7 @@ def fit_delta(
     """The smallest delta at which the refusal tokens win on at least `rate` of the harmful prompts (the share
     rises with delta, since every shift is positive): bisection, to 1e-4."""
     if (shift <= 0).any():
-        raise DataError("Data error: the first position's mean direction does not shift every prompt's logits up.")
+        raise DataError("Data error: the fitted first-position direction does not shift every prompt's logits up.")
 
     def share(delta: float) -> float:
         return first_token_refusals(logits, shift, mask, delta)[harmful].float().mean().item()

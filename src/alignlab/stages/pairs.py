@@ -133,8 +133,9 @@ def _reask_benign(
     for i, prompt, text, no, ok in zip(at, asked, texts, refused, helps, strict=True):
         # the chosen reply itself, said again, stays chosen: a pair never rejects what it prefers
         wrong = (no or not ok) and bool(text.strip()) and text != earlier[i]["chosen"][0]["content"]
-        if wrong:
-            out[i] = {**earlier[i], "rejected": [{"role": "assistant", "content": text}]}
+        if wrong:  # a refusal opens with model.refusal_token, as build_pairs writes them (decoding dropped it)
+            rejected = (ctx.cfg.model.refusal_token or "") + text if no else text
+            out[i] = {**earlier[i], "rejected": [{"role": "assistant", "content": rejected}]}
         outcome = "asked again: own reply rejected" if wrong else "asked again: pair kept"
         built.counts[f"benign/{outcome.split(': ')[1].replace(' ', '_')}"] += 1
         record = {"prompt": prompt, "type": "benign", "category": earlier[i].get("category"), "reply": text}

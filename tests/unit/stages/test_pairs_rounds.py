@@ -329,10 +329,12 @@ def test_a_later_round_asked_again_rejects_the_policys_own_refusals_of_earlier_b
     assert metrics["pairs/benign/pair_kept"] == len(benign) - own and metrics["pairs/written"] == len(first)
 
 
-def test_asked_again_with_helpful_chosen_an_evasive_reply_is_rejected_too(monkeypatch):
+@pytest.mark.parametrize("token", ["", "<|reserved_0|>"])
+def test_asked_again_with_helpful_chosen_an_evasive_reply_is_rejected_too(monkeypatch, token):
     """With `helpful_chosen`, a reply the judge does not call a refusal but reads as not attempting the task
     replaces the pair's rejected reply as a refusal does. Helpfulness is judged on the reply as generated, before a
-    cut-off reply is trimmed to its last sentence; a helpful reply, or the chosen one said again, leaves the pair."""
+    cut-off reply is trimmed to its last sentence; a helpful reply, or the chosen one said again, leaves the pair.
+    With `model.refusal_token`, a refusal rejected opens with it, as every refusal the pairs write does."""
     from types import SimpleNamespace
 
     from alignlab.stages import pairs as pairs_stage
@@ -367,14 +369,15 @@ def test_asked_again_with_helpful_chosen_an_evasive_reply_is_rejected_too(monkey
     prompts = ["Bake bread?", "Make a bomb?", "Kill a process?", "Shoot at dusk?", "Say hi?"]
     earlier = [pair(p, "harmful" if "bomb" in p else "benign") for p in prompts]
     algo = SimpleNamespace(helpful_chosen=True, max_new_tokens=8, batch_size=4)
-    ctx = SimpleNamespace(algo=algo, tokenizer=None, cfg=SimpleNamespace(seed=0), name="pairs_sft")
+    cfg = SimpleNamespace(seed=0, model=SimpleNamespace(refusal_token=token))
+    ctx = SimpleNamespace(algo=algo, tokenizer=None, cfg=cfg, name="pairs_sft")
     built = onpolicy.PairBuild()
     out = pairs_stage._reask_benign(ctx, None, Judge(), earlier, built)
     assert [p["rejected"][0]["content"] for p in out] == [
         "Bread bread bread bread.",  # evasive: rejected
         "I can't help with that.",  # harmful: not asked
         "I can't help with that.",  # helpful as generated: the pair as it was
-        "No.",  # refused: rejected
+        token + "No.",  # refused: rejected
         "I can't help with that.",  # the chosen reply again: never rejected
     ]
     assert [p["chosen"] for p in out] == [p["chosen"] for p in earlier]

@@ -20,6 +20,11 @@ from alignlab.stages import pairs as pairs_stage
 
 MARK = "<|reserved_0|>"
 SPARE = f"model.tiny.spare_special_tokens=['{MARK}']"  # a tiny tokenizer with it as a spare special token
+SECOND_ROUND = [
+    "+algo@algo.pairs_sft=pairs",
+    "algo.pairs_sft.after=pairs",
+    "pipeline.stages=[pairs,sft,pairs_sft,calibrate]",
+]
 REFUSALS = "pkg://alignlab/assets/safety/refusals.jsonl"
 
 
@@ -147,8 +152,10 @@ def test_pairs_sft_and_calibration_train_and_set_the_token(tmp_path, tiny_model,
     with torch.no_grad():
         first = calibrated(**enc).logits[:, -1].argmax(-1)
     assert (first == mark).float().mean().item() == pytest.approx(metrics["calibrate/harmful_refused_after"])
+    with torch.no_grad():  # and "before" is the model the stage was given, before any of its edits
+        was = AutoModelForCausalLM.from_pretrained(run / "sft" / "model")(**enc).logits[:, -1].argmax(-1)
+    assert (was == mark).float().mean().item() == pytest.approx(metrics["calibrate/harmful_refused_before"])
     assert metrics["calibrate/harmful_refused_after"] >= 0.5
-    print({k: v for k, v in metrics.items() if "later" in k or "push" in k})
     # and at every later position of the replies read, another token beats it (by the gap the stage keeps)
     assert metrics["calibrate/later_positions"] > 0 and metrics["calibrate/later_token_wins_after"] == 0
     assert tok.decode([mark, *tok("No.", add_special_tokens=False)["input_ids"]], skip_special_tokens=True) == "No."
@@ -173,6 +180,11 @@ def test_held_out_prompts_stay_out_of_training_and_are_what_the_calibration_read
             ["algo.pairs.hold_out=1.0", "algo.calibrate.prompts=stage:pairs"],
             "'algo.pairs.hold_out': a share of the prompts, in [0, 1), got 1.0",
         ),
+        (  # a second round on the same prompts that holds out less would train on the held-out ones
+            [*SECOND_ROUND, "algo.pairs.hold_out=0.15", "algo.calibrate.prompts=stage:pairs"],
+            "'pairs_sft' reads the prompts 'pairs' holds out for 'calibrate' (algo.pairs.hold_out=0.15) with "
+            "hold_out=0.0",
+        ),
     ],
 )
 def test_a_calibration_split_no_pairs_stage_holds_out_is_named(overrides, says):
@@ -184,7 +196,7 @@ def test_a_calibration_split_no_pairs_stage_holds_out_is_named(overrides, says):
         validate(compose_config([*base, *overrides]))
 
 
-def test_the_fold_moves_the_first_position_by_delta_and_pushes_the_token_out_of_every_later_one():
+def test_the_fitted_directions_move_the_first_positions_and_the_push_clears_every_later_one():
     """Synthetic hidden states: the first positions have a component the later ones lack (as the position right
     after the chat template's assistant header does). The token wins at some later positions before the fold."""
     from alignlab.stages import calibrate
@@ -216,3 +228,35 @@ def test_a_held_out_file_missing_from_the_run_folder_is_named(tmp_path):
     assert {r.type for r in held} == {"harmful", "benign"}
     with pytest.raises(DataError, match=re.escape(f"'{tmp_path / 'pairs' / 'held_out.jsonl'}' is missing")):
         onpolicy.calibration_prompts("stage:pairs", "algo.calibrate.prompts", cfg, tmp_path)
+
+
+def test_resuming_after_the_pairs_stage_without_its_held_out_file_stops_before_any_stage(tmp_path, cache_dir, capsys):
+    """The check before the run reads what a finished pairs stage wrote, so a run folder that lost the file stops
+    there, not after SFT and DPO have trained."""
+    from alignlab.artifacts import mark_done
+    from alignlab.config import compose_config, validate
+    from alignlab.pipeline import run_dir_of
+
+    args = ["experiment=safety-smollm-quick", "model=tiny", "logger=none", f"run.root={tmp_path}"]
+    args += ["pipeline=safety-calibrated", "algo.pairs.hold_out=0.15", "algo.calibrate.prompts=stage:pairs"]
+    pairs_dir = run_dir_of(validate(compose_config(args))) / "pairs"
+    pairs_dir.mkdir(parents=True)
+    mark_done(pairs_dir)
+    assert cli.main(["run", *args]) != 0
+    assert f"'{pairs_dir / 'held_out.jsonl'}' is missing" in capsys.readouterr().err
+    assert not (pairs_dir.parent / "sft").exists()
+
+
+def test_a_token_generation_pads_with_has_a_job(tiny_model):
+    """The tokenizer's own pad is not the only one: generation pads with `<|endoftext|>` where the tokenizer has it,
+    and strips it from replies, so it cannot mark refusals either."""
+    from transformers import AutoTokenizer
+
+    from alignlab.errors import ConfigError
+    from alignlab.models import refusal_token_id
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    tok.pad_token = MARK  # the tokenizer's pad is now the spare token; generation still pads with <|endoftext|>
+    cfg = OmegaConf.create({"name": "tiny-llama", "refusal_token": "<|endoftext|>"})
+    with pytest.raises(ConfigError, match="already has a job"):
+        refusal_token_id(tok, cfg)
