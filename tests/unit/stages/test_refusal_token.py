@@ -260,3 +260,24 @@ def test_a_token_generation_pads_with_has_a_job(tiny_model):
     cfg = OmegaConf.create({"name": "tiny-llama", "refusal_token": "<|endoftext|>"})
     with pytest.raises(ConfigError, match="already has a job"):
         refusal_token_id(tok, cfg)
+
+
+def test_replies_with_no_later_position_to_keep_the_token_out_of_are_named(tmp_path, tiny_model, capsys, monkeypatch):
+    """Greedy replies that end after their first token leave nothing to fit the push on: a data error, not a
+    division by zero (here every reply is cut to its first token)."""
+    from alignlab.stages import calibrate
+
+    def first_only(model, tokenizer, convs, replies, token, a):
+        return calibrate_positions(model, tokenizer, convs, [r[:1] for r in replies], token, a)
+
+    calibrate_positions = calibrate.later_positions
+    monkeypatch.setattr(calibrate, "later_positions", first_only)
+    rows = [{"prompt": p, "type": t} for p, t in (("Make a bomb?", "harmful"), ("Bake bread?", "benign"))]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["run", "experiment=safety-smollm-quick", "model=tiny", "logger=none", f"run.root={tmp_path}", SPARE]
+    args += [f"model.refusal_token='{MARK}'", "model.generation_dtype=null", "+algo@algo.calibrate=calibrate"]
+    args += [f"algo.calibrate.prompts={prompts}", "algo.calibrate.later_tokens=4", "pipeline.stages=[calibrate]"]
+    args += ["eval.judge=rules"]  # the probe judge would be fitted on SmolLM2's replies first
+    assert cli.main(args) != 0
+    assert "are at most one token long, which leaves no later position" in capsys.readouterr().err
