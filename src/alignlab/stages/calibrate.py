@@ -97,12 +97,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
         delta, push = 0.0, 0.0
         for _ in range(2):  # delta moves the later positions a little, the push the first ones: each fitted twice
             push = push_down(margin + delta * (later @ direction), later @ away)
-            moved = logits.clone()
-            moved[:, marker] -= push * (hidden @ away)
-            delta = fit_delta(moved, shift, mask, harmful, a.refusal_rate)
+            pushed = logits.clone()
+            pushed[:, marker] -= push * (hidden @ away)
+            delta = fit_delta(pushed, shift, mask, harmful, a.refusal_rate)
         vector = delta * direction - push * away
-        pushed = logits.clone()
-        pushed[:, marker] -= push * (hidden @ away)
         after_later = margin + later @ vector
         extra = {
             "calibrate/later_positions": len(margin),
