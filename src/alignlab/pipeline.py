@@ -143,6 +143,8 @@ def prepare(cfg: DictConfig, run_dir: Path | None = None) -> Prepared:
             path = str(cfg.algo[stage].prompts)  # a pairs stage already done: what it wrote (resuming)
             written = path.startswith("stage:") and is_done(run_dir / path.split(":", 1)[1])
             onpolicy.calibration_prompts(path, f"algo.{stage}.prompts", cfg, run_dir if written else None)
+            if cfg.algo[stage].probe_gain > 0:
+                onpolicy.read_labelled_prompts(str(cfg.algo[stage].probe_prompts), f"algo.{stage}.probe_prompts")
         _check_inputs_unchanged(run_dir, prep.fingerprints)
         check_training_args(prep)
     except UserError as exc:

@@ -428,6 +428,29 @@ class CalibrateStageConfig:
             "mid-way."
         },
     )
+    probe_gain: float = field(
+        default=0.0,
+        metadata={
+            "help": "0: the refusal tokens' logits move by one bias at the first position. Above 0 they also move "
+            "by probe_gain times a linear read-out of the prompt's harmfulness (+1 harmful, -1 benign on "
+            "`probe_prompts`, 0 at the replies' later positions), so the decision follows what the representation "
+            "tells apart and the bias sets its threshold. Logits per unit of read-out; 0 or more."
+        },
+    )
+    probe_prompts: str = field(
+        default="pkg://alignlab/assets/safety/train_prompts.jsonl",
+        metadata={
+            "help": "With probe_gain > 0: the labelled prompts the read-out is fitted on (rows as `prompts`); the "
+            "calibration prompts are left out of it, so the bias is set on prompts the read-out never saw."
+        },
+    )
+    probe_ridge: float = field(
+        default=0.01,
+        metadata={
+            "help": "The read-out's ridge penalty, as a share of the mean eigenvalue of its inputs' Gram "
+            "matrix: larger generalises more and separates the fitted prompts less. Above 0."
+        },
+    )
     judge: str | None = field(
         default=None,
         metadata={"help": "The key of eval.judges that reads the openings; None: as a pairs stage's."},
@@ -494,6 +517,8 @@ def check_calibrate(a: DictConfig, key: str) -> None:
     check(a.opening_tokens >= 1, f"{key}.opening_tokens", f"a number of tokens (1 or more), got {a.opening_tokens}.")
     check(a.later_tokens >= 2, f"{key}.later_tokens", f"a number of tokens (2 or more), got {a.later_tokens}.")
     check(a.batch_size >= 1, f"{key}.batch_size", f"a number of prompts (1 or more), got {a.batch_size}.")
+    check(a.probe_gain >= 0, f"{key}.probe_gain", f"logits per unit of read-out, 0 or more, got {a.probe_gain}.")
+    check(a.probe_ridge > 0, f"{key}.probe_ridge", f"a penalty above 0, got {a.probe_ridge}.")
 
 
 def check_pairs(a: DictConfig, key: str) -> None:

@@ -66,11 +66,11 @@ def read_labelled_prompts(path: str, key: str) -> list[PromptRow]:
     """`read_prompts` for a stage that fits a decision between the two types (`key` names its setting), so both
     must be there."""
     rows = read_prompts(path)
-    _both_types(rows, path, key)
+    both_types(rows, path, key)
     return rows
 
 
-def _both_types(rows: list[PromptRow], where: str, key: str) -> None:
+def both_types(rows: list[PromptRow], where: str, key: str) -> None:
     types = {r.type for r in rows}
     if types != {"harmful", "benign"}:
         raise DataError(
@@ -103,7 +103,7 @@ def calibration_prompts(path: str, key: str, cfg: Any, run_dir: Path | None = No
         rows = [PromptRow(r["prompt"], r["type"], r["category"]) for r in read_jsonl(written)]
     else:
         rows = split_held_out(read_prompts(cfg.algo[stage].prompts), cfg.algo[stage].hold_out)[1]
-    _both_types(rows, f"{path} (the prompts '{stage}' holds out of {cfg.algo[stage].prompts})", key)
+    both_types(rows, f"{path} (the prompts '{stage}' holds out of {cfg.algo[stage].prompts})", key)
     return rows
 
 

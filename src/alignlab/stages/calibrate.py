@@ -15,9 +15,14 @@ handful of tokens, "I" above all). The stage
 3. adds `delta * u` to the output rows of the refusal tokens, u = m / |m|^2 with m the mean of h over the prompts.
    The output layer has no bias, so this is the nearest thing to one: the refusal tokens' logits move by
    delta * (u . h), which is delta on average at the reply's first position (the shift's spread is reported);
-4. picks delta by bisection so that the refusal tokens win the first position on `refusal_rate` of the harmful
+4. with `probe_gain` > 0, also adds `probe_gain * w` to those rows, w a linear read-out of the prompt's
+   harmfulness at the same position (+1 harmful, -1 benign on `probe_prompts` less the calibration prompts, 0 at
+   the later positions): the decision then follows what the representation tells apart, where a bias alone moves
+   every prompt by the same amount (experiments/safety-frontier, "Does the model know which prompts are
+   harmful?": the trained model's read-out separates the held-out prompts better than its first token does);
+5. picks delta by bisection so that the refusal tokens win the first position on `refusal_rate` of the harmful
    calibration prompts, computed exactly for the edited weights;
-5. saves the model with its output layer untied from the input embeddings (a tied model would move the refusal
+6. saves the model with its output layer untied from the input embeddings (a tied model would move the refusal
    tokens' input embeddings too), a normal checkpoint of the same architecture.
 
 No library sets a first-token bias by editing weights; this is our own (a few lines of tensor algebra).
@@ -51,11 +56,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
     convs = [[{"role": "user", "content": r.prompt}] for r in rows]
     judge = build_judge(ctx.cfg.eval.judges[pairs_judge(ctx.cfg, ctx.name)], Path(ctx.cfg.eval.benchmarks_dir))
     marker = refusal_token_id(ctx.tokenizer, ctx.cfg.model)
+    read_later = marker is not None or a.probe_gain > 0  # later positions: the token's, and the read-out's zeros
     replies = generate(
         model,
         ctx.tokenizer,
         convs,
-        a.opening_tokens if marker is None else max(a.opening_tokens, a.later_tokens),
+        max(a.opening_tokens, a.later_tokens) if read_later else a.opening_tokens,
         a.batch_size,
         progress=Progress(f"{ctx.name}: openings", len(rows)),
     )
@@ -78,38 +84,48 @@ def run(ctx: StageContext) -> dict[str, Any]:
     mask = torch.zeros(logits.shape[1], dtype=torch.bool)
     mask[tokens] = True
     extra: dict[str, Any] = {}
-    pushed = logits  # the first position's logits with the push applied (none without a marker)
-    if marker is None:
-        direction = hidden.mean(0) / hidden.mean(0).square().sum()
-        shift = hidden @ direction
-        delta = fit_delta(logits, shift, mask, harmful, a.refusal_rate)
-        vector = delta * direction
-    else:
+    readout = torch.zeros(hidden.shape[1])
+    if read_later:
         later, margin = later_positions(model, ctx.tokenizer, convs, [g["token_ids"] for g in replies], marker, a)
-        if not len(margin):
+        if not len(later):
             raise DataError(
                 f"Data error: stage '{ctx.name}': the policy's greedy replies to the {len(rows)} prompts of "
                 f"'{a.prompts}' are at most one token long, which leaves no later position to keep "
-                f"'{ctx.cfg.model.refusal_token}' out of (algo.{ctx.name}.later_tokens: {a.later_tokens})."
+                f"{'the refusal token' if marker is not None else 'the read-out'} out of "
+                f"(algo.{ctx.name}.later_tokens: {a.later_tokens})."
             )
         direction, away = first_position_directions(hidden, later)
-        shift = hidden @ direction
-        delta, push = 0.0, 0.0
+    else:
+        direction = hidden.mean(0) / hidden.mean(0).square().sum()
+    if a.probe_gain > 0:
+        readout, extra = fit_readout(model, ctx, rows, later, harmful, hidden)
+    shift = hidden @ direction
+    moved = logits.clone()  # the first position's logits with all but delta applied
+    moved[:, mask] += a.probe_gain * (hidden @ readout)[:, None]
+    push = 0.0
+    if marker is None:
+        delta = fit_delta(moved, shift, mask, harmful, a.refusal_rate)
+    else:
+        delta = 0.0
         for _ in range(2):  # delta moves the later positions a little, the push the first ones: each fitted twice
-            push = push_down(margin + delta * (later @ direction), later @ away)
-            pushed = logits.clone()
-            pushed[:, marker] -= push * (hidden @ away)
-            delta = fit_delta(pushed, shift, mask, harmful, a.refusal_rate)
-        vector = delta * direction - push * away
+            push = push_down(margin + later @ (delta * direction + a.probe_gain * readout), later @ away)
+            moved = logits.clone()
+            moved[:, marker] += hidden @ (a.probe_gain * readout - push * away)
+            delta = fit_delta(moved, shift, mask, harmful, a.refusal_rate)
+    vector = delta * direction + a.probe_gain * readout
+    if marker is not None:
+        vector = vector - push * away
         after_later = margin + later @ vector
-        extra = {
+        extra |= {
             "calibrate/later_positions": len(margin),
             "calibrate/later_token_wins_before": int((margin > 0).sum()),
             "calibrate/later_token_wins_after": int((after_later > 0).sum()),
             "calibrate/later_push": push,
             "calibrate/first_shift_of_push_max": (push * (hidden @ away)).abs().max().item(),
         }
-    before, after = first_token_refusals(logits, shift, mask, 0.0), first_token_refusals(pushed, shift, mask, delta)
+    if a.probe_gain > 0:
+        extra["calibrate/probe_later_shift_max"] = (a.probe_gain * (later @ readout)).abs().max().item()
+    before, after = first_token_refusals(logits, shift, mask, 0.0), first_token_refusals(moved, shift, mask, delta)
     fold_bias(model, tokens, vector)
     save_model(model, ctx)
     return extra | {
@@ -125,6 +141,53 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "calibrate/harmful_refused_after": after[harmful].float().mean().item(),
         "calibrate/benign_refused_after": after[~harmful].float().mean().item(),
     }
+
+
+def fit_readout(
+    model: Any,
+    ctx: StageContext,
+    rows: list[onpolicy.PromptRow],
+    later: torch.Tensor,
+    harmful: torch.Tensor,
+    hidden: torch.Tensor,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The read-out of harmfulness at the reply's first position, fitted on `probe_prompts` without the calibration
+    prompts; its AUROC on the calibration prompts (which it never saw) says how well it tells them apart."""
+    a, key = ctx.algo, f"algo.{ctx.name}.probe_prompts"
+    held = {r.prompt for r in rows}
+    fit_rows = [r for r in onpolicy.read_labelled_prompts(a.probe_prompts, key) if r.prompt not in held]
+    onpolicy.both_types(fit_rows, f"{a.probe_prompts} without the calibration prompts", key)
+    fit_hidden, _ = first_position(
+        model, ctx.tokenizer, [[{"role": "user", "content": r.prompt}] for r in fit_rows], a.batch_size
+    )
+    fit_harmful = torch.tensor([r.type == "harmful" for r in fit_rows])
+    readout = harm_readout(fit_hidden, fit_harmful, later, a.probe_ridge)
+    return readout, {
+        "calibrate/probe_prompts": len(fit_rows),
+        "calibrate/probe_auroc_fitted": auroc(fit_hidden @ readout, fit_harmful),
+        "calibrate/probe_auroc_calibration": auroc(hidden @ readout, harmful),
+    }
+
+
+def harm_readout(first: torch.Tensor, harmful: torch.Tensor, later: torch.Tensor, ridge: float) -> torch.Tensor:
+    """w with w . h = +1 at the harmful prompts' first positions, -1 at the benign ones' and 0 at the later
+    positions (ridge least squares, the three groups weighted equally), so that a token row moved by w moves its
+    logit with the prompt's harmfulness at the first position and leaves the rest of the reply alone."""
+    x = torch.cat([first, later]).double()
+    y = torch.cat([harmful.double() * 2 - 1, torch.zeros(len(later), dtype=torch.float64)])
+    groups = [harmful, ~harmful]
+    w = torch.cat(
+        [sum(g.double() / (3 * g.sum()) for g in groups), torch.full((len(later),), 1 / (3 * len(later)))]
+    ).double()
+    gram = x.T @ (w[:, None] * x)
+    gram += ridge * gram.trace() / len(gram) * torch.eye(len(gram), dtype=torch.float64)
+    return torch.linalg.solve(gram, x.T @ (w * y)).float()
+
+
+def auroc(score: torch.Tensor, positive: torch.Tensor) -> float:
+    """The chance that a positive scores above a negative (ties count half): the Mann-Whitney statistic."""
+    pos, neg = score[positive], score[~positive]
+    return ((pos[:, None] > neg[None]).double() + 0.5 * (pos[:, None] == neg[None]).double()).mean().item()
 
 
 def refusal_tokens(first: list[list[int]], refused: list[bool]) -> list[int]:
@@ -164,11 +227,16 @@ LATER_GAP = 5.0  # logits by which a dedicated refusal token must lose every lat
 
 @torch.no_grad()
 def later_positions(
-    model: Any, tokenizer: Any, convs: list[list[dict[str, str]]], replies: list[list[int]], token: int, a: Any
+    model: Any,
+    tokenizer: Any,
+    convs: list[list[dict[str, str]]],
+    replies: list[list[int]],
+    token: int | None,
+    a: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """At every position of the policy's greedy replies after the first: the output layer's input, and by how many
-    logits `token` beats the best other token there (negative: it loses). A dedicated refusal token belongs at the
-    first position only; these are where it must not win."""
+    logits `token` beats the best other token there (negative: it loses; none without a token). A dedicated refusal
+    token belongs at the first position only; these are where it must not win."""
     tok = generation_tokenizer(tokenizer)
     head = model.get_output_embeddings()
     captured: list[torch.Tensor] = []
@@ -186,14 +254,15 @@ def later_positions(
             logits = model(input_ids=ids.to(head.weight.device), attention_mask=attn.to(head.weight.device)).logits
             for i, (p_len, r_len) in enumerate(spans):
                 span = slice(p_len, p_len + r_len - 1)  # predicting the reply's second token onwards
-                at = logits[i, span].float()
-                others = at.clone()
-                others[:, token] = float("-inf")
-                margins.append((at[:, token] - others.max(-1).values).cpu())
                 hidden.append(captured[0][i, span].cpu())
+                if token is not None:
+                    at = logits[i, span].float()
+                    others = at.clone()
+                    others[:, token] = float("-inf")
+                    margins.append((at[:, token] - others.max(-1).values).cpu())
     finally:
         hook.remove()
-    return torch.cat(hidden), torch.cat(margins)
+    return torch.cat(hidden), torch.cat(margins) if margins else torch.empty(0)
 
 
 def first_position_directions(first: torch.Tensor, later: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
