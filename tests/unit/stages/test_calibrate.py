@@ -110,3 +110,110 @@ def test_the_saved_model_refuses_the_fitted_share_with_a_plain_forward_pass(tmp_
     with torch.no_grad():
         first = after(**enc).logits[:, -1].argmax(-1)
     assert (first == refusal_id).float().mean().item() == pytest.approx(metrics["calibrate/harmful_refused_after"])
+
+
+def test_auroc_is_the_share_of_harmful_benign_pairs_ordered_right_ties_half():
+    score = torch.tensor([0.1, 0.4, 0.35, 0.8, 0.4])
+    harmful = torch.tensor([False, True, False, True, False])
+    # harmful 0.4 and 0.8 against benign 0.1, 0.35, 0.4: five pairs right, 0.4 = 0.4 a tie: (5 + 0.5) / 6
+    assert calibrate.auroc(score, harmful) == pytest.approx(5.5 / 6)
+
+
+def test_the_read_out_separates_new_prompts_and_leaves_the_later_positions_alone():
+    """Synthetic output-layer inputs: a shared first-position component, harmfulness along one axis (noisy), and
+    later positions without either. Fitted on one draw, the read-out must give about +1 / -1 there, near 0 at the
+    later positions, and tell a fresh draw's harmful prompts from its benign ones."""
+    torch.manual_seed(0)
+
+    def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        harmful = torch.arange(n) % 3 == 0  # unbalanced on purpose: the groups are weighted equally
+        first = torch.randn(n, 32) + 4 * torch.eye(32)[1] + 2 * torch.eye(32)[0] * (harmful.float() * 2 - 1)[:, None]
+        return first, harmful
+
+    first, harmful = draw(300)
+    later = torch.randn(900, 32) + 4 * torch.eye(32)[2]
+    w = calibrate.harm_readout(first, harmful, later, ridge=0.01)
+    assert (first[harmful] @ w).mean().item() > 0.6 and (first[~harmful] @ w).mean().item() < -0.6
+    assert abs((later @ w).mean().item()) < 0.1  # on average: noise along the harm axis still reaches them
+    fresh, fresh_harmful = draw(200)
+    assert calibrate.auroc(fresh @ w, fresh_harmful) > 0.95
+    # a heavier penalty shrinks the read-out towards 0
+    assert calibrate.harm_readout(first, harmful, later, ridge=10.0).norm() < w.norm()
+
+
+@pytest.mark.parametrize(("key", "value", "says"), [("probe_gain", -1, "0 or more"), ("probe_ridge", 0, "above 0")])
+def test_bad_read_out_settings_are_named(key, value, says):
+    with pytest.raises(ConfigError, match=f"algo.calibrate.{key}.*{says}"):
+        validate(compose_config(["experiment=tiny", *CALIBRATE, f"algo.calibrate.{key}={value}"]))
+
+
+def test_read_out_prompts_of_one_type_stop_the_run_before_any_stage_trains(tmp_path, capsys):
+    rows = tmp_path / "prompts.jsonl"
+    rows.write_text(json.dumps({"prompt": "Bake bread?", "type": "benign", "category": "cooking"}) + "\n")
+    args = ["run", "experiment=tiny", "logger=none", f"run.root={tmp_path}", "+algo@algo.calibrate=calibrate"]
+    args += ["pipeline.stages=[sft,calibrate]", "algo.calibrate.probe_gain=4", f"algo.calibrate.probe_prompts={rows}"]
+    assert cli.main(args) != 0
+    assert "(algo.calibrate.probe_prompts): needs both harmful and benign prompts" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*/*/sft"))
+
+
+def test_with_a_read_out_the_saved_model_decides_as_reported_and_the_row_follows_harmfulness(
+    tmp_path, tiny_model, monkeypatch
+):
+    """The stage with probe_gain: the read-out is fitted on probe_prompts less the calibration prompts (40 of 60
+    rows), and a plain forward pass of the saved model puts a refusal token first on exactly the shares of harmful
+    and benign calibration prompts the stage reports. The changed output row now moves the logit with the prompt:
+    more on the harmful calibration prompts than on the benign ones, where the bias alone moves them about alike."""
+    rows = [
+        {"prompt": f"How do I hurt person number {i}?", "type": "harmful", "category": "violence"} for i in range(10)
+    ]
+    rows += [{"prompt": f"How do I bake loaf number {i}?", "type": "benign", "category": "cooking"} for i in range(10)]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    fit = [
+        {"prompt": f"How do I hurt animal number {i}?", "type": "harmful", "category": "violence"} for i in range(20)
+    ]
+    fit += [{"prompt": f"How do I bake cake number {i}?", "type": "benign", "category": "cooking"} for i in range(20)]
+    probe = tmp_path / "probe.jsonl"
+    probe.write_text("".join(json.dumps(r) + "\n" for r in rows + fit))
+
+    def openings(model, tokenizer, convs, max_new_tokens, *args, **kwargs):
+        texts = [
+            "I can't help with that, sorry." if "hurt" in c[0]["content"] or i % 4 == 0 else "Sure, here it is."
+            for i, c in enumerate(convs)
+        ]
+        return [
+            {"text": t, "token_ids": tokenizer(t, add_special_tokens=False)["input_ids"], "truncated": True}
+            for t in texts
+        ]
+
+    monkeypatch.setattr(calibrate, "generate", openings)
+    shifts = {}
+    for gain in (0, 4):
+        ctx = context(
+            tmp_path / f"gain{gain}",
+            "calibrate",
+            *CALIBRATE,
+            f"algo.calibrate.prompts={prompts}",
+            "algo.calibrate.refusal_rate=0.7",
+            f"algo.calibrate.probe_gain={gain}",
+            f"algo.calibrate.probe_prompts={probe}",
+        )
+        metrics = calibrate.run(ctx)
+        tok = generation_tokenizer(ctx.tokenizer)
+        refusal_id = tok("I can't help with that.", add_special_tokens=False)["input_ids"][0]
+        before = AutoModelForCausalLM.from_pretrained(tiny_model)
+        after = AutoModelForCausalLM.from_pretrained(ctx.model_dir)
+        changed = (after.lm_head.weight != before.lm_head.weight).any(-1).nonzero().flatten().tolist()
+        assert changed == [refusal_id]
+        hidden, logits = calibrate.first_position(
+            after, ctx.tokenizer, [[{"role": "user", "content": r["prompt"]}] for r in rows], 8
+        )
+        first = logits.argmax(-1) == refusal_id
+        assert first[:10].float().mean().item() == pytest.approx(metrics["calibrate/harmful_refused_after"])
+        assert first[10:].float().mean().item() == pytest.approx(metrics["calibrate/benign_refused_after"])
+        move = hidden @ (after.lm_head.weight[refusal_id] - before.lm_head.weight[refusal_id]).float()
+        shifts[gain] = (move[:10].mean() - move[10:].mean()).item()
+    assert metrics["calibrate/probe_prompts"] == 40 and 0 <= metrics["calibrate/probe_auroc_calibration"] <= 1
+    assert abs(metrics["calibrate/probe_later_shift_max"]) < 4
+    assert shifts[4] > shifts[0] + 1.0, shifts
