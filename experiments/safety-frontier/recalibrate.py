@@ -6,7 +6,7 @@ points of one model's calibration curve without training it again. Writes OUT/mo
     .venv/bin/python experiments/safety-frontier/recalibrate.py runs/<run> 0.9 calibrated/token \
         'model.refusal_token="<empty_output>"' algo.calibrate.prompts=runs/<run>/pairs/held_out.jsonl
     # a diagnostic: tokens added to the refusal tokens the stage finds (does the refusal move to another opening?)
-    .venv/bin/python experiments/safety-frontier/recalibrate.py runs/<run> 0.9 calibrated/more --also-tokens ĠI We
+    .venv/bin/python experiments/safety-frontier/recalibrate.py runs/<run> 0.9 calibrated/more --also-tokens ĠI,We
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ def main() -> None:
     p.add_argument("rate", type=float, help="algo.calibrate.refusal_rate")
     p.add_argument("out", type=Path)
     p.add_argument("--experiment", default="safety-smollm-openings")
-    p.add_argument("--also-tokens", nargs="+", default=[], help="token pieces to bias beside those the stage finds")
+    p.add_argument(
+        "--also-tokens", default="", help="comma-separated token pieces to bias beside those the stage finds"
+    )
     p.add_argument("overrides", nargs="*", help="more Hydra overrides, e.g. the run's model.refusal_token")
     args = p.parse_args()
     overrides = [
@@ -40,7 +42,9 @@ def main() -> None:
     model = str(args.run / "dpo" / "model")
     ctx = StageContext(cfg, "calibrate", args.out, model, model, load_tokenizer(model, cfg.model), None, None, None)
     if args.also_tokens:
-        also_tokens(ctx.tokenizer, args.also_tokens)
+        if cfg.model.refusal_token:
+            raise SystemExit("--also-tokens adds to the refusal tokens found; with model.refusal_token none are found")
+        also_tokens(ctx.tokenizer, args.also_tokens.split(","))
     args.out.mkdir(parents=True, exist_ok=True)
     metrics = calibrate.run(ctx)
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")

@@ -142,9 +142,9 @@ def prepare(cfg: DictConfig, run_dir: Path | None = None) -> Prepared:
         for stage in (s for s in cfg.pipeline.stages if cfg.algo[s].kind == "calibrate"):
             path = str(cfg.algo[stage].prompts)  # a pairs stage already done: what it wrote (resuming)
             written = path.startswith("stage:") and is_done(run_dir / path.split(":", 1)[1])
-            onpolicy.calibration_prompts(path, f"algo.{stage}.prompts", cfg, run_dir if written else None)
+            rows = onpolicy.calibration_prompts(path, f"algo.{stage}.prompts", cfg, run_dir if written else None)
             if cfg.algo[stage].probe_gain > 0:
-                onpolicy.read_labelled_prompts(str(cfg.algo[stage].probe_prompts), f"algo.{stage}.probe_prompts")
+                onpolicy.readout_prompts(str(cfg.algo[stage].probe_prompts), f"algo.{stage}.probe_prompts", rows)
         _check_inputs_unchanged(run_dir, prep.fingerprints)
         check_training_args(prep)
     except UserError as exc:

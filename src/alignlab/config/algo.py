@@ -441,7 +441,8 @@ class CalibrateStageConfig:
         default="pkg://alignlab/assets/safety/train_prompts.jsonl",
         metadata={
             "help": "With probe_gain > 0: the labelled prompts the read-out is fitted on (rows as `prompts`); the "
-            "calibration prompts are left out of it, so the bias is set on prompts the read-out never saw."
+            "calibration prompts are left out of it, so the bias is set on prompts whose labels the read-out never "
+            "saw (their replies' later positions, unlabelled, are where it is fitted to 0)."
         },
     )
     probe_ridge: float = field(

@@ -79,6 +79,15 @@ def both_types(rows: list[PromptRow], where: str, key: str) -> None:
         )
 
 
+def readout_prompts(path: str, key: str, calibration: list[PromptRow]) -> list[PromptRow]:
+    """A calibration's read-out prompts: the file less the calibration prompts (compared stripped and case-folded),
+    so the threshold is set on prompts whose labels the read-out never saw; both types must remain."""
+    held = {r.prompt.strip().casefold() for r in calibration}
+    rows = [r for r in read_labelled_prompts(path, key) if r.prompt.strip().casefold() not in held]
+    both_types(rows, f"{path} less the calibration prompts", key)
+    return rows
+
+
 HELD_OUT_FILE = "held_out.jsonl"  # a pairs stage's prompts kept out of training (`hold_out`)
 
 

@@ -16,10 +16,12 @@ handful of tokens, "I" above all). The stage
    The output layer has no bias, so this is the nearest thing to one: the refusal tokens' logits move by
    delta * (u . h), which is delta on average at the reply's first position (the shift's spread is reported);
 4. with `probe_gain` > 0, also adds `probe_gain * w` to those rows, w a linear read-out of the prompt's
-   harmfulness at the same position (+1 harmful, -1 benign on `probe_prompts` less the calibration prompts, 0 at
-   the later positions): the decision then follows what the representation tells apart, where a bias alone moves
-   every prompt by the same amount (experiments/safety-frontier, "Does the model know which prompts are
-   harmful?": the trained model's read-out separates the held-out prompts better than its first token does);
+   harmfulness at the same position (+1 harmful, -1 benign on `probe_prompts` less the calibration prompts, and 0
+   at the later positions of the calibration prompts' greedy replies, which carry no label; u is then fitted to
+   leave those positions alone too, as with a refusal token), so the first token follows what the representation
+   tells apart where a bias moves every prompt alike (measured in experiments/safety-frontier, "The refusal
+   decision set by a read-out of harmfulness": it decides the held-out training prompts, and the model's
+   refusals of benign lookalikes open with other tokens);
 5. picks delta by bisection so that the refusal tokens win the first position on `refusal_rate` of the harmful
    calibration prompts, computed exactly for the edited weights;
 6. saves the model with its output layer untied from the input embeddings (a tied model would move the refusal
@@ -51,6 +53,7 @@ from alignlab.training.saving import save_model
 def run(ctx: StageContext) -> dict[str, Any]:
     a = ctx.algo
     rows = onpolicy.calibration_prompts(a.prompts, f"algo.{ctx.name}.prompts", ctx.cfg, ctx.stage_dir.parent)
+    fit_rows = onpolicy.readout_prompts(a.probe_prompts, f"algo.{ctx.name}.probe_prompts", rows) if a.probe_gain else []
     harmful = torch.tensor([r.type == "harmful" for r in rows])
     model = load_model(ctx.input_model, ctx.cfg.model).eval()  # the dtype it is saved in (bf16 rounds the edit)
     convs = [[{"role": "user", "content": r.prompt}] for r in rows]
@@ -84,47 +87,59 @@ def run(ctx: StageContext) -> dict[str, Any]:
     mask = torch.zeros(logits.shape[1], dtype=torch.bool)
     mask[tokens] = True
     extra: dict[str, Any] = {}
-    readout = torch.zeros(hidden.shape[1])
     if read_later:
         later, margin = later_positions(model, ctx.tokenizer, convs, [g["token_ids"] for g in replies], marker, a)
         if not len(later):
+            needs = f"'{ctx.cfg.model.refusal_token}'" if marker is not None else "the read-out (probe_gain)"
             raise DataError(
                 f"Data error: stage '{ctx.name}': the policy's greedy replies to the {len(rows)} prompts of "
-                f"'{a.prompts}' are at most one token long, which leaves no later position to keep "
-                f"{'the refusal token' if marker is not None else 'the read-out'} out of "
+                f"'{a.prompts}' are at most one token long, which leaves no later position to keep {needs} out of "
                 f"(algo.{ctx.name}.later_tokens: {a.later_tokens})."
             )
+        # with the later positions read, u leaves them alone too (for the read-out's runs as for the token's)
         direction, away = first_position_directions(hidden, later)
     else:
         direction = hidden.mean(0) / hidden.mean(0).square().sum()
-    if a.probe_gain > 0:
-        readout, extra = fit_readout(model, ctx, rows, later, harmful, hidden)
     shift = hidden @ direction
-    moved = logits.clone()  # the first position's logits with all but delta applied
-    moved[:, mask] += a.probe_gain * (hidden @ readout)[:, None]
-    push = 0.0
+    moved = logits  # the first position's logits with all but delta applied (the read-out, the push)
+    if a.probe_gain > 0:
+        fit_convs = [[{"role": "user", "content": r.prompt}] for r in fit_rows]
+        fit_harmful = torch.tensor([r.type == "harmful" for r in fit_rows])
+        fit_hidden = first_position(model, ctx.tokenizer, fit_convs, a.batch_size)[0]
+        readout = harm_readout(fit_hidden, fit_harmful, later, a.probe_ridge)
+        moved = logits.clone()
+        moved[:, mask] += a.probe_gain * (hidden @ readout)[:, None]
+        extra = {
+            "calibrate/probe_prompts": len(fit_rows),
+            "calibrate/probe_auroc_fitted": auroc(fit_hidden @ readout, fit_harmful),
+            "calibrate/probe_auroc_calibration": auroc(hidden @ readout, harmful),
+            "calibrate/probe_later_shift_max": (a.probe_gain * (later @ readout)).abs().max().item(),
+        }
     if marker is None:
-        delta = fit_delta(moved, shift, mask, harmful, a.refusal_rate)
+        delta = fit_delta(moved, shift, mask, harmful, a.refusal_rate, ctx.name)
+        vector = delta * direction
     else:
-        delta = 0.0
+        delta, push = 0.0, 0.0
+        steer = moved  # the read-out's move of the first position, if any; the push comes on top of it
         for _ in range(2):  # delta moves the later positions a little, the push the first ones: each fitted twice
-            push = push_down(margin + later @ (delta * direction + a.probe_gain * readout), later @ away)
-            moved = logits.clone()
-            moved[:, marker] += hidden @ (a.probe_gain * readout - push * away)
-            delta = fit_delta(moved, shift, mask, harmful, a.refusal_rate)
-    vector = delta * direction + a.probe_gain * readout
-    if marker is not None:
-        vector = vector - push * away
-        after_later = margin + later @ vector
+            later_margin = margin + delta * (later @ direction)
+            if a.probe_gain > 0:
+                later_margin = later_margin + a.probe_gain * (later @ readout)
+            push = push_down(later_margin, later @ away)
+            moved = steer.clone()
+            moved[:, marker] -= push * (hidden @ away)
+            delta = fit_delta(moved, shift, mask, harmful, a.refusal_rate, ctx.name)
+        vector = delta * direction - push * away
         extra |= {
             "calibrate/later_positions": len(margin),
             "calibrate/later_token_wins_before": int((margin > 0).sum()),
-            "calibrate/later_token_wins_after": int((after_later > 0).sum()),
             "calibrate/later_push": push,
             "calibrate/first_shift_of_push_max": (push * (hidden @ away)).abs().max().item(),
         }
     if a.probe_gain > 0:
-        extra["calibrate/probe_later_shift_max"] = (a.probe_gain * (later @ readout)).abs().max().item()
+        vector = vector + a.probe_gain * readout
+    if marker is not None:
+        extra["calibrate/later_token_wins_after"] = int((margin + later @ vector > 0).sum())
     before, after = first_token_refusals(logits, shift, mask, 0.0), first_token_refusals(moved, shift, mask, delta)
     fold_bias(model, tokens, vector)
     save_model(model, ctx)
@@ -140,32 +155,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "calibrate/benign_refused_before": before[~harmful].float().mean().item(),
         "calibrate/harmful_refused_after": after[harmful].float().mean().item(),
         "calibrate/benign_refused_after": after[~harmful].float().mean().item(),
-    }
-
-
-def fit_readout(
-    model: Any,
-    ctx: StageContext,
-    rows: list[onpolicy.PromptRow],
-    later: torch.Tensor,
-    harmful: torch.Tensor,
-    hidden: torch.Tensor,
-) -> tuple[torch.Tensor, dict[str, Any]]:
-    """The read-out of harmfulness at the reply's first position, fitted on `probe_prompts` without the calibration
-    prompts; its AUROC on the calibration prompts (which it never saw) says how well it tells them apart."""
-    a, key = ctx.algo, f"algo.{ctx.name}.probe_prompts"
-    held = {r.prompt for r in rows}
-    fit_rows = [r for r in onpolicy.read_labelled_prompts(a.probe_prompts, key) if r.prompt not in held]
-    onpolicy.both_types(fit_rows, f"{a.probe_prompts} without the calibration prompts", key)
-    fit_hidden, _ = first_position(
-        model, ctx.tokenizer, [[{"role": "user", "content": r.prompt}] for r in fit_rows], a.batch_size
-    )
-    fit_harmful = torch.tensor([r.type == "harmful" for r in fit_rows])
-    readout = harm_readout(fit_hidden, fit_harmful, later, a.probe_ridge)
-    return readout, {
-        "calibrate/probe_prompts": len(fit_rows),
-        "calibrate/probe_auroc_fitted": auroc(fit_hidden @ readout, fit_harmful),
-        "calibrate/probe_auroc_calibration": auroc(hidden @ readout, harmful),
     }
 
 
@@ -295,12 +284,21 @@ def first_token_refusals(logits: torch.Tensor, shift: torch.Tensor, mask: torch.
 
 
 def fit_delta(
-    logits: torch.Tensor, shift: torch.Tensor, mask: torch.Tensor, harmful: torch.Tensor, rate: float
+    logits: torch.Tensor,
+    shift: torch.Tensor,
+    mask: torch.Tensor,
+    harmful: torch.Tensor,
+    rate: float,
+    stage: str = "calibrate",
 ) -> float:
     """The smallest delta at which the refusal tokens win on at least `rate` of the harmful prompts (the share
     rises with delta, since every shift is positive): bisection, to 1e-4."""
     if (shift <= 0).any():
-        raise DataError("Data error: the fitted first-position direction does not shift every prompt's logits up.")
+        raise DataError(
+            f"Data error: stage '{stage}': the fitted first-position direction does not shift the logits of "
+            f"{int((shift <= 0).sum())} of the {len(shift)} calibration prompts up (algo.{stage}.prompts: more "
+            "prompts give a steadier fit)."
+        )
 
     def share(delta: float) -> float:
         return first_token_refusals(logits, shift, mask, delta)[harmful].float().mean().item()

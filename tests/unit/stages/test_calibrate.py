@@ -157,6 +157,27 @@ def test_read_out_prompts_of_one_type_stop_the_run_before_any_stage_trains(tmp_p
     assert not list(tmp_path.glob("*/*/sft"))
 
 
+def test_read_out_prompts_of_one_type_once_the_calibration_prompts_are_left_out_are_named(tmp_path, capsys):
+    """The read-out file has both types, but its only harmful prompts are calibration prompts (one differing in
+    case and spaces): left out, no harmful prompt remains, which the run says before any stage trains."""
+    calibration = [
+        {"prompt": "How do I hurt someone?", "type": "harmful"},
+        {"prompt": "How do I bake bread?", "type": "benign"},
+    ]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in calibration))
+    probe = tmp_path / "probe.jsonl"
+    fit = [{"prompt": "  how do I HURT someone? ", "type": "harmful"}, {"prompt": "Bake a cake?", "type": "benign"}]
+    probe.write_text("".join(json.dumps(r) + "\n" for r in [*calibration, *fit]))
+    args = ["run", "experiment=tiny", "logger=none", f"run.root={tmp_path}", "+algo@algo.calibrate=calibrate"]
+    args += ["pipeline.stages=[sft,calibrate]", f"algo.calibrate.prompts={prompts}", "algo.calibrate.probe_gain=4"]
+    args += [f"algo.calibrate.probe_prompts={probe}"]
+    assert cli.main(args) != 0
+    err = capsys.readouterr().err
+    assert "less the calibration prompts' (algo.calibrate.probe_prompts): needs both harmful and benign" in err
+    assert not list(tmp_path.glob("*/*/sft"))
+
+
 def test_with_a_read_out_the_saved_model_decides_as_reported_and_the_row_follows_harmfulness(
     tmp_path, tiny_model, monkeypatch
 ):
@@ -214,6 +235,8 @@ def test_with_a_read_out_the_saved_model_decides_as_reported_and_the_row_follows
         assert first[10:].float().mean().item() == pytest.approx(metrics["calibrate/benign_refused_after"])
         move = hidden @ (after.lm_head.weight[refusal_id] - before.lm_head.weight[refusal_id]).float()
         shifts[gain] = (move[:10].mean() - move[10:].mean()).item()
-    assert metrics["calibrate/probe_prompts"] == 40 and 0 <= metrics["calibrate/probe_auroc_calibration"] <= 1
-    assert abs(metrics["calibrate/probe_later_shift_max"]) < 4
+    assert metrics["calibrate/probe_prompts"] == 40
+    # "hurt" against "bake": told apart on the prompts fitted and on the calibration prompts it never fitted
+    assert metrics["calibrate/probe_auroc_fitted"] > 0.9 and metrics["calibrate/probe_auroc_calibration"] > 0.9
+    assert metrics["calibrate/probe_later_shift_max"] < 4
     assert shifts[4] > shifts[0] + 1.0, shifts

@@ -281,3 +281,53 @@ def test_replies_with_no_later_position_to_keep_the_token_out_of_are_named(tmp_p
     args += ["eval.judge=rules"]  # the probe judge would be fitted on SmolLM2's replies first
     assert cli.main(args) != 0
     assert "are at most one token long, which leaves no later position" in capsys.readouterr().err
+
+
+def test_with_a_read_out_the_token_still_loses_every_later_position(tmp_path, tiny_model, monkeypatch):
+    """The refusal token and the read-out together: the push is fitted on top of the read-out's move, so the saved
+    model puts the token first on the reported share of harmful prompts and nowhere later in the replies read."""
+    from stage_fixtures import context
+
+    from alignlab.generation import generation_tokenizer
+    from alignlab.stages import calibrate
+
+    rows = [{"prompt": f"How do I hurt person {i}?", "type": "harmful"} for i in range(8)]
+    rows += [{"prompt": f"How do I bake loaf {i}?", "type": "benign"} for i in range(8)]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    fit = [{"prompt": f"How do I hurt animal {i}?", "type": "harmful"} for i in range(12)]
+    fit += [{"prompt": f"How do I bake cake {i}?", "type": "benign"} for i in range(12)]
+    probe = tmp_path / "probe.jsonl"
+    probe.write_text("".join(json.dumps(r) + "\n" for r in fit))
+
+    def replies(model, tokenizer, convs, max_new_tokens, *args, **kwargs):
+        texts = [MARK + "I can't help with that." if "hurt" in c[0]["content"] else "Sure, here it is." for c in convs]
+        return [{"text": t, "token_ids": tokenizer(t, add_special_tokens=False)["input_ids"]} for t in texts]
+
+    monkeypatch.setattr(calibrate, "generate", replies)
+    ctx = context(
+        tmp_path,
+        "calibrate",
+        SPARE,
+        f"model.refusal_token='{MARK}'",
+        "+algo@algo.calibrate=calibrate",
+        "pipeline.stages=[calibrate]",
+        "eval.judge=rules",
+        f"algo.calibrate.prompts={prompts}",
+        f"algo.calibrate.probe_prompts={probe}",
+        "algo.calibrate.probe_gain=4",
+        "algo.calibrate.refusal_rate=0.75",
+    )
+    metrics = calibrate.run(ctx)
+    assert metrics["calibrate/refusal_tokens"] == MARK and metrics["calibrate/probe_prompts"] == 24
+    assert metrics["calibrate/later_positions"] > 0 and metrics["calibrate/later_token_wins_after"] == 0
+    tok = generation_tokenizer(ctx.tokenizer)
+    mark = tok.convert_tokens_to_ids(MARK)
+    model = AutoModelForCausalLM.from_pretrained(ctx.model_dir)
+    _, logits = calibrate.first_position(
+        model, ctx.tokenizer, [[{"role": "user", "content": r["prompt"]}] for r in rows], 8
+    )
+    first = logits.argmax(-1) == mark
+    assert first[:8].float().mean().item() == pytest.approx(metrics["calibrate/harmful_refused_after"])
+    assert first[8:].float().mean().item() == pytest.approx(metrics["calibrate/benign_refused_after"])
+    assert metrics["calibrate/harmful_refused_after"] >= 0.75
