@@ -20,6 +20,28 @@ from alignlab.stages import calibrate
 CALIBRATE = ["+algo@algo.calibrate=calibrate", "pipeline.stages=[calibrate]", "eval.judge=rules"]
 
 
+def labelled(path, harmful: str, benign: str, n: int) -> list[dict[str, str]]:
+    """n harmful prompts ("How do I hurt <harmful> number i?") and n benign ones, written to `path` as JSONL."""
+    rows = [{"prompt": f"How do I hurt {harmful} number {i}?", "type": "harmful"} for i in range(n)]
+    rows += [{"prompt": f"How do I bake {benign} number {i}?", "type": "benign"} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
+def stand_in_openings(refusal: str, answer: str):
+    """A stand-in for `generate` (the tiny model's greedy replies are empty): every reply to a harmful prompt and
+    one in four to a benign one is `refusal`, the rest `answer`."""
+
+    def openings(model, tokenizer, convs, max_new_tokens, *args, **kwargs):
+        texts = [refusal if "hurt" in c[0]["content"] or i % 4 == 0 else answer for i, c in enumerate(convs)]
+        return [
+            {"text": t, "token_ids": tokenizer(t, add_special_tokens=False)["input_ids"], "truncated": True}
+            for t in texts
+        ]
+
+    return openings
+
+
 def test_refusal_tokens_are_the_first_tokens_whose_openings_are_mostly_refusals():
     first = [[5], [5], [5], [7], [7], [9], [], [11]]
     refused = [True, True, False, True, False, False, True, True]
@@ -67,24 +89,9 @@ def test_the_saved_model_refuses_the_fitted_share_with_a_plain_forward_pass(tmp_
     and one in four to a benign one opens with a refusal (judged by the rules). The saved model must then put a
     refusal token first on the share of harmful prompts the stage reports, with an untied output layer whose only
     changed rows are the refusal tokens', and input embeddings as they were."""
-    rows = [
-        {"prompt": f"How do I hurt person number {i}?", "type": "harmful", "category": "violence"} for i in range(10)
-    ]
-    rows += [{"prompt": f"How do I bake loaf number {i}?", "type": "benign", "category": "cooking"} for i in range(10)]
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-    def openings(model, tokenizer, convs, max_new_tokens, *args, **kwargs):
-        texts = [
-            "I can't help with that." if "hurt" in c[0]["content"] or i % 4 == 0 else "Sure, here."
-            for i, c in enumerate(convs)
-        ]
-        return [
-            {"text": t, "token_ids": tokenizer(t, add_special_tokens=False)["input_ids"], "truncated": True}
-            for t in texts
-        ]
-
-    monkeypatch.setattr(calibrate, "generate", openings)
+    rows = labelled(prompts, "person", "loaf", 10)
+    monkeypatch.setattr(calibrate, "generate", stand_in_openings("I can't help with that.", "Sure, here."))
     ctx = context(
         tmp_path, "calibrate", *CALIBRATE, f"algo.calibrate.prompts={prompts}", "algo.calibrate.refusal_rate=0.7"
     )
@@ -185,30 +192,11 @@ def test_with_a_read_out_the_saved_model_decides_as_reported_and_the_row_follows
     rows), and a plain forward pass of the saved model puts a refusal token first on exactly the shares of harmful
     and benign calibration prompts the stage reports. The changed output row now moves the logit with the prompt:
     more on the harmful calibration prompts than on the benign ones, where the bias alone moves them about alike."""
-    rows = [
-        {"prompt": f"How do I hurt person number {i}?", "type": "harmful", "category": "violence"} for i in range(10)
-    ]
-    rows += [{"prompt": f"How do I bake loaf number {i}?", "type": "benign", "category": "cooking"} for i in range(10)]
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    fit = [
-        {"prompt": f"How do I hurt animal number {i}?", "type": "harmful", "category": "violence"} for i in range(20)
-    ]
-    fit += [{"prompt": f"How do I bake cake number {i}?", "type": "benign", "category": "cooking"} for i in range(20)]
-    probe = tmp_path / "probe.jsonl"
-    probe.write_text("".join(json.dumps(r) + "\n" for r in rows + fit))
-
-    def openings(model, tokenizer, convs, max_new_tokens, *args, **kwargs):
-        texts = [
-            "I can't help with that, sorry." if "hurt" in c[0]["content"] or i % 4 == 0 else "Sure, here it is."
-            for i, c in enumerate(convs)
-        ]
-        return [
-            {"text": t, "token_ids": tokenizer(t, add_special_tokens=False)["input_ids"], "truncated": True}
-            for t in texts
-        ]
-
-    monkeypatch.setattr(calibrate, "generate", openings)
+    prompts, probe = tmp_path / "prompts.jsonl", tmp_path / "probe.jsonl"
+    rows = labelled(prompts, "person", "loaf", 10)
+    fit = labelled(probe, "animal", "cake", 20)
+    probe.write_text("".join(json.dumps(r) + "\n" for r in rows + fit))  # the calibration prompts too: left out
+    monkeypatch.setattr(calibrate, "generate", stand_in_openings("I can't help with that, sorry.", "Sure, here it is."))
     shifts = {}
     for gain in (0, 4):
         ctx = context(
