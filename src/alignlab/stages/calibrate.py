@@ -162,19 +162,15 @@ def harm_readout(first: torch.Tensor, harmful: torch.Tensor, later: torch.Tensor
     """w with w . h = +1 at the harmful prompts' first positions, -1 at the benign ones' and 0 at the later
     positions (ridge least squares, the three groups weighted equally), so that a token row moved by w moves its
     logit with the prompt's harmfulness at the first position and leaves the rest of the reply alone."""
-    x = torch.cat([first, later]).double()
     y = torch.cat([harmful.double() * 2 - 1, torch.zeros(len(later), dtype=torch.float64)])
     groups = [harmful, ~harmful]
-    w = torch.cat(
-        [sum(g.double() / (3 * g.sum()) for g in groups), torch.full((len(later),), 1 / (3 * len(later)))]
-    ).double()
-    gram = x.T @ (w[:, None] * x)
-    gram += ridge * gram.trace() / len(gram) * torch.eye(len(gram), dtype=torch.float64)
-    return torch.linalg.solve(gram, x.T @ (w * y)).float()
+    w = torch.cat([sum(g.double() / (3 * g.sum()) for g in groups), torch.full((len(later),), 1 / (3 * len(later)))])
+    return weighted_ridge(torch.cat([first, later]), y[:, None], w, ridge)[:, 0]
 
 
 def auroc(score: torch.Tensor, positive: torch.Tensor) -> float:
-    """The chance that a positive scores above a negative (ties count half): the Mann-Whitney statistic."""
+    """The chance that a positive scores above a negative (ties count half): the Mann-Whitney statistic
+    (experiments/safety-frontier's separability and first-token studies use it too)."""
     pos, neg = score[positive], score[~positive]
     return ((pos[:, None] > neg[None]).double() + 0.5 * (pos[:, None] == neg[None]).double()).mean().item()
 
@@ -259,15 +255,21 @@ def first_position_directions(first: torch.Tensor, later: torch.Tensor) -> tuple
     and v the other way round (ridge regressions, each group weighted equally), so that adding `delta * u - push *
     v` to a token's output row moves its logit at the reply's first position by about delta and pushes it down
     everywhere after."""
-    x = torch.cat([first, later]).double()
-    w = torch.cat([torch.full((len(first),), 0.5 / len(first)), torch.full((len(later),), 0.5 / len(later))]).double()
-    y = torch.zeros(len(x), 2, dtype=torch.float64)
+    w = torch.cat([torch.full((len(first),), 0.5 / len(first)), torch.full((len(later),), 0.5 / len(later))])
+    y = torch.zeros(len(first) + len(later), 2, dtype=torch.float64)
     y[: len(first), 0] = 1.0
     y[len(first) :, 1] = 1.0
-    gram = x.T @ (w[:, None] * x)
-    gram += 1e-4 * gram.trace() / len(gram) * torch.eye(len(gram), dtype=torch.float64)
-    u, v = torch.linalg.solve(gram, x.T @ (w[:, None] * y)).float().T
+    u, v = weighted_ridge(torch.cat([first, later]), y, w, 1e-4).T
     return u, v
+
+
+def weighted_ridge(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, ridge: float) -> torch.Tensor:
+    """The coefficients (one column per column of y) of a least-squares fit of y on x with row weights w, the
+    penalty `ridge` times the mean eigenvalue of the weighted Gram matrix (scale-free), in float64."""
+    x, w = x.double(), w.double()
+    gram = x.T @ (w[:, None] * x)
+    gram += ridge * gram.trace() / len(gram) * torch.eye(len(gram), dtype=torch.float64)
+    return torch.linalg.solve(gram, x.T @ (w[:, None] * y)).float()
 
 
 def push_down(margin: torch.Tensor, away: torch.Tensor) -> float:
