@@ -35,16 +35,15 @@ from alignlab.evaluation.binomial import wilson
 from alignlab.evaluation.probe import fit_head
 from alignlab.evaluation.suites import load_suite
 from alignlab.models import cache_root, load_model, load_tokenizer, resolve_model_path
+from alignlab.stages import calibrate
 from alignlab.steering import last_token_states
 
 PAIRS = (("bundled_harmful", "bundled_benign"), ("harmbench", "xstest_safe"))
 
 
 def auroc(positive: torch.Tensor, negative: torch.Tensor) -> float:
-    """P(score of a positive > score of a negative), ties counted half (the Mann-Whitney statistic)."""
-    greater = (positive[:, None] > negative[None, :]).double().mean().item()
-    ties = (positive[:, None] == negative[None, :]).double().mean().item()
-    return greater + ties / 2
+    """P(score of a positive > score of a negative), ties counted half: the calibration stage's statistic."""
+    return calibrate.auroc(torch.cat([positive, negative]), torch.arange(len(positive) + len(negative)) < len(positive))
 
 
 def share(flags: torch.Tensor) -> str:
