@@ -262,6 +262,15 @@ class PairsStageConfig:
     )
     max_harmful: int | None = field(default=None, metadata={"help": "Harmful prompts asked; None: all of them."})
     max_benign: int | None = field(default=None, metadata={"help": "Benign prompts asked; None: all of them."})
+    stratify: bool = field(
+        default=False,
+        metadata={
+            "help": "Draw the max_harmful / max_benign prompts in proportion to their categories (each at most one "
+            "prompt from its share) instead of uniformly: which kinds of prompt get full pairs then no longer "
+            "depends on the seed (uniformly, 80 of the 356 bundled harmful prompts held 1 fraud prompt at one seed "
+            "and 12 at another)."
+        },
+    )
     specific_refusals: bool = field(
         default=False,
         metadata={

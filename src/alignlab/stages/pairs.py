@@ -145,7 +145,7 @@ def _reask_benign(
 
 def _new_prompts(ctx: StageContext, rows: list[onpolicy.PromptRow], used: set[str]) -> list[onpolicy.PromptRow]:
     """`max_harmful` harmful and `max_benign` benign prompts not in `used` (those an earlier round asked), in a
-    seeded order."""
+    seeded order (with `stratify`, one that keeps every prefix in proportion to the categories)."""
     a = ctx.algo
     rng = random.Random(ctx.cfg.seed)
     harmful = [r for r in rows if r.type == "harmful"]
@@ -154,7 +154,28 @@ def _new_prompts(ctx: StageContext, rows: list[onpolicy.PromptRow], used: set[st
     rng.shuffle(benign)
     harmful = [r for r in harmful if r.prompt not in used]
     benign = [r for r in benign if r.prompt not in used]
+    if a.stratify:
+        harmful, benign = stratified_order(harmful, rng), stratified_order(benign, rng)
     return harmful[: a.max_harmful] + benign[: a.max_benign]
+
+
+def stratified_order(rows: list[onpolicy.PromptRow], rng: random.Random) -> list[onpolicy.PromptRow]:
+    """`rows` reordered so that every prefix holds each category at most one prompt from its share: at each place
+    the category furthest below its share so far comes next (its next row, in the given order; ties broken by a
+    seeded order of the categories). A few lines, so written here rather than taken from a library."""
+    by_category: dict[str, list[onpolicy.PromptRow]] = {}
+    for r in rows:
+        by_category.setdefault(r.category, []).append(r)
+    categories = sorted(by_category)
+    rng.shuffle(categories)
+    taken = dict.fromkeys(categories, 0)
+    order = []
+    for k in range(1, len(rows) + 1):
+        left = [c for c in categories if taken[c] < len(by_category[c])]
+        c = max(left, key=lambda c: k * len(by_category[c]) / len(rows) - taken[c])
+        order.append(by_category[c][taken[c]])
+        taken[c] += 1
+    return order
 
 
 def _verdicts(judge: Judge, rows: list[onpolicy.PromptRow], attempts: list[list[str]]) -> Any:

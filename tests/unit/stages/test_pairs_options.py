@@ -1,9 +1,11 @@
-"""The pairs stage's data options (algo.pairs.specific_refusals, specific_rejected, ches_drop, helpful_chosen), run
-as a stage on the tiny model, and their config checks."""
+"""The pairs stage's data options (algo.pairs.specific_refusals, specific_rejected, ches_drop, helpful_chosen,
+stratify), run as a stage on the tiny model, and their config checks."""
 
 from __future__ import annotations
 
 import json
+import random
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from alignlab import cli
 from alignlab.config import compose_config, validate
 from alignlab.data import onpolicy
 from alignlab.errors import ConfigError
+from alignlab.stages.pairs import stratified_order
 
 BASE = ["experiment=safety-smollm-quick", "model=tiny", "pipeline.stages=[pairs]", "logger=none", "eval.judge=rules"]
 
@@ -174,3 +177,40 @@ def test_helpful_chosen_resamples_unhelpful_benign_replies_and_chooses_only_help
     assert calls == [False, True, True]  # greedy, then both resamples of the 8 benign prompts
     assert [p["chosen"][0]["content"] for p in benign] == ["Step 0.", "Step 2.", "Step 4.", "Step 6."]
     assert metrics["pairs/benign/no_helpful_reply"] == 4 and metrics["pairs/benign"] == 4
+
+
+def _within_one_of_its_share(categories: list[str], pool: list[str]) -> bool:
+    share, drawn = Counter(pool), Counter(categories)
+    return all(abs(drawn[c] - n * len(categories) / len(pool)) <= 1 + 1e-9 for c, n in share.items())
+
+
+def test_a_stratified_order_keeps_every_prefix_in_proportion_to_the_categories():
+    rows = [onpolicy.PromptRow(f"p{i}", "harmful", c) for i, c in enumerate(["a"] * 42 + ["b"] * 20 + ["c"] * 7)]
+    pool = [r.category for r in rows]
+    orders = []
+    for seed in (0, 1):  # as the stage draws: a seeded shuffle, then the stratified order of it
+        rng, shuffled = random.Random(seed), list(rows)
+        rng.shuffle(shuffled)
+        orders.append(stratified_order(shuffled, rng))
+    for order in orders:
+        assert sorted(r.prompt for r in order) == sorted(r.prompt for r in rows)
+        assert all(_within_one_of_its_share([r.category for r in order[:k]], pool) for k in range(1, len(rows) + 1))
+    assert [r.prompt for r in orders[0]] != [r.prompt for r in orders[1]]  # the seed still picks which prompts
+    uniform = list(rows)
+    random.Random(3).shuffle(uniform)  # the draw the option replaces: its prefixes drift from the shares
+    assert not all(_within_one_of_its_share([r.category for r in uniform[:k]], pool) for k in range(1, len(rows) + 1))
+
+
+def test_stratify_asks_the_bundled_prompts_in_proportion_to_their_categories(
+    tmp_path, cache_dir, tiny_model, monkeypatch
+):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    args = ["run", *BASE, "model.generation_dtype=null", "algo.pairs.max_harmful=18", "algo.pairs.max_benign=9"]
+    assert cli.main([*args, f"run.root={tmp_path}", "algo.pairs.stratify=true"]) == 0
+    (run,) = (tmp_path / "safety-smollm-quick").iterdir()
+    asked = onpolicy.read_jsonl(run / "pairs" / "generations.jsonl")
+    bundled = onpolicy.read_prompts("pkg://alignlab/assets/safety/train_prompts.jsonl")
+    for kind, n in (("harmful", 18), ("benign", 9)):
+        categories = [r["category"] for r in asked if r["type"] == kind]
+        assert len(categories) == n
+        assert _within_one_of_its_share(categories, [r.category for r in bundled if r.type == kind])
