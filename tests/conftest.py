@@ -3,9 +3,11 @@ data files."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -48,6 +50,14 @@ def tiny_tokenizer(tiny_model):
     from alignlab.models import load_tokenizer
 
     return load_tokenizer(tiny_model, OmegaConf.structured(ModelConfig(name="tiny", source="tiny")))
+
+
+def load_script(path: Path) -> ModuleType:
+    """A script outside the package (an experiment's, a benchmark's) imported as a module, for its functions."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def write_jsonl(path: Path, rows: list) -> Path:

@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, load_script
 from safetensors.torch import load_file, save_file
 
 SCRIPT = REPO / "experiments" / "safety-frontier" / "interpolate.py"
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("interpolate", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _folder(path, tensors, extra="{}"):
@@ -33,7 +24,7 @@ def test_interpolation_gives_both_ends_and_the_point_between(tmp_path):
     )
     for s, w, b in ((0.0, 0.0, 1.0), (1.0, 4.0, 3.0), (0.75, 3.0, 2.5)):
         out = tmp_path / f"s{s}"
-        _module().interpolate(start, trained, s, out)
+        load_script(SCRIPT).interpolate(start, trained, s, out)
         got = load_file(out / "model.safetensors")
         assert torch.equal(got["w"], torch.full((2, 3), w)) and torch.equal(
             got["b"], torch.full((3,), b, dtype=torch.bfloat16)
@@ -45,5 +36,5 @@ def test_models_with_different_tensors_are_refused(tmp_path):
     start = _folder(tmp_path / "a", {"w": torch.zeros(2)})
     trained = _folder(tmp_path / "b", {"v": torch.zeros(2)})
     with pytest.raises(SystemExit, match="different tensors"):
-        _module().interpolate(start, trained, 0.5, tmp_path / "out")
+        load_script(SCRIPT).interpolate(start, trained, 0.5, tmp_path / "out")
     assert not (tmp_path / "out").exists()

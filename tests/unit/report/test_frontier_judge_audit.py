@@ -2,25 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-import json
-
 import pytest
-from conftest import REPO
+from conftest import REPO, load_script, write_jsonl
 
 SCRIPT = REPO / "experiments" / "safety-frontier" / "judge_audit.py"
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("judge_audit", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def _write(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def test_the_audit_counts_the_judges_rate_the_readings_and_the_judges_precision_and_recall(tmp_path):
@@ -28,8 +13,8 @@ def test_the_audit_counts_the_judges_rate_the_readings_and_the_judges_precision_
     verdicts = [(True, "full"), (True, "partial"), (True, "full"), (True, "none"), (False, "full")]
     verdicts += [(False, "none")] * 5
     rows = [{"run": "r1", "seed": 42, "judge_refused": j, "refusal": r} for j, r in verdicts]
-    mod = _module()
-    row = mod.table(mod.read(_write(tmp_path / "a.jsonl", rows))).splitlines()[2]
+    mod = load_script(SCRIPT)
+    row = mod.table(mod.read(write_jsonl(tmp_path / "a.jsonl", rows))).splitlines()[2]
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[:3] == ["`r1`", "42", "10"]
     assert [c.split(" [")[0] for c in cells[3:]] == ["0.400", "0.400", "0.750", "0.750"]
@@ -37,11 +22,11 @@ def test_the_audit_counts_the_judges_rate_the_readings_and_the_judges_precision_
 
 
 def test_a_row_without_a_reading_is_named(tmp_path):
-    path = _write(tmp_path / "a.jsonl", [{"run": "r1", "seed": 1, "judge_refused": True, "refusal": "maybe"}])
+    path = write_jsonl(tmp_path / "a.jsonl", [{"run": "r1", "seed": 1, "judge_refused": True, "refusal": "maybe"}])
     with pytest.raises(SystemExit, match=r"a\.jsonl:1: needs judge_refused"):
-        _module().read(path)
+        load_script(SCRIPT).read(path)
 
 
 def test_the_committed_audit_reads_and_every_run_is_whole():
-    runs = _module().read(SCRIPT.parent / "data" / "benign-refusal-audit.jsonl")
+    runs = load_script(SCRIPT).read(SCRIPT.parent / "data" / "benign-refusal-audit.jsonl")
     assert runs and all(len(rows) == 112 for rows in runs.values())  # every bundled benign reply of each run
