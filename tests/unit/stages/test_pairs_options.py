@@ -20,8 +20,9 @@ from alignlab.stages.pairs import stratified_order
 BASE = ["experiment=safety-smollm-quick", "model=tiny", "pipeline.stages=[pairs]", "logger=none", "eval.judge=rules"]
 
 
-def _pairs_run(tmp_path: Path, *extra: str) -> Path:
-    args = ["run", *BASE, "model.generation_dtype=null", "algo.pairs.max_harmful=8", "algo.pairs.max_benign=8"]
+def _pairs_run(tmp_path: Path, *extra: str, harmful: int = 8, benign: int = 8) -> Path:
+    counts = [f"algo.pairs.max_harmful={harmful}", f"algo.pairs.max_benign={benign}"]
+    args = ["run", *BASE, "model.generation_dtype=null", *counts]
     assert cli.main([*args, f"run.root={tmp_path}", *extra]) == 0
     (run,) = (tmp_path / "safety-smollm-quick").iterdir()
     return run / "pairs"
@@ -184,6 +185,10 @@ def _within_one_of_its_share(categories: list[str], pool: list[str]) -> bool:
     return all(abs(drawn[c] - n * len(categories) / len(pool)) <= 1 + 1e-9 for c, n in share.items())
 
 
+def _every_prefix_within_its_share(order: list[onpolicy.PromptRow], pool: list[str]) -> bool:
+    return all(_within_one_of_its_share([r.category for r in order[:k]], pool) for k in range(1, len(order) + 1))
+
+
 def test_a_stratified_order_keeps_every_prefix_in_proportion_to_the_categories():
     rows = [onpolicy.PromptRow(f"p{i}", "harmful", c) for i, c in enumerate(["a"] * 42 + ["b"] * 20 + ["c"] * 7)]
     pool = [r.category for r in rows]
@@ -194,21 +199,20 @@ def test_a_stratified_order_keeps_every_prefix_in_proportion_to_the_categories()
         orders.append(stratified_order(shuffled, rng))
     for order in orders:
         assert sorted(r.prompt for r in order) == sorted(r.prompt for r in rows)
-        assert all(_within_one_of_its_share([r.category for r in order[:k]], pool) for k in range(1, len(rows) + 1))
+        assert _every_prefix_within_its_share(order, pool)
     assert [r.prompt for r in orders[0]] != [r.prompt for r in orders[1]]  # the seed still picks which prompts
     uniform = list(rows)
     random.Random(3).shuffle(uniform)  # the draw the option replaces: its prefixes drift from the shares
-    assert not all(_within_one_of_its_share([r.category for r in uniform[:k]], pool) for k in range(1, len(rows) + 1))
+    assert not _every_prefix_within_its_share(uniform, pool)
 
 
 def test_stratify_asks_the_bundled_prompts_in_proportion_to_their_categories(
     tmp_path, cache_dir, tiny_model, monkeypatch
 ):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    args = ["run", *BASE, "model.generation_dtype=null", "algo.pairs.max_harmful=18", "algo.pairs.max_benign=9"]
-    assert cli.main([*args, f"run.root={tmp_path}", "algo.pairs.stratify=true"]) == 0
-    (run,) = (tmp_path / "safety-smollm-quick").iterdir()
-    asked = onpolicy.read_jsonl(run / "pairs" / "generations.jsonl")
+    asked = onpolicy.read_jsonl(
+        _pairs_run(tmp_path, "algo.pairs.stratify=true", harmful=18, benign=9) / "generations.jsonl"
+    )
     bundled = onpolicy.read_prompts("pkg://alignlab/assets/safety/train_prompts.jsonl")
     for kind, n in (("harmful", 18), ("benign", 9)):
         categories = [r["category"] for r in asked if r["type"] == kind]
