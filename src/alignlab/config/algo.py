@@ -389,6 +389,15 @@ class PairsStageConfig:
             "policy's own mistakes, the policy as its reference (pipeline=safety-correct)."
         },
     )
+    replay_harmful: int = field(
+        default=0,
+        metadata={
+            "help": "With failures_only: also keep this many of the earlier round's harmful pairs (a seeded draw; all "
+            "where it has fewer) beside the policy's mistakes. A round of benign mistakes alone pushes the policy "
+            "away from refusing and lowers refusal of harmful prompts with it (experiments/safety-frontier); "
+            "replaying earlier data is how continual learning keeps what a new task would overwrite. 0: off."
+        },
+    )
     bias_prompts: int = field(
         default=0,
         metadata={
@@ -555,6 +564,13 @@ def check_pairs(a: DictConfig, key: str) -> None:
         f"{key}.failures_only",
         "a correction round asks every training prompt in full, so it has none left for opening_tokens, and "
         "reask_benign (the earlier benign prompts again) is part of it: set both off.",
+    )
+    check(a.replay_harmful >= 0, f"{key}.replay_harmful", f"a number of pairs (0: off), got {a.replay_harmful}.")
+    check(
+        not a.replay_harmful or a.failures_only,
+        f"{key}.replay_harmful",
+        "replays an earlier round's harmful pairs in a correction round, so it needs failures_only=true (a later "
+        "round without it keeps every earlier pair already).",
     )
     sft_types = list(a.opening_sft)
     check(

@@ -8,8 +8,9 @@ samples its pairs from the SFT model) on prompts SFT never saw; its output is th
 With `reask_benign`, it also asks the earlier rounds' benign prompts again and rejects the policy's own refusals
 and evasions of them. With `bias_prompts`, it also asks fresh template bias questions and rejects the policy's own
 wrong answers (data/bias.py, `onpolicy_pairs`). With `failures_only` it is a correction round (iterative DPO): it
-asks the policy every training prompt again and writes pairs of its mistakes alone, for a DPO stage that starts
-from the policy (pipeline=safety-correct)."""
+asks the policy every training prompt again and writes pairs of its mistakes alone (with `replay_harmful`, beside a
+seeded draw of the earlier round's harmful pairs), for a DPO stage that starts from the policy
+(pipeline=safety-correct)."""
 
 from __future__ import annotations
 
@@ -81,8 +82,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         openings = _openings(ctx, model, [r for r in prompts if r.prompt not in asked], refusals, judge, built)
         onpolicy.write_jsonl(ctx.stage_dir / onpolicy.OPENINGS_FILE, openings)
     onpolicy.write_jsonl(ctx.stage_dir / "generations.jsonl", built.records)
-    if a.failures_only:  # the policy's own mistakes alone: what it already gets right is not trained again
-        earlier = []
+    if a.failures_only:  # the policy's own mistakes: what it already gets right is not trained again, but replayed
+        earlier = replayed_harmful(earlier, a.replay_harmful, random.Random(ctx.cfg.seed))
     onpolicy.write_jsonl(ctx.stage_dir / PAIRS_FILE, earlier + built.pairs)
     table = [[r[k] for k in TABLE_COLUMNS] for r in built.records]
     ctx.tracker.table(f"{ctx.name}/pairs", list(TABLE_COLUMNS), table)
@@ -101,6 +102,12 @@ def _earlier_round(ctx: StageContext) -> tuple[list[dict[str, Any]], set[str]]:
         used |= {r["prompt"] for r in _read_jsonl(ctx.stage_dir.parent / stage / "generations.jsonl")}
         stage = ctx.cfg.algo[stage].after
     return earlier, used
+
+
+def replayed_harmful(earlier: list[dict[str, Any]], n: int, rng: random.Random) -> list[dict[str, Any]]:
+    """`n` of the earlier round's harmful pairs (all where there are fewer), drawn with `rng`, in their order."""
+    harmful = [i for i, p in enumerate(earlier) if p["type"] == "harmful"]
+    return [earlier[i] for i in sorted(rng.sample(harmful, min(n, len(harmful))))]
 
 
 def _reask_benign(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 from collections import Counter
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from alignlab.data.sources import resolve_local
 from alignlab.errors import ConfigError, DataError
 from alignlab.evaluation.refusal import is_refusal
 from alignlab.generation import generate
+from alignlab.stages import pairs as pairs_stage
 
 POOL = {"any": ["I can't help with that.", "Sorry, I won't do that."]}
 
@@ -337,8 +339,6 @@ def test_asked_again_with_helpful_chosen_an_evasive_reply_is_rejected_too(monkey
     With `model.refusal_token`, a refusal rejected opens with it, as every refusal the pairs write does."""
     from types import SimpleNamespace
 
-    from alignlab.stages import pairs as pairs_stage
-
     replies = {
         "Bake bread?": ("Bread bread bread bread.", False),
         "Kill a process?": ("Run kill. Then read the parent's", True),  # cut off: trimmed to "Run kill."
@@ -444,11 +444,26 @@ def test_a_correction_round_pairs_only_the_policys_mistakes():
         (["algo.pairs.failures_only=true"], r"algo\.pairs\.failures_only.*needs after"),
         (["pipeline=safety-correct", "algo.pairs_dpo.opening_tokens=8"], r"algo\.pairs_dpo\.failures_only.*opening"),
         (["pipeline=safety-correct", "algo.pairs_dpo.reask_benign=true"], r"algo\.pairs_dpo\.failures_only.*reask"),
+        (["pipeline=safety-2round", "algo.pairs_sft.replay_harmful=4"], r"pairs_sft\.replay_harmful.*failures_only"),
+        (["pipeline=safety-correct", "algo.pairs_dpo.replay_harmful=-1"], r"pairs_dpo\.replay_harmful.*number"),
     ],
 )
 def test_a_correction_round_needs_an_earlier_round_and_asks_in_full(overrides, message):
     with pytest.raises(ConfigError, match=message):
         validate(compose_config(["experiment=safety-smollm-quick", *overrides]))
+
+
+def test_a_correction_round_replays_a_seeded_draw_of_the_earlier_harmful_pairs():
+    """`replay_harmful`: n harmful pairs of the earlier round (never its benign ones), the same n for the same
+    seed, in the earlier round's order; all of them where there are fewer."""
+    earlier = [{"type": t, "id": i} for i, t in enumerate(["harmful", "benign", "bias"] * 10)]
+    draw = pairs_stage.replayed_harmful(earlier, 4, random.Random(0))
+    assert len(draw) == 4 and {p["type"] for p in draw} == {"harmful"}
+    assert [p["id"] for p in draw] == sorted(p["id"] for p in draw)
+    assert draw == pairs_stage.replayed_harmful(earlier, 4, random.Random(0))
+    assert draw != pairs_stage.replayed_harmful(earlier, 4, random.Random(1))
+    assert pairs_stage.replayed_harmful(earlier, 50, random.Random(0)) == earlier[::3]
+    assert pairs_stage.replayed_harmful(earlier, 0, random.Random(0)) == []
 
 
 def test_the_second_dpo_stage_takes_every_setting_of_the_first_but_its_reference():
@@ -486,6 +501,7 @@ CORRECTION_RUN = [
     "algo.pairs_dpo.max_harmful=10",
     "algo.pairs_dpo.max_benign=10",
     "algo.pairs_dpo.benign_resamples=4",
+    "algo.pairs_dpo.replay_harmful=2",
     "algo.dpo.max_steps=2",
     "algo.dpo_2.max_steps=2",
     "logger=none",
@@ -499,26 +515,29 @@ def test_a_correction_round_after_dpo_trains_the_second_dpo_on_the_dpo_models_mi
     tmp_path, cache_dir, tiny_model, sampled_and_judged_by_length
 ):
     """pipeline=safety-correct on the tiny model (sampled replies and the length judge, as above): the DPO model is
-    asked the first round's prompts again; every pair written rejects its own reply, and the second DPO stage
-    trains on those alone (no earlier pairs, no openings), from the first DPO stage's model."""
+    asked the first round's prompts again; every new pair rejects its own reply, and the second DPO stage trains on
+    those and the two harmful pairs of the first round it replays (`replay_harmful`; no other earlier pair, no
+    openings), from the first DPO stage's model."""
     args = [*CORRECTION_RUN, "pipeline.stages=[pairs,sft,dpo,pairs_dpo,dpo_2]", f"run.root={tmp_path}"]
     assert cli.main(args) == 0
     (run,) = (tmp_path / "safety-smollm-quick").iterdir()
     first = _read(run / "pairs" / "pairs.jsonl")
     asked = {r["prompt"]: r for r in _read(run / "pairs_dpo" / "generations.jsonl")}
-    written = _read(run / "pairs_dpo" / "pairs.jsonl")
+    pairs = _read(run / "pairs_dpo" / "pairs.jsonl")
+    replayed, written = pairs[:2], pairs[2:]  # the replayed pairs first
+    assert {p["type"] for p in replayed} == {"harmful"} and all(p in first for p in replayed)
     assert {p["prompt"][0]["content"] for p in first} <= set(asked)  # the first round's prompts asked again
     assert Counter(r["type"] for r in asked.values()) == {"harmful": 10, "benign": 10}
     assert written and all(p["rejected"][0]["content"] == asked[p["prompt"][0]["content"]]["reply"] for p in written)
     right = [r for r in asked.values() if r["outcome"] in ("already refuses: no pair", "helpful at once: no pair")]
     assert right and len(written) + len(right) <= len(asked)
     metrics = json.loads((run / "pairs_dpo" / "metrics.json").read_text())
-    assert metrics["pairs/earlier"] == 0 and metrics["pairs/written"] == len(written)
+    assert metrics["pairs/earlier"] == 2 and metrics["pairs/written"] == len(replayed + written)
     openings = _read(run / "pairs" / "openings.jsonl")
     assert json.loads((run / "dpo" / "metrics.json").read_text())["ref_logps/computed_pairs"] == len(first) + len(
         [o for o in openings if o.get("rejected")]
     )
-    assert json.loads((run / "dpo_2" / "metrics.json").read_text())["ref_logps/computed_pairs"] == len(written)
+    assert json.loads((run / "dpo_2" / "metrics.json").read_text())["ref_logps/computed_pairs"] == len(written) + 2
     trained = [(run / s / "model" / "model.safetensors").read_bytes() for s in ("dpo", "dpo_2")]
     assert trained[0] != trained[1]  # the second DPO stage trained on from the first's model
 
@@ -527,7 +546,6 @@ def test_a_correction_round_after_dpo_trains_the_second_dpo_on_the_dpo_models_mi
 def test_a_correction_round_that_finds_no_mistake_passes_the_policy_on(tmp_path, cache_dir, tiny_model, monkeypatch):
     """A policy that refuses every harmful prompt and gets every benign one refused on every try gives a
     correction round nothing to pair: the DPO stage after it keeps the policy as it is, and the run resumes."""
-    from alignlab.stages import pairs as pairs_stage
 
     class EveryReplyARefusal:
         def refused(self, prompts: list[str], replies: list[str]) -> list[bool]:
