@@ -60,6 +60,16 @@ def load_script(path: Path) -> ModuleType:
     return module
 
 
+def model_folder(path: Path, tensors: dict, config: str = "{}") -> Path:
+    """A saved model's folder as the stages write it: model.safetensors and a config.json (its text given)."""
+    from safetensors.torch import save_file
+
+    path.mkdir()
+    save_file(tensors, path / "model.safetensors")
+    (path / "config.json").write_text(config)
+    return path
+
+
 def write_jsonl(path: Path, rows: list) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

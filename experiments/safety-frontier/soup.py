@@ -34,10 +34,7 @@ def soup(models: list[Path], out: Path) -> None:
         if differ:
             raise SystemExit(f"{models[0]} and {model} hold different tensors: {differ[:5]}")
     mean = {k: (sum(w[k].float() for w in weights) / len(weights)).to(first[k].dtype).contiguous() for k in first}
-    out.mkdir(parents=True, exist_ok=True)
-    for f in models[0].iterdir():
-        if f.is_file() and f.name != "model.safetensors":
-            shutil.copy(f, out / f.name)
+    shutil.copytree(models[0], out, ignore=shutil.ignore_patterns("model.safetensors"), dirs_exist_ok=True)
     save_file(mean, out / "model.safetensors", metadata={"format": "pt"})
 
 
