@@ -18,7 +18,7 @@ bounded. Each axis is an L2-regularised logistic regression fitted with LBFGS on
 
 `refused` is the probe's verdict OR the rule judge's: leave-one-source-out, the probe alone misses terse refusals
 worded unlike anything it was fitted on (stress set 75.7%), which the rules' stock phrases catch.
-`ProbeJudge.load_or_fit` fits at first use (~5 min on 2 cores: the hidden states of ~2600 replies) and caches the
+`ProbeJudge.load_or_fit` fits at first use (~5 min on 2 cores: the hidden states of ~3200 replies) and caches the
 heads with a JSON of the sha256 of every input, the recipe and the feature model's identity; a cache whose digest
 differs from the current inputs is refitted, never used.
 
