@@ -501,7 +501,6 @@ CORRECTION_RUN = [
     "algo.pairs_dpo.max_harmful=10",
     "algo.pairs_dpo.max_benign=10",
     "algo.pairs_dpo.benign_resamples=4",
-    "algo.pairs_dpo.replay_harmful=2",
     "algo.dpo.max_steps=2",
     "algo.dpo_2.max_steps=2",
     "logger=none",
@@ -518,7 +517,8 @@ def test_a_correction_round_after_dpo_trains_the_second_dpo_on_the_dpo_models_mi
     asked the first round's prompts again; every new pair rejects its own reply, and the second DPO stage trains on
     those and the two harmful pairs of the first round it replays (`replay_harmful`; no other earlier pair, no
     openings), from the first DPO stage's model."""
-    args = [*CORRECTION_RUN, "pipeline.stages=[pairs,sft,dpo,pairs_dpo,dpo_2]", f"run.root={tmp_path}"]
+    stages = "pipeline.stages=[pairs,sft,dpo,pairs_dpo,dpo_2]"
+    args = [*CORRECTION_RUN, "algo.pairs_dpo.replay_harmful=2", stages, f"run.root={tmp_path}"]
     assert cli.main(args) == 0
     (run,) = (tmp_path / "safety-smollm-quick").iterdir()
     first = _read(run / "pairs" / "pairs.jsonl")
