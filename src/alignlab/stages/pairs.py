@@ -82,7 +82,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         openings = _openings(ctx, model, [r for r in prompts if r.prompt not in asked], refusals, judge, built)
         onpolicy.write_jsonl(ctx.stage_dir / onpolicy.OPENINGS_FILE, openings)
     onpolicy.write_jsonl(ctx.stage_dir / "generations.jsonl", built.records)
-    if a.failures_only:  # its mistakes, not what it gets right; with replay_harmful, a draw of the earlier harmful
+    if a.failures_only:  # its mistakes, not what it gets right; plus `replay_harmful` of the earlier harmful pairs
         earlier = replayed_harmful(earlier, a.replay_harmful, random.Random(ctx.cfg.seed))
     onpolicy.write_jsonl(ctx.stage_dir / PAIRS_FILE, earlier + built.pairs)
     table = [[r[k] for k in TABLE_COLUMNS] for r in built.records]
