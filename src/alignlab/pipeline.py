@@ -53,7 +53,7 @@ from alignlab.evaluation import report as run_report
 from alignlab.models import cache_root, load_tokenizer, refusal_token_id, resolve_model_path
 from alignlab.stages import STAGES, TRAINING_ARGS
 from alignlab.tracking import Tracker, redact
-from alignlab.training import saving
+from alignlab.training import saving, soup
 from alignlab.training.context import StageContext
 
 # stages that read data.preference (pairs, prompts)
@@ -441,6 +441,8 @@ def execute(prep: Prepared, console: Any = None) -> dict[str, Any]:
                         f"Data error: stage '{stage}' ({kind}) trains on the pairs of the correction round "
                         f"'{prep.pairs_from}', which found no mistake; only a dpo or kto stage can follow it then."
                     )
+                elif cfg.algo[stage].get("soup", 1) > 1:
+                    metrics = soup.run(ctx, STAGES[kind])
                 else:
                     metrics = STAGES[kind](ctx)
                 metrics["wall_seconds"] = round(time.time() - started, 2)

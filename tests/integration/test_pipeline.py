@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -129,6 +130,34 @@ def test_sigkill_mid_dpo_resumes_to_the_same_result(tmp_path, cache_dir):
     b = load_file(straight / "dpo" / "model" / "model.safetensors")
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert len({p.stem for p in wandb_files(run)}) == 1  # one W&B run id across the kill
+
+
+def test_a_soup_stage_keeps_the_mean_of_its_members_and_resumes_member_by_member(tmp_path, cache_dir):
+    alignlab(tmp_path, cache_dir, "run.id=soup", "algo.dpo.soup=2")
+    run = tmp_path / "runs" / "tiny" / "soup"
+    dpo = run / "dpo"
+    members = [load_file(dpo / "members" / str(k) / "model" / "model.safetensors") for k in (0, 1)]
+    soup = load_file(dpo / "model" / "model.safetensors")
+    assert any(not torch.equal(members[0][k], members[1][k]) for k in soup)  # seeds 42 and 43 trained apart
+    for k, v in soup.items():
+        assert torch.allclose(v.float(), (members[0][k].float() + members[1][k].float()) / 2, atol=1e-2, rtol=1e-2)
+    metrics = json.loads((dpo / "metrics.json").read_text())
+    assert metrics["soup/members"] == 2 and metrics["member0/global_step"] == metrics["member1/global_step"] > 0
+    assert metrics["member1/final/rewards/accuracies"] > 0.9
+    assert losses(run / "dpo" / "members", "1")  # each member's own curve
+    keys = history_keys(wandb_files(run)[0])
+    assert {"dpo-member0/loss", "dpo-member1/loss"} <= keys
+
+    # interrupted after member 0: only member 1 trains again, and the soup comes out the same
+    (dpo / "DONE").unlink()
+    shutil.rmtree(dpo / "model")
+    shutil.rmtree(dpo / "members" / "1")
+    first = (dpo / "members" / "0" / "model" / "model.safetensors").stat().st_mtime_ns
+    out = alignlab(tmp_path, cache_dir, "run.id=soup", "algo.dpo.soup=2").stdout
+    assert "dpo-member0: done, kept" in out
+    assert (dpo / "members" / "0" / "model" / "model.safetensors").stat().st_mtime_ns == first
+    again = load_file(dpo / "model" / "model.safetensors")
+    assert all(torch.allclose(again[k], soup[k], atol=1e-6) for k in soup)
 
 
 def test_changed_data_is_refused_and_nothing_lost(tmp_path, cache_dir):

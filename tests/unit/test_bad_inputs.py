@@ -62,6 +62,7 @@ CONFIGS = [
     (["run.id=a\\b"], "Config error at 'run.id'"),
     (["algo.sft.epochs=-1"], "Config error at 'algo.sft.epochs'"),
     (["algo.dpo.warmup_ratio=2"], "Config error at 'algo.dpo.warmup_ratio'"),
+    (["algo.dpo.soup=0"], "Config error at 'algo.dpo.soup'"),
     (["algo.dpo.beta=0"], "Config error at 'algo.dpo.beta'"),
     (["eval.max_new_tokens=-1"], "Config error at 'eval.max_new_tokens'"),
     (["+algo.dpo.extra.report_to=[wandb]"], "Config error at 'algo.dpo.extra.report_to'"),

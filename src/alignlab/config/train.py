@@ -83,6 +83,14 @@ class TrainConfig:
     eval_suites: list[str] | None = field(
         default=None, metadata={"help": "The suites of eval.suites to run then; None: all of them."}
     )
+    soup: int = field(
+        default=1,
+        metadata={
+            "help": "Train the stage this many times from the same model on the same data (seeds seed, seed + 1, "
+            "...; files under <stage>/members/<k>/) and keep the mean of their weights as its model (a uniform "
+            "model soup, training/soup.py); 1: train once."
+        },
+    )
     extra: dict[str, Any] = field(
         default_factory=dict,
         metadata={
@@ -129,6 +137,7 @@ def check_train(a: DictConfig, key: str, cfg: DictConfig) -> None:
     _check_trainer_names(a, key)
     check(0 <= a.warmup_ratio < 1, f"{key}.warmup_ratio", f"must lie in [0, 1), got {a.warmup_ratio}.")
     check_extra(a, key)
+    check(a.soup >= 1, f"{key}.soup", f"must be 1 (train once) or more (a soup of that many), got {a.soup}.")
     if a.eval_every is not None:
         check(a.eval_every > 0, f"{key}.eval_every", f"must be positive or null, got {a.eval_every}.")
         unknown = sorted(set(a.eval_suites or []) - set(cfg.eval.suites))

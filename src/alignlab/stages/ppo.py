@@ -134,7 +134,7 @@ class PPORecipe:
     def train(self) -> None:
         """The iterations from the resumed one on; a signal stops the loop at the next one, with a checkpoint."""
         ctx, a = self.ctx, self.a
-        ctx.tracker.define_stage(ctx.name)
+        ctx.tracker.define_stage(ctx.label)
         print(
             f"[alignlab] {ctx.name}: {self.total} PPO iterations of {a.batch_size} rollouts over "
             f"{len(self.prompts)} prompts"
@@ -183,10 +183,10 @@ class PPORecipe:
         """The history every rank keeps (it goes into checkpoints); W&B and the terminal on rank 0."""
         self.history.append({"step": step, **metrics})
         if self.acc.is_main_process:
-            self.ctx.tracker.log(self.ctx.name, metrics, step)
+            self.ctx.tracker.log(self.ctx.label, metrics, step)
             if step % self.a.logging_steps == 0:
                 shown = ", ".join(f"{k.split('/')[-1]} {metrics[k]:.3g}" for k in SHOWN if k in metrics)
-                print(f"[alignlab] {self.ctx.name} {step}/{self.total}: {shown}")
+                print(f"[alignlab] {self.ctx.label} {step}/{self.total}: {shown}")
 
     def _all_ranks_mean(self, value: float) -> float:
         """The controllers step on the whole iteration's statistics, identically on every rank."""
@@ -228,7 +228,7 @@ class PPORecipe:
         """The final policy to `model/`, the history to `log_history.json`; the stage's metrics."""
         save_policy(self.acc, self.ac, self.ctx)
         if self.acc.is_main_process:
-            atomic_write_json(self.ctx.stage_dir / "log_history.json", self.history)
+            atomic_write_json(self.ctx.out_dir / "log_history.json", self.history)
         return summarize(self.history, self.resumed_from)
 
 

@@ -34,18 +34,30 @@ class StageContext:
     dry_run: bool = False
     # the pairs stage of this run whose pairs `pairs` are (`stage:<name>`, the latest later round), else None
     pairs_from: str | None = None
+    # one training run of a soup stage (`algo.<stage>.soup`, training/soup.py): its files go to members/<k>/
+    member: int | None = None
 
     @property
     def algo(self) -> DictConfig:
         return self.cfg.algo[self.name]
 
     @property
+    def out_dir(self) -> Path:
+        """Where this training run writes its model, checkpoints and logs: the stage folder, or a soup member's."""
+        return self.stage_dir if self.member is None else self.stage_dir / "members" / str(self.member)
+
+    @property
+    def label(self) -> str:
+        """The name its progress, logs and W&B curves go under: the stage's, or `<stage>-member<k>`."""
+        return self.name if self.member is None else f"{self.name}-member{self.member}"
+
+    @property
     def model_dir(self) -> Path:
-        return self.stage_dir / "model"
+        return self.out_dir / "model"
 
     @property
     def checkpoint_dir(self) -> Path:
-        return self.stage_dir / "checkpoints"
+        return self.out_dir / "checkpoints"
 
     def stage_pairs(self, stage: str) -> list[dict]:
         """The validated pairs another stage of this run wrote (an eval suite with `source: stage:<name>`)."""

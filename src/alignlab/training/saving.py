@@ -43,10 +43,10 @@ def full_state_model(like: torch.nn.Module, state: dict[str, torch.Tensor]) -> t
 
 def save_model(model: torch.nn.Module, ctx: StageContext) -> None:
     """Write a stage's final model (LoRA merged) to `model/` via a temporary folder, so `model/` is always whole."""
-    tmp = ctx.stage_dir / f".model.tmp{os.getpid()}"
+    tmp = ctx.out_dir / f".model.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     save_merged(model, ctx.tokenizer, tmp)
-    _install(tmp, ctx)
+    install(tmp, ctx)
 
 
 def pass_on(ctx: StageContext) -> None:
@@ -57,14 +57,14 @@ def pass_on(ctx: StageContext) -> None:
     if not Path(ctx.input_model).is_dir():
         save_model(load_model(ctx.input_model, ctx.cfg.model), ctx)
         return
-    tmp = ctx.stage_dir / f".model.tmp{os.getpid()}"
+    tmp = ctx.out_dir / f".model.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(ctx.input_model, tmp)
-    _install(tmp, ctx)
+    install(tmp, ctx)
 
 
-def _install(tmp: os.PathLike, ctx: StageContext) -> None:
+def install(tmp: os.PathLike, ctx: StageContext) -> None:
     """Move a whole model folder into `model/` in one rename."""
     if ctx.model_dir.exists():  # a previous attempt died between rename and DONE: keep it aside, never delete
-        ctx.model_dir.rename(ctx.stage_dir / f"model.previous-{os.getpid()}")
+        ctx.model_dir.rename(ctx.out_dir / f"model.previous-{os.getpid()}")
     os.replace(tmp, ctx.model_dir)

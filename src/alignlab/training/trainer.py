@@ -159,11 +159,11 @@ def train(trainer: Trainer, ctx: StageContext) -> dict[str, Any]:
     """Run the Trainer, resuming from the last complete checkpoint (optimizer, scheduler, RNG, data position).
     A signal (preemption.py) ends it after the current step with a checkpoint and raises `Preempted`."""
     trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(QuietProgress(ctx.name))
+    trainer.add_callback(QuietProgress(ctx.label))
     trainer.add_callback(CompleteMarker())
     stop = preemption.PreemptionCallback()
     trainer.add_callback(stop)
-    trainer.add_callback(StageLogger(ctx.tracker, ctx.name))
+    trainer.add_callback(StageLogger(ctx.tracker, ctx.label))
     trainer.add_callback(FiniteLoss(ctx.name))
     if ctx.algo.eval_every:
         trainer.add_callback(eval_callback(ctx))
@@ -177,7 +177,7 @@ def train(trainer: Trainer, ctx: StageContext) -> dict[str, Any]:
         raise preemption.stopped(ctx.name, last_complete_checkpoint(ctx.checkpoint_dir))
     history = trainer.state.log_history
     if distributed.is_main():
-        atomic_write_json(ctx.stage_dir / "log_history.json", history)
+        atomic_write_json(ctx.out_dir / "log_history.json", history)
     metrics = dict(result.metrics)
     metrics.update(memory_per_rank(trainer.model, trainer.optimizer))
     steps = [h for h in history if "loss" in h]
@@ -190,8 +190,8 @@ def train(trainer: Trainer, ctx: StageContext) -> dict[str, Any]:
 
 def eval_callback(ctx: StageContext) -> EvalCallback:
     """The stage's evaluation every `eval_every` steps, logged on its step axis and to `eval_history.jsonl`."""
-    history = ctx.stage_dir / "eval_history.jsonl"
-    return EvalCallback(training_evaluator(ctx), ctx.tokenizer, ctx.algo.eval_every, ctx.tracker, ctx.name, history)
+    history = ctx.out_dir / "eval_history.jsonl"
+    return EvalCallback(training_evaluator(ctx), ctx.tokenizer, ctx.algo.eval_every, ctx.tracker, ctx.label, history)
 
 
 def memory_per_rank(model: torch.nn.Module, optimizer: Any) -> dict[str, float]:
