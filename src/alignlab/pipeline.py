@@ -6,6 +6,7 @@
                      inputs.json        fingerprints of the data files: a resumed run refuses changed data
                      <stage>/model/     the stage's policy (merged), input of the next stage
                      <stage>/metrics.json, <stage>/DONE
+                     <stage>/members/<k>/  a soup stage's trainings (training/soup.py); model/ is their mean
                      summary.json       final metrics of every stage
 
 `<id>` is a hash of the config (minus `run` and `logger`), so re-running the same command continues the same

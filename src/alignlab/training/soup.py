@@ -1,6 +1,7 @@
 """A soup stage (`algo.<stage>.soup: N`): the stage trained N times from the same model on the same data, with seeds
 seed, seed + 1, ..., and its model the uniform mean of the N results' weights (Wortsman et al. 2022, "Model
-soups"; for reward models, WARM, Ramé et al. 2024).
+soups"; for reward models, WARM; for policies fine-tuned independently from one initialisation, WARP's merge step,
+Ramé et al. 2024, which interpolates task vectors spherically where this takes their plain mean).
 
 Why: in the safety study (experiments/safety-frontier) a setting's seeds differ more than settings do, and a
 default is judged by its worst seed. Fine-tunes of one model that differ in seed (data order, LoRA initialisation)

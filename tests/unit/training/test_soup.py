@@ -12,6 +12,7 @@ from conftest import REPO, model_folder
 from safetensors.torch import load_file, save_file
 from stage_fixtures import context
 
+from alignlab.config import compose_config, validate
 from alignlab.errors import RunStateError
 from alignlab.training.soup import average, member_context
 
@@ -78,3 +79,13 @@ def test_a_member_trains_in_its_own_folder_with_its_own_seed_and_the_run_config_
     with pytest.raises(Exception, match="read-only"):
         member.cfg.seed = 1
     assert ctx.model_dir == tmp_path / "dpo" / "model" and ctx.label == "dpo"
+
+
+def test_the_soup_preset_is_the_openings_preset_with_its_setting_and_three_dpo_members():
+    cfg = validate(compose_config(["experiment=safety-smollm-soup"]))
+    openings = validate(compose_config(["experiment=safety-smollm-openings"]))
+    assert (cfg.algo.dpo.soup, cfg.algo.dpo.beta, cfg.model.lora.r, cfg.model.lora.alpha) == (3, 0.3, 64, 128)
+    assert cfg.algo.pairs.helpful_chosen and not openings.algo.pairs.helpful_chosen
+    assert cfg.algo.sft.soup == openings.algo.dpo.soup == 1  # only DPO is a soup
+    assert cfg.algo.pairs.opening_pairs and cfg.pipeline.stages == openings.pipeline.stages
+    assert cfg.eval.targets == openings.eval.targets
