@@ -140,6 +140,10 @@ def prepare(cfg: DictConfig, run_dir: Path | None = None) -> Prepared:
             prep.sft_rows = data_lib.as_sft(prep.pairs)
         if cfg.data.bias is not None:
             prep.fingerprints.update(mix.check_templates(cfg.data.bias))
+        for stage in (s for s in cfg.pipeline.stages if cfg.algo[s].get("soup_select") is not None):
+            path = str(cfg.algo[stage].soup_select)  # both kinds of prompt held out, checked before training
+            written = is_done(run_dir / path.split(":", 1)[1])
+            onpolicy.calibration_prompts(path, f"algo.{stage}.soup_select", cfg, run_dir if written else None)
         for stage in (s for s in cfg.pipeline.stages if cfg.algo[s].kind == "calibrate"):
             path = str(cfg.algo[stage].prompts)  # a pairs stage already done: what it wrote (resuming)
             written = path.startswith("stage:") and is_done(run_dir / path.split(":", 1)[1])

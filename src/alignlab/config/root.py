@@ -161,6 +161,8 @@ def check_pipeline(cfg: DictConfig, stages: list[str]) -> None:
             )
         if kinds[i] == "calibrate" and str(cfg.algo[stage].prompts).startswith("stage:"):
             _check_calibration_split(cfg, stages, i)
+        if kinds[i] in TRAINING_KINDS and cfg.algo[stage].soup_select is not None:
+            _check_soup_split(cfg, stages, i)
     producer = _from_stage(cfg.data.preference)
     for i, stage in enumerate(stages):
         if kinds[i] in TRAINING_KINDS and producer:
@@ -182,6 +184,12 @@ def _check_calibration_split(cfg: DictConfig, stages: list[str], i: int) -> None
         f"'stage:{held}' must name a pairs stage that runs before '{stage}' and holds prompts out of "
         f"training (hold_out > 0; stages: {stages}).",
     )
+    _check_held_out_of_every_round(cfg, stages, i, held)
+
+
+def _check_held_out_of_every_round(cfg: DictConfig, stages: list[str], i: int, held: str) -> None:
+    """The prompts pairs stage `held` holds out for stage `stages[i]`: no other round before it trains on them."""
+    stage = stages[i]
     rounds = [s for s in stages[:i] if cfg.algo[s].kind == "pairs" and s != held]
     for other in rounds:  # a split is held out only if no other round trains on its prompts
         o = cfg.algo[other]
@@ -192,6 +200,19 @@ def _check_calibration_split(cfg: DictConfig, stages: list[str], i: int) -> None
             f"{cfg.algo[held].hold_out}) with hold_out={o.hold_out}; set at least the same share (the split "
             "is by hash, so a larger share holds out the same prompts and more) so it trains on none of them.",
         )
+
+
+def _check_soup_split(cfg: DictConfig, stages: list[str], i: int) -> None:
+    """`algo.<stage>.soup_select=stage:<pairs>`: a pairs stage before it that holds prompts out of training."""
+    stage, spec = stages[i], str(cfg.algo[stages[i]].soup_select)
+    held = spec.split(":", 1)[1] if spec.startswith("stage:") else None
+    check(
+        held in stages[:i] and cfg.algo[held].kind == "pairs" and cfg.algo[held].hold_out > 0,
+        f"algo.{stage}.soup_select",
+        f"'{spec}' must be stage:<a pairs stage that runs before '{stage}' and holds prompts out of training> "
+        f"(hold_out > 0; stages: {stages}).",
+    )
+    _check_held_out_of_every_round(cfg, stages, i, held)
 
 
 def pairs_judge(cfg: DictConfig, stage: str) -> str:

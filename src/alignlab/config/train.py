@@ -91,6 +91,16 @@ class TrainConfig:
             "model soup, training/soup.py); 1: train once."
         },
     )
+    soup_select: str | None = field(
+        default=None,
+        metadata={
+            "help": "With soup > 1, `stage:<pairs stage>`: read each member on the prompts that pairs stage holds "
+            "out of training (its hold_out; greedy replies at eval.max_new_tokens, judged by its judge) and keep "
+            "a greedy soup (Wortsman et al. 2022): members in order of their score, the mean of refusal of the "
+            "harmful prompts and helpfulness of the benign ones (without a helpful axis: not refused), each added "
+            "if the mean with it scores no lower. Readings in <stage>/selection.json. None: the mean of all."
+        },
+    )
     extra: dict[str, Any] = field(
         default_factory=dict,
         metadata={
@@ -138,6 +148,8 @@ def check_train(a: DictConfig, key: str, cfg: DictConfig) -> None:
     check(0 <= a.warmup_ratio < 1, f"{key}.warmup_ratio", f"must lie in [0, 1), got {a.warmup_ratio}.")
     check_extra(a, key)
     check(a.soup >= 1, f"{key}.soup", f"must be 1 (train once) or more (a soup of that many), got {a.soup}.")
+    if a.soup_select is not None:
+        check(a.soup > 1, f"{key}.soup_select", f"selects among a soup's members: set soup > 1 (it is {a.soup}).")
     if a.eval_every is not None:
         check(a.eval_every > 0, f"{key}.eval_every", f"must be positive or null, got {a.eval_every}.")
         unknown = sorted(set(a.eval_suites or []) - set(cfg.eval.suites))
