@@ -160,9 +160,9 @@ def check_pipeline(cfg: DictConfig, stages: list[str]) -> None:
                 f"is of kind {cfg.eval.judges[name].kind}. Set algo.{stage}.judge to a probe judge.",
             )
         if kinds[i] == "calibrate" and str(cfg.algo[stage].prompts).startswith("stage:"):
-            _check_calibration_split(cfg, stages, i)
+            _check_held_out_split(cfg, stages, i, "prompts")
         if kinds[i] in TRAINING_KINDS and cfg.algo[stage].soup_select is not None:
-            _check_soup_split(cfg, stages, i)
+            _check_held_out_split(cfg, stages, i, "soup_select")
     producer = _from_stage(cfg.data.preference)
     for i, stage in enumerate(stages):
         if kinds[i] in TRAINING_KINDS and producer:
@@ -173,23 +173,17 @@ def check_pipeline(cfg: DictConfig, stages: list[str]) -> None:
             )
 
 
-def _check_calibration_split(cfg: DictConfig, stages: list[str], i: int) -> None:
-    """`algo.<calibrate>.prompts=stage:<pairs>` for the calibration stage `stages[i]`: a pairs stage before it that
-    holds prompts out, and no other round before it that trains on them."""
-    stage = stages[i]
-    held = str(cfg.algo[stage].prompts).split(":", 1)[1]
+def _check_held_out_split(cfg: DictConfig, stages: list[str], i: int, field: str) -> None:
+    """`algo.<stages[i]>.<field>=stage:<pairs>` (a calibration's prompts, a soup's selection): a pairs stage before
+    it that holds prompts out, and no other round before it that trains on them."""
+    stage, spec = stages[i], str(cfg.algo[stages[i]][field])
+    held = spec.split(":", 1)[1] if spec.startswith("stage:") else None
     check(
         held in stages[:i] and cfg.algo[held].kind == "pairs" and cfg.algo[held].hold_out > 0,
-        f"algo.{stage}.prompts",
-        f"'stage:{held}' must name a pairs stage that runs before '{stage}' and holds prompts out of "
+        f"algo.{stage}.{field}",
+        f"'{spec}' must name a pairs stage that runs before '{stage}' (as stage:<name>) and holds prompts out of "
         f"training (hold_out > 0; stages: {stages}).",
     )
-    _check_held_out_of_every_round(cfg, stages, i, held)
-
-
-def _check_held_out_of_every_round(cfg: DictConfig, stages: list[str], i: int, held: str) -> None:
-    """The prompts pairs stage `held` holds out for stage `stages[i]`: no other round before it trains on them."""
-    stage = stages[i]
     rounds = [s for s in stages[:i] if cfg.algo[s].kind == "pairs" and s != held]
     for other in rounds:  # a split is held out only if no other round trains on its prompts
         o = cfg.algo[other]
@@ -200,19 +194,6 @@ def _check_held_out_of_every_round(cfg: DictConfig, stages: list[str], i: int, h
             f"{cfg.algo[held].hold_out}) with hold_out={o.hold_out}; set at least the same share (the split "
             "is by hash, so a larger share holds out the same prompts and more) so it trains on none of them.",
         )
-
-
-def _check_soup_split(cfg: DictConfig, stages: list[str], i: int) -> None:
-    """`algo.<stage>.soup_select=stage:<pairs>`: a pairs stage before it that holds prompts out of training."""
-    stage, spec = stages[i], str(cfg.algo[stages[i]].soup_select)
-    held = spec.split(":", 1)[1] if spec.startswith("stage:") else None
-    check(
-        held in stages[:i] and cfg.algo[held].kind == "pairs" and cfg.algo[held].hold_out > 0,
-        f"algo.{stage}.soup_select",
-        f"'{spec}' must be stage:<a pairs stage that runs before '{stage}' and holds prompts out of training> "
-        f"(hold_out > 0; stages: {stages}).",
-    )
-    _check_held_out_of_every_round(cfg, stages, i, held)
 
 
 def pairs_judge(cfg: DictConfig, stage: str) -> str:

@@ -106,8 +106,8 @@ QUICK = ["experiment=safety-smollm-quick", "algo.pairs.hold_out=0.2"]
     ("overrides", "message"),
     [
         (["algo.dpo.soup_select=stage:pairs"], r"algo\.dpo\.soup_select': selects among a soup's members"),
-        (["algo.dpo.soup=3", "algo.dpo.soup_select=stage:sft"], r"'stage:sft' must be stage:<a pairs stage"),
-        (["algo.dpo.soup=3", "algo.dpo.soup_select=pairs"], r"'pairs' must be stage:<a pairs stage"),
+        (["algo.dpo.soup=3", "algo.dpo.soup_select=stage:sft"], r"'stage:sft' must name a pairs stage that runs"),
+        (["algo.dpo.soup=3", "algo.dpo.soup_select=pairs"], r"'pairs' must name a pairs stage .* \(as stage:<name>\)"),
         (["algo.dpo.soup=3", "algo.dpo.soup_select=stage:pairs", "algo.pairs.hold_out=0"], r"hold_out > 0"),
     ],
 )
